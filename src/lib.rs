@@ -1,0 +1,17 @@
+//! regkeeper keeps container registries in step.
+//!
+//! Data flows one way:
+//! `config` -> `inventory` (what source and targets hold) -> `plan` (pure) ->
+//! `engine` (acts through `transport`) -> summary (and, later, state and metrics).
+//!
+//! - [`config`]: the TOML file, validated completely before anything is contacted.
+//! - [`reference`]: image and repository references.
+//! - [`oci`]: digests, media types, manifests, verified streams.
+//! - [`transport`]: the only code that talks to registries or layout directories.
+//! - [`secret`]: values that are never printed.
+
+pub mod config;
+pub mod oci;
+pub mod reference;
+pub mod secret;
+pub mod transport;

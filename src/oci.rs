@@ -1,0 +1,399 @@
+//! Vocabulary of the OCI image and distribution specs: digests, media types,
+//! descriptors and the parts of a manifest the copy engine needs.
+//!
+//! Manifests are never re-serialized: they are parsed only to find their
+//! children, and copied as the raw bytes they were fetched as.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Every manifest media type regkeeper copies, for `Accept` headers. A registry
+/// answers 404 (or converts to schema 1) when the stored type is not accepted.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+pub fn is_index(media_type: &str) -> bool {
+    media_type == OCI_INDEX || media_type == DOCKER_LIST
+}
+
+/// A content digest, `sha256:<64 lowercase hex>`. Other algorithms are refused
+/// at parse time, so everything downstream can verify with SHA-256.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Digest(String);
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid digest {0:?}: expected sha256:<64 hex digits>")]
+pub struct InvalidDigest(pub String);
+
+impl Digest {
+    pub fn parse(s: &str) -> Result<Self, InvalidDigest> {
+        let hex = s
+            .strip_prefix("sha256:")
+            .ok_or_else(|| InvalidDigest(s.to_string()))?;
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(InvalidDigest(s.to_string()));
+        }
+        Ok(Digest(s.to_string()))
+    }
+    /// The digest of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        Digest(format!("sha256:{}", hex::encode(Sha256::digest(data))))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The hex part, as used in blob paths and the `sha256-<hex>` tag schema.
+    pub fn hex(&self) -> &str {
+        &self.0[7..]
+    }
+    pub fn short(&self) -> &str {
+        &self.0[7..19]
+    }
+}
+
+impl TryFrom<String> for Digest {
+    type Error = InvalidDigest;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Digest::parse(&s)
+    }
+}
+impl From<Digest> for String {
+    fn from(d: Digest) -> String {
+        d.0
+    }
+}
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    pub architecture: String,
+    pub os: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// Parses `os/arch[/variant]`.
+    pub fn parse(s: &str) -> Option<Platform> {
+        let mut parts = s.split('/');
+        let os = parts.next().filter(|p| !p.is_empty())?.to_string();
+        let architecture = parts.next().filter(|p| !p.is_empty())?.to_string();
+        let variant = parts.next().map(str::to_string);
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Platform {
+            architecture,
+            os,
+            variant,
+        })
+    }
+    /// Whether this platform (from a manifest) is the one `want` names. A filter
+    /// without a variant matches every variant.
+    pub fn matches(&self, want: &Platform) -> bool {
+        self.os == want.os
+            && self.architecture == want.architecture
+            && (want.variant.is_none() || want.variant == self.variant)
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    #[serde(default)]
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default)]
+    pub platform: Option<Platform>,
+    #[serde(default)]
+    pub artifact_type: Option<String>,
+}
+
+/// What the copy engine needs to know of a manifest: its children.
+#[derive(Clone, Debug)]
+pub enum Manifest {
+    Image {
+        config: Descriptor,
+        layers: Vec<Descriptor>,
+        subject: Option<Descriptor>,
+    },
+    Index {
+        manifests: Vec<Descriptor>,
+        subject: Option<Descriptor>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot parse manifest ({media_type}): {reason}")]
+pub struct ManifestError {
+    pub media_type: String,
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireManifest {
+    #[serde(default)]
+    schema_version: Option<u32>,
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    manifests: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    subject: Option<Descriptor>,
+}
+
+impl Manifest {
+    /// Parses raw manifest bytes. `media_type` is the one the registry (or
+    /// the layout descriptor) declared; the body's own `mediaType` wins when
+    /// present.
+    pub fn parse(media_type: &str, bytes: &[u8]) -> Result<(String, Manifest), ManifestError> {
+        let err = |reason: String| ManifestError {
+            media_type: media_type.to_string(),
+            reason,
+        };
+        let wire: WireManifest = serde_json::from_slice(bytes).map_err(|e| err(e.to_string()))?;
+        if wire.schema_version == Some(1) {
+            return Err(err("schema 1 manifests are not supported".into()));
+        }
+        let declared = wire
+            .media_type
+            .clone()
+            .unwrap_or_else(|| media_type.to_string());
+        let media = if declared.is_empty() {
+            if wire.manifests.is_some() {
+                OCI_INDEX.to_string()
+            } else {
+                OCI_MANIFEST.to_string()
+            }
+        } else {
+            declared
+        };
+        if let Some(manifests) = wire.manifests {
+            return Ok((
+                media,
+                Manifest::Index {
+                    manifests,
+                    subject: wire.subject,
+                },
+            ));
+        }
+        match wire.config {
+            Some(config) => Ok((
+                media,
+                Manifest::Image {
+                    config,
+                    layers: wire.layers.unwrap_or_default(),
+                    subject: wire.subject,
+                },
+            )),
+            None => Err(err("neither `config` nor `manifests`".into())),
+        }
+    }
+
+    pub fn subject(&self) -> Option<&Descriptor> {
+        match self {
+            Manifest::Image { subject, .. } | Manifest::Index { subject, .. } => subject.as_ref(),
+        }
+    }
+
+    /// Blobs of an image manifest, config first.
+    pub fn blobs(&self) -> Vec<&Descriptor> {
+        match self {
+            Manifest::Image { config, layers, .. } => {
+                std::iter::once(config).chain(layers.iter()).collect()
+            }
+            Manifest::Index { .. } => Vec::new(),
+        }
+    }
+}
+
+/// A manifest exactly as stored: the bytes its digest was computed over.
+#[derive(Clone, Debug)]
+pub struct RawManifest {
+    pub media_type: String,
+    pub digest: Digest,
+    pub bytes: Bytes,
+}
+
+/// Byte stream of a blob. Errors are boxed so that both transports can feed it.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// Wraps a blob stream and checks, at its end, that the bytes that went
+/// through have the expected size and SHA-256. On a mismatch the stream ends
+/// with an error instead of a clean end, so no consumer can commit the blob.
+pub struct Verified {
+    inner: ByteStream,
+    hasher: Option<Sha256>,
+    expected: Digest,
+    expected_size: Option<u64>,
+    seen: u64,
+}
+
+impl Verified {
+    pub fn new(inner: ByteStream, expected: Digest, expected_size: Option<u64>) -> Self {
+        Verified {
+            inner,
+            hasher: Some(Sha256::new()),
+            expected,
+            expected_size,
+            seen: 0,
+        }
+    }
+}
+
+impl Stream for Verified {
+    type Item = Result<Bytes, std::io::Error>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.hasher.is_none() {
+            return Poll::Ready(None);
+        }
+        match this.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.seen += chunk.len() as u64;
+                if let Some(limit) = this.expected_size {
+                    if this.seen > limit {
+                        this.hasher = None;
+                        return Poll::Ready(Some(Err(std::io::Error::other(format!(
+                            "blob {} is larger than its descriptor's {limit} bytes",
+                            this.expected
+                        )))));
+                    }
+                }
+                if let Some(h) = this.hasher.as_mut() {
+                    h.update(&chunk);
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.hasher = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                let hasher = this.hasher.take().expect("checked above");
+                let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+                if actual != this.expected.as_str() {
+                    return Poll::Ready(Some(Err(std::io::Error::other(format!(
+                        "digest mismatch: expected {}, got {actual}",
+                        this.expected
+                    )))));
+                }
+                if let Some(limit) = this.expected_size {
+                    if this.seen != limit {
+                        return Poll::Ready(Some(Err(std::io::Error::other(format!(
+                            "blob {} has {} bytes, its descriptor says {limit}",
+                            this.expected, this.seen
+                        )))));
+                    }
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    fn stream_of(parts: &[&'static [u8]]) -> ByteStream {
+        let items: Vec<Result<Bytes, std::io::Error>> =
+            parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        Box::pin(futures_util::stream::iter(items))
+    }
+
+    #[tokio::test]
+    async fn verified_passes_matching_bytes_and_fails_others() {
+        let good = Digest::of(b"hello world");
+        let mut s = Verified::new(stream_of(&[b"hello ", b"world"]), good.clone(), Some(11));
+        let mut out = Vec::new();
+        while let Some(item) = s.next().await {
+            out.extend_from_slice(&item.unwrap());
+        }
+        assert_eq!(out, b"hello world");
+
+        let mut s = Verified::new(stream_of(&[b"hello ", b"there"]), good.clone(), None);
+        let mut last = None;
+        while let Some(item) = s.next().await {
+            last = Some(item);
+        }
+        assert!(
+            last.unwrap()
+                .unwrap_err()
+                .to_string()
+                .contains("digest mismatch")
+        );
+
+        let mut s = Verified::new(stream_of(&[b"hello world!"]), good, Some(11));
+        assert!(s.next().await.unwrap().is_err());
+    }
+
+    #[test]
+    fn digest_parse_rejects_bad_input() {
+        assert!(Digest::parse("sha256:abc").is_err());
+        assert!(Digest::parse(&format!("sha512:{}", "a".repeat(64))).is_err());
+        assert!(Digest::parse(&format!("sha256:{}", "A".repeat(64))).is_err());
+        assert!(Digest::parse(&format!("sha256:{}", "a".repeat(64))).is_ok());
+    }
+
+    #[test]
+    fn platform_matching() {
+        let arm = Platform::parse("linux/arm64/v8").unwrap();
+        assert!(arm.matches(&Platform::parse("linux/arm64").unwrap()));
+        assert!(!arm.matches(&Platform::parse("linux/arm64/v7").unwrap()));
+        assert!(Platform::parse("linux").is_none());
+    }
+
+    #[test]
+    fn parses_index_and_image() {
+        let idx = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":7,"platform":{"architecture":"amd64","os":"linux"}}]}"#;
+        let (mt, m) = Manifest::parse("", idx).unwrap();
+        assert_eq!(mt, OCI_INDEX);
+        assert!(matches!(m, Manifest::Index { ref manifests, .. } if manifests.len() == 1));
+    }
+}

@@ -1,0 +1,242 @@
+//! The only module that talks to registries and touches image-layout
+//! directories. One interface ([`Store`]: a repository), two implementations:
+//! [`remote`] (a registry over HTTP(S)) and [`layout`] (an OCI image-layout
+//! directory). The copy engine above does not know which one it talks to.
+
+pub mod layout;
+pub mod remote;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::oci::{ByteStream, Digest, RawManifest};
+use crate::reference::Location;
+use crate::secret::Secret;
+
+/// Per-registry settings, as the transport needs them (built from the
+/// `[registries."host"]` table of the config).
+#[derive(Clone, Debug)]
+pub struct RegistryOptions {
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// A docker `config.json` to take credentials from (`auths`, `credsStore`,
+    /// `credHelpers`); `None` = `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` when present.
+    pub docker_config: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+    pub plain_http: bool,
+    /// Requests in flight to this registry at once.
+    pub max_concurrent: usize,
+    /// Sustained request rate; `None` = unlimited.
+    pub requests_per_second: Option<f64>,
+    /// Upload chunk size in bytes; 0 = one monolithic PUT.
+    pub chunk_size: u64,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            username: None,
+            password: None,
+            docker_config: None,
+            ca_file: None,
+            insecure_skip_verify: false,
+            plain_http: false,
+            max_concurrent: 8,
+            requests_per_second: None,
+            chunk_size: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// What a HEAD (or a manifest lookup) tells about a tag or digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestHead {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("{registry}: {method} {path} answered {status}: {message}")]
+    Status {
+        registry: String,
+        method: String,
+        path: String,
+        status: u16,
+        message: String,
+    },
+    #[error("{registry}: authentication failed for {scope}: {detail}")]
+    Auth {
+        registry: String,
+        scope: String,
+        detail: String,
+    },
+    #[error("{registry}: {detail}")]
+    Connect { registry: String, detail: String },
+    #[error("{location}: {detail}")]
+    Protocol { location: String, detail: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{location}: {what} failed verification: {detail}")]
+    Integrity {
+        location: String,
+        what: String,
+        detail: String,
+    },
+    #[error("{registry}: refusing {method} {path}: this run may not write (plan or dry run)")]
+    ReadOnly {
+        registry: String,
+        method: String,
+        path: String,
+    },
+    #[error("{location}: {what} not found")]
+    NotFound { location: String, what: String },
+}
+
+impl TransportError {
+    /// Whether trying again later may succeed (network trouble, 5xx, 429).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TransportError::Status { status, .. } => *status == 429 || *status >= 500,
+            TransportError::Connect { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = TransportError> = std::result::Result<T, E>;
+
+/// One repository in a registry or one image-layout directory.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Remote(remote::RemoteRepo),
+    Layout(layout::LayoutRepo),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Remote($s) => $e,
+            Store::Layout($s) => $e,
+        }
+    };
+}
+
+impl Store {
+    pub fn location(&self) -> &Location {
+        dispatch!(self, s => s.location())
+    }
+
+    /// Every tag, in no particular order (pagination followed). A repository
+    /// that does not exist, or whose tag list is `null`, has no tags.
+    pub async fn list_tags(&self) -> Result<Vec<String>> {
+        dispatch!(self, s => s.list_tags().await)
+    }
+
+    /// Digest, media type and size of a tag or digest; `None` when absent.
+    pub async fn resolve(&self, reference: &str) -> Result<Option<ManifestHead>> {
+        dispatch!(self, s => s.resolve(reference).await)
+    }
+
+    /// The manifest's raw bytes; `None` when absent. The returned digest is
+    /// computed from the bytes, and must equal `reference` when that is a digest
+    /// (an `Integrity` error otherwise).
+    pub async fn get_manifest(&self, reference: &str) -> Result<Option<RawManifest>> {
+        dispatch!(self, s => s.get_manifest(reference).await)
+    }
+
+    /// Stores `manifest` byte for byte under `reference` (a tag, or its digest).
+    /// Everything it references must already be present.
+    pub async fn put_manifest(&self, reference: &str, manifest: &RawManifest) -> Result<()> {
+        dispatch!(self, s => s.put_manifest(reference, manifest).await)
+    }
+
+    pub async fn blob_exists(&self, digest: &Digest) -> Result<bool> {
+        dispatch!(self, s => s.blob_exists(digest).await)
+    }
+
+    /// The blob's bytes as a stream, not yet verified (wrap in [`crate::oci::Verified`]).
+    pub async fn get_blob(&self, digest: &Digest, size: u64) -> Result<ByteStream> {
+        dispatch!(self, s => s.get_blob(digest, size).await)
+    }
+
+    /// Stores a blob from a stream. Commits it only when the stream ended
+    /// without error and the bytes match `digest`; nothing is left visible
+    /// otherwise.
+    pub async fn put_blob(&self, digest: &Digest, size: u64, data: ByteStream) -> Result<()> {
+        dispatch!(self, s => s.put_blob(digest, size, data).await)
+    }
+
+    /// Asks the target to link a blob it already holds in `from` (another
+    /// repository of the same registry). `Ok(false)`: not mounted, upload it.
+    pub async fn mount_blob(&self, digest: &Digest, from: &Location) -> Result<bool> {
+        dispatch!(self, s => s.mount_blob(digest, from).await)
+    }
+
+    /// Deletes a manifest by digest (and with it every tag pointing at it).
+    pub async fn delete_manifest(&self, digest: &Digest) -> Result<()> {
+        dispatch!(self, s => s.delete_manifest(digest).await)
+    }
+}
+
+/// Opens stores, sharing one HTTP client, token cache and set of limits per
+/// registry host.
+pub struct Transports {
+    options: HashMap<String, RegistryOptions>,
+    read_only: bool,
+    registries: Mutex<HashMap<String, Arc<remote::Registry>>>,
+}
+
+impl Transports {
+    /// `options` maps a registry host as written in references to its
+    /// settings; hosts without an entry use the defaults. With `read_only`,
+    /// every write request is refused before it is sent.
+    pub fn new(options: HashMap<String, RegistryOptions>, read_only: bool) -> Self {
+        Transports {
+            options,
+            read_only,
+            registries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn registry(&self, host: &str) -> Result<Arc<remote::Registry>> {
+        let mut map = self.registries.lock().expect("registry map poisoned");
+        if let Some(r) = map.get(host) {
+            return Ok(r.clone());
+        }
+        let opts = self.options.get(host).cloned().unwrap_or_default();
+        let reg = Arc::new(remote::Registry::new(host, &opts, self.read_only)?);
+        map.insert(host.to_string(), reg.clone());
+        Ok(reg)
+    }
+
+    pub fn open(&self, location: &Location) -> Result<Store> {
+        match location {
+            Location::Registry { host, repo } => Ok(Store::Remote(remote::RemoteRepo::new(
+                self.registry(host)?,
+                repo,
+            ))),
+            Location::Layout { path } => {
+                Ok(Store::Layout(layout::LayoutRepo::new(path, self.read_only)))
+            }
+        }
+    }
+
+    /// Repositories under `prefix`, as paths relative to it (for `/*` sources).
+    pub async fn list_repositories(&self, prefix: &Location) -> Result<Vec<String>> {
+        match prefix {
+            Location::Registry { host, repo } => self.registry(host)?.list_repositories(repo).await,
+            Location::Layout { path } => layout::list_repositories(path).await,
+        }
+    }
+}
