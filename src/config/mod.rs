@@ -1,1 +1,96 @@
-//! The TOML configuration. (Being written.)
+//! The TOML configuration file (SPEC section 3), validated completely before
+//! anything is contacted. `load` turns a file into a [`Config`] or into a list
+//! of errors, each with file, line and column.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use regex::Regex;
+
+use crate::oci::Platform;
+use crate::reference::RepoSpec;
+use crate::transport::RegistryOptions;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    pub daemon: Daemon,
+    /// Per registry host, as written in references (e.g. `docker.io`, `127.0.0.1:5000`).
+    pub registries: BTreeMap<String, RegistryOptions>,
+    /// In file order; names are unique.
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    pub state_dir: PathBuf,
+    /// `None` when `listen = ""`.
+    pub listen: Option<SocketAddr>,
+    pub max_concurrent_transfers: usize,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// `[a-z0-9_-]+`, unique.
+    pub name: String,
+    /// `None`: a cleanup-only rule.
+    pub source: Option<RepoSpec>,
+    pub targets: Vec<RepoSpec>,
+    pub schedule: Schedule,
+    pub tags: TagFilter,
+    /// Empty = every platform.
+    pub platforms: Vec<Platform>,
+    pub referrers: bool,
+    pub immutable: bool,
+    pub retention: Option<Retention>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    /// A cron expression (5-field input gets a leading seconds field of 0),
+    /// or `@hourly`-style shorthand. `text` is as the user wrote it.
+    Cron {
+        schedule: Box<cron::Schedule>,
+        text: String,
+    },
+    /// `@every 10m`.
+    Every(Duration),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TagFilter {
+    pub include: Vec<Regex>,
+    pub exclude: Vec<Regex>,
+    pub semver: Option<semver::VersionReq>,
+    pub latest: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderBy {
+    Semver,
+    Created,
+    FirstSeen,
+}
+
+#[derive(Debug, Clone)]
+pub struct Retention {
+    pub match_tags: Vec<Regex>,
+    pub keep_last: Option<usize>,
+    pub order_by: OrderBy,
+    pub older_than: Option<Duration>,
+    pub protect: Vec<Regex>,
+    pub untagged_older_than: Option<Duration>,
+    pub delete_removed_at_source: bool,
+    pub max_deletions_per_run: usize,
+}
