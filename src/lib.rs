@@ -11,7 +11,10 @@
 //! - [`secret`]: values that are never printed.
 
 pub mod config;
+pub mod engine;
+pub mod filter;
 pub mod oci;
+pub mod plan;
 pub mod reference;
 pub mod secret;
 pub mod transport;

@@ -1,0 +1,639 @@
+//! Copying one image (a manifest tree) from a source store to target stores:
+//! blobs first (skip what the target has, mount what its registry holds
+//! elsewhere, otherwise stream once from the source to every target that
+//! lacks it), then child manifests, then the root manifest and its tag.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{Semaphore, watch};
+
+use crate::oci::{
+    ByteStream, Descriptor, Digest, Manifest, Platform, RawManifest, Verified, is_index,
+};
+use crate::reference::Location;
+use crate::transport::{Store, TransportError};
+
+/// How many times a blob transfer that failed with a transient error is tried.
+const TRANSFER_ATTEMPTS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("{location}: manifest {digest}: {reason}")]
+    BadManifest {
+        location: String,
+        digest: Digest,
+        reason: String,
+    },
+    #[error("{location}: blob {digest}: {reason}")]
+    Blob {
+        location: String,
+        digest: Digest,
+        reason: String,
+    },
+    #[error("{target}: not tagged, {missing} blob(s) or manifest(s) could not be copied: {first}")]
+    Incomplete {
+        target: String,
+        missing: usize,
+        first: String,
+    },
+}
+
+/// Counters shared by every copy of one run.
+#[derive(Debug, Default)]
+pub struct CopyStats {
+    /// Bytes read from sources.
+    pub bytes_read: AtomicU64,
+    /// Bytes written to targets (a blob sent to two targets counts twice).
+    pub bytes_written: AtomicU64,
+    pub blobs_copied: AtomicU64,
+    pub blobs_mounted: AtomicU64,
+    pub blobs_skipped: AtomicU64,
+    pub manifests_pushed: AtomicU64,
+}
+
+/// Snapshot of [`CopyStats`].
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, PartialEq, Eq)]
+pub struct CopyTotals {
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub blobs_copied: u64,
+    pub blobs_mounted: u64,
+    pub blobs_skipped: u64,
+    pub manifests_pushed: u64,
+}
+
+impl CopyStats {
+    pub fn totals(&self) -> CopyTotals {
+        CopyTotals {
+            bytes_read: self.bytes_read.load(Ordering::Relaxed),
+            bytes_written: self.bytes_written.load(Ordering::Relaxed),
+            blobs_copied: self.blobs_copied.load(Ordering::Relaxed),
+            blobs_mounted: self.blobs_mounted.load(Ordering::Relaxed),
+            blobs_skipped: self.blobs_skipped.load(Ordering::Relaxed),
+            manifests_pushed: self.manifests_pushed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The whole tree under a root manifest, as fetched from the source.
+#[derive(Debug, Clone)]
+pub struct ImageTree {
+    pub root: RawManifest,
+    /// Child manifests of an index (already filtered by platform), in order.
+    pub children: Vec<RawManifest>,
+    /// Unique blobs of every image manifest in the tree.
+    pub blobs: Vec<Descriptor>,
+}
+
+impl ImageTree {
+    pub fn total_blob_bytes(&self) -> u64 {
+        self.blobs.iter().map(|b| b.size).sum()
+    }
+}
+
+/// Keeps an index's bytes when every platform is kept; otherwise writes a new
+/// index that lists only the wanted platforms (its digest changes). Returns
+/// `None` when no child matches.
+pub fn filter_index(
+    raw: &RawManifest,
+    platforms: &[Platform],
+) -> Result<Option<RawManifest>, String> {
+    if platforms.is_empty() || !is_index(&raw.media_type) {
+        return Ok(Some(raw.clone()));
+    }
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&raw.bytes).map_err(|e| e.to_string())?;
+    let Some(list) = value.get_mut("manifests").and_then(|m| m.as_array_mut()) else {
+        return Err("index without a manifests list".into());
+    };
+    let before = list.len();
+    list.retain(|entry| {
+        let platform: Option<Platform> = entry
+            .get("platform")
+            .and_then(|p| serde_json::from_value(p.clone()).ok());
+        platform.is_some_and(|p| platforms.iter().any(|want| p.matches(want)))
+    });
+    if list.is_empty() {
+        return Ok(None);
+    }
+    if list.len() == before {
+        return Ok(Some(raw.clone()));
+    }
+    let bytes = Bytes::from(serde_json::to_vec(&value).map_err(|e| e.to_string())?);
+    Ok(Some(RawManifest {
+        media_type: raw.media_type.clone(),
+        digest: Digest::of(&bytes),
+        bytes,
+    }))
+}
+
+/// Fetches the children of `root` (when it is an index) and lists the blobs
+/// of every image manifest in the tree. `root` must already be filtered by
+/// platform (see [`filter_index`]).
+pub async fn expand(source: &Store, root: RawManifest) -> Result<ImageTree, CopyError> {
+    let bad = |digest: &Digest, reason: String| CopyError::BadManifest {
+        location: source.location().to_string(),
+        digest: digest.clone(),
+        reason,
+    };
+    let (_, parsed) = Manifest::parse(&root.media_type, &root.bytes)
+        .map_err(|e| bad(&root.digest, e.to_string()))?;
+    let mut children = Vec::new();
+    let mut images = Vec::new();
+    match &parsed {
+        Manifest::Image { .. } => images.push(parsed.clone()),
+        Manifest::Index { manifests, .. } => {
+            let fetches = manifests.iter().map(|desc| async move {
+                let child = source
+                    .get_manifest(desc.digest.as_str())
+                    .await?
+                    .ok_or_else(|| {
+                        bad(
+                            &desc.digest,
+                            "listed by the index but absent at the source".into(),
+                        )
+                    })?;
+                if child.bytes.len() as u64 != desc.size {
+                    return Err(bad(
+                        &desc.digest,
+                        format!(
+                            "size {} differs from the index's {}",
+                            child.bytes.len(),
+                            desc.size
+                        ),
+                    ));
+                }
+                let (_, m) = Manifest::parse(&child.media_type, &child.bytes)
+                    .map_err(|e| bad(&desc.digest, e.to_string()))?;
+                if matches!(m, Manifest::Index { .. }) {
+                    return Err(bad(&desc.digest, "nested indexes are not supported".into()));
+                }
+                Ok::<_, CopyError>((child, m))
+            });
+            for result in futures_util::future::join_all(fetches).await {
+                let (child, m) = result?;
+                children.push(child);
+                images.push(m);
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut blobs = Vec::new();
+    for image in &images {
+        for blob in image.blobs() {
+            if seen.insert(blob.digest.clone()) {
+                blobs.push(blob.clone());
+            }
+        }
+    }
+    Ok(ImageTree {
+        root,
+        children,
+        blobs,
+    })
+}
+
+/// What the copy engine knows, within one run, about which blobs each target
+/// registry holds and which are being uploaded right now. It spares a HEAD
+/// for blobs already seen in the same repository, turns uploads of a blob
+/// that another repository of the same registry received into mounts, and
+/// makes concurrent copies of one blob wait for the first instead of
+/// uploading it twice. It lives for one run only: nothing stale survives.
+#[derive(Default)]
+pub struct BlobTracker {
+    entries: Mutex<HashMap<(String, Digest), Entry>>,
+}
+
+enum Entry {
+    Present(Location),
+    InFlight(watch::Receiver<bool>),
+}
+
+/// Identifies a set of repositories that can share blobs by mounting.
+fn registry_key(location: &Location) -> String {
+    match location {
+        Location::Registry { host, .. } => format!("registry:{host}"),
+        Location::Layout { .. } => "layout".to_string(),
+    }
+}
+
+enum Claim {
+    /// The target is known to hold it; nothing to do.
+    Present,
+    /// Another task is getting it into this registry right now.
+    Busy(watch::Receiver<bool>),
+    /// Another repository of the target's registry holds it: try a mount.
+    Elsewhere(Location),
+    /// This caller must check and, if needed, upload; it reports the outcome.
+    Owner(OwnerGuard),
+}
+
+/// Held by the one task responsible for getting a blob into a target; on drop
+/// it records the outcome and wakes waiters.
+pub struct OwnerGuard {
+    tracker: Arc<BlobTracker>,
+    key: (String, Digest),
+    location: Location,
+    done: Option<watch::Sender<bool>>,
+    present: bool,
+}
+
+impl OwnerGuard {
+    fn succeed(mut self) {
+        self.present = true;
+    }
+}
+
+impl Drop for OwnerGuard {
+    fn drop(&mut self) {
+        let mut map = self.tracker.entries.lock().expect("tracker poisoned");
+        if self.present {
+            map.insert(self.key.clone(), Entry::Present(self.location.clone()));
+        } else {
+            map.remove(&self.key);
+        }
+        if let Some(tx) = self.done.take() {
+            let _ = tx.send(true);
+        }
+    }
+}
+
+impl BlobTracker {
+    /// Looks a blob up without waiting. A caller that gets `Busy` must not
+    /// hold any [`OwnerGuard`] while it waits, or two copies sharing two
+    /// blobs could wait for each other forever.
+    fn try_claim(self: &Arc<Self>, target: &Location, digest: &Digest) -> Claim {
+        let key = (registry_key(target), digest.clone());
+        let mut map = self.entries.lock().expect("tracker poisoned");
+        match map.get(&key) {
+            Some(Entry::Present(loc)) if loc == target => Claim::Present,
+            Some(Entry::Present(loc)) => Claim::Elsewhere(loc.clone()),
+            Some(Entry::InFlight(rx)) => Claim::Busy(rx.clone()),
+            None => {
+                let (tx, rx) = watch::channel(false);
+                map.insert(key.clone(), Entry::InFlight(rx));
+                Claim::Owner(OwnerGuard {
+                    tracker: self.clone(),
+                    key,
+                    location: target.clone(),
+                    done: Some(tx),
+                    present: false,
+                })
+            }
+        }
+    }
+
+    /// Like [`Self::try_claim`], but waits out other tasks' uploads.
+    async fn claim(self: &Arc<Self>, target: &Location, digest: &Digest) -> Claim {
+        loop {
+            match self.try_claim(target, digest) {
+                Claim::Busy(mut rx) => {
+                    let _ = rx.wait_for(|done| *done).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn record_present(&self, target: &Location, digest: &Digest) {
+        let key = (registry_key(target), digest.clone());
+        let mut map = self.entries.lock().expect("tracker poisoned");
+        // A concrete location for this repository beats one elsewhere.
+        map.insert(key, Entry::Present(target.clone()));
+    }
+}
+
+/// What a blob needs at one target.
+enum Need {
+    Nothing,
+    Upload(OwnerGuard),
+    /// Another copy is uploading it right now; look again once our own uploads are done.
+    Later,
+}
+
+/// Shared machinery for copying images within one run.
+pub struct Copier {
+    pub tracker: Arc<BlobTracker>,
+    pub stats: Arc<CopyStats>,
+    /// Blob transfers in flight, all rules together.
+    pub transfers: Arc<Semaphore>,
+    /// Bytes progress callback target (for progress bars).
+    pub on_bytes: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+}
+
+/// The result of preparing an image for one target in a dry run.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct DryRunCost {
+    pub blobs_to_copy: u64,
+    pub bytes_to_copy: u64,
+    pub blobs_to_mount: u64,
+    pub blobs_present: u64,
+}
+
+impl Copier {
+    /// Decides what `target` needs for `blob`: nothing (present, or mounted
+    /// now), or an upload (the guard is held by the caller until it is done).
+    async fn prepare_blob(
+        &self,
+        target: &Store,
+        blob: &Descriptor,
+        wait: bool,
+    ) -> Result<Need, TransportError> {
+        let loc = target.location();
+        loop {
+            let claim = if wait {
+                self.tracker.claim(loc, &blob.digest).await
+            } else {
+                self.tracker.try_claim(loc, &blob.digest)
+            };
+            match claim {
+                Claim::Busy(_) => return Ok(Need::Later),
+                Claim::Present => {
+                    self.stats.blobs_skipped.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Need::Nothing);
+                }
+                Claim::Elsewhere(from) => {
+                    if target.mount_blob(&blob.digest, &from).await? {
+                        self.tracker.record_present(loc, &blob.digest);
+                        self.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
+                        return Ok(Need::Nothing);
+                    }
+                    // Not mountable: fall back to owning it in this repository.
+                    let key = (registry_key(loc), blob.digest.clone());
+                    let (tx, rx) = watch::channel(false);
+                    {
+                        let mut map = self.tracker.entries.lock().expect("tracker poisoned");
+                        if matches!(map.get(&key), Some(Entry::InFlight(_))) {
+                            if !wait {
+                                return Ok(Need::Later);
+                            }
+                            drop(map);
+                            continue;
+                        }
+                        map.insert(key.clone(), Entry::InFlight(rx));
+                    }
+                    let guard = OwnerGuard {
+                        tracker: self.tracker.clone(),
+                        key,
+                        location: loc.clone(),
+                        done: Some(tx),
+                        present: false,
+                    };
+                    return self.check_or_upload(target, blob, guard).await;
+                }
+                Claim::Owner(guard) => return self.check_or_upload(target, blob, guard).await,
+            }
+        }
+    }
+
+    async fn check_or_upload(
+        &self,
+        target: &Store,
+        blob: &Descriptor,
+        guard: OwnerGuard,
+    ) -> Result<Need, TransportError> {
+        if target.blob_exists(&blob.digest).await? {
+            guard.succeed();
+            self.stats.blobs_skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(Need::Nothing);
+        }
+        Ok(Need::Upload(guard))
+    }
+
+    /// Reads a blob from the source once and streams it to every target in
+    /// `sinks` at the same time. Returns one result per sink, in order.
+    async fn transfer(
+        &self,
+        source: &Store,
+        blob: &Descriptor,
+        sinks: &[&Store],
+    ) -> Vec<Result<(), TransportError>> {
+        let _permit = self
+            .transfers
+            .acquire()
+            .await
+            .expect("transfer semaphore closed");
+        let src_stream = match source.get_blob(&blob.digest, blob.size).await {
+            Ok(s) => s,
+            Err(e) => {
+                let msg = e.to_string();
+                let mut out = vec![Err(e)];
+                out.extend(sinks.iter().skip(1).map(|_| {
+                    Err(TransportError::Protocol {
+                        location: source.location().to_string(),
+                        detail: msg.clone(),
+                    })
+                }));
+                return out;
+            }
+        };
+        let mut verified = Verified::new(src_stream, blob.digest.clone(), Some(blob.size));
+        let mut senders = Vec::with_capacity(sinks.len());
+        let mut puts = Vec::with_capacity(sinks.len());
+        for sink in sinks {
+            // A few chunks of slack per target: bounded memory, and a slow
+            // target slows the read instead of filling memory.
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+            senders.push(Some(tx));
+            let body: ByteStream =
+                Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|item| (item, rx))
+                }));
+            puts.push(sink.put_blob(&blob.digest, blob.size, body));
+        }
+        let stats = self.stats.clone();
+        let on_bytes = self.on_bytes.clone();
+        let pump = async move {
+            while let Some(item) = verified.next().await {
+                match item {
+                    Ok(chunk) => {
+                        let n = chunk.len() as u64;
+                        stats.bytes_read.fetch_add(n, Ordering::Relaxed);
+                        if let Some(cb) = &on_bytes {
+                            cb(n);
+                        }
+                        let mut live = 0;
+                        for slot in senders.iter_mut() {
+                            if let Some(tx) = slot {
+                                if tx.send(Ok(chunk.clone())).await.is_err() {
+                                    *slot = None;
+                                } else {
+                                    live += 1;
+                                }
+                            }
+                        }
+                        if live == 0 {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        for tx in senders.iter().flatten() {
+                            let _ = tx.send(Err(std::io::Error::other(msg.clone()))).await;
+                        }
+                        return;
+                    }
+                }
+            }
+            // Dropping the senders ends every target's stream cleanly.
+        };
+        let (_, results) = tokio::join!(pump, futures_util::future::join_all(puts));
+        results
+    }
+
+    /// Copies `tree` to every target in `targets`, tagging it `tag` (or
+    /// pushing it by digest when `tag` is `None`). Returns one result per
+    /// target: a target that failed is never tagged.
+    pub async fn copy_tree<'a>(
+        &'a self,
+        source: &'a Store,
+        tree: &'a ImageTree,
+        tag: Option<&str>,
+        targets: &'a [Store],
+    ) -> Vec<Result<(), CopyError>> {
+        let mut failures: Vec<Vec<String>> = vec![Vec::new(); targets.len()];
+
+        // 1. Blobs: per target, what is needed; then one transfer per blob.
+        let prepared = futures_util::stream::iter(tree.blobs.iter())
+            .map(|blob| async move {
+                let mut needs = Vec::with_capacity(targets.len());
+                for target in targets {
+                    needs.push(self.prepare_blob(target, blob, false).await);
+                }
+                (blob, needs)
+            })
+            .buffer_unordered(4)
+            .collect::<Vec<_>>()
+            .await;
+
+        let mut uploads = Vec::new();
+        let mut later = Vec::new();
+        for (blob, needs) in prepared {
+            let mut sinks = Vec::new();
+            for (i, need) in needs.into_iter().enumerate() {
+                match need {
+                    Ok(Need::Nothing) => {}
+                    Ok(Need::Upload(guard)) => sinks.push((i, guard)),
+                    Ok(Need::Later) => later.push((blob, i)),
+                    Err(e) => failures[i].push(format!("blob {}: {e}", blob.digest)),
+                }
+            }
+            if !sinks.is_empty() {
+                uploads.push((blob, sinks));
+            }
+        }
+
+        let upload = |blob: &'a Descriptor, sinks: Vec<(usize, OwnerGuard)>| async move {
+            let mut pending = sinks;
+            let mut errors: Vec<(usize, String)> = Vec::new();
+            for attempt in 1..=TRANSFER_ATTEMPTS {
+                let stores: Vec<&Store> = pending.iter().map(|(i, _)| &targets[*i]).collect();
+                let results = self.transfer(source, blob, &stores).await;
+                let mut retry = Vec::new();
+                for ((i, guard), result) in pending.into_iter().zip(results) {
+                    match result {
+                        Ok(()) => {
+                            guard.succeed();
+                            self.stats.blobs_copied.fetch_add(1, Ordering::Relaxed);
+                            self.stats
+                                .bytes_written
+                                .fetch_add(blob.size, Ordering::Relaxed);
+                        }
+                        Err(e) if e.is_transient() && attempt < TRANSFER_ATTEMPTS => {
+                            tracing::warn!(digest = %blob.digest, target = %targets[i].location(), attempt, error = %e, "blob transfer failed; retrying");
+                            retry.push((i, guard));
+                        }
+                        Err(e) => errors.push((i, format!("blob {}: {e}", blob.digest))),
+                    }
+                }
+                if retry.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250 * attempt as u64)).await;
+                pending = retry;
+            }
+            errors
+        };
+        let transfers = futures_util::stream::iter(uploads)
+            .map(|(blob, sinks)| upload(blob, sinks))
+            .buffer_unordered(4)
+            .collect::<Vec<_>>()
+            .await;
+        for (i, msg) in transfers.into_iter().flatten() {
+            failures[i].push(msg);
+        }
+
+        // Blobs other copies were busy with: our own guards are released now,
+        // so waiting for theirs cannot deadlock.
+        for (blob, i) in later {
+            match self.prepare_blob(&targets[i], blob, true).await {
+                Ok(Need::Upload(guard)) => {
+                    for (i, msg) in upload(blob, vec![(i, guard)]).await {
+                        failures[i].push(msg);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => failures[i].push(format!("blob {}: {e}", blob.digest)),
+            }
+        }
+
+        // 2. Manifests, children first, on each target whose blobs all arrived.
+        let pushes = targets.iter().enumerate().map(|(i, target)| {
+            let failed = std::mem::take(&mut failures[i]);
+            async move {
+                if let Some(first) = failed.first() {
+                    return Err(CopyError::Incomplete {
+                        target: target.location().to_string(),
+                        missing: failed.len(),
+                        first: first.clone(),
+                    });
+                }
+                for child in &tree.children {
+                    target.put_manifest(child.digest.as_str(), child).await?;
+                    self.stats.manifests_pushed.fetch_add(1, Ordering::Relaxed);
+                }
+                let reference = tag.unwrap_or(tree.root.digest.as_str());
+                target.put_manifest(reference, &tree.root).await?;
+                self.stats.manifests_pushed.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        });
+        futures_util::future::join_all(pushes).await
+    }
+
+    /// Counts what copying `tree` to `target` would transfer, with read
+    /// requests only (HEAD), for `plan` and dry runs.
+    pub async fn dry_run_cost(
+        &self,
+        tree: &ImageTree,
+        target: &Store,
+    ) -> Result<DryRunCost, TransportError> {
+        let mut cost = DryRunCost::default();
+        for blob in &tree.blobs {
+            match self.tracker.claim(target.location(), &blob.digest).await {
+                Claim::Present => cost.blobs_present += 1,
+                Claim::Busy(_) => unreachable!("claim waits"),
+                Claim::Elsewhere(_) => cost.blobs_to_mount += 1,
+                Claim::Owner(guard) => {
+                    if target.blob_exists(&blob.digest).await? {
+                        guard.succeed();
+                        cost.blobs_present += 1;
+                    } else {
+                        // Count it once per target: later images sharing the
+                        // blob will find it "present" as it would be by then.
+                        guard.succeed();
+                        cost.blobs_to_copy += 1;
+                        cost.bytes_to_copy += blob.size;
+                    }
+                }
+            }
+        }
+        Ok(cost)
+    }
+}
