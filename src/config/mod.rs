@@ -121,14 +121,3 @@ pub struct Retention {
     pub delete_removed_at_source: bool,
     pub max_deletions_per_run: usize,
 }
-
-// TEMPORARY until the loader lands.
-#[derive(Debug, thiserror::Error)]
-#[error("config loader not merged")]
-pub struct ConfigError;
-pub fn load(_p: &std::path::Path) -> Result<Config, ConfigError> {
-    Err(ConfigError)
-}
-pub fn default_path() -> PathBuf {
-    PathBuf::from("/etc/regkeeper/config.toml")
-}
