@@ -15,6 +15,8 @@
 //! reqwest 0.13.5), so registry tokens never reach the storage host.
 
 mod auth;
+#[cfg(test)]
+mod mock_tests;
 mod upload;
 mod wire;
 
@@ -624,13 +626,17 @@ impl Registry {
                 .expect("semaphore never closed");
             let started = Instant::now();
             let result = rb.send().await;
+            // Held until the response head (an upload's body has been sent by
+            // then), not while a downloaded body streams: a copy between two
+            // repositories of one registry holds a GET body open while its
+            // PUT needs a permit, which would deadlock at the limit.
             drop(permit);
             let took = started.elapsed();
             self.record(&req.method, result.as_ref().ok(), took);
             let resp = match result {
                 Ok(r) => r,
                 Err(e) => {
-                    let err = self.connect_error(&req.method, &req.url, &e);
+                    let err = self.connect_error(&req.method, &req.url, e);
                     let tls = matches!(&err, TransportError::Connect { detail, .. } if detail.contains("certificate"));
                     tracing::debug!(registry = %self.host, method = %req.method, path, attempt, "request failed: {err}");
                     if req.idempotent && !tls && attempt < MAX_ATTEMPTS {
@@ -720,8 +726,11 @@ impl Registry {
         tokio::time::sleep(d).await;
     }
 
-    fn connect_error(&self, method: &Method, url: &Url, e: &reqwest::Error) -> TransportError {
-        let chain = error_chain(e);
+    fn connect_error(&self, method: &Method, url: &Url, e: reqwest::Error) -> TransportError {
+        let timeout = e.is_timeout();
+        // the path is named below; the full URL may carry long upload state
+        let e = e.without_url();
+        let chain = error_chain(&e);
         let lower = chain.to_ascii_lowercase();
         let hint = if lower.contains("certificate") || lower.contains("unknownissuer") {
             format!(
@@ -738,7 +747,7 @@ impl Registry {
             )
         } else if lower.contains("connection refused") {
             " (connection refused)".to_string()
-        } else if e.is_timeout() {
+        } else if timeout {
             " (timed out)".to_string()
         } else {
             String::new()
@@ -797,7 +806,7 @@ impl Registry {
         let mut out = bytes::BytesMut::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.connect_error(method, url, &e))?;
+            let chunk = chunk.map_err(|e| self.connect_error(method, url, e))?;
             if out.len() + chunk.len() > limit {
                 return Err(self.protocol(url, format!("response larger than {limit} bytes")));
             }
@@ -1075,49 +1084,70 @@ impl RemoteRepo {
 
     pub async fn put_blob(&self, d: &Digest, size: u64, data: ByteStream) -> Result<()> {
         let source = upload::Source::new(data);
-        let session = self.start_upload().await?;
-        let chunk = self.registry.chunk_size;
-        let result = async {
-            let mut session = session.clone();
-            if chunk == 0 || size <= chunk {
-                return self.upload_whole(session, d, source.take(size), size).await;
-            }
-            while session.offset < size {
-                let n = chunk.min(size - session.offset);
-                let before = session.offset;
-                session = self.upload_chunk(session, source.take(n), n).await?;
-                if session.offset != before + n {
-                    return Err(self.registry.protocol(
-                        &session.url,
-                        format!(
-                            "the registry acknowledged {} bytes, {} were sent",
-                            session.offset,
-                            before + n
-                        ),
-                    ));
-                }
-            }
-            source
-                .finish()
-                .await
-                .map_err(|e| self.stream_error(d, std::io::Error::other(e)))?;
-            self.finish_upload(&session, d).await
-        }
-        .await;
-        match result {
+        let mut session = self.start_upload().await?;
+        match self.send_blob(&source, &mut session, d, size).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 // The stream's own failure (digest mismatch, source gone) is
                 // the cause; the request failure is only its consequence.
-                let err = source
-                    .take_error()
-                    .map(|se| self.stream_error(d, se))
-                    .unwrap_or(e);
-                tracing::debug!(registry = %self.registry.host, digest = %d, "upload failed, cancelling the session: {err}");
+                let err = match source.take_error() {
+                    Some(se) => self.stream_error(d, se),
+                    None if source.ended_short(size) => self.stream_error(
+                        d,
+                        std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!(
+                                "the blob stream ended after {} of {size} bytes",
+                                source.consumed()
+                            ),
+                        ),
+                    ),
+                    None => e,
+                };
+                tracing::debug!(registry = %self.registry.host, digest = %d,
+                    "upload failed, cancelling the session: {err}");
                 self.cancel_upload(&session).await;
                 Err(err)
             }
         }
+    }
+
+    /// Sends the whole blob through `session`, keeping it at the latest
+    /// Location so a failure can cancel the right one.
+    async fn send_blob(
+        &self,
+        source: &upload::Source,
+        session: &mut UploadSession,
+        d: &Digest,
+        size: u64,
+    ) -> Result<()> {
+        let chunk = self.registry.chunk_size;
+        if chunk == 0 || size <= chunk {
+            return self
+                .upload_whole(session.clone(), d, source.take(size), size)
+                .await;
+        }
+        while session.offset < size {
+            let n = chunk.min(size - session.offset);
+            let expected = session.offset + n;
+            *session = self
+                .upload_chunk(session.clone(), source.take(n), n)
+                .await?;
+            if session.offset != expected {
+                return Err(self.registry.protocol(
+                    &session.url,
+                    format!(
+                        "the registry acknowledged {} bytes, {expected} were sent",
+                        session.offset
+                    ),
+                ));
+            }
+        }
+        source
+            .finish()
+            .await
+            .map_err(|e| self.stream_error(d, std::io::Error::other(e)))?;
+        self.finish_upload(session, d).await
     }
 
     fn stream_error(&self, d: &Digest, source: std::io::Error) -> TransportError {
@@ -1138,7 +1168,9 @@ impl RemoteRepo {
         if resp.status() != StatusCode::ACCEPTED {
             return Err(reg.status_error(&Method::POST, &url, resp).await);
         }
-        self.session_from(&url, &resp, 0)
+        let mut session = self.session_from(&url, &resp, 0)?;
+        session.offset = 0; // a new session holds nothing, whatever its Range says
+        Ok(session)
     }
 
     fn session_from(
@@ -1156,7 +1188,9 @@ impl RemoteRepo {
         let offset = header_str(resp, "range")
             .and_then(|r| r.trim().trim_start_matches("bytes=").split_once('-'))
             .and_then(|(_, last)| last.parse::<u64>().ok())
-            .map(|last| last + 1)
+            // distribution reports an empty session as `0-0` too (ambiguous
+            // with one byte; chunks are never one byte long)
+            .map(|last| if last == 0 { 0 } else { last + 1 })
             .unwrap_or(fallback);
         Ok(UploadSession { url, offset })
     }
@@ -1253,7 +1287,10 @@ impl RemoteRepo {
     /// Cancels an upload session, best effort (the registry purges forgotten
     /// sessions itself eventually).
     pub async fn cancel_upload(&self, s: &UploadSession) {
-        let req = Req::new(Method::DELETE, s.url.clone(), self.push());
+        // distribution wants `delete` for DELETE on a session; same scope set
+        // as delete_manifest, so the token is shared
+        let sc = scopes([repo_scope(&self.repo, "pull,push,delete")]);
+        let req = Req::new(Method::DELETE, s.url.clone(), sc);
         match self.registry.send(req).await {
             Ok(r) => {
                 tracing::debug!(registry = %self.registry.host, status = r.status().as_u16(), "upload session cancelled")

@@ -102,7 +102,12 @@ impl Source {
         self.0.lock().expect("upload source poisoned").error.take()
     }
 
-    #[cfg(test)]
+    /// Whether the stream ended cleanly before `size` bytes (a short blob).
+    pub(crate) fn ended_short(&self, size: u64) -> bool {
+        let st = self.0.lock().expect("upload source poisoned");
+        st.ended && st.error.is_none() && st.held.is_none() && st.consumed < size
+    }
+
     pub(crate) fn consumed(&self) -> u64 {
         self.0.lock().expect("upload source poisoned").consumed
     }
