@@ -146,3 +146,44 @@ async fn bearer_tokens_are_fetched_once_and_renewed_on_401() {
     assert_eq!(c.tokens.load(Ordering::SeqCst), 2);
     assert_eq!(reg.stats().requests[&("GET".to_string(), 401)], 2);
 }
+
+#[tokio::test]
+async fn concurrency_and_rate_are_limited() {
+    #[derive(Default)]
+    struct Load {
+        now: AtomicUsize,
+        max: AtomicUsize,
+    }
+    let load = Arc::new(Load::default());
+    let app = axum::Router::new()
+        .route(
+            "/v2/a/blobs/{d}",
+            get(|State(l): State<Arc<Load>>| async move {
+                let n = l.now.fetch_add(1, Ordering::SeqCst) + 1;
+                l.max.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                l.now.fetch_sub(1, Ordering::SeqCst);
+                "x"
+            }),
+        )
+        .with_state(load.clone());
+    let host = serve(app).await;
+    let opts = RegistryOptions {
+        max_concurrent: 2,
+        requests_per_second: Some(20.0),
+        ..plain()
+    };
+    let reg = Arc::new(Registry::new(&host, &opts, false).unwrap());
+    let repo = RemoteRepo::new(reg.clone(), "a");
+    let d = Digest::of(b"x");
+    let started = Instant::now();
+    let all = futures_util::future::join_all((0..30).map(|_| repo.blob_exists(&d))).await;
+    assert!(all.into_iter().all(|r| r.unwrap()));
+    assert!(load.max.load(Ordering::SeqCst) <= 2);
+    // 20 in the first-second burst, then 10 more at 20/s
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        started.elapsed()
+    );
+}
