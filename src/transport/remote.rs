@@ -15,8 +15,6 @@
 //! reqwest 0.13.5), so registry tokens never reach the storage host.
 
 mod auth;
-#[cfg(test)]
-mod mock_tests;
 mod upload;
 mod wire;
 
