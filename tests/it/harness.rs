@@ -401,3 +401,41 @@ async fn fault_proxy_throttles_resets_and_goes_down() {
     assert!(proxy.connections() >= 4);
     assert!(proxy.bytes_down() >= 400_000);
 }
+
+#[test]
+fn regkeeper_config_sections() {
+    let plain = Registry::start_plain();
+    let s = plain.regkeeper_registry_toml();
+    assert!(
+        s.contains(&format!("[registries.\"{}\"]", plain.host()))
+            && s.contains("plain_http = true"),
+        "{s}"
+    );
+    let tls = Registry::builder().tls(true).auth(Auth::htpasswd()).start();
+    let s = tls.regkeeper_registry_toml();
+    assert!(
+        s.contains("ca_file = ") && s.contains("username = \"tester\""),
+        "{s}"
+    );
+    let pw = tls.root_dir().join("regkeeper-password");
+    assert_eq!(std::fs::read_to_string(pw).unwrap(), "s3cret-pass");
+    assert!(std::path::Path::new(regkeeper_bin()).is_file());
+}
+
+#[test]
+fn token_strict_expiry_makes_the_registry_refuse_old_tokens() {
+    let reg = Registry::builder()
+        .auth(Auth::Token)
+        .token_lifetime(Duration::from_secs(2))
+        .token_strict_expiry(true)
+        .start();
+    let auth = reg.auth_header(&["repository:x:pull"]).unwrap();
+    let get = || {
+        reg.request("GET", "/v2/x/tags/list", &[("Authorization", &auth)], None)
+            .unwrap()
+            .status
+    };
+    assert_eq!(get(), 404, "valid token: authorized, repo unknown");
+    std::thread::sleep(Duration::from_millis(3100));
+    assert_eq!(get(), 401, "expired token refused");
+}

@@ -69,3 +69,8 @@ pub fn tail_file(path: &std::path::Path, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// Path of the regkeeper binary built for this test run.
+pub fn regkeeper_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_regkeeper")
+}

@@ -61,6 +61,7 @@ pub struct RegistryBuilder {
     token_user: String,
     token_pass: String,
     token_lifetime: Duration,
+    token_strict_expiry: bool,
 }
 
 impl RegistryBuilder {
@@ -84,6 +85,13 @@ impl RegistryBuilder {
     /// Lifetime of issued tokens (`Auth::Token` only; default 300 s).
     pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
         self.token_lifetime = lifetime;
+        self
+    }
+
+    /// Make the registry refuse tokens as soon as their lifetime is over (`Auth::Token`
+    /// only; see `TokenServer::set_strict_expiry`).
+    pub fn token_strict_expiry(mut self, strict: bool) -> Self {
+        self.token_strict_expiry = strict;
         self
     }
 
@@ -112,6 +120,7 @@ impl RegistryBuilder {
                     &self.token_pass,
                     self.token_lifetime,
                 );
+                server.set_strict_expiry(self.token_strict_expiry);
                 (
                     Some((self.token_user.clone(), self.token_pass.clone())),
                     Some(server),
@@ -192,6 +201,7 @@ impl Registry {
             token_user: DEFAULT_USER.into(),
             token_pass: DEFAULT_PASS.into(),
             token_lifetime: Duration::from_secs(300),
+            token_strict_expiry: false,
         }
     }
 
@@ -649,5 +659,29 @@ impl std::fmt::Debug for Registry {
             .field("auth", &self.auth)
             .field("root", &self.root)
             .finish()
+    }
+}
+
+impl Registry {
+    /// A `[registries."127.0.0.1:PORT"]` section of a regkeeper config (SPEC §3) that
+    /// reaches this registry: `plain_http = true` or `ca_file`, and for auth registries
+    /// `username` plus a `password_file` written into the registry's temp dir.
+    pub fn regkeeper_registry_toml(&self) -> String {
+        let q = |s: &str| serde_json::to_string(s).expect("toml string");
+        let mut out = format!("[registries.{}]\n", q(&self.host()));
+        match &self.tls {
+            Some(t) => out += &format!("ca_file = {}\n", q(&t.ca_pem.display().to_string())),
+            None => out += "plain_http = true\n",
+        }
+        if let Some((user, pass)) = self.credentials() {
+            let pw = self.root.join("regkeeper-password");
+            fs::write(&pw, pass).expect("write password file");
+            out += &format!(
+                "username = {}\npassword_file = {}\n",
+                q(user),
+                q(&pw.display().to_string())
+            );
+        }
+        out
     }
 }

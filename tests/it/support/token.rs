@@ -11,13 +11,15 @@
 //! token servers do); the configured user gets every action requested. Wrong credentials
 //! get 401.
 //!
-//! Note: distribution allows 60 s of clock skew when checking `exp`/`nbf`, so a short
-//! lifetime mostly drives *client-side* refresh (through `expires_in`); the registry keeps
-//! accepting a token for about a minute past `exp`.
+//! Note: distribution allows 60 s of clock skew (leeway) when checking `exp`/`nbf`, so by
+//! default the registry keeps accepting a token for about a minute past `exp` and a short
+//! lifetime only drives *client-side* refresh (through `expires_in`). With
+//! `set_strict_expiry(true)` the JWT's `exp` is backdated by the leeway, so the registry
+//! starts refusing the token (401) right when `expires_in` runs out.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -53,6 +55,7 @@ struct Inner {
     user: String,
     pass: String,
     lifetime: Mutex<Duration>,
+    strict_expiry: AtomicBool,
     key: EncodingKey,
     x5c: String,
     log: Mutex<Vec<TokenRequest>>,
@@ -67,6 +70,9 @@ pub struct TokenServer {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
+
+/// Clock-skew leeway distribution applies to `exp`/`nbf`.
+pub const REGISTRY_LEEWAY_SECS: u64 = 60;
 
 pub const DEFAULT_ISSUER: &str = "regkeeper-test-issuer";
 
@@ -92,6 +98,7 @@ impl TokenServer {
             user: user.to_string(),
             pass: pass.to_string(),
             lifetime: Mutex::new(lifetime),
+            strict_expiry: AtomicBool::new(false),
             key: encoding,
             x5c: B64.encode(cert.der()),
             log: Mutex::new(Vec::new()),
@@ -161,6 +168,12 @@ impl TokenServer {
         *self.inner.lifetime.lock().unwrap() = lifetime;
     }
 
+    /// Backdate `exp` by the registry's 60 s leeway so tokens really stop working after
+    /// `expires_in` (see module docs).
+    pub fn set_strict_expiry(&self, strict: bool) {
+        self.inner.strict_expiry.store(strict, Ordering::SeqCst);
+    }
+
     /// Every request answered so far, in order.
     pub fn requests(&self) -> Vec<TokenRequest> {
         self.inner.log.lock().unwrap().clone()
@@ -213,6 +226,12 @@ fn mint(inner: &Inner, user: Option<&str>, granted: &[String]) -> (String, u64) 
         .expect("clock")
         .as_secs();
     let lifetime = inner.lifetime.lock().unwrap().as_secs().max(1);
+    // distribution 2.8 accepts tokens up to 60 s past `exp` (and before `nbf`).
+    let leeway = if inner.strict_expiry.load(Ordering::SeqCst) {
+        REGISTRY_LEEWAY_SECS
+    } else {
+        0
+    };
     let n = inner.counter.fetch_add(1, Ordering::Relaxed);
     let access: Vec<serde_json::Value> = granted
         .iter()
@@ -230,8 +249,8 @@ fn mint(inner: &Inner, user: Option<&str>, granted: &[String]) -> (String, u64) 
         "iss": inner.issuer,
         "sub": user.unwrap_or(""),
         "aud": inner.service,
-        "exp": now + lifetime,
-        "nbf": now.saturating_sub(1),
+        "exp": (now + lifetime).saturating_sub(leeway),
+        "nbf": now.saturating_sub(1 + leeway),
         "iat": now,
         "jti": format!("harness-{n}-{now}"),
         "access": access,
