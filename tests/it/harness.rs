@@ -426,9 +426,10 @@ fn regkeeper_config_sections() {
 fn token_strict_expiry_makes_the_registry_refuse_old_tokens() {
     let reg = Registry::builder()
         .auth(Auth::Token)
-        .token_lifetime(Duration::from_secs(2))
+        .token_lifetime(Duration::from_secs(3))
         .token_strict_expiry(true)
         .start();
+    let minted = Instant::now();
     let auth = reg.auth_header(&["repository:x:pull"]).unwrap();
     let get = || {
         reg.request("GET", "/v2/x/tags/list", &[("Authorization", &auth)], None)
@@ -436,6 +437,7 @@ fn token_strict_expiry_makes_the_registry_refuse_old_tokens() {
             .status
     };
     assert_eq!(get(), 404, "valid token: authorized, repo unknown");
-    std::thread::sleep(Duration::from_millis(3100));
+    // `exp` has one-second resolution: 3 s lifetime + 1 s rounding + margin.
+    std::thread::sleep(Duration::from_millis(4200).saturating_sub(minted.elapsed()));
     assert_eq!(get(), 401, "expired token refused");
 }
