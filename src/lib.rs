@@ -17,4 +17,5 @@ pub mod oci;
 pub mod plan;
 pub mod reference;
 pub mod secret;
+pub mod state;
 pub mod transport;

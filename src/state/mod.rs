@@ -1,0 +1,760 @@
+//! The state database (SQLite, WAL): the only module that touches it.
+//!
+//! Everything stored here is a *hint* or a *record*, never the truth about a
+//! registry: runs and their results (for `status`, lag and metrics after a
+//! restart), what the engine last saw per rule/target/tag (to spare requests),
+//! upload checkpoints (to resume an interrupted blob upload), and the
+//! retention journal. A wrong or lost belief costs requests, never
+//! correctness: every reader falls back to asking the registry.
+//!
+//! One [`State`] owns one connection behind a mutex. Every method is a short
+//! synchronous statement (sub-millisecond in WAL mode with
+//! `synchronous = NORMAL`), so async callers call them inline.
+
+mod schema;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+/// File name of the database inside `daemon.state_dir`.
+pub const DB_FILE: &str = "regkeeper.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "state directory {path}: {source}; create it or point daemon.state_dir at a writable directory"
+    )]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "state database {path}: cannot open: {source}; check that the file is a regkeeper database and that this user may write it and its directory"
+    )]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "state database {path}: schema version {found} is newer than this regkeeper understands ({supported}); run a newer regkeeper or move the file away"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error(
+        "state database {path}: migration to schema version {version} failed: {source}; the database was left at the previous version"
+    )]
+    Migrate {
+        path: PathBuf,
+        version: i64,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "state database {path}: {source}; the disk may be full or the file damaged (it only holds hints and history: moving it away is safe)"
+    )]
+    Query {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+}
+
+pub type Result<T, E = StateError> = std::result::Result<T, E>;
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Handle on the state database; cheap to clone.
+#[derive(Clone)]
+pub struct State {
+    conn: Arc<Mutex<Connection>>,
+    path: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").field("path", &self.path).finish()
+    }
+}
+
+/// How a run ended, as stored.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct RunRecord {
+    pub id: i64,
+    pub rule: String,
+    pub started: i64,
+    pub finished: Option<i64>,
+    /// `success`, `partial`, `failed`; `None` while running (or if the
+    /// process died during the run).
+    pub result: Option<String>,
+    pub tags_copied: i64,
+    pub tags_in_sync: i64,
+    pub tags_failed: i64,
+    pub bytes_copied: i64,
+    pub blobs_copied: i64,
+    pub blobs_mounted: i64,
+    pub blobs_skipped: i64,
+    pub blobs_resumed: i64,
+    pub manifests_pushed: i64,
+    pub last_error: Option<String>,
+}
+
+/// What the engine last saw for one tag at one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagState {
+    pub source_digest: String,
+    /// `None`: the tag was missing at the target.
+    pub target_digest: Option<String>,
+    /// When the tag was first seen at the target.
+    pub first_seen: Option<i64>,
+    /// When a difference between source and target was first seen; `None`
+    /// while they are in step.
+    pub diff_first_seen: Option<i64>,
+    /// When `target_digest` was last confirmed by the registry (a HEAD or
+    /// our own successful push).
+    pub verified: i64,
+}
+
+/// One observation to record in `tag_state`.
+#[derive(Debug, Clone)]
+pub struct TagObservation<'a> {
+    pub tag: &'a str,
+    pub source_digest: &'a str,
+    pub target_digest: Option<&'a str>,
+    /// The target digest was confirmed just now (HEAD or push), not taken
+    /// from the state.
+    pub verified_now: bool,
+}
+
+/// An unfinished upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UploadCheckpoint {
+    pub target: String,
+    pub repo: String,
+    pub digest: String,
+    pub session_url: String,
+    pub offset: u64,
+    /// The SHA-256 state after `offset` bytes, so the download can resume
+    /// with Range and the verification still covers the whole blob.
+    #[serde(skip)]
+    pub hash_state: Option<Vec<u8>>,
+    pub updated: i64,
+}
+
+/// One entry of the retention journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Deletion {
+    pub id: i64,
+    pub rule: String,
+    pub target: String,
+    pub repo: String,
+    pub digest: String,
+    pub tags: Vec<String>,
+    pub reason: String,
+    pub time: i64,
+    /// `pending` (journaled, not yet sent), `done` or `failed`.
+    pub status: String,
+}
+
+impl State {
+    /// Opens (creating `state_dir` and the file when missing) and migrates
+    /// `state_dir/regkeeper.db`.
+    pub fn open(state_dir: &Path) -> Result<State> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StateError::Dir {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        Self::open_file(&state_dir.join(DB_FILE))
+    }
+
+    /// Opens a database file directly (tests, tools).
+    pub fn open_file(path: &Path) -> Result<State> {
+        let open_err = |source| StateError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        // WAL: readers (status) never block the daemon's writes.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path.display(), mode, "state database is not in WAL mode");
+        }
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .map_err(open_err)?;
+        schema::migrate(&mut conn, path)?;
+        Ok(State {
+            conn: Arc::new(Mutex::new(conn)),
+            path: Arc::new(path.to_path_buf()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn).map_err(|source| StateError::Query {
+            path: self.path.to_path_buf(),
+            source,
+        })
+    }
+
+    fn with_tx<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let q = |source| StateError::Query {
+            path: self.path.to_path_buf(),
+            source,
+        };
+        let tx = conn.transaction().map_err(q)?;
+        let out = f(&tx).map_err(q)?;
+        tx.commit().map_err(q)?;
+        Ok(out)
+    }
+
+    pub fn schema_version(&self) -> Result<i64> {
+        self.with(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
+    }
+
+    // ---- runs ---------------------------------------------------------
+
+    /// Records the start of a run; returns its id.
+    pub fn run_started(&self, rule: &str, started: i64) -> Result<i64> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO runs (rule, started) VALUES (?1, ?2)",
+                params![rule, started],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    /// Records how a run ended.
+    pub fn run_finished(&self, id: i64, r: &RunRecord) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE runs SET finished = ?2, result = ?3, tags_copied = ?4, tags_in_sync = ?5,
+                   tags_failed = ?6, bytes_copied = ?7, blobs_copied = ?8, blobs_mounted = ?9,
+                   blobs_skipped = ?10, blobs_resumed = ?11, manifests_pushed = ?12, last_error = ?13
+                 WHERE id = ?1",
+                params![
+                    id,
+                    r.finished,
+                    r.result,
+                    r.tags_copied,
+                    r.tags_in_sync,
+                    r.tags_failed,
+                    r.bytes_copied,
+                    r.blobs_copied,
+                    r.blobs_mounted,
+                    r.blobs_skipped,
+                    r.blobs_resumed,
+                    r.manifests_pushed,
+                    r.last_error
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The most recent run of `rule` (finished or not).
+    pub fn last_run(&self, rule: &str) -> Result<Option<RunRecord>> {
+        self.run_where(rule, "1")
+    }
+
+    /// The most recent run that left every target in step.
+    pub fn last_success(&self, rule: &str) -> Result<Option<RunRecord>> {
+        self.run_where(rule, "result = 'success'")
+    }
+
+    /// The start of the first run ever recorded for `rule`.
+    pub fn first_run_started(&self, rule: &str) -> Result<Option<i64>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT MIN(started) FROM runs WHERE rule = ?1",
+                params![rule],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// The last error message any finished run of `rule` recorded.
+    pub fn last_error(&self, rule: &str) -> Result<Option<(i64, String)>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT started, last_error FROM runs WHERE rule = ?1 AND last_error IS NOT NULL
+                 ORDER BY started DESC, id DESC LIMIT 1",
+                params![rule],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+        })
+    }
+
+    fn run_where(&self, rule: &str, cond: &str) -> Result<Option<RunRecord>> {
+        let sql = format!(
+            "SELECT id, rule, started, finished, result, tags_copied, tags_in_sync, tags_failed,
+                    bytes_copied, blobs_copied, blobs_mounted, blobs_skipped, blobs_resumed,
+                    manifests_pushed, last_error
+             FROM runs WHERE rule = ?1 AND {cond} ORDER BY started DESC, id DESC LIMIT 1"
+        );
+        self.with(|c| {
+            c.query_row(&sql, params![rule], |r| {
+                Ok(RunRecord {
+                    id: r.get(0)?,
+                    rule: r.get(1)?,
+                    started: r.get(2)?,
+                    finished: r.get(3)?,
+                    result: r.get(4)?,
+                    tags_copied: r.get::<_, Option<i64>>(5)?.unwrap_or(0),
+                    tags_in_sync: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
+                    tags_failed: r.get::<_, Option<i64>>(7)?.unwrap_or(0),
+                    bytes_copied: r.get::<_, Option<i64>>(8)?.unwrap_or(0),
+                    blobs_copied: r.get::<_, Option<i64>>(9)?.unwrap_or(0),
+                    blobs_mounted: r.get::<_, Option<i64>>(10)?.unwrap_or(0),
+                    blobs_skipped: r.get::<_, Option<i64>>(11)?.unwrap_or(0),
+                    blobs_resumed: r.get::<_, Option<i64>>(12)?.unwrap_or(0),
+                    manifests_pushed: r.get::<_, Option<i64>>(13)?.unwrap_or(0),
+                    last_error: r.get(14)?,
+                })
+            })
+            .optional()
+        })
+    }
+
+    /// Rule names with any recorded run, sorted.
+    pub fn rules_with_runs(&self) -> Result<Vec<String>> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT DISTINCT rule FROM runs ORDER BY rule")?;
+            st.query_map([], |r| r.get(0))?.collect()
+        })
+    }
+
+    /// Deletes runs older than `before` except each rule's latest run and
+    /// latest success (lag must survive).
+    pub fn prune_runs(&self, before: i64) -> Result<usize> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM runs WHERE started < ?1
+                   AND id NOT IN (SELECT MAX(id) FROM runs GROUP BY rule)
+                   AND id NOT IN (SELECT MAX(id) FROM runs WHERE result = 'success' GROUP BY rule)
+                   AND id NOT IN (SELECT MIN(id) FROM runs GROUP BY rule)",
+                params![before],
+            )
+        })
+    }
+
+    // ---- tag_state ----------------------------------------------------
+
+    /// Everything known about the tags of one rule at one target repository.
+    pub fn tag_states(
+        &self,
+        rule: &str,
+        target: &str,
+        repo: &str,
+    ) -> Result<HashMap<String, TagState>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT tag, source_digest, target_digest, first_seen, diff_first_seen, verified
+                 FROM tag_state WHERE rule = ?1 AND target = ?2 AND repo = ?3",
+            )?;
+            st.query_map(params![rule, target, repo], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    TagState {
+                        source_digest: r.get(1)?,
+                        target_digest: r.get(2)?,
+                        first_seen: r.get(3)?,
+                        diff_first_seen: r.get(4)?,
+                        verified: r.get(5)?,
+                    },
+                ))
+            })?
+            .collect()
+        })
+    }
+
+    /// Records what one run saw for the tags of one target repository, and
+    /// forgets tags that are no longer selected at the source (`keep` lists
+    /// every tag still selected; `None` keeps all). One transaction.
+    pub fn record_tags(
+        &self,
+        rule: &str,
+        target: &str,
+        repo: &str,
+        seen: &[TagObservation<'_>],
+        keep: Option<&[String]>,
+        now: i64,
+    ) -> Result<()> {
+        self.with_tx(|tx| {
+            {
+                let mut up = tx.prepare(
+                    "INSERT INTO tag_state (rule, target, repo, tag, source_digest, target_digest,
+                        first_seen, diff_first_seen, verified, updated)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6,
+                        CASE WHEN ?6 IS NULL THEN NULL ELSE ?7 END,
+                        CASE WHEN ?6 IS ?5 THEN NULL ELSE ?7 END,
+                        CASE WHEN ?8 THEN ?7 ELSE 0 END, ?7)
+                     ON CONFLICT (rule, target, repo, tag) DO UPDATE SET
+                        source_digest = excluded.source_digest,
+                        target_digest = excluded.target_digest,
+                        first_seen = CASE WHEN excluded.target_digest IS NULL THEN NULL
+                                          ELSE COALESCE(tag_state.first_seen, ?7) END,
+                        diff_first_seen = CASE WHEN excluded.target_digest IS excluded.source_digest THEN NULL
+                                               ELSE COALESCE(tag_state.diff_first_seen, ?7) END,
+                        verified = CASE WHEN ?8 THEN ?7 ELSE tag_state.verified END,
+                        updated = ?7",
+                )?;
+                for o in seen {
+                    up.execute(params![
+                        rule,
+                        target,
+                        repo,
+                        o.tag,
+                        o.source_digest,
+                        o.target_digest,
+                        now,
+                        o.verified_now
+                    ])?;
+                }
+            }
+            if let Some(keep) = keep {
+                let keep: std::collections::HashSet<&str> =
+                    keep.iter().map(String::as_str).collect();
+                let mut st = tx.prepare(
+                    "SELECT tag FROM tag_state WHERE rule = ?1 AND target = ?2 AND repo = ?3",
+                )?;
+                let stale: Vec<String> = st
+                    .query_map(params![rule, target, repo], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?
+                    .into_iter()
+                    .filter(|t| !keep.contains(t.as_str()))
+                    .collect();
+                let mut del = tx.prepare(
+                    "DELETE FROM tag_state WHERE rule = ?1 AND target = ?2 AND repo = ?3 AND tag = ?4",
+                )?;
+                for t in stale {
+                    del.execute(params![rule, target, repo, t])?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Forgets every belief about one target repository (after evidence that
+    /// it was wiped or restored).
+    pub fn forget_target(&self, target: &str, repo: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM tag_state WHERE target = ?1 AND repo = ?2",
+                params![target, repo],
+            )?;
+            c.execute(
+                "DELETE FROM target_blobs WHERE target = ?1 AND repo = ?2",
+                params![target, repo],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Differences seen but not yet copied, for one rule.
+    pub fn tags_pending(&self, rule: &str) -> Result<i64> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM tag_state WHERE rule = ?1 AND diff_first_seen IS NOT NULL",
+                params![rule],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// The oldest difference still pending for a rule.
+    pub fn oldest_pending(&self, rule: &str) -> Result<Option<i64>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT MIN(diff_first_seen) FROM tag_state WHERE rule = ?1",
+                params![rule],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// Forgets everything about rules that are no longer configured.
+    pub fn forget_rules_except(&self, rules: &[String]) -> Result<()> {
+        let keep: std::collections::HashSet<&str> = rules.iter().map(String::as_str).collect();
+        self.with_tx(|tx| {
+            let names: Vec<String> = tx
+                .prepare("SELECT DISTINCT rule FROM tag_state")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for n in names.iter().filter(|n| !keep.contains(n.as_str())) {
+                tx.execute("DELETE FROM tag_state WHERE rule = ?1", params![n])?;
+            }
+            Ok(())
+        })
+    }
+
+    // ---- target_blobs -------------------------------------------------
+
+    /// Notes that a target repository holds a blob (a hint only).
+    pub fn blob_seen(&self, target: &str, repo: &str, digest: &str) -> Result<()> {
+        self.with(|c| {
+            c.prepare(
+                "INSERT INTO target_blobs (target, repo, digest, seen) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (target, repo, digest) DO UPDATE SET seen = excluded.seen",
+            )?
+            .execute(params![target, repo, digest, now_unix()])?;
+            Ok(())
+        })
+    }
+
+    pub fn blob_known(&self, target: &str, repo: &str, digest: &str) -> Result<bool> {
+        self.with(|c| {
+            c.prepare("SELECT 1 FROM target_blobs WHERE target = ?1 AND repo = ?2 AND digest = ?3")?
+                .exists(params![target, repo, digest])
+        })
+    }
+
+    // ---- uploads --------------------------------------------------------
+
+    /// Commits an upload checkpoint (after an acknowledged chunk).
+    pub fn save_upload(&self, cp: &UploadCheckpoint) -> Result<()> {
+        self.with(|c| {
+            c.prepare(
+                "INSERT INTO uploads (target, repo, digest, session_url, offset, hash_state, updated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (target, repo, digest) DO UPDATE SET session_url = excluded.session_url,
+                   offset = excluded.offset, hash_state = excluded.hash_state, updated = excluded.updated",
+            )?
+            .execute(params![
+                cp.target,
+                cp.repo,
+                cp.digest,
+                cp.session_url,
+                cp.offset as i64,
+                cp.hash_state,
+                cp.updated
+            ])?;
+            Ok(())
+        })
+    }
+
+    pub fn upload(
+        &self,
+        target: &str,
+        repo: &str,
+        digest: &str,
+    ) -> Result<Option<UploadCheckpoint>> {
+        self.with(|c| {
+            c.prepare(
+                "SELECT target, repo, digest, session_url, offset, hash_state, updated FROM uploads
+                 WHERE target = ?1 AND repo = ?2 AND digest = ?3",
+            )?
+            .query_row(params![target, repo, digest], upload_row)
+            .optional()
+        })
+    }
+
+    pub fn remove_upload(&self, target: &str, repo: &str, digest: &str) -> Result<()> {
+        self.with(|c| {
+            c.prepare("DELETE FROM uploads WHERE target = ?1 AND repo = ?2 AND digest = ?3")?
+                .execute(params![target, repo, digest])?;
+            Ok(())
+        })
+    }
+
+    /// Every unfinished upload.
+    pub fn uploads(&self) -> Result<Vec<UploadCheckpoint>> {
+        self.with(|c| {
+            c.prepare(
+                "SELECT target, repo, digest, session_url, offset, hash_state, updated FROM uploads
+                 ORDER BY updated",
+            )?
+            .query_map([], upload_row)?
+            .collect()
+        })
+    }
+
+    // ---- retention: deletion journal and tag history --------------------
+
+    /// Journals a deletion *before* it is sent; returns its id.
+    #[allow(clippy::too_many_arguments)]
+    pub fn journal_deletion(
+        &self,
+        rule: &str,
+        target: &str,
+        repo: &str,
+        digest: &str,
+        tags: &[String],
+        reason: &str,
+        time: i64,
+    ) -> Result<i64> {
+        let tags = serde_json::to_string(tags).unwrap_or_else(|_| "[]".into());
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO deletions (rule, target, repo, digest, tags, reason, time, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
+                params![rule, target, repo, digest, tags, reason, time],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    /// Records whether the journaled deletion `id` was carried out.
+    pub fn mark_deletion_sent(&self, id: i64, ok: bool) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE deletions SET status = ?2 WHERE id = ?1",
+                params![id, if ok { "done" } else { "failed" }],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The latest `limit` journal entries of a rule, newest first.
+    pub fn deletions(&self, rule: &str, limit: usize) -> Result<Vec<Deletion>> {
+        self.with(|c| {
+            c.prepare(
+                "SELECT id, rule, target, repo, digest, tags, reason, time, status FROM deletions
+                 WHERE rule = ?1 ORDER BY time DESC, id DESC LIMIT ?2",
+            )?
+            .query_map(params![rule, limit as i64], |r| {
+                let tags: String = r.get(5)?;
+                Ok(Deletion {
+                    id: r.get(0)?,
+                    rule: r.get(1)?,
+                    target: r.get(2)?,
+                    repo: r.get(3)?,
+                    digest: r.get(4)?,
+                    tags: serde_json::from_str(&tags).unwrap_or_default(),
+                    reason: r.get(6)?,
+                    time: r.get(7)?,
+                    status: r.get(8)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    /// Notes that `tag` points at `digest` at a target (first sighting
+    /// keeps its time; a digest that gets a tag again is no longer untagged).
+    pub fn observe_tag(
+        &self,
+        target: &str,
+        repo: &str,
+        tag: &str,
+        digest: &str,
+        now: i64,
+    ) -> Result<()> {
+        self.with(|c| {
+            c.prepare(
+                "INSERT INTO tag_history (target, repo, tag, digest, first_seen, untagged_since)
+                 VALUES (?1, ?2, ?3, ?4, ?5, NULL)
+                 ON CONFLICT (target, repo, tag, digest) DO UPDATE SET untagged_since = NULL",
+            )?
+            .execute(params![target, repo, tag, digest, now])?;
+            c.prepare(
+                "UPDATE tag_history SET untagged_since = NULL
+                 WHERE target = ?1 AND repo = ?2 AND digest = ?3",
+            )?
+            .execute(params![target, repo, digest])?;
+            Ok(())
+        })
+    }
+
+    /// When `tag` was first seen at the target pointing at its current
+    /// `digest` (`None`: never recorded).
+    pub fn tag_first_seen(
+        &self,
+        target: &str,
+        repo: &str,
+        tag: &str,
+        digest: &str,
+    ) -> Result<Option<i64>> {
+        self.with(|c| {
+            c.prepare(
+                "SELECT first_seen FROM tag_history
+                 WHERE target = ?1 AND repo = ?2 AND tag = ?3 AND digest = ?4",
+            )?
+            .query_row(params![target, repo, tag, digest], |r| r.get(0))
+            .optional()
+        })
+    }
+
+    /// Records that `digest` lost its last tag at `since` (an earlier record
+    /// is kept: the clock does not restart).
+    pub fn mark_untagged(&self, target: &str, repo: &str, digest: &str, since: i64) -> Result<()> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE tag_history SET untagged_since = COALESCE(untagged_since, ?4)
+                 WHERE target = ?1 AND repo = ?2 AND digest = ?3",
+                params![target, repo, digest, since],
+            )?;
+            if n == 0 {
+                c.execute(
+                    "INSERT INTO tag_history (target, repo, tag, digest, first_seen, untagged_since)
+                     VALUES (?1, ?2, '', ?3, ?4, ?4)",
+                    params![target, repo, digest, since],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Since when `digest` has had no tag at the target (`None`: tagged, or
+    /// never seen losing its tag).
+    pub fn untagged_since(&self, target: &str, repo: &str, digest: &str) -> Result<Option<i64>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT CASE WHEN COUNT(*) = COUNT(untagged_since) THEN MIN(untagged_since) END
+                 FROM tag_history WHERE target = ?1 AND repo = ?2 AND digest = ?3",
+                params![target, repo, digest],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// Forgets a digest's history (after it was deleted).
+    pub fn forget_digest(&self, target: &str, repo: &str, digest: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM tag_history WHERE target = ?1 AND repo = ?2 AND digest = ?3",
+                params![target, repo, digest],
+            )?;
+            Ok(())
+        })
+    }
+}
+
+fn upload_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UploadCheckpoint> {
+    Ok(UploadCheckpoint {
+        target: r.get(0)?,
+        repo: r.get(1)?,
+        digest: r.get(2)?,
+        session_url: r.get(3)?,
+        offset: r.get::<_, i64>(4)?.max(0) as u64,
+        hash_state: r.get(5)?,
+        updated: r.get(6)?,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,118 @@
+//! Schema migrations, numbered by `PRAGMA user_version`. Each step runs in
+//! one transaction together with the version bump, so a failed step leaves
+//! the database at the previous version. Never edit a released step: add one.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use super::StateError;
+
+/// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        rule TEXT NOT NULL,
+        started INTEGER NOT NULL,
+        finished INTEGER,
+        result TEXT,
+        tags_copied INTEGER,
+        tags_in_sync INTEGER,
+        tags_failed INTEGER,
+        bytes_copied INTEGER,
+        blobs_copied INTEGER,
+        blobs_mounted INTEGER,
+        blobs_skipped INTEGER,
+        blobs_resumed INTEGER,
+        manifests_pushed INTEGER,
+        last_error TEXT
+    );
+    CREATE INDEX runs_by_rule ON runs (rule, started);
+    CREATE TABLE tag_state (
+        rule TEXT NOT NULL,
+        target TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        source_digest TEXT NOT NULL,
+        target_digest TEXT,
+        first_seen INTEGER,
+        diff_first_seen INTEGER,
+        verified INTEGER NOT NULL DEFAULT 0,
+        updated INTEGER NOT NULL,
+        PRIMARY KEY (rule, target, repo, tag)
+    ) WITHOUT ROWID;
+    CREATE TABLE target_blobs (
+        target TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        seen INTEGER NOT NULL,
+        PRIMARY KEY (target, repo, digest)
+    ) WITHOUT ROWID;
+    CREATE TABLE uploads (
+        target TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        session_url TEXT NOT NULL,
+        offset INTEGER NOT NULL,
+        hash_state BLOB,
+        updated INTEGER NOT NULL,
+        PRIMARY KEY (target, repo, digest)
+    ) WITHOUT ROWID;
+    CREATE TABLE deletions (
+        id INTEGER PRIMARY KEY,
+        rule TEXT NOT NULL,
+        target TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        tags TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        time INTEGER NOT NULL,
+        status TEXT NOT NULL
+    );
+    CREATE INDEX deletions_by_rule ON deletions (rule, time);
+    CREATE TABLE tag_history (
+        target TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        first_seen INTEGER NOT NULL,
+        untagged_since INTEGER,
+        PRIMARY KEY (target, repo, tag, digest)
+    ) WITHOUT ROWID;
+    CREATE INDEX tag_history_by_digest ON tag_history (target, repo, digest);",
+];
+
+/// The schema version this build writes.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StateError> {
+    let current: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|source| StateError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if current > VERSION {
+        return Err(StateError::TooNew {
+            path: path.to_path_buf(),
+            found: current,
+            supported: VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i as i64 + 1;
+        let err = |source| StateError::Migrate {
+            path: path.to_path_buf(),
+            version,
+            source,
+        };
+        let tx = conn.transaction().map_err(err)?;
+        tx.execute_batch(sql).map_err(err)?;
+        tx.pragma_update(None, "user_version", version)
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+        tracing::info!(path = %path.display(), version, "state database migrated");
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+use super::*;
+
+fn open() -> (tempfile::TempDir, State) {
+    let dir = tempfile::tempdir().unwrap();
+    let st = State::open(&dir.path().join("nested/state")).unwrap();
+    (dir, st)
+}
+
+#[test]
+fn migrates_from_empty_and_reopens() {
+    let (dir, st) = open();
+    assert_eq!(st.schema_version().unwrap(), schema::VERSION);
+    let id = st.run_started("r", 100).unwrap();
+    drop(st);
+    let st = State::open(&dir.path().join("nested/state")).unwrap();
+    assert_eq!(st.schema_version().unwrap(), schema::VERSION);
+    assert_eq!(st.last_run("r").unwrap().unwrap().id, id);
+    let mode: String = st
+        .with(|c| c.query_row("PRAGMA journal_mode", [], |r| r.get(0)))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn refuses_a_newer_schema() {
+    let (dir, st) = open();
+    st.with(|c| c.pragma_update(None, "user_version", 99))
+        .unwrap();
+    drop(st);
+    let err = State::open(&dir.path().join("nested/state")).unwrap_err();
+    assert!(matches!(err, StateError::TooNew { found: 99, .. }), "{err}");
+    assert!(err.to_string().contains("regkeeper.db"));
+}
+
+#[test]
+fn not_a_database_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(DB_FILE), vec![b'x'; 4096]).unwrap();
+    let err = State::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains(DB_FILE), "{err}");
+}
+
+#[test]
+fn runs_last_success_and_first_start() {
+    let (_d, st) = open();
+    let a = st.run_started("r", 100).unwrap();
+    st.run_finished(
+        a,
+        &RunRecord {
+            finished: Some(110),
+            result: Some("success".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let b = st.run_started("r", 200).unwrap();
+    st.run_finished(
+        b,
+        &RunRecord {
+            finished: Some(210),
+            result: Some("partial".into()),
+            last_error: Some("boom".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(st.last_success("r").unwrap().unwrap().started, 100);
+    assert_eq!(st.last_run("r").unwrap().unwrap().started, 200);
+    assert_eq!(st.first_run_started("r").unwrap(), Some(100));
+    assert_eq!(st.first_run_started("other").unwrap(), None);
+    assert_eq!(st.last_error("r").unwrap().unwrap().1, "boom");
+    assert_eq!(st.rules_with_runs().unwrap(), vec!["r".to_string()]);
+    assert_eq!(
+        st.prune_runs(1000).unwrap(),
+        0,
+        "first, last and last success stay"
+    );
+}
+
+#[test]
+fn tag_state_tracks_differences() {
+    let (_d, st) = open();
+    let obs = |tag, src, tgt, v| TagObservation {
+        tag,
+        source_digest: src,
+        target_digest: tgt,
+        verified_now: v,
+    };
+    st.record_tags(
+        "r",
+        "h",
+        "a",
+        &[
+            obs("v1", "d1", None, true),
+            obs("v2", "d2", Some("d2"), true),
+        ],
+        None,
+        10,
+    )
+    .unwrap();
+    assert_eq!(st.tags_pending("r").unwrap(), 1);
+    let m = st.tag_states("r", "h", "a").unwrap();
+    assert_eq!(m["v1"].diff_first_seen, Some(10));
+    assert_eq!(m["v1"].first_seen, None);
+    assert_eq!(m["v2"].diff_first_seen, None);
+    assert_eq!(m["v2"].first_seen, Some(10));
+    // Still different later: the first sighting of the difference is kept.
+    st.record_tags(
+        "r",
+        "h",
+        "a",
+        &[obs("v1", "d1", Some("d0"), true)],
+        None,
+        20,
+    )
+    .unwrap();
+    assert_eq!(
+        st.tag_states("r", "h", "a").unwrap()["v1"].diff_first_seen,
+        Some(10)
+    );
+    // Copied: in step; first_seen starts; unverified observations keep `verified`.
+    st.record_tags(
+        "r",
+        "h",
+        "a",
+        &[obs("v1", "d1", Some("d1"), true)],
+        None,
+        30,
+    )
+    .unwrap();
+    st.record_tags(
+        "r",
+        "h",
+        "a",
+        &[obs("v1", "d1", Some("d1"), false)],
+        None,
+        40,
+    )
+    .unwrap();
+    let v1 = &st.tag_states("r", "h", "a").unwrap()["v1"];
+    assert_eq!(
+        (v1.diff_first_seen, v1.first_seen, v1.verified),
+        (None, Some(20), 30)
+    );
+    assert_eq!(st.tags_pending("r").unwrap(), 0);
+    // A tag no longer selected is forgotten.
+    st.record_tags("r", "h", "a", &[], Some(&["v1".to_string()]), 50)
+        .unwrap();
+    assert_eq!(st.tag_states("r", "h", "a").unwrap().len(), 1);
+    st.forget_target("h", "a").unwrap();
+    assert!(st.tag_states("r", "h", "a").unwrap().is_empty());
+}
+
+#[test]
+fn uploads_checkpoint_roundtrip() {
+    let (_d, st) = open();
+    let mut cp = UploadCheckpoint {
+        target: "h".into(),
+        repo: "a".into(),
+        digest: "sha256:x".into(),
+        session_url: "http://h/v2/a/blobs/uploads/1?_state=s".into(),
+        offset: 16,
+        hash_state: Some(vec![1, 2, 3]),
+        updated: 5,
+    };
+    st.save_upload(&cp).unwrap();
+    cp.offset = 32;
+    st.save_upload(&cp).unwrap();
+    assert_eq!(st.upload("h", "a", "sha256:x").unwrap(), Some(cp.clone()));
+    assert_eq!(st.uploads().unwrap().len(), 1);
+    st.remove_upload("h", "a", "sha256:x").unwrap();
+    assert_eq!(st.upload("h", "a", "sha256:x").unwrap(), None);
+}
+
+#[test]
+fn blob_hints() {
+    let (_d, st) = open();
+    assert!(!st.blob_known("h", "a", "d").unwrap());
+    st.blob_seen("h", "a", "d").unwrap();
+    st.blob_seen("h", "a", "d").unwrap();
+    assert!(st.blob_known("h", "a", "d").unwrap());
+}
+
+#[test]
+fn deletion_journal_and_tag_history() {
+    let (_d, st) = open();
+    let id = st
+        .journal_deletion("r", "h", "a", "sha256:1", &["v1".into()], "keep_last", 7)
+        .unwrap();
+    let d = st.deletions("r", 10).unwrap();
+    assert_eq!(
+        (d[0].status.as_str(), d[0].tags.clone()),
+        ("pending", vec!["v1".to_string()])
+    );
+    st.mark_deletion_sent(id, true).unwrap();
+    assert_eq!(st.deletions("r", 10).unwrap()[0].status, "done");
+
+    st.observe_tag("h", "a", "v1", "sha256:1", 100).unwrap();
+    st.observe_tag("h", "a", "v1", "sha256:1", 200).unwrap();
+    assert_eq!(
+        st.tag_first_seen("h", "a", "v1", "sha256:1").unwrap(),
+        Some(100)
+    );
+    assert_eq!(st.untagged_since("h", "a", "sha256:1").unwrap(), None);
+    st.mark_untagged("h", "a", "sha256:1", 300).unwrap();
+    st.mark_untagged("h", "a", "sha256:1", 400).unwrap();
+    assert_eq!(st.untagged_since("h", "a", "sha256:1").unwrap(), Some(300));
+    // Tagged again: no longer untagged.
+    st.observe_tag("h", "a", "v2", "sha256:1", 500).unwrap();
+    assert_eq!(st.untagged_since("h", "a", "sha256:1").unwrap(), None);
+    // A digest never seen tagged can still be marked.
+    st.mark_untagged("h", "a", "sha256:2", 600).unwrap();
+    assert_eq!(st.untagged_since("h", "a", "sha256:2").unwrap(), Some(600));
+    st.forget_digest("h", "a", "sha256:2").unwrap();
+    assert_eq!(st.untagged_since("h", "a", "sha256:2").unwrap(), None);
+}
