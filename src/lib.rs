@@ -13,6 +13,7 @@
 pub mod config;
 pub mod engine;
 pub mod filter;
+pub mod metrics;
 pub mod oci;
 pub mod plan;
 pub mod reference;

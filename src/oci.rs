@@ -4,8 +4,10 @@
 //! Manifests are never re-serialized: they are parsed only to find their
 //! children, and copied as the raw bytes they were fetched as.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -270,6 +272,45 @@ pub struct Verified {
     expected: Digest,
     expected_size: Option<u64>,
     seen: u64,
+    /// Bytes read from `inner` but not yet passed on (split at a snapshot boundary).
+    pending: Option<Bytes>,
+    snapshots: Option<Snapshots>,
+}
+
+/// Where [`Verified`] records the SHA-256 state at chosen offsets, so a
+/// transfer checkpointed at such an offset can resume there later.
+#[derive(Clone)]
+pub struct Snapshots {
+    /// Offsets that are multiples of any of these get a snapshot.
+    every: Vec<u64>,
+    taken: Arc<Mutex<BTreeMap<u64, Vec<u8>>>>,
+}
+
+impl Snapshots {
+    /// Snapshots at every multiple of each value in `every` (zeros ignored).
+    pub fn new(every: Vec<u64>) -> Self {
+        Snapshots {
+            every: every.into_iter().filter(|e| *e > 0).collect(),
+            taken: Arc::default(),
+        }
+    }
+
+    /// The hasher state after exactly `offset` bytes, if one was taken.
+    pub fn at(&self, offset: u64) -> Option<Vec<u8>> {
+        self.taken
+            .lock()
+            .expect("snapshots poisoned")
+            .get(&offset)
+            .cloned()
+    }
+
+    fn next_boundary(&self, after: u64) -> Option<u64> {
+        self.every.iter().map(|m| (after / m + 1) * m).min()
+    }
+
+    fn is_boundary(&self, offset: u64) -> bool {
+        offset > 0 && self.every.iter().any(|m| offset % m == 0)
+    }
 }
 
 impl Verified {
@@ -280,7 +321,38 @@ impl Verified {
             expected,
             expected_size,
             seen: 0,
+            pending: None,
+            snapshots: None,
         }
+    }
+
+    /// Continues a verification that was interrupted after `offset` bytes:
+    /// `inner` yields the bytes from `offset` on, `state` is the hasher state
+    /// taken at `offset` (see [`Snapshots`]). The check still covers every
+    /// byte of the blob.
+    pub fn resume(
+        inner: ByteStream,
+        expected: Digest,
+        expected_size: Option<u64>,
+        offset: u64,
+        state: &[u8],
+    ) -> Result<Self, String> {
+        use sha2::digest::common::hazmat::{SerializableState, SerializedState};
+        let serialized = SerializedState::<Sha256>::try_from(state)
+            .map_err(|_| format!("saved hash state has {} bytes", state.len()))?;
+        let hasher = Sha256::deserialize(&serialized)
+            .map_err(|_| "saved hash state is not a SHA-256 state".to_string())?;
+        let mut v = Verified::new(inner, expected, expected_size);
+        v.hasher = Some(hasher);
+        v.seen = offset;
+        Ok(v)
+    }
+
+    /// Records the hasher state at every boundary of `snapshots` (chunks are
+    /// split there, so each boundary is hit exactly).
+    pub fn with_snapshots(mut self, snapshots: Snapshots) -> Self {
+        self.snapshots = Some(snapshots);
+        self
     }
 }
 
@@ -291,8 +363,20 @@ impl Stream for Verified {
         if this.hasher.is_none() {
             return Poll::Ready(None);
         }
-        match this.inner.as_mut().poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
+        let next = match this.pending.take() {
+            Some(b) => Poll::Ready(Some(Ok(b))),
+            None => this.inner.as_mut().poll_next(cx),
+        };
+        match next {
+            Poll::Ready(Some(Ok(mut chunk))) => {
+                if let Some(snap) = &this.snapshots {
+                    if let Some(b) = snap.next_boundary(this.seen) {
+                        let room = b - this.seen;
+                        if (chunk.len() as u64) > room {
+                            this.pending = Some(chunk.split_off(room as usize));
+                        }
+                    }
+                }
                 this.seen += chunk.len() as u64;
                 if let Some(limit) = this.expected_size {
                     if this.seen > limit {
@@ -305,6 +389,15 @@ impl Stream for Verified {
                 }
                 if let Some(h) = this.hasher.as_mut() {
                     h.update(&chunk);
+                    if let Some(snap) = &this.snapshots {
+                        if snap.is_boundary(this.seen) {
+                            use sha2::digest::common::hazmat::SerializableState;
+                            snap.taken
+                                .lock()
+                                .expect("snapshots poisoned")
+                                .insert(this.seen, h.serialize().to_vec());
+                        }
+                    }
                 }
                 Poll::Ready(Some(Ok(chunk)))
             }
@@ -371,6 +464,43 @@ mod tests {
 
         let mut s = Verified::new(stream_of(&[b"hello world!"]), good, Some(11));
         assert!(s.next().await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn verified_resumes_from_a_snapshot() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        let digest = Digest::of(&data);
+        let parts: Vec<&'static [u8]> = data
+            .chunks(77)
+            .map(|c| &*Box::leak(c.to_vec().into_boxed_slice()))
+            .collect();
+        let snaps = Snapshots::new(vec![100, 0]);
+        let mut s = Verified::new(stream_of(&parts), digest.clone(), Some(1000))
+            .with_snapshots(snaps.clone());
+        let mut out = Vec::new();
+        while let Some(item) = s.next().await {
+            let b = item.unwrap();
+            // no piece straddles a multiple of 100
+            assert!((out.len() / 100) == ((out.len() + b.len() - 1) / 100));
+            out.extend_from_slice(&b);
+        }
+        assert_eq!(out, data);
+        let state = snaps.at(300).expect("snapshot at 300");
+        let rest: &'static [u8] = Box::leak(data[300..].to_vec().into_boxed_slice());
+        let mut r =
+            Verified::resume(stream_of(&[rest]), digest.clone(), Some(1000), 300, &state).unwrap();
+        while let Some(item) = r.next().await {
+            item.unwrap();
+        }
+        // the wrong prefix state fails at the end
+        let wrong = snaps.at(200).unwrap();
+        let mut r = Verified::resume(stream_of(&[rest]), digest, Some(1000), 300, &wrong).unwrap();
+        let mut last = None;
+        while let Some(item) = r.next().await {
+            last = Some(item);
+        }
+        assert!(last.unwrap().is_err());
+        assert!(Verified::resume(stream_of(&[]), Digest::of(b""), None, 0, b"xx").is_err());
     }
 
     #[test]

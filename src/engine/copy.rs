@@ -11,11 +11,27 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{Semaphore, watch};
 
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio_util::sync::CancellationToken;
+
 use crate::oci::{
-    ByteStream, Descriptor, Digest, Manifest, Platform, RawManifest, Verified, is_index,
+    ByteStream, Descriptor, Digest, Manifest, Platform, RawManifest, Snapshots, Verified, is_index,
 };
 use crate::reference::Location;
+use crate::state::{State, UploadCheckpoint, now_unix};
+use crate::transport::remote::UploadSession;
 use crate::transport::{Store, TransportError};
+
+/// `(target, repo)` as the state database names a target repository: the
+/// registry host and repository, or `oci:<dir>` and an empty repository.
+pub fn state_key(location: &Location) -> (String, String) {
+    match location {
+        Location::Registry { host, repo } => (host.clone(), repo.clone()),
+        Location::Layout { path } => (format!("oci:{}", path.display()), String::new()),
+    }
+}
 
 /// How many times a blob transfer that failed with a transient error is tried.
 const TRANSFER_ATTEMPTS: usize = 3;
@@ -54,6 +70,8 @@ pub struct CopyStats {
     pub blobs_copied: AtomicU64,
     pub blobs_mounted: AtomicU64,
     pub blobs_skipped: AtomicU64,
+    /// Uploads continued from a checkpoint instead of started over.
+    pub blobs_resumed: AtomicU64,
     pub manifests_pushed: AtomicU64,
 }
 
@@ -65,6 +83,7 @@ pub struct CopyTotals {
     pub blobs_copied: u64,
     pub blobs_mounted: u64,
     pub blobs_skipped: u64,
+    pub blobs_resumed: u64,
     pub manifests_pushed: u64,
 }
 
@@ -76,6 +95,7 @@ impl CopyStats {
             blobs_copied: self.blobs_copied.load(Ordering::Relaxed),
             blobs_mounted: self.blobs_mounted.load(Ordering::Relaxed),
             blobs_skipped: self.blobs_skipped.load(Ordering::Relaxed),
+            blobs_resumed: self.blobs_resumed.load(Ordering::Relaxed),
             manifests_pushed: self.manifests_pushed.load(Ordering::Relaxed),
         }
     }
@@ -325,6 +345,36 @@ pub struct Copier {
     pub transfers: Arc<Semaphore>,
     /// Bytes progress callback target (for progress bars).
     pub on_bytes: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    /// Where chunked uploads are checkpointed (the daemon and `sync`); `None`
+    /// for dry runs and ad hoc copies without a state directory.
+    pub checkpoints: Option<State>,
+    /// Cancelled on shutdown: no new transfer starts, chunked uploads stop
+    /// after the chunk in flight.
+    pub stop: CancellationToken,
+}
+
+type PutFuture<'a> = Pin<Box<dyn Future<Output = Result<(), TransportError>> + Send + 'a>>;
+
+/// How one target takes part in a transfer.
+struct SinkPlan {
+    /// Set when the upload is checkpointed: (target, repo) in the state.
+    checkpoint: Option<(String, String)>,
+    /// A session that still holds the first `offset` bytes, with the hash
+    /// state at that offset.
+    resume: Option<(UploadSession, Vec<u8>)>,
+}
+
+impl SinkPlan {
+    fn offset(&self) -> u64 {
+        self.resume.as_ref().map_or(0, |(s, _)| s.offset)
+    }
+}
+
+fn interrupted(location: &Location, digest: &Digest) -> TransportError {
+    TransportError::Interrupted {
+        location: location.to_string(),
+        detail: format!("blob {digest} not started"),
+    }
 }
 
 /// The result of preparing an image for one target in a dry run.
@@ -406,37 +456,171 @@ impl Copier {
         Ok(Need::Upload(guard))
     }
 
+    /// Whether an upload of `blob` to `sink` is checkpointed, and whether a
+    /// checkpoint from an earlier run can be continued: only when the
+    /// registry still knows the session (GET on it) at exactly the offset
+    /// recorded. A checkpoint that cannot be used is dropped (and its
+    /// session cancelled when the registry still has it).
+    async fn sink_plan(&self, sink: &Store, blob: &Descriptor) -> SinkPlan {
+        let none = SinkPlan {
+            checkpoint: None,
+            resume: None,
+        };
+        let (Store::Remote(remote), Some(state)) = (sink, &self.checkpoints) else {
+            return none;
+        };
+        let chunk = remote.registry().chunk_size();
+        if chunk == 0 || blob.size <= chunk {
+            return none;
+        }
+        let (target, repo) = state_key(sink.location());
+        let digest = blob.digest.as_str();
+        let saved = match state.upload(&target, &repo, digest) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read upload checkpoints; uploading from the start");
+                None
+            }
+        };
+        let mut resume = None;
+        if let Some(cp) = saved {
+            let url = url::Url::parse(&cp.session_url);
+            if let (Ok(url), Some(hash)) = (url, cp.hash_state.clone()) {
+                if cp.offset > 0 && cp.offset < blob.size {
+                    let at = UploadSession {
+                        url,
+                        offset: cp.offset,
+                    };
+                    match remote.upload_status(&at).await {
+                        Ok(Some(s)) if s.offset == cp.offset => resume = Some((s, hash)),
+                        Ok(Some(s)) => {
+                            tracing::info!(
+                                digest,
+                                offset = cp.offset,
+                                registry_offset = s.offset,
+                                "upload session moved past its checkpoint; starting the blob over"
+                            );
+                            remote.cancel_upload(&s).await;
+                        }
+                        Ok(None) => tracing::info!(
+                            digest,
+                            offset = cp.offset,
+                            "the registry no longer accepts the checkpointed upload session; starting the blob over"
+                        ),
+                        Err(e) => tracing::info!(digest, error = %e,
+                            "checking the checkpointed upload session failed; starting the blob over"),
+                    }
+                }
+            }
+            if resume.is_none() {
+                if let Err(e) = state.remove_upload(&target, &repo, digest) {
+                    tracing::warn!(error = %e, "cannot drop an upload checkpoint");
+                }
+            } else {
+                tracing::info!(digest, offset = cp.offset, target = %sink.location(), "resuming upload from checkpoint");
+            }
+        }
+        SinkPlan {
+            checkpoint: Some((target, repo)),
+            resume,
+        }
+    }
+
     /// Reads a blob from the source once and streams it to every target in
-    /// `sinks` at the same time. Returns one result per sink, in order.
+    /// `sinks` at the same time. Uploads to registries with a `chunk_size`
+    /// are checkpointed after every chunk and continued from a checkpoint
+    /// when one is usable; the source is then read from the lowest resume
+    /// offset on (HTTP Range), and the SHA-256 check continues from the hash
+    /// state saved with the checkpoint, so it still covers the whole blob.
+    /// Returns one result per sink, in order: the bytes sent to it.
     async fn transfer(
         &self,
         source: &Store,
         blob: &Descriptor,
         sinks: &[&Store],
-    ) -> Vec<Result<(), TransportError>> {
+    ) -> Vec<Result<u64, TransportError>> {
         let _permit = self
             .transfers
             .acquire()
             .await
             .expect("transfer semaphore closed");
-        let src_stream = match source.get_blob(&blob.digest, blob.size).await {
-            Ok(s) => s,
-            Err(e) => {
-                let msg = e.to_string();
-                let mut out = vec![Err(e)];
-                out.extend(sinks.iter().skip(1).map(|_| {
-                    Err(TransportError::Protocol {
-                        location: source.location().to_string(),
-                        detail: msg.clone(),
-                    })
-                }));
-                return out;
-            }
-        };
-        let mut verified = Verified::new(src_stream, blob.digest.clone(), Some(blob.size));
-        let mut senders = Vec::with_capacity(sinks.len());
-        let mut puts = Vec::with_capacity(sinks.len());
+        if self.stop.is_cancelled() {
+            return sinks
+                .iter()
+                .map(|s| Err(interrupted(s.location(), &blob.digest)))
+                .collect();
+        }
+        let mut plans = Vec::with_capacity(sinks.len());
         for sink in sinks {
+            plans.push(self.sink_plan(sink, blob).await);
+        }
+        let fail_all = |e: TransportError| {
+            let msg = e.to_string();
+            let mut out = vec![Err(e)];
+            out.extend(sinks.iter().skip(1).map(|_| {
+                Err(TransportError::Protocol {
+                    location: source.location().to_string(),
+                    detail: msg.clone(),
+                })
+            }));
+            out
+        };
+        let mut start = plans.iter().map(SinkPlan::offset).min().unwrap_or(0);
+        let mut verified = None;
+        if start > 0 {
+            let hash = plans
+                .iter()
+                .find_map(|p| p.resume.as_ref().filter(|(s, _)| s.offset == start))
+                .map(|(_, h)| h.clone())
+                .unwrap_or_default();
+            match source.get_blob_from(&blob.digest, blob.size, start).await {
+                Ok((stream, got)) if got == start => {
+                    match Verified::resume(
+                        stream,
+                        blob.digest.clone(),
+                        Some(blob.size),
+                        start,
+                        &hash,
+                    ) {
+                        Ok(v) => verified = Some(v),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "unusable hash state; reading the blob from the start");
+                            start = 0;
+                        }
+                    }
+                }
+                Ok((stream, _)) => {
+                    // The source ignored the range: read it all, hash it all.
+                    start = 0;
+                    verified = Some(Verified::new(stream, blob.digest.clone(), Some(blob.size)));
+                }
+                Err(e) => return fail_all(e),
+            }
+        }
+        let verified = match verified {
+            Some(v) => v,
+            None => match source.get_blob(&blob.digest, blob.size).await {
+                Ok(s) => Verified::new(s, blob.digest.clone(), Some(blob.size)),
+                Err(e) => return fail_all(e),
+            },
+        };
+        let chunk_sizes: Vec<u64> = sinks
+            .iter()
+            .zip(&plans)
+            .filter(|(_, p)| p.checkpoint.is_some())
+            .filter_map(|(s, _)| match s {
+                Store::Remote(r) => Some(r.registry().chunk_size()),
+                Store::Layout(_) => None,
+            })
+            .collect();
+        let snapshots = Snapshots::new(chunk_sizes);
+        let mut verified = verified.with_snapshots(snapshots.clone());
+
+        let mut senders = Vec::with_capacity(sinks.len());
+        let mut skips = Vec::with_capacity(sinks.len());
+        let mut puts: Vec<PutFuture<'_>> = Vec::with_capacity(sinks.len());
+        let mut sent = Vec::with_capacity(sinks.len());
+        for (sink, plan) in sinks.iter().zip(plans) {
             // A few chunks of slack per target: bounded memory, and a slow
             // target slows the read instead of filling memory.
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
@@ -445,7 +629,62 @@ impl Copier {
                 Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
                     rx.recv().await.map(|item| (item, rx))
                 }));
-            puts.push(sink.put_blob(&blob.digest, blob.size, body));
+            let offset = plan.offset();
+            skips.push(offset - start);
+            sent.push(blob.size - offset);
+            puts.push(match (sink, plan.checkpoint, &self.checkpoints) {
+                (Store::Remote(remote), Some((target, repo)), Some(state)) => {
+                    let snapshots = snapshots.clone();
+                    let stop = self.stop.clone();
+                    let resumed = plan.resume.is_some();
+                    let stats = self.stats.clone();
+                    Box::pin(async move {
+                        let digest = blob.digest.as_str();
+                        let on_chunk = |s: &UploadSession| {
+                            let cp = UploadCheckpoint {
+                                target: target.clone(),
+                                repo: repo.clone(),
+                                digest: digest.to_string(),
+                                session_url: s.url.to_string(),
+                                offset: s.offset,
+                                hash_state: snapshots.at(s.offset),
+                                updated: now_unix(),
+                            };
+                            if let Err(e) = state.save_upload(&cp) {
+                                tracing::warn!(error = %e, "cannot save an upload checkpoint");
+                            }
+                        };
+                        let session = plan.resume.map(|(s, _)| s);
+                        let r = remote
+                            .put_blob_resumable(
+                                &blob.digest,
+                                blob.size,
+                                body,
+                                session,
+                                &on_chunk,
+                                &stop,
+                            )
+                            .await;
+                        match &r {
+                            Err(TransportError::Interrupted { .. }) => {}
+                            // A failed request leaves the checkpoint: the next
+                            // attempt asks the registry whether it still holds it.
+                            Err(TransportError::Status { .. } | TransportError::Connect { .. }) => {
+                            }
+                            _ => {
+                                if let Err(e) = state.remove_upload(&target, &repo, digest) {
+                                    tracing::warn!(error = %e, "cannot drop an upload checkpoint");
+                                }
+                            }
+                        }
+                        if r.is_ok() && resumed {
+                            stats.blobs_resumed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        r
+                    })
+                }
+                _ => Box::pin(sink.put_blob(&blob.digest, blob.size, body)),
+            });
         }
         let stats = self.stats.clone();
         let on_bytes = self.on_bytes.clone();
@@ -459,9 +698,22 @@ impl Copier {
                             cb(n);
                         }
                         let mut live = 0;
-                        for slot in senders.iter_mut() {
+                        for (slot, skip) in senders.iter_mut().zip(skips.iter_mut()) {
                             if let Some(tx) = slot {
-                                if tx.send(Ok(chunk.clone())).await.is_err() {
+                                // A target resuming further on does not get
+                                // the bytes it already holds.
+                                let piece = if *skip >= n {
+                                    *skip -= n;
+                                    live += 1;
+                                    continue;
+                                } else if *skip > 0 {
+                                    let p = chunk.slice(*skip as usize..);
+                                    *skip = 0;
+                                    p
+                                } else {
+                                    chunk.clone()
+                                };
+                                if tx.send(Ok(piece)).await.is_err() {
                                     *slot = None;
                                 } else {
                                     live += 1;
@@ -485,6 +737,10 @@ impl Copier {
         };
         let (_, results) = tokio::join!(pump, futures_util::future::join_all(puts));
         results
+            .into_iter()
+            .zip(sent)
+            .map(|(r, n)| r.map(|()| n))
+            .collect()
     }
 
     /// Copies `tree` to every target in `targets`, tagging it `tag` (or
@@ -538,12 +794,10 @@ impl Copier {
                 let mut retry = Vec::new();
                 for ((i, guard), result) in pending.into_iter().zip(results) {
                     match result {
-                        Ok(()) => {
+                        Ok(sent) => {
                             guard.succeed();
                             self.stats.blobs_copied.fetch_add(1, Ordering::Relaxed);
-                            self.stats
-                                .bytes_written
-                                .fetch_add(blob.size, Ordering::Relaxed);
+                            self.stats.bytes_written.fetch_add(sent, Ordering::Relaxed);
                         }
                         Err(e) if e.is_transient() && attempt < TRANSFER_ATTEMPTS => {
                             tracing::warn!(digest = %blob.digest, target = %targets[i].location(), attempt, error = %e, "blob transfer failed; retrying");

@@ -18,6 +18,7 @@ use crate::filter::select_tags;
 use crate::oci::{Digest, Platform, RawManifest, is_index};
 use crate::plan::{SourceTag, TagPlan, TargetAction, TargetTags, plan_tags, referrer_subject};
 use crate::reference::Location;
+use crate::state::{State, TagObservation, TagState, now_unix};
 use crate::transport::{Store, TransportError, Transports};
 
 use copy::{Copier, CopyError, CopyStats, CopyTotals, DryRunCost, filter_index};
@@ -27,6 +28,12 @@ use copy::{Copier, CopyError, CopyStats, CopyTotals, DryRunCost, filter_index};
 const IMAGES_IN_PARALLEL: usize = 4;
 /// Repositories of a `/*` rule inventoried at once.
 const REPOS_IN_PARALLEL: usize = 4;
+/// A target digest known from the state is trusted (its HEAD spared) for
+/// this long after the registry last confirmed it; then it is asked again.
+/// This bounds how long a target restored from an old backup (tag present,
+/// older digest) can go unnoticed. A target that lost the tag is noticed at
+/// once: the tag list is read on every run.
+pub const REVERIFY_AFTER_SECS: i64 = 3600;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -98,6 +105,8 @@ pub struct Engine {
     transports: Arc<Transports>,
     copier: Copier,
     dry_run: bool,
+    /// Hints about targets (spared HEADs) and where runs are recorded.
+    state: Option<State>,
 }
 
 /// What one repository pair yields.
@@ -121,9 +130,45 @@ impl Engine {
                 stats: Arc::new(CopyStats::default()),
                 transfers: Arc::new(Semaphore::new(max_concurrent_transfers.max(1))),
                 on_bytes: None,
+                checkpoints: None,
+                stop: tokio_util::sync::CancellationToken::new(),
             },
             dry_run,
+            state: None,
         }
+    }
+
+    /// Uses the state database: tag hints that spare target HEADs, tag
+    /// observations recorded after each repository, and upload checkpoints.
+    /// Ignored for dry runs, which write nothing anywhere.
+    pub fn with_state(mut self, state: State) -> Self {
+        if !self.dry_run {
+            self.copier.checkpoints = Some(state.clone());
+            self.state = Some(state);
+        }
+        self
+    }
+
+    /// Stops taking new work when `stop` is cancelled; chunked uploads stop
+    /// after the chunk in flight.
+    pub fn with_stop(mut self, stop: tokio_util::sync::CancellationToken) -> Self {
+        self.copier.stop = stop;
+        self
+    }
+
+    /// The global transfer limit, to share it with an engine built later
+    /// (after a reload) so that both together never exceed it.
+    pub fn transfer_limit(&self) -> Arc<Semaphore> {
+        self.copier.transfers.clone()
+    }
+
+    pub fn with_transfer_limit(mut self, limit: Arc<Semaphore>) -> Self {
+        self.copier.transfers = limit;
+        self
+    }
+
+    pub fn transports(&self) -> &Arc<Transports> {
+        &self.transports
     }
 
     /// Called with the byte count of every chunk read from a source.
@@ -222,6 +267,7 @@ impl Engine {
             blobs_copied: after.blobs_copied - before.blobs_copied,
             blobs_mounted: after.blobs_mounted - before.blobs_mounted,
             blobs_skipped: after.blobs_skipped - before.blobs_skipped,
+            blobs_resumed: after.blobs_resumed - before.blobs_resumed,
             manifests_pushed: after.manifests_pushed - before.manifests_pushed,
         };
         let ok = report.tags_in_sync + report.tags_copied + report.tags_kept_immutable;
@@ -294,6 +340,10 @@ impl Engine {
         if targets.is_empty() {
             return out;
         }
+        let hints: Vec<HashMap<String, TagState>> = targets
+            .iter()
+            .map(|t| self.load_hints(rule, t.location()))
+            .collect();
 
         // Source digests (and manifests where a copy is certain).
         let mut inventory = self
@@ -303,10 +353,12 @@ impl Engine {
                 &selected,
                 &targets,
                 &target_lists,
+                &hints,
                 false,
                 &mut out,
             )
             .await;
+        let mut considered: Vec<String> = selected.clone();
         if rule.referrers {
             let subjects: HashSet<String> = inventory
                 .tags
@@ -319,6 +371,7 @@ impl Engine {
                 .filter(|t| !selected.contains(t))
                 .cloned()
                 .collect();
+            considered.extend(referrer_tags.iter().cloned());
             if !referrer_tags.is_empty() {
                 let more = self
                     .inventory(
@@ -327,12 +380,14 @@ impl Engine {
                         &referrer_tags,
                         &targets,
                         &target_lists,
+                        &hints,
                         true,
                         &mut out,
                     )
                     .await;
                 inventory.tags.extend(more.tags);
                 inventory.manifests.extend(more.manifests);
+                inventory.hinted.extend(more.hinted);
                 for (t, more_digests) in inventory.targets.iter_mut().zip(more.targets) {
                     t.digests.extend(more_digests.digests);
                 }
@@ -357,7 +412,64 @@ impl Engine {
                 out.images.extend(images);
             }
         }
+        self.record_tags(rule, &targets, &inventory, &out.images, &considered);
         out
+    }
+
+    /// What the state believes about one target repository (empty without
+    /// a state, or when it cannot be read: then every tag is asked).
+    fn load_hints(&self, rule: &Rule, target: &Location) -> HashMap<String, TagState> {
+        let Some(state) = &self.state else {
+            return HashMap::new();
+        };
+        let (t, repo) = copy::state_key(target);
+        state.tag_states(&rule.name, &t, &repo).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read tag hints; asking the target");
+            HashMap::new()
+        })
+    }
+
+    /// Records what this run saw and did per tag and target, so the next
+    /// run may spare requests and `tags_pending` counts what is still
+    /// different.
+    fn record_tags(
+        &self,
+        rule: &Rule,
+        targets: &[Store],
+        inventory: &Inventory,
+        images: &[ImageReport],
+        considered: &[String],
+    ) {
+        let Some(state) = &self.state else {
+            return;
+        };
+        let now = now_unix();
+        for (i, target) in targets.iter().enumerate() {
+            let name = target.location().to_string();
+            let mut seen = Vec::new();
+            for image in images.iter().filter(|im| im.target == name) {
+                let (target_digest, verified_now) = match (&image.action, &image.error) {
+                    (TargetAction::KeepImmutable { .. }, _) => continue,
+                    (TargetAction::InSync, _) => (
+                        Some(image.digest.as_str()),
+                        !inventory.hinted.contains(&(i, image.tag.clone())),
+                    ),
+                    (_, None) => (Some(image.digest.as_str()), true),
+                    (TargetAction::Create, Some(_)) => (None, true),
+                    (TargetAction::Update { from }, Some(_)) => (Some(from.as_str()), true),
+                };
+                seen.push(TagObservation {
+                    tag: &image.tag,
+                    source_digest: image.digest.as_str(),
+                    target_digest,
+                    verified_now,
+                });
+            }
+            let (t, repo) = copy::state_key(target.location());
+            if let Err(e) = state.record_tags(&rule.name, &t, &repo, &seen, Some(considered), now) {
+                tracing::warn!(error = %e, "cannot record tag state");
+            }
+        }
     }
 
     /// Resolves the digests of `tags` at the source and at each target. A
@@ -372,9 +484,11 @@ impl Engine {
         tags: &[String],
         targets: &[Store],
         target_lists: &[HashSet<String>],
+        hints: &[HashMap<String, TagState>],
         referrer: bool,
         out: &mut RepoOutcome,
     ) -> Inventory {
+        let now = now_unix();
         let platforms = if referrer {
             &[][..]
         } else {
@@ -389,9 +503,21 @@ impl Engine {
                     return Ok(None);
                 };
                 let mut at_targets = Vec::with_capacity(targets.len());
-                for (target, list) in targets.iter().zip(target_lists) {
+                let mut hinted = Vec::new();
+                for (i, (target, list)) in targets.iter().zip(target_lists).enumerate() {
                     if !list.contains(&tag) {
                         at_targets.push(None);
+                        continue;
+                    }
+                    // The target lists the tag, and the registry confirmed
+                    // recently that it points at what the source has now.
+                    let believed = hints[i].get(&tag).filter(|h| {
+                        h.target_digest.as_deref() == Some(digest.as_str())
+                            && now - h.verified < REVERIFY_AFTER_SECS
+                    });
+                    if believed.is_some() {
+                        at_targets.push(Some(digest.clone()));
+                        hinted.push(i);
                         continue;
                     }
                     at_targets.push(
@@ -402,7 +528,7 @@ impl Engine {
                             .map(|h| h.digest),
                     );
                 }
-                Ok(Some((tag, digest, manifest, at_targets)))
+                Ok(Some((tag, digest, manifest, at_targets, hinted)))
             })
             .buffer_unordered(8)
             .collect::<Vec<Result<Option<_>, (String, String)>>>()
@@ -411,6 +537,7 @@ impl Engine {
         let mut inv = Inventory {
             tags: Vec::new(),
             manifests: HashMap::new(),
+            hinted: HashSet::new(),
             targets: targets
                 .iter()
                 .map(|t| TargetTags {
@@ -421,7 +548,9 @@ impl Engine {
         };
         for r in results {
             match r {
-                Ok(Some((tag, digest, manifest, at_targets))) => {
+                Ok(Some((tag, digest, manifest, at_targets, hinted))) => {
+                    inv.hinted
+                        .extend(hinted.into_iter().map(|i| (i, tag.clone())));
                     for (t, d) in inv.targets.iter_mut().zip(at_targets) {
                         if let Some(d) = d {
                             t.digests.insert(tag.clone(), d);
@@ -485,6 +614,13 @@ impl Engine {
                 reports[i].error = Some(msg.clone());
             }
         };
+        if self.copier.stop.is_cancelled() {
+            fail_all(
+                &mut reports,
+                "not started: shutting down; the next run copies it".into(),
+            );
+            return reports;
+        }
         let platforms = if plan.referrer {
             &[][..]
         } else {
@@ -591,6 +727,8 @@ struct Inventory {
     /// Source manifests already fetched (after platform filtering), by tag.
     manifests: HashMap<String, RawManifest>,
     targets: Vec<TargetTags>,
+    /// (target index, tag) whose target digest came from the state, not a HEAD.
+    hinted: HashSet<(usize, String)>,
 }
 
 /// The digest the targets should hold for `reference`, and the manifest when

@@ -95,6 +95,8 @@ pub enum TransportError {
         method: String,
         path: String,
     },
+    #[error("{location}: interrupted by shutdown: {detail}; the next run resumes it")]
+    Interrupted { location: String, detail: String },
     #[error("{location}: {what} not found")]
     NotFound { location: String, what: String },
 }
@@ -173,6 +175,20 @@ impl Store {
         dispatch!(self, s => s.put_blob(digest, size, data).await)
     }
 
+    /// The blob's bytes from `offset` on (resuming a download); returns the
+    /// offset the stream really starts at (0 when the store cannot seek).
+    pub async fn get_blob_from(
+        &self,
+        digest: &Digest,
+        size: u64,
+        offset: u64,
+    ) -> Result<(ByteStream, u64)> {
+        match self {
+            Store::Remote(s) => s.get_blob_from(digest, offset).await,
+            Store::Layout(s) => Ok((s.get_blob(digest, size).await?, 0)),
+        }
+    }
+
     /// Asks the target to link a blob it already holds in `from` (another
     /// repository of the same registry). `Ok(false)`: not mounted, upload it.
     pub async fn mount_blob(&self, digest: &Digest, from: &Location) -> Result<bool> {
@@ -191,6 +207,7 @@ pub struct Transports {
     options: HashMap<String, RegistryOptions>,
     read_only: bool,
     registries: Mutex<HashMap<String, Arc<remote::Registry>>>,
+    observer: Mutex<Option<remote::Observer>>,
 }
 
 impl Transports {
@@ -202,7 +219,30 @@ impl Transports {
             options,
             read_only,
             registries: Mutex::new(HashMap::new()),
+            observer: Mutex::new(None),
         }
+    }
+
+    /// Calls `f` after every request to any registry, opened now or later
+    /// (metrics).
+    pub fn set_observer(&self, f: remote::Observer) {
+        for reg in self
+            .registries
+            .lock()
+            .expect("registry map poisoned")
+            .values()
+        {
+            reg.set_observer(f.clone());
+        }
+        *self.observer.lock().expect("observer poisoned") = Some(f);
+    }
+
+    /// Request counters of every registry contacted so far, by host.
+    pub fn registry_stats(&self) -> Vec<(String, remote::RegistryStats)> {
+        let map = self.registries.lock().expect("registry map poisoned");
+        let mut out: Vec<_> = map.iter().map(|(h, r)| (h.clone(), r.stats())).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     pub fn read_only(&self) -> bool {
@@ -216,6 +256,9 @@ impl Transports {
         }
         let opts = self.options.get(host).cloned().unwrap_or_default();
         let reg = Arc::new(remote::Registry::new(host, &opts, self.read_only)?);
+        if let Some(f) = self.observer.lock().expect("observer poisoned").clone() {
+            reg.set_observer(f);
+        }
         map.insert(host.to_string(), reg.clone());
         Ok(reg)
     }

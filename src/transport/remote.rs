@@ -304,6 +304,11 @@ impl Registry {
         self.stats.lock().expect("stats poisoned").clone()
     }
 
+    /// Upload chunk size in bytes; 0 = monolithic uploads.
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
     /// Calls `f` after every request (for metrics histograms). Set once; later
     /// calls are ignored.
     pub fn set_observer(&self, f: Observer) {
@@ -1106,6 +1111,97 @@ impl RemoteRepo {
                     "upload failed, cancelling the session: {err}");
                 self.cancel_upload(&session).await;
                 Err(err)
+            }
+        }
+    }
+
+    /// Uploads a blob in chunks of the registry's `chunk_size`, through
+    /// `resume` (a session that already holds `resume.offset` bytes; `data`
+    /// then starts at that offset) or a new session. After every
+    /// acknowledged chunk `on_chunk` gets the session to use next, so the
+    /// caller can checkpoint it. When `stop` is cancelled, the chunk in
+    /// flight is finished and the upload stops with
+    /// [`TransportError::Interrupted`], leaving the session open for a later
+    /// resume. A failure of the stream itself (digest mismatch) cancels the
+    /// session.
+    pub async fn put_blob_resumable(
+        &self,
+        d: &Digest,
+        size: u64,
+        data: ByteStream,
+        resume: Option<UploadSession>,
+        on_chunk: &(dyn Fn(&UploadSession) + Send + Sync),
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<()> {
+        let source = upload::Source::new(data);
+        let mut session = match resume {
+            Some(s) => s,
+            None => self.start_upload().await?,
+        };
+        let chunk = self.registry.chunk_size.max(1);
+        let start = session.offset;
+        let result: Result<()> = async {
+            while session.offset < size {
+                if stop.is_cancelled() {
+                    return Err(TransportError::Interrupted {
+                        location: self.location.to_string(),
+                        detail: format!(
+                            "upload of blob {d} stopped at {} of {size} bytes",
+                            session.offset
+                        ),
+                    });
+                }
+                let n = chunk.min(size - session.offset);
+                let expected = session.offset + n;
+                session = self
+                    .upload_chunk(session.clone(), source.take(n), n)
+                    .await?;
+                if session.offset != expected {
+                    return Err(self.registry.protocol(
+                        &session.url,
+                        format!(
+                            "the registry acknowledged {} bytes, {expected} were sent",
+                            session.offset
+                        ),
+                    ));
+                }
+                on_chunk(&session);
+            }
+            source
+                .finish()
+                .await
+                .map_err(|e| self.stream_error(d, std::io::Error::other(e)))?;
+            self.finish_upload(&session, d).await
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e @ TransportError::Interrupted { .. }) => Err(e),
+            Err(e) => {
+                let stream_failed = source.take_error();
+                let short = source.ended_short(size - start);
+                match stream_failed {
+                    Some(se) => {
+                        self.cancel_upload(&session).await;
+                        Err(self.stream_error(d, se))
+                    }
+                    None if short => {
+                        self.cancel_upload(&session).await;
+                        Err(self.stream_error(
+                            d,
+                            std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                format!(
+                                    "the blob stream ended after {} of {size} bytes",
+                                    start + source.consumed()
+                                ),
+                            ),
+                        ))
+                    }
+                    // A request failed: leave the session; the caller's
+                    // checkpoint decides (GET on it) whether it can go on.
+                    None => Err(e),
+                }
             }
         }
     }
