@@ -11,6 +11,7 @@
 //! - [`secret`]: values that are never printed.
 
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod filter;
 pub mod metrics;

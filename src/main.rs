@@ -16,12 +16,14 @@ use regkeeper::engine::{Engine, RuleReport, RunResult};
 use regkeeper::oci::Platform;
 use regkeeper::plan::TargetAction;
 use regkeeper::reference::{ImageRef, Reference};
-use regkeeper::transport::{RegistryOptions, Transports};
+use regkeeper::state::State;
+use regkeeper::transport::Transports;
 
 /// Exit codes (SPEC section 1).
 const EXIT_OK: u8 = 0;
 const EXIT_PARTIAL: u8 = 1;
 const EXIT_USAGE: u8 = 2;
+const EXIT_STATE: u8 = 3;
 
 #[derive(Parser)]
 #[command(
@@ -58,10 +60,11 @@ enum Command {
         #[arg(long = "platform")]
         platforms: Vec<String>,
     },
-    /// Daemon: schedules, metrics, reload (not in this version).
+    /// Daemon: schedules, metrics, reload (SIGHUP), orderly stop (SIGTERM).
     Run,
-    /// Per-rule status from the state database (not in this version).
+    /// Per-rule status from the state database: last run, result, lag, pending work.
     Status {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -95,7 +98,21 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_PARTIAL);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let daemon = matches!(cli.command, Command::Run);
+    let result = runtime.block_on(run(cli));
+    if daemon {
+        // Runs still going after the shutdown grace period live on blocking
+        // threads that dropping the runtime would wait for: exit now.
+        let code = match &result {
+            Ok(c) => *c,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                EXIT_PARTIAL
+            }
+        };
+        std::process::exit(code.into());
+    }
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -132,8 +149,15 @@ fn init_logging(format: LogFormat, quiet: bool) {
 }
 
 fn transports(config: &Config, read_only: bool) -> Arc<Transports> {
-    let options: HashMap<String, RegistryOptions> = config.registries.clone().into_iter().collect();
-    Arc::new(Transports::new(options, read_only))
+    regkeeper::daemon::transports(config, read_only)
+}
+
+/// Opens the state database or says why not (exit code 3).
+fn open_state(config: &Config) -> Result<State, u8> {
+    State::open(&config.daemon.state_dir).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_STATE
+    })
 }
 
 /// Selects the named rules (all when none), or says which names are unknown.
@@ -206,11 +230,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 Err(code) => return Ok(code),
             };
             init_logging(config.daemon.log_format, on_terminal);
+            let state = match open_state(&config) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
             let mut engine = Engine::new(
                 transports(&config, false),
                 config.daemon.max_concurrent_transfers,
                 false,
-            );
+            )
+            .with_state(state.clone());
             let bar = progress(&mut engine, on_terminal);
             let mut code = EXIT_OK;
             let mut reports = Vec::new();
@@ -218,7 +247,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 if let Some(b) = &bar {
                     b.set_message(format!("rule {}:", rule.name));
                 }
-                let report = engine.sync_rule(rule).await;
+                let report = regkeeper::daemon::run_rule(&engine, Some(&state), None, rule).await;
                 if report.result != RunResult::Success {
                     code = EXIT_PARTIAL;
                 }
@@ -274,7 +303,54 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             dst,
             platforms,
         } => copy_command(&cli.config, &src, &dst, &platforms, on_terminal).await,
-        Command::Run | Command::Status { .. } | Command::Prune { .. } => {
+        Command::Run => {
+            let path = config_path(&cli.config);
+            let config = match load_config(&path) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            init_logging(config.daemon.log_format, false);
+            match regkeeper::daemon::run(config, path).await {
+                Ok(()) => Ok(EXIT_OK),
+                Err(e @ regkeeper::daemon::DaemonError::State(_)) => {
+                    tracing::error!("{e}");
+                    eprintln!("error: {e}");
+                    Ok(EXIT_STATE)
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("error: {e}");
+                    Ok(EXIT_PARTIAL)
+                }
+            }
+        }
+        Command::Status { json } => {
+            let config = match load_config(&config_path(&cli.config)) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let state = match open_state(&config) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            let rules = match regkeeper::daemon::status::collect(&config, &state) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(EXIT_STATE);
+                }
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "rules": rules }))?
+                );
+            } else {
+                print!("{}", regkeeper::daemon::status::render_text(&rules));
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Prune { .. } => {
             eprintln!(
                 "error: this command is not available in this version of regkeeper; use `sync`, `plan`, `check` or `copy`"
             );

@@ -1,0 +1,140 @@
+//! `regkeeper status`: per rule, what the state database says.
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::engine::copy::state_key;
+use crate::state::{Deletion, RunRecord, State, StateError, UploadCheckpoint, now_unix};
+
+#[derive(Debug, Serialize)]
+pub struct RuleStatus {
+    pub rule: String,
+    pub last_run: Option<RunRecord>,
+    /// Start of the last run that left every target in step.
+    pub last_success: Option<i64>,
+    /// Seconds since `last_success` (or since the first run, when none
+    /// succeeded yet); `None` before any run.
+    pub lag_seconds: Option<i64>,
+    pub tags_pending: i64,
+    pub unfinished_uploads: Vec<UploadCheckpoint>,
+    pub last_error: Option<String>,
+    pub last_deletions: Vec<Deletion>,
+}
+
+/// Status of every configured rule.
+pub fn collect(config: &Config, state: &State) -> Result<Vec<RuleStatus>, StateError> {
+    let now = now_unix();
+    let uploads = state.uploads()?;
+    let mut out = Vec::new();
+    for rule in &config.rules {
+        let last_run = state.last_run(&rule.name)?;
+        let last_success = state.last_success(&rule.name)?.map(|r| r.started);
+        let basis = match last_success {
+            Some(t) => Some(t),
+            None => state.first_run_started(&rule.name)?,
+        };
+        let targets: Vec<(String, String)> = rule
+            .targets
+            .iter()
+            .map(|t| state_key(&t.location))
+            .collect();
+        let unfinished_uploads = uploads
+            .iter()
+            .filter(|u| {
+                targets.iter().any(|(t, r)| {
+                    *t == u.target
+                        && (*r == u.repo || r.is_empty() || u.repo.starts_with(&format!("{r}/")))
+                })
+            })
+            .cloned()
+            .collect();
+        out.push(RuleStatus {
+            rule: rule.name.clone(),
+            last_success,
+            lag_seconds: basis.map(|b| (now - b).max(0)),
+            tags_pending: state.tags_pending(&rule.name)?,
+            unfinished_uploads,
+            last_error: last_run.as_ref().and_then(|r| r.last_error.clone()),
+            last_deletions: state.deletions(&rule.name, 5)?,
+            last_run,
+        });
+    }
+    Ok(out)
+}
+
+fn ago(t: i64, now: i64) -> String {
+    let d = (now - t).max(0) as u64;
+    format!(
+        "{} ago",
+        humantime::format_duration(std::time::Duration::from_secs(d))
+    )
+}
+
+/// Human-readable text.
+pub fn render_text(rules: &[RuleStatus]) -> String {
+    let now = now_unix();
+    let mut s = String::new();
+    for r in rules {
+        s += &format!("rule {}:\n", r.rule);
+        match &r.last_run {
+            None => s += "  last run:    never\n",
+            Some(run) => {
+                s += &format!(
+                    "  last run:    {} ({}), {}\n",
+                    run.result.as_deref().unwrap_or("running or interrupted"),
+                    ago(run.started, now),
+                    format_args!(
+                        "{} copied, {} in sync, {} failed, {} bytes",
+                        run.tags_copied, run.tags_in_sync, run.tags_failed, run.bytes_copied
+                    )
+                );
+            }
+        }
+        s += &format!(
+            "  last success: {}\n",
+            r.last_success
+                .map(|t| ago(t, now))
+                .unwrap_or_else(|| "never".into())
+        );
+        s += &format!(
+            "  lag:         {}\n",
+            r.lag_seconds
+                .map(
+                    |l| humantime::format_duration(std::time::Duration::from_secs(l as u64))
+                        .to_string()
+                )
+                .unwrap_or_else(|| "unknown (no run yet)".into())
+        );
+        s += &format!("  pending tags: {}\n", r.tags_pending);
+        if r.unfinished_uploads.is_empty() {
+            s += "  unfinished uploads: none\n";
+        } else {
+            for u in &r.unfinished_uploads {
+                s += &format!(
+                    "  unfinished upload: {}/{} {} at {} bytes ({})\n",
+                    u.target,
+                    u.repo,
+                    u.digest,
+                    u.offset,
+                    ago(u.updated, now)
+                );
+            }
+        }
+        if let Some(e) = &r.last_error {
+            s += &format!("  last error:  {e}\n");
+        }
+        for d in &r.last_deletions {
+            s += &format!(
+                "  deleted:     {}/{} {} [{}] {} ({}, {})\n",
+                d.target,
+                d.repo,
+                d.digest,
+                d.tags.join(","),
+                d.reason,
+                d.status,
+                ago(d.time, now)
+            );
+        }
+    }
+    s
+}
