@@ -387,6 +387,21 @@ pub struct DryRunCost {
 }
 
 impl Copier {
+    /// A copier for one run: its own blob tracker (nothing learned in an
+    /// earlier run survives, so a wiped target is noticed) and its own
+    /// counters (concurrent runs of other rules do not mix in), sharing the
+    /// global transfer limit, checkpoints and stop signal.
+    pub fn for_run(&self) -> Copier {
+        Copier {
+            tracker: Default::default(),
+            stats: Arc::new(CopyStats::default()),
+            transfers: self.transfers.clone(),
+            on_bytes: self.on_bytes.clone(),
+            checkpoints: self.checkpoints.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+
     /// Decides what `target` needs for `blob`: nothing (present, or mounted
     /// now), or an upload (the guard is held by the caller until it is done).
     async fn prepare_blob(

@@ -6,6 +6,7 @@ pub mod copy;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -184,7 +185,24 @@ impl Engine {
     /// trouble: failures end up in the report.
     pub async fn sync_rule(&self, rule: &Rule) -> RuleReport {
         let span = tracing::info_span!("rule", rule = %rule.name);
-        self.sync_rule_inner(rule).instrument(span).await
+        let run = Engine {
+            transports: self.transports.clone(),
+            copier: self.copier.for_run(),
+            dry_run: self.dry_run,
+            state: self.state.clone(),
+        };
+        let report = run.sync_rule_inner(rule).instrument(span).await;
+        // Keep the engine-wide counters (progress, `copy`) whole.
+        let t = report.totals;
+        let s = &self.copier.stats;
+        s.bytes_read.fetch_add(t.bytes_read, Ordering::Relaxed);
+        s.bytes_written.fetch_add(t.bytes_written, Ordering::Relaxed);
+        s.blobs_copied.fetch_add(t.blobs_copied, Ordering::Relaxed);
+        s.blobs_mounted.fetch_add(t.blobs_mounted, Ordering::Relaxed);
+        s.blobs_skipped.fetch_add(t.blobs_skipped, Ordering::Relaxed);
+        s.blobs_resumed.fetch_add(t.blobs_resumed, Ordering::Relaxed);
+        s.manifests_pushed.fetch_add(t.manifests_pushed, Ordering::Relaxed);
+        report
     }
 
     async fn sync_rule_inner(&self, rule: &Rule) -> RuleReport {
