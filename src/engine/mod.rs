@@ -196,12 +196,17 @@ impl Engine {
         let t = report.totals;
         let s = &self.copier.stats;
         s.bytes_read.fetch_add(t.bytes_read, Ordering::Relaxed);
-        s.bytes_written.fetch_add(t.bytes_written, Ordering::Relaxed);
+        s.bytes_written
+            .fetch_add(t.bytes_written, Ordering::Relaxed);
         s.blobs_copied.fetch_add(t.blobs_copied, Ordering::Relaxed);
-        s.blobs_mounted.fetch_add(t.blobs_mounted, Ordering::Relaxed);
-        s.blobs_skipped.fetch_add(t.blobs_skipped, Ordering::Relaxed);
-        s.blobs_resumed.fetch_add(t.blobs_resumed, Ordering::Relaxed);
-        s.manifests_pushed.fetch_add(t.manifests_pushed, Ordering::Relaxed);
+        s.blobs_mounted
+            .fetch_add(t.blobs_mounted, Ordering::Relaxed);
+        s.blobs_skipped
+            .fetch_add(t.blobs_skipped, Ordering::Relaxed);
+        s.blobs_resumed
+            .fetch_add(t.blobs_resumed, Ordering::Relaxed);
+        s.manifests_pushed
+            .fetch_add(t.manifests_pushed, Ordering::Relaxed);
         report
     }
 

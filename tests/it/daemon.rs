@@ -85,6 +85,17 @@ impl Daemon {
         }
     }
 
+    /// Peak resident memory of the daemon so far (VmHWM), in KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
     fn kill9(&mut self) {
         self.signal("KILL");
         self.wait_exit(Duration::from_secs(5));
@@ -221,6 +232,7 @@ fn schedule_fires_copies_new_tags_and_status_reports() {
             .unwrap()
             >= runs + 2.0
     });
+    eprintln!("peak RSS after the runs: {} KiB", d.peak_rss_kib());
     let heads = dst.count_since(mark, |r| r.method == "HEAD");
     assert_eq!(heads, 0, "{:#?}", dst.requests_since(mark));
 
@@ -230,7 +242,11 @@ fn schedule_fires_copies_new_tags_and_status_reports() {
         .arg(&d.config)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let r = &v["rules"][0];
     assert_eq!(r["rule"], "app");
@@ -282,7 +298,9 @@ fn lag_grows_while_source_is_down_and_drops_when_back() {
     std::thread::sleep(Duration::from_millis(1500));
     assert!(lag() > before, "lag grows between scrapes");
     src.start();
-    wait_for("lag back under 4 s", Duration::from_secs(30), || lag() < 4.0);
+    wait_for("lag back under 4 s", Duration::from_secs(30), || {
+        lag() < 4.0
+    });
 }
 
 #[test]
@@ -313,9 +331,11 @@ fn sighup_with_a_broken_config_keeps_the_old_rules_and_a_valid_one_applies() {
     )
     .unwrap();
     d.signal("HUP");
-    wait_for("the reload refusal in the log", Duration::from_secs(10), || {
-        d.log_text().contains("reload refused")
-    });
+    wait_for(
+        "the reload refusal in the log",
+        Duration::from_secs(10),
+        || d.log_text().contains("reload refused"),
+    );
     assert!(d.log_text().contains("bogus"), "{}", d.log_text());
     // The old rule still runs.
     let v2 = small(&mut corpus, "v2");
@@ -381,7 +401,14 @@ fn a_wiped_target_is_copied_again() {
 /// mid-transfer (the next run completes it), every digest correct.
 #[test]
 fn sigterm_and_sigkill_mid_transfer_then_resume() {
-    const SIZE: u64 = 256 * 1024 * 1024;
+    // REGKEEPER_BIG_MIB=1024 for the 1 GiB measurement of issue 3.
+    let size_mib: u64 = std::env::var("REGKEEPER_BIG_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let size: u64 = size_mib * 1024 * 1024;
+    #[allow(non_snake_case)]
+    let SIZE = size;
     const CHUNK: u64 = 8 * 1024 * 1024;
     let src = Registry::start_plain();
     let dst = Registry::start_plain();
@@ -400,7 +427,7 @@ fn sigterm_and_sigkill_mid_transfer_then_resume() {
         src.host(),
         proxy.host()
     );
-    // 32 MB/s: the layer takes about 8 s.
+    // 32 MB/s: 256 MiB take about 8 s.
     proxy.throttle(Some(32_000_000));
     let mut d = Daemon::start(dir.path(), &body);
 
@@ -408,6 +435,7 @@ fn sigterm_and_sigkill_mid_transfer_then_resume() {
     wait_for("a third sent", Duration::from_secs(60), || {
         proxy.bytes_up() > SIZE / 3
     });
+    eprintln!("peak RSS before SIGTERM: {} KiB", d.peak_rss_kib());
     d.signal("TERM");
     let took = d.wait_exit(Duration::from_secs(10));
     let sent_before_term = proxy.bytes_up();
@@ -434,8 +462,12 @@ fn sigterm_and_sigkill_mid_transfer_then_resume() {
         sent_before_term.saturating_sub(term_offset)
     };
     eprintln!("SIGTERM: bytes sent beyond the checkpoint (re-sent): {resent_after_term}");
-    assert!(resent_after_term <= CHUNK + 1024 * 1024, "{resent_after_term}");
+    assert!(
+        resent_after_term <= CHUNK + 1024 * 1024,
+        "{resent_after_term}"
+    );
     let sent_before_kill = proxy.bytes_up();
+    eprintln!("peak RSS before SIGKILL: {} KiB", d.peak_rss_kib());
     d.kill9();
     let kill_cp = state.uploads().unwrap();
     eprintln!("SIGKILL at {sent_before_kill} bytes sent in total; checkpoint {kill_cp:?}");
