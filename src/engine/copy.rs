@@ -269,8 +269,28 @@ impl BlobTracker {
     /// hold any [`OwnerGuard`] while it waits, or two copies sharing two
     /// blobs could wait for each other forever.
     fn try_claim(self: &Arc<Self>, target: &Location, digest: &Digest) -> Claim {
-        let key = (registry_key(target), digest.clone());
         let mut map = self.entries.lock().expect("tracker poisoned");
+        self.claim_locked(&mut map, target, digest)
+    }
+
+    /// Claims a blob for several targets at once, under one lock, so that a
+    /// copy either owns the blob for every target that lacks it (and reads
+    /// the source once for all of them) or for none.
+    fn try_claim_all(self: &Arc<Self>, targets: &[&Location], digest: &Digest) -> Vec<Claim> {
+        let mut map = self.entries.lock().expect("tracker poisoned");
+        targets
+            .iter()
+            .map(|t| self.claim_locked(&mut map, t, digest))
+            .collect()
+    }
+
+    fn claim_locked(
+        self: &Arc<Self>,
+        map: &mut HashMap<(String, Digest), Entry>,
+        target: &Location,
+        digest: &Digest,
+    ) -> Claim {
+        let key = (registry_key(target), digest.clone());
         match map.get(&key) {
             Some(Entry::Present(loc)) if loc == target => Claim::Present,
             Some(Entry::Present(loc)) => Claim::Elsewhere(loc.clone()),
@@ -344,10 +364,14 @@ impl Copier {
         target: &Store,
         blob: &Descriptor,
         wait: bool,
+        first: Option<Claim>,
     ) -> Result<Need, TransportError> {
         let loc = target.location();
+        let mut first = first;
         loop {
-            let claim = if wait {
+            let claim = if let Some(c) = first.take() {
+                c
+            } else if wait {
                 self.tracker.claim(loc, &blob.digest).await
             } else {
                 self.tracker.try_claim(loc, &blob.digest)
@@ -503,8 +527,10 @@ impl Copier {
         let prepared = futures_util::stream::iter(tree.blobs.iter())
             .map(|blob| async move {
                 let mut needs = Vec::with_capacity(targets.len());
-                for target in targets {
-                    needs.push(self.prepare_blob(target, blob, false).await);
+                let locations: Vec<&Location> = targets.iter().map(|t| t.location()).collect();
+                let claims = self.tracker.try_claim_all(&locations, &blob.digest);
+                for (target, claim) in targets.iter().zip(claims) {
+                    needs.push(self.prepare_blob(target, blob, false, Some(claim)).await);
                 }
                 (blob, needs)
             })
@@ -572,7 +598,7 @@ impl Copier {
         // Blobs other copies were busy with: our own guards are released now,
         // so waiting for theirs cannot deadlock.
         for (blob, i) in later {
-            match self.prepare_blob(&targets[i], blob, true).await {
+            match self.prepare_blob(&targets[i], blob, true, None).await {
                 Ok(Need::Upload(guard)) => {
                     for (i, msg) in upload(blob, vec![(i, guard)]).await {
                         failures[i].push(msg);
