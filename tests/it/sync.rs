@@ -78,7 +78,7 @@ pub fn seed_two_repos(src: &Registry, prefix: &str) -> Seeded {
             tags.push((repo.to_string(), tag.to_string(), img.digest));
         }
     }
-    let idx = corpus.two_platform_index("multi", "multi", &[base.clone()]);
+    let idx = corpus.two_platform_index("multi", "multi", std::slice::from_ref(&base));
     blobs.extend(idx.blobs().into_iter().map(|b| b.digest));
     corpus.push(src, "multi", &format!("{prefix}/alpha"), "multi");
     tags.push(("alpha".into(), "multi".into(), idx.digest));
