@@ -627,3 +627,113 @@ fn invalid_config_exits_2_with_position_and_contacts_nothing() {
         "nothing is contacted before the config is valid"
     );
 }
+
+#[test]
+fn bearer_tokens_are_renewed_during_a_long_run() {
+    // Tokens live 2 s and the registry refuses them right after; a throttled
+    // source makes the run last several times that.
+    let src = Registry::builder()
+        .auth(Auth::Token)
+        .token_lifetime(std::time::Duration::from_secs(2))
+        .token_strict_expiry(true)
+        .start();
+    let mut corpus = Corpus::new();
+    let mut digests = Vec::new();
+    for tag in ["a", "b", "c"] {
+        let img = corpus.image(
+            tag,
+            &ImageSpec::new(&[layer(&format!("slow-{tag}"), 400_000)]),
+        );
+        corpus.push(&src, tag, "slow/app", tag);
+        digests.push((tag, img.digest));
+    }
+    let proxy = FaultProxy::to_registry(&src);
+    proxy.throttle(Some(80_000));
+    let dir = tempfile::tempdir().unwrap();
+    let (user, pass) = src.credentials().unwrap();
+    std::fs::write(dir.path().join("pw"), pass).unwrap();
+    let config = format!(
+        "{}[registries.\"{}\"]\nplain_http = true\nusername = \"{user}\"\npassword_file = {:?}\nmax_concurrent = 1\n\
+         [[rule]]\nname = \"slow\"\nsource = \"{}/slow/app\"\ntargets = [\"oci:{}\"]\n",
+        header(dir.path()),
+        proxy.host(),
+        dir.path().join("pw").display().to_string(),
+        proxy.host(),
+        dir.path().join("out").display()
+    );
+    let started = std::time::Instant::now();
+    let out = regkeeper(dir.path(), &config, &["sync"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        started.elapsed() > std::time::Duration::from_secs(4),
+        "the run outlived several tokens"
+    );
+    for (tag, digest) in digests {
+        assert_eq!(oci_digest(&dir.path().join("out"), tag), Some(digest));
+    }
+    let issued = src
+        .token_server()
+        .unwrap()
+        .requests()
+        .iter()
+        .filter(|r| r.status == 200)
+        .count();
+    assert!(issued >= 2, "tokens were renewed: {issued} issued");
+}
+
+#[test]
+fn credentials_from_docker_config_and_environment() {
+    use base64::Engine as _;
+    let reg = Registry::builder().auth(Auth::htpasswd()).start();
+    let mut corpus = Corpus::new();
+    let img = corpus.image("x", &ImageSpec::new(&[layer("dc-x", 5_000)]));
+    corpus.push(&reg, "x", "dc/app", "x");
+    let (user, pass) = reg.credentials().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+    let docker = dir.path().join("docker.json");
+    std::fs::write(
+        &docker,
+        format!(r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#, reg.host()),
+    )
+    .unwrap();
+    let rule = format!(
+        "[[rule]]\nname = \"d\"\nsource = \"{}/dc/app\"\ntargets = [\"oci:{}\"]\n",
+        reg.host(),
+        dir.path().join("out").display()
+    );
+    let from_docker = format!(
+        "{}[registries.\"{}\"]\nplain_http = true\ndocker_config = {:?}\n{rule}",
+        header(dir.path()),
+        reg.host(),
+        docker.display().to_string()
+    );
+    let out = regkeeper(dir.path(), &from_docker, &["sync"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        oci_digest(&dir.path().join("out"), "x"),
+        Some(img.digest.clone())
+    );
+
+    let from_env = format!(
+        "{}[registries.\"{}\"]\nplain_http = true\nusername = \"{user}\"\npassword_env = \"RK_TEST_PASSWORD\"\n{}",
+        header(dir.path()),
+        reg.host(),
+        rule.replace("/out", "/out2")
+    );
+    let path = dir.path().join("env.toml");
+    std::fs::write(&path, from_env).unwrap();
+    let out = std::process::Command::new(regkeeper_bin())
+        .args(["sync", "-c"])
+        .arg(&path)
+        .env("RK_TEST_PASSWORD", pass)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(oci_digest(&dir.path().join("out2"), "x"), Some(img.digest));
+}
