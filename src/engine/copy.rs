@@ -55,6 +55,8 @@ pub struct CopyStats {
     pub blobs_mounted: AtomicU64,
     pub blobs_skipped: AtomicU64,
     pub manifests_pushed: AtomicU64,
+    /// Images (root manifests) pushed: one per tag and target.
+    pub images_copied: AtomicU64,
 }
 
 /// Snapshot of [`CopyStats`].
@@ -66,6 +68,7 @@ pub struct CopyTotals {
     pub blobs_mounted: u64,
     pub blobs_skipped: u64,
     pub manifests_pushed: u64,
+    pub images_copied: u64,
 }
 
 impl CopyStats {
@@ -77,6 +80,7 @@ impl CopyStats {
             blobs_mounted: self.blobs_mounted.load(Ordering::Relaxed),
             blobs_skipped: self.blobs_skipped.load(Ordering::Relaxed),
             manifests_pushed: self.manifests_pushed.load(Ordering::Relaxed),
+            images_copied: self.images_copied.load(Ordering::Relaxed),
         }
     }
 }
@@ -627,6 +631,7 @@ impl Copier {
                 let reference = tag.unwrap_or(tree.root.digest.as_str());
                 target.put_manifest(reference, &tree.root).await?;
                 self.stats.manifests_pushed.fetch_add(1, Ordering::Relaxed);
+                self.stats.images_copied.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
         });

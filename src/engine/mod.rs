@@ -223,6 +223,7 @@ impl Engine {
             blobs_mounted: after.blobs_mounted - before.blobs_mounted,
             blobs_skipped: after.blobs_skipped - before.blobs_skipped,
             manifests_pushed: after.manifests_pushed - before.manifests_pushed,
+            images_copied: after.images_copied - before.images_copied,
         };
         let ok = report.tags_in_sync + report.tags_copied + report.tags_kept_immutable;
         report.result = if report.tags_failed == 0 && report.errors.is_empty() {
