@@ -123,6 +123,7 @@ fn init_logging(format: LogFormat, quiet: bool) {
         EnvFilter::try_from_env("REGKEEPER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),

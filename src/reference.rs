@@ -267,7 +267,12 @@ impl RepoSpec {
                 wildcard,
             });
         }
-        let (name, reference) = split_reference(input, s)?;
+        // `host:port/*`: with nothing after the host, the colon is a port.
+        let (name, reference) = if wildcard && !s.contains('/') {
+            (s.to_string(), None)
+        } else {
+            split_reference(input, s)?
+        };
         if reference.is_some() {
             return Err(bad(
                 input,

@@ -2,6 +2,17 @@
 //! anything is contacted. `load` turns a file into a [`Config`] or into a list
 //! of errors, each with file, line and column.
 
+mod error;
+mod raw;
+mod schedule;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{ConfigError, Diagnostic};
+pub use validate::{load, parse};
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +24,15 @@ use crate::oci::Platform;
 use crate::reference::RepoSpec;
 use crate::transport::RegistryOptions;
 
+/// Where the configuration is read from when `-c` is not given:
+/// `$REGKEEPER_CONFIG`, else `/etc/regkeeper/config.toml`.
+pub fn default_path() -> PathBuf {
+    match std::env::var_os("REGKEEPER_CONFIG") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from("/etc/regkeeper/config.toml"),
+    }
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -23,6 +43,13 @@ pub struct Config {
     pub registries: BTreeMap<String, RegistryOptions>,
     /// In file order; names are unique.
     pub rules: Vec<Rule>,
+}
+
+impl Config {
+    /// The rule called `name`.
+    pub fn rule(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.name == name)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -93,15 +120,4 @@ pub struct Retention {
     pub untagged_older_than: Option<Duration>,
     pub delete_removed_at_source: bool,
     pub max_deletions_per_run: usize,
-}
-
-// TEMPORARY until the loader lands.
-#[derive(Debug, thiserror::Error)]
-#[error("config loader not merged")]
-pub struct ConfigError;
-pub fn load(_p: &std::path::Path) -> Result<Config, ConfigError> {
-    Err(ConfigError)
-}
-pub fn default_path() -> PathBuf {
-    PathBuf::from("/etc/regkeeper/config.toml")
 }

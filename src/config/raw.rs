@@ -1,0 +1,101 @@
+//! The file as written: serde structs that only check key names and value
+//! types. Everything is optional and spanned so that validation (in
+//! `validate.rs`) can point at the exact key or value that is wrong, and can
+//! word its own "missing key" errors.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub(crate) type Str = Spanned<String>;
+pub(crate) type Int = Spanned<i64>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawDaemon {
+    pub state_dir: Option<Str>,
+    pub listen: Option<Str>,
+    pub max_concurrent_transfers: Option<Int>,
+    pub log_format: Option<Str>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawRegistry {
+    pub username: Option<Str>,
+    pub password_file: Option<Str>,
+    pub password_env: Option<Str>,
+    pub docker_config: Option<Str>,
+    pub ca_file: Option<Str>,
+    pub insecure_skip_verify: Option<bool>,
+    pub plain_http: Option<bool>,
+    pub max_concurrent: Option<Int>,
+    pub requests_per_second: Option<Spanned<f64>>,
+    /// A size string ("16MiB") or an integer number of bytes.
+    pub chunk_size: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawTags {
+    pub include: Option<Vec<Str>>,
+    pub exclude: Option<Vec<Str>>,
+    pub semver: Option<Str>,
+    pub latest: Option<Int>,
+}
+
+/// The keys a rule may inherit from `[defaults]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawDefaults {
+    pub schedule: Option<Str>,
+    pub tags: Option<RawTags>,
+    pub platforms: Option<Vec<Str>>,
+    pub referrers: Option<bool>,
+    pub immutable: Option<bool>,
+}
+
+/// Keys of `[defaults]` that belong to one rule only.
+pub(crate) const RULE_ONLY_KEYS: &[&str] = &["name", "source", "targets", "retention"];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawRule {
+    pub name: Option<Str>,
+    pub source: Option<Str>,
+    pub targets: Option<Spanned<Vec<Str>>>,
+    pub retention: Option<Spanned<RawRetention>>,
+    // The same keys as `RawDefaults` (serde's `flatten` does not combine with
+    // `deny_unknown_fields`, so they are repeated).
+    pub schedule: Option<Str>,
+    pub tags: Option<RawTags>,
+    pub platforms: Option<Vec<Str>>,
+    pub referrers: Option<bool>,
+    pub immutable: Option<bool>,
+}
+
+impl RawRule {
+    /// Splits off the keys that `[defaults]` may also set.
+    pub(crate) fn take_common(&mut self) -> RawDefaults {
+        RawDefaults {
+            schedule: self.schedule.take(),
+            tags: self.tags.take(),
+            platforms: self.platforms.take(),
+            referrers: self.referrers.take(),
+            immutable: self.immutable.take(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawRetention {
+    #[serde(rename = "match")]
+    pub match_tags: Option<Vec<Str>>,
+    pub keep_last: Option<Int>,
+    pub order_by: Option<Str>,
+    pub older_than: Option<Str>,
+    pub protect: Option<Vec<Str>>,
+    pub untagged_older_than: Option<Str>,
+    pub delete_removed_at_source: Option<Spanned<bool>>,
+    pub max_deletions_per_run: Option<Int>,
+}

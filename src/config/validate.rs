@@ -1,0 +1,1031 @@
+//! Turns the text of a configuration file into a [`Config`], or into every
+//! problem found in it.
+//!
+//! The document is parsed once into spanned TOML values; then each section
+//! (`[daemon]`, each `[registries."host"]`, each `[[rule]]`, ...) is
+//! deserialized on its own, so that a problem in one section does not hide
+//! the problems in the others. Within a section, a key that serde rejects
+//! (unknown, or of the wrong type) is reported, dropped and the section tried
+//! again, so several such keys are all reported too.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use super::error::{ConfigError, Diags};
+use super::raw::{
+    Int, RULE_ONLY_KEYS, RawDaemon, RawDefaults, RawRegistry, RawRetention, RawRule, RawTags, Str,
+};
+use super::schedule::parse_schedule;
+use super::{Config, Daemon, LogFormat, OrderBy, Retention, Rule, Schedule, TagFilter};
+use crate::oci::Platform;
+use crate::reference::RepoSpec;
+use crate::secret::Secret;
+use crate::transport::RegistryOptions;
+
+const TOP_KEYS: &[&str] = &["version", "daemon", "defaults", "registries", "rule"];
+const DEFAULT_STATE_DIR: &str = "/var/lib/regkeeper";
+const DEFAULT_LISTEN: &str = "127.0.0.1:9469";
+const DEFAULT_SCHEDULE: Duration = Duration::from_secs(15 * 60);
+const DEFAULT_MAX_DELETIONS: usize = 50;
+
+/// Reads and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::whole_file(
+            path,
+            format!(
+                "cannot read the configuration file: {e} (choose another file with -c FILE or $REGKEEPER_CONFIG)"
+            ),
+        )
+    })?;
+    parse(&text, path)
+}
+
+/// Validates configuration text; `path` is used in diagnostics and kept in
+/// [`Config::path`]. Password files named in it are read; relative paths in
+/// it are relative to the current directory, and `~/` means `$HOME`.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let mut diags = Diags::new(path, text);
+    let (root, errors) = DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        // The parser recovers, but what it makes of a broken document is a
+        // guess; validating that guess would add confusing follow-up errors.
+        for e in errors {
+            diags.at(
+                e.span().unwrap_or(0..0),
+                format!("TOML syntax error: {}", e.message()),
+            );
+        }
+        return Err(diags.into_error());
+    }
+    let config = Loader { d: &mut diags }.root(root.into_inner(), path);
+    if diags.is_empty() {
+        Ok(config)
+    } else {
+        Err(diags.into_error())
+    }
+}
+
+/// The per-rule keys that `[defaults]` may also set, validated.
+#[derive(Default)]
+struct Common {
+    schedule: Option<Schedule>,
+    include: Option<Vec<Regex>>,
+    exclude: Option<Vec<Regex>>,
+    semver: Option<semver::VersionReq>,
+    latest: Option<usize>,
+    platforms: Option<Vec<Platform>>,
+    referrers: Option<bool>,
+    immutable: Option<bool>,
+}
+
+impl Common {
+    /// Each key the rule does not set comes from `defaults`.
+    fn or(self, defaults: &Common) -> Common {
+        Common {
+            schedule: self.schedule.or_else(|| defaults.schedule.clone()),
+            include: self.include.or_else(|| defaults.include.clone()),
+            exclude: self.exclude.or_else(|| defaults.exclude.clone()),
+            semver: self.semver.or_else(|| defaults.semver.clone()),
+            latest: self.latest.or(defaults.latest),
+            platforms: self.platforms.or_else(|| defaults.platforms.clone()),
+            referrers: self.referrers.or(defaults.referrers),
+            immutable: self.immutable.or(defaults.immutable),
+        }
+    }
+}
+
+/// Validates section by section. Every check reports its problem and goes on
+/// with a stand-in value (the default, or nothing), so that one mistake does
+/// not stop the rest of the file from being checked; `parse` throws the
+/// result away when anything was reported.
+struct Loader<'a, 'b> {
+    d: &'a mut Diags<'b>,
+}
+
+impl Loader<'_, '_> {
+    fn root(&mut self, table: DeTable<'_>, path: &Path) -> Config {
+        let mut daemon = None;
+        let mut defaults = None;
+        let mut registries = None;
+        let mut rules = None;
+        for (key, value) in table {
+            match key.get_ref().as_ref() {
+                "version" => self.version(value),
+                "daemon" => daemon = self.section::<RawDaemon>(value, "[daemon]").0,
+                "defaults" => defaults = self.section::<RawDefaults>(value, "[defaults]").0,
+                "registries" => registries = Some(value),
+                "rule" => rules = Some(value),
+                other => {
+                    let hint = hint(other, TOP_KEYS);
+                    self.d.at(
+                        key.span(),
+                        format!("unknown key `{other}` at the top level{hint}"),
+                    );
+                }
+            }
+        }
+        let daemon = self.daemon(daemon);
+        let defaults = self.common(defaults.unwrap_or_default());
+        let registries = registries.map(|v| self.registries(v)).unwrap_or_default();
+        let rules = rules.map(|v| self.rules(v, &defaults)).unwrap_or_default();
+        Config {
+            path: path.to_path_buf(),
+            daemon,
+            registries,
+            rules,
+        }
+    }
+
+    /// Deserializes one section. Each key serde rejects is reported and
+    /// removed, then the section is tried again. Returns the section (when it
+    /// could be read at all) and the dotted keys that were meant to be set
+    /// but were dropped (a wrong type, or the likely intent of a misspelt
+    /// key): a "missing key" complaint about those would only be noise.
+    fn section<T: DeserializeOwned>(
+        &mut self,
+        mut value: Spanned<DeValue<'_>>,
+        section: &str,
+    ) -> (Option<T>, Vec<String>) {
+        let mut dropped = Vec::new();
+        // Each round removes one key, so this ends; the bound is a safety net.
+        for _ in 0..10_000 {
+            match T::deserialize(ValueDeserializer::from(value.clone())) {
+                Ok(t) => return (Some(t), dropped),
+                Err(e) => {
+                    let span = e.span().unwrap_or_else(|| value.span());
+                    let removed = remove_at(&mut value, span.start);
+                    dropped.extend(self.serde_error(&e, span, removed.as_deref(), section));
+                    if removed.is_none() {
+                        return (None, dropped);
+                    }
+                }
+            }
+        }
+        (None, dropped)
+    }
+
+    fn serde_error(
+        &mut self,
+        e: &toml::de::Error,
+        span: Range<usize>,
+        key_path: Option<&[String]>,
+        section: &str,
+    ) -> Option<String> {
+        let msg = e.message();
+        if let Some(rest) = msg.strip_prefix("unknown field `") {
+            let (name, expected) = rest.split_once('`').unwrap_or((rest, ""));
+            let full = key_path.map_or_else(|| name.to_string(), |p| p.join("."));
+            let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+            // Hints name keys with the same dotted prefix as the unknown one.
+            let prefix = full.strip_suffix(name).unwrap_or("");
+            let qualified: Vec<String> =
+                candidates.iter().map(|c| format!("{prefix}{c}")).collect();
+            let qualified: Vec<&str> = qualified.iter().map(String::as_str).collect();
+            let meant = closest(&full, &qualified).map(str::to_string);
+            let hint = if section == "[defaults]" && RULE_ONLY_KEYS.contains(&name) {
+                format!("; `{name}` belongs to each [[rule]], it cannot have a default")
+            } else {
+                hint(&full, &qualified)
+            };
+            self.d
+                .at(span, format!("unknown key `{full}` in {section}{hint}"));
+            return meant;
+        }
+        let msg = msg
+            .replace("expected i64", "expected an integer")
+            .replace("expected f64", "expected a number")
+            .replace("a sequence", "an array");
+        match key_path {
+            Some(p) => {
+                let key = p.join(".");
+                self.d.at(span, format!("`{key}` in {section}: {msg}"));
+                Some(key)
+            }
+            None => {
+                self.d.at(span, format!("{section}: {msg}"));
+                None
+            }
+        }
+    }
+
+    fn version(&mut self, value: Spanned<DeValue<'_>>) {
+        let (v, _) = self.section::<Int>(value, "`version`");
+        if let Some(v) = v
+            && *v.get_ref() != 1
+        {
+            self.d.at(
+                v.span(),
+                format!(
+                    "unsupported configuration version {}; this regkeeper reads version 1",
+                    v.get_ref()
+                ),
+            );
+        }
+    }
+
+    fn daemon(&mut self, raw: Option<RawDaemon>) -> Daemon {
+        let raw = raw.unwrap_or(RawDaemon {
+            state_dir: None,
+            listen: None,
+            max_concurrent_transfers: None,
+            log_format: None,
+        });
+        let state_dir = match &raw.state_dir {
+            Some(s) if s.get_ref().trim().is_empty() => {
+                self.d.at(
+                    s.span(),
+                    "state_dir is empty; name a directory (default /var/lib/regkeeper)",
+                );
+                PathBuf::from(DEFAULT_STATE_DIR)
+            }
+            Some(s) => expand_home(s.get_ref()),
+            None => PathBuf::from(DEFAULT_STATE_DIR),
+        };
+        let listen = match &raw.listen {
+            Some(s) if s.get_ref().is_empty() => None,
+            Some(s) => match s.get_ref().trim().parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.d.at(
+                        s.span(),
+                        format!(
+                            "listen = {:?} is not an IP address and port such as \"127.0.0.1:9469\" or \"[::]:9469\" \
+                             (host names are not accepted); \"\" disables the metrics endpoint",
+                            s.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+            None => Some(DEFAULT_LISTEN.parse().expect("default listen address")),
+        };
+        let max_concurrent_transfers = self.at_least(
+            raw.max_concurrent_transfers.as_ref(),
+            "max_concurrent_transfers",
+            1,
+            8,
+        );
+        let log_format = match &raw.log_format {
+            None => LogFormat::Text,
+            Some(s) => match s.get_ref().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    self.d.at(
+                        s.span(),
+                        format!("log_format = {other:?} is not known; use \"text\" or \"json\""),
+                    );
+                    LogFormat::Text
+                }
+            },
+        };
+        Daemon {
+            state_dir,
+            listen,
+            max_concurrent_transfers,
+            log_format,
+        }
+    }
+
+    /// An integer setting with a lower bound, or its default when absent.
+    fn at_least(&mut self, v: Option<&Int>, key: &str, min: i64, default: usize) -> usize {
+        match v {
+            None => default,
+            Some(v) if *v.get_ref() < min => {
+                self.d.at(
+                    v.span(),
+                    format!(
+                        "{key} = {} is too small; it must be at least {min}",
+                        v.get_ref()
+                    ),
+                );
+                default
+            }
+            Some(v) => usize::try_from(*v.get_ref()).unwrap_or(usize::MAX),
+        }
+    }
+
+    fn registries(&mut self, value: Spanned<DeValue<'_>>) -> BTreeMap<String, RegistryOptions> {
+        let span = value.span();
+        let DeValue::Table(table) = value.into_inner() else {
+            self.d.at(
+                span,
+                "`registries` must be a table of per-host tables, e.g. [registries.\"ghcr.io\"]",
+            );
+            return BTreeMap::new();
+        };
+        let mut out = BTreeMap::new();
+        for (host, value) in table {
+            let host_span = host.span();
+            let host = host.into_inner().into_owned();
+            if let Some(problem) = host_problem(&host) {
+                self.d.at(
+                    host_span,
+                    format!("registry key {host:?} {problem}; write the host as in references, e.g. \"ghcr.io\" or \"127.0.0.1:5000\""),
+                );
+            }
+            let section = format!("[registries.{host:?}]");
+            let (raw, _) = self.section::<RawRegistry>(value, &section);
+            if let Some(raw) = raw {
+                let opts = self.registry(raw, &section);
+                out.insert(host, opts);
+            }
+        }
+        out
+    }
+
+    fn registry(&mut self, raw: RawRegistry, section: &str) -> RegistryOptions {
+        let defaults = RegistryOptions::default();
+        let mut password = None;
+        match (&raw.password_file, &raw.password_env) {
+            (Some(file), Some(env)) => {
+                self.d.at(
+                    env.span(),
+                    format!(
+                        "{section} sets both password_file (line {}) and password_env; keep one",
+                        self.d.line_of(file.span().start)
+                    ),
+                );
+            }
+            (Some(file), None) => password = self.password_file(file),
+            (None, Some(env)) => password = self.password_env(env),
+            (None, None) => {}
+        }
+        let password_key = raw.password_file.as_ref().or(raw.password_env.as_ref());
+        match (&raw.username, password_key) {
+            (None, Some(key)) => self.d.at(
+                key.span(),
+                format!("{section} has a password but no username; add username = \"...\""),
+            ),
+            (Some(user), None) => self.d.at(
+                user.span(),
+                format!(
+                    "{section} has a username but no password; add password_file or password_env"
+                ),
+            ),
+            _ => {}
+        }
+        let docker_config = raw
+            .docker_config
+            .as_ref()
+            .map(|s| self.existing_file(s, "docker_config"));
+        let ca_file = raw
+            .ca_file
+            .as_ref()
+            .map(|s| self.existing_file(s, "ca_file"));
+        let max_concurrent = self.at_least(
+            raw.max_concurrent.as_ref(),
+            "max_concurrent",
+            1,
+            defaults.max_concurrent,
+        );
+        let requests_per_second = raw.requests_per_second.as_ref().and_then(|r| {
+            let v = *r.get_ref();
+            if v.is_finite() && v > 0.0 {
+                Some(v)
+            } else {
+                self.d.at(
+                    r.span(),
+                    format!(
+                        "requests_per_second = {v} must be a number above 0; leave it out for no limit"
+                    ),
+                );
+                None
+            }
+        });
+        let chunk_size = match &raw.chunk_size {
+            None => defaults.chunk_size,
+            Some(v) => match chunk_size(v.get_ref()) {
+                Ok(n) => n,
+                Err(msg) => {
+                    self.d.at(v.span(), msg);
+                    defaults.chunk_size
+                }
+            },
+        };
+        RegistryOptions {
+            username: raw.username.map(Spanned::into_inner),
+            password,
+            docker_config,
+            ca_file,
+            insecure_skip_verify: raw.insecure_skip_verify.unwrap_or(false),
+            plain_http: raw.plain_http.unwrap_or(false),
+            max_concurrent,
+            requests_per_second,
+            chunk_size,
+        }
+    }
+
+    fn password_file(&mut self, file: &Str) -> Option<Secret> {
+        let path = expand_home(file.get_ref());
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                // Files written by `echo` or an editor end in a newline that
+                // is not part of the password.
+                let secret = text.trim_end_matches(['\n', '\r']);
+                if secret.is_empty() {
+                    self.d.at(
+                        file.span(),
+                        format!("password_file {} is empty", path.display()),
+                    );
+                    return None;
+                }
+                Some(Secret::new(secret))
+            }
+            Err(e) => {
+                self.d.at(
+                    file.span(),
+                    format!(
+                        "cannot read password_file {}: {e}; create it or correct the path",
+                        path.display()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn password_env(&mut self, env: &Str) -> Option<Secret> {
+        let name = env.get_ref();
+        match std::env::var(name) {
+            Ok(v) if v.is_empty() => {
+                self.d.at(
+                    env.span(),
+                    format!("password_env: environment variable {name} is empty"),
+                );
+                None
+            }
+            Ok(v) => Some(Secret::new(v)),
+            Err(std::env::VarError::NotPresent) => {
+                self.d.at(
+                    env.span(),
+                    format!(
+                        "password_env: environment variable {name} is not set; set it in the service's environment"
+                    ),
+                );
+                None
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                self.d.at(
+                    env.span(),
+                    format!("password_env: environment variable {name} is not valid UTF-8"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A path that must name a readable file now (rather than fail at the first sync).
+    fn existing_file(&mut self, s: &Str, key: &str) -> PathBuf {
+        let path = expand_home(s.get_ref());
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => self
+                .d
+                .at(s.span(), format!("{key} {} is not a file", path.display())),
+            Err(e) => self.d.at(
+                s.span(),
+                format!("cannot read {key} {}: {e}", path.display()),
+            ),
+        }
+        path
+    }
+
+    fn common(&mut self, raw: RawDefaults) -> Common {
+        let schedule = raw.schedule.as_ref().and_then(|s| {
+            parse_schedule(s.get_ref())
+                .map_err(|msg| self.d.at(s.span(), format!("schedule: {msg}")))
+                .ok()
+        });
+        let tags = raw.tags.unwrap_or_default();
+        let RawTags {
+            include,
+            exclude,
+            semver,
+            latest,
+        } = tags;
+        let include = include.map(|l| self.regexes(&l, "tags.include"));
+        let exclude = exclude.map(|l| self.regexes(&l, "tags.exclude"));
+        let semver = semver.and_then(|s| match semver::VersionReq::parse(s.get_ref()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.d.at(
+                    s.span(),
+                    format!(
+                        "tags.semver = {:?} is not a version requirement: {e}; write e.g. \">=3.18\" or \"^1.2, <1.5\"",
+                        s.get_ref()
+                    ),
+                );
+                None
+            }
+        });
+        let latest = latest.map(|n| self.at_least(Some(&n), "tags.latest", 1, 1));
+        let platforms = raw.platforms.map(|list| {
+            list.iter()
+                .filter_map(|p| match Platform::parse(p.get_ref()) {
+                    Some(pl) if pl.variant.as_deref() != Some("") => Some(pl),
+                    _ => {
+                        self.d.at(
+                            p.span(),
+                            format!(
+                                "platform {:?} is not os/arch[/variant], e.g. \"linux/amd64\" or \"linux/arm/v7\"",
+                                p.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                })
+                .collect()
+        });
+        Common {
+            schedule,
+            include,
+            exclude,
+            semver,
+            latest,
+            platforms,
+            referrers: raw.referrers,
+            immutable: raw.immutable,
+        }
+    }
+
+    fn regexes(&mut self, list: &[Str], key: &str) -> Vec<Regex> {
+        list.iter()
+            .filter_map(|s| match Regex::new(s.get_ref()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    self.d.at(
+                        s.span(),
+                        format!(
+                            "{key}: invalid regular expression {:?}: {}",
+                            s.get_ref(),
+                            regex_reason(&e)
+                        ),
+                    );
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn rules(&mut self, value: Spanned<DeValue<'_>>, defaults: &Common) -> Vec<Rule> {
+        let span = value.span();
+        let items: Vec<Spanned<DeValue<'_>>> = match value.into_inner() {
+            DeValue::Array(a) => a.iter().cloned().collect(),
+            DeValue::Table(_) => {
+                self.d.at(
+                    span,
+                    "`rule` must be an array of tables: write each rule under [[rule]] (double brackets)",
+                );
+                return Vec::new();
+            }
+            _ => {
+                self.d.at(
+                    span,
+                    "`rule` must be an array of tables, each under [[rule]]",
+                );
+                return Vec::new();
+            }
+        };
+        // Name -> offset of the first rule that uses it.
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for item in items {
+            let span = item.span();
+            let (raw, dropped) = self.section::<RawRule>(item, "[[rule]]");
+            if let Some(raw) = raw {
+                out.push(self.rule(span, raw, &dropped, defaults, &mut seen));
+            }
+        }
+        out
+    }
+
+    fn rule(
+        &mut self,
+        span: Range<usize>,
+        mut raw: RawRule,
+        dropped: &[String],
+        defaults: &Common,
+        seen: &mut HashMap<String, usize>,
+    ) -> Rule {
+        let name = match &raw.name {
+            None => {
+                if !dropped.iter().any(|k| k == "name") {
+                    self.d.at(
+                        span.clone(),
+                        "this [[rule]] has no name; add name = \"...\" ([a-z0-9_-]+, unique)",
+                    );
+                }
+                String::new()
+            }
+            Some(n) => {
+                let name = n.get_ref().clone();
+                if !valid_rule_name(&name) {
+                    self.d.at(
+                        n.span(),
+                        format!(
+                            "rule name {name:?} is not valid: use lowercase letters, digits, '_' and '-' only (it becomes a metrics label)"
+                        ),
+                    );
+                } else if let Some(&first) = seen.get(&name) {
+                    self.d.at(
+                        n.span(),
+                        format!(
+                            "duplicate rule name {name:?}: line {} already uses it; rule names must be unique",
+                            self.d.line_of(first)
+                        ),
+                    );
+                } else {
+                    seen.insert(name.clone(), n.span().start);
+                }
+                name
+            }
+        };
+        let label = if name.is_empty() {
+            "this rule".to_string()
+        } else {
+            format!("rule {name:?}")
+        };
+
+        let source = raw.source.as_ref().and_then(|s| {
+            RepoSpec::parse(s.get_ref())
+                .map_err(|e| self.d.at(s.span(), format!("source: {e}")))
+                .ok()
+        });
+        let targets = self.targets(&raw, source.as_ref(), &label, span.clone(), dropped);
+
+        let common = self.common(raw.take_common()).or(defaults);
+        let retention = raw
+            .retention
+            .take()
+            .map(|r| self.retention(r, raw.source.is_some(), &label, dropped));
+        let meant_either = dropped.iter().any(|k| k == "source" || k == "retention");
+        if raw.source.is_none() && retention.is_none() && !meant_either {
+            self.d.at(
+                span,
+                format!(
+                    "{label} has neither source nor retention: nothing to do; add source = \"...\" to mirror, or a [rule.retention] table to clean up"
+                ),
+            );
+        }
+        Rule {
+            name,
+            source,
+            targets,
+            schedule: common.schedule.unwrap_or(Schedule::Every(DEFAULT_SCHEDULE)),
+            tags: TagFilter {
+                include: common.include.unwrap_or_default(),
+                exclude: common.exclude.unwrap_or_default(),
+                semver: common.semver,
+                latest: common.latest,
+            },
+            platforms: common.platforms.unwrap_or_default(),
+            referrers: common.referrers.unwrap_or(true),
+            immutable: common.immutable.unwrap_or(false),
+            retention,
+        }
+    }
+
+    fn targets(
+        &mut self,
+        raw: &RawRule,
+        source: Option<&RepoSpec>,
+        label: &str,
+        rule_span: Range<usize>,
+        dropped: &[String],
+    ) -> Vec<RepoSpec> {
+        let Some(list) = &raw.targets else {
+            if !dropped.iter().any(|k| k == "targets") {
+                self.d.at(
+                    rule_span,
+                    format!("{label} has no targets; add targets = [\"registry.example.com/mirror/repo\"]"),
+                );
+            }
+            return Vec::new();
+        };
+        if list.get_ref().is_empty() {
+            self.d.at(
+                list.span(),
+                format!("{label} has an empty targets list; name at least one target"),
+            );
+            return Vec::new();
+        }
+        let mut out: Vec<RepoSpec> = Vec::new();
+        for t in list.get_ref() {
+            let spec = match RepoSpec::parse(t.get_ref()) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    self.d.at(t.span(), format!("target: {e}"));
+                    continue;
+                }
+            };
+            if let Some(src) = source {
+                if src.wildcard && !spec.wildcard {
+                    self.d.at(
+                        t.span(),
+                        format!(
+                            "target {:?} must end in /* because the source {src} does: each source repository is mirrored under the target prefix",
+                            t.get_ref()
+                        ),
+                    );
+                } else if !src.wildcard && spec.wildcard {
+                    self.d.at(
+                        t.span(),
+                        format!(
+                            "target {:?} ends in /* but the source {src} is one repository; name one target repository, or end the source in /* too",
+                            t.get_ref()
+                        ),
+                    );
+                } else if *src == spec {
+                    self.d.at(
+                        t.span(),
+                        format!("target {:?} is the source itself", t.get_ref()),
+                    );
+                }
+            }
+            if out.contains(&spec) {
+                self.d.at(
+                    t.span(),
+                    format!("target {:?} is listed twice", t.get_ref()),
+                );
+                continue;
+            }
+            out.push(spec);
+        }
+        out
+    }
+
+    fn retention(
+        &mut self,
+        raw: Spanned<RawRetention>,
+        has_source: bool,
+        label: &str,
+        dropped: &[String],
+    ) -> Retention {
+        let meant = |key: &str| dropped.iter().any(|k| *k == format!("retention.{key}"));
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let match_tags = match &raw.match_tags {
+            Some(list) => self.regexes(list, "retention.match"),
+            None if meant("match") => Vec::new(),
+            None => {
+                self.d.at(
+                    span.clone(),
+                    format!(
+                        "the retention of {label} has no `match`: list the regexes of the tags it may delete, e.g. match = ['^v\\d+\\.\\d+\\.\\d+$']"
+                    ),
+                );
+                Vec::new()
+            }
+        };
+        let keep_last = raw
+            .keep_last
+            .as_ref()
+            .map(|n| self.at_least(Some(n), "keep_last", 0, 0));
+        let order_by = match &raw.order_by {
+            None => OrderBy::Semver,
+            Some(s) => match s.get_ref().as_str() {
+                "semver" => OrderBy::Semver,
+                "created" => OrderBy::Created,
+                "first_seen" => OrderBy::FirstSeen,
+                other => {
+                    self.d.at(
+                        s.span(),
+                        format!(
+                            "order_by = {other:?} is not known; use \"semver\", \"created\" or \"first_seen\""
+                        ),
+                    );
+                    OrderBy::Semver
+                }
+            },
+        };
+        let older_than = raw
+            .older_than
+            .as_ref()
+            .and_then(|s| self.duration(s, "older_than"));
+        let untagged_older_than = raw
+            .untagged_older_than
+            .as_ref()
+            .and_then(|s| self.duration(s, "untagged_older_than"));
+        let protect = raw
+            .protect
+            .as_ref()
+            .map(|l| self.regexes(l, "retention.protect"))
+            .unwrap_or_default();
+        let delete_removed_at_source = raw
+            .delete_removed_at_source
+            .as_ref()
+            .is_some_and(|b| *b.get_ref());
+        if delete_removed_at_source && !has_source {
+            let b = raw.delete_removed_at_source.as_ref().expect("set");
+            self.d.at(
+                b.span(),
+                format!("delete_removed_at_source needs a source, and {label} has none"),
+            );
+        }
+        let max_deletions_per_run = self.at_least(
+            raw.max_deletions_per_run.as_ref(),
+            "max_deletions_per_run",
+            1,
+            DEFAULT_MAX_DELETIONS,
+        );
+        if raw.keep_last.is_none()
+            && raw.older_than.is_none()
+            && raw.untagged_older_than.is_none()
+            && !delete_removed_at_source
+            && ![
+                "keep_last",
+                "older_than",
+                "untagged_older_than",
+                "delete_removed_at_source",
+            ]
+            .iter()
+            .any(|k| meant(k))
+        {
+            self.d.at(
+                span,
+                format!(
+                    "the retention of {label} deletes nothing: set keep_last, older_than, untagged_older_than or delete_removed_at_source"
+                ),
+            );
+        }
+        Retention {
+            match_tags,
+            keep_last,
+            order_by,
+            older_than,
+            protect,
+            untagged_older_than,
+            delete_removed_at_source,
+            max_deletions_per_run,
+        }
+    }
+
+    fn duration(&mut self, s: &Str, key: &str) -> Option<Duration> {
+        humantime::parse_duration(s.get_ref().trim())
+            .map_err(|e| {
+                self.d.at(
+                    s.span(),
+                    format!(
+                        "{key} = {:?} is not a duration: {e}; write e.g. \"90d\", \"12h\" or \"1h30m\"",
+                        s.get_ref()
+                    ),
+                )
+            })
+            .ok()
+    }
+}
+
+/// Removes from a table the key that the error at byte `at` is about (the
+/// deepest one whose key or value contains it) and returns its dotted path.
+fn remove_at(value: &mut Spanned<DeValue<'_>>, at: usize) -> Option<Vec<String>> {
+    match value.get_mut() {
+        DeValue::Table(table) => remove_in_table(table, at),
+        _ => None,
+    }
+}
+
+fn remove_in_table(table: &mut DeTable<'_>, at: usize) -> Option<Vec<String>> {
+    let mut found = None;
+    for (k, v) in table.iter_mut() {
+        if k.span().contains(&at) {
+            found = Some(k.clone());
+            break;
+        }
+        if let DeValue::Table(inner) = v.get_mut()
+            && let Some(mut path) = remove_in_table(inner, at)
+        {
+            path.insert(0, k.get_ref().to_string());
+            return Some(path);
+        }
+        if v.span().contains(&at) {
+            found = Some(k.clone());
+            break;
+        }
+    }
+    let key = found?;
+    table.remove(&key);
+    Some(vec![key.into_inner().into_owned()])
+}
+
+/// "; did you mean `x`?" for a close candidate, else the list of valid keys.
+fn hint(name: &str, candidates: &[&str]) -> String {
+    match closest(name, candidates) {
+        Some(c) => format!("; did you mean `{c}`?"),
+        None if candidates.is_empty() => String::new(),
+        None => format!("; valid keys here: {}", candidates.join(", ")),
+    }
+}
+
+/// The candidate a misspelt `name` most likely meant, if any is close enough.
+fn closest<'c>(name: &str, candidates: &[&'c str]) -> Option<&'c str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(name, c), *c))
+        .min_by_key(|(d, _)| *d)
+        .filter(|(d, _)| *d <= 2.max(name.chars().count() / 3))
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn valid_rule_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// What is wrong with a `[registries."..."]` key, if anything.
+fn host_problem(host: &str) -> Option<&'static str> {
+    if host.is_empty() {
+        Some("is empty")
+    } else if host.contains("://") {
+        Some("is a URL, not a host")
+    } else if host.contains('/') {
+        Some("contains a path")
+    } else if host.chars().any(char::is_whitespace) {
+        Some("contains whitespace")
+    } else {
+        None
+    }
+}
+
+/// The one-line reason from a regex error (its Display spans several lines
+/// to draw a caret under the problem).
+fn regex_reason(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error: "))
+        .map_or_else(|| text.replace('\n', " "), str::to_string)
+}
+
+/// `~` and `~/...` mean the home directory; anything else is taken as written.
+fn expand_home(s: &str) -> PathBuf {
+    let rest = if s == "~" {
+        Some("")
+    } else {
+        s.strip_prefix("~/")
+    };
+    match (rest, std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(s),
+    }
+}
+
+/// A chunk size: bytes as an integer, or a string such as "16MiB", "512KiB",
+/// "1GB" or "0" (0 = one monolithic PUT).
+fn chunk_size(v: &toml::Value) -> Result<u64, String> {
+    const HOW: &str =
+        "write e.g. \"16MiB\", \"512KiB\", \"1GB\", or \"0\" for one monolithic upload";
+    match v {
+        toml::Value::Integer(n) => {
+            u64::try_from(*n).map_err(|_| format!("chunk_size = {n} is negative; {HOW}"))
+        }
+        toml::Value::String(s) => {
+            let t = s.trim();
+            let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+            let (num, unit) = t.split_at(digits);
+            let bad = || format!("chunk_size = {s:?} is not a size; {HOW}");
+            let num: u64 = num.parse().map_err(|_| bad())?;
+            let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+                "" | "b" => 1,
+                "kb" => 1000,
+                "mb" => 1000 * 1000,
+                "gb" => 1000 * 1000 * 1000,
+                "kib" => 1 << 10,
+                "mib" => 1 << 20,
+                "gib" => 1 << 30,
+                _ => return Err(bad()),
+            };
+            num.checked_mul(factor)
+                .ok_or_else(|| format!("chunk_size = {s:?} is too large"))
+        }
+        other => Err(format!(
+            "chunk_size must be a string or an integer, not a {}; {HOW}",
+            other.type_str()
+        )),
+    }
+}
