@@ -641,7 +641,7 @@ targets = ["{dst.addr}/{BIG_PREFIX}/*"]
         row["verify"] = {"ok": ok, "problems": 0 if ok else 1, "first": [] if ok else [f"blob HEAD {st}"]}
 
     for row in results:
-        if row.get("scenario") in ("big", "curl") and row.get("wall_s"):
+        if row.get("scenario") in ("big", "curl") and row.get("wall_s") and row["rc"] == 0:
             row["throughput_mib_s"] = round(a.big_mib / row["wall_s"], 1)
     targets = check_targets(results, stats["tags"])
     report = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "args": vars(a), "corpus": stats,
