@@ -596,11 +596,12 @@ targets = ["{dst.addr}/{BIG_PREFIX}/*"]
         row = {"tool": tool, "scenario": scn, **r, "source": src.diff(b[0], e[0]), "target": dst.diff(b[1], e[1])}
         row["verify"] = verify(dst, expect, prefix) if expect is not None else None
         if r["rc"]:
-            log(f"  {tool} {scn}: exit {r['rc']}: {r['output_tail'][-800:]}")
+            lines = [x for x in r["output_tail"].splitlines() if x.strip() and not x.lstrip()[:1].isdigit()]
+            log(f"  {tool} {scn}: exit {r['rc']}: " + " | ".join(lines[:3])[:300])
         results.append(row)
         log(f"  {tool:9} {scn:6} rc={r['rc']} wall={r['wall_s']}s cpu={r['cpu_s']}s rss={r['peak_rss_mb']}MB "
             f"req src={row['source']['requests']} dst={row['target']['requests']} "
-            f"verify={'ok' if not row['verify'] or row['verify']['ok'] else row['verify']['first'][:2]}")
+            f"verify={'ok' if not row['verify'] or row['verify']['ok'] else str(row['verify']['first'][:2])[:150]}")
         return row
 
     for tool in tools:
@@ -743,6 +744,11 @@ def print_table(rep):
     print("  ".join("-" * x for x in w))
     for row in rows:
         print(line(row))
+    print("\nrequests by kind (source | target):")
+    for r in rep["results"]:
+        if r.get("wall_s") is not None:
+            k = lambda d: ", ".join(f"{n} {v}" for v, n in ((v, n) for v, n in d["by_kind"].items())) or "-"  # noqa
+            print(f"  {r['tool']:9} {r['scenario']:6}  {k(r['source'])} | {k(r['target'])}")
     print("\ntargets (issue 5):")
     for t in rep["targets"]:
         print(f"  {t['result']:4}  {t['target']:52} value={t['value']}")
