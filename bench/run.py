@@ -747,7 +747,7 @@ def print_table(rep):
     print("\nrequests by kind (source | target):")
     for r in rep["results"]:
         if r.get("wall_s") is not None:
-            k = lambda d: ", ".join(f"{n} {v}" for v, n in ((v, n) for v, n in d["by_kind"].items())) or "-"  # noqa
+            k = lambda d: ", ".join(f"{c} {kind}" for kind, c in d["by_kind"].items()) or "-"  # noqa: E731
             print(f"  {r['tool']:9} {r['scenario']:6}  {k(r['source'])} | {k(r['target'])}")
     print("\ntargets (issue 5):")
     for t in rep["targets"]:
