@@ -1,1 +1,4 @@
-fn main() {}
+//! Integration tests for regkeeper: real CNCF distribution registries on 127.0.0.1.
+
+mod harness;
+mod support;

@@ -1,0 +1,236 @@
+//! Small pure pieces of the registry HTTP protocol: `Link` pagination,
+//! `Location` resolution, OCI error bodies, `Retry-After`, request pacing.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use url::Url;
+
+/// The `rel="next"` target of a `Link` header, resolved against the URL the
+/// response came from (registries send it relative, e.g.
+/// `</v2/_catalog?last=x&n=100>; rel="next"`).
+pub(crate) fn next_link<'a>(values: impl IntoIterator<Item = &'a str>, base: &Url) -> Option<Url> {
+    for value in values {
+        let mut rest = value;
+        while let Some(open) = rest.find('<') {
+            let after = &rest[open + 1..];
+            let close = after.find('>')?;
+            let target = &after[..close];
+            let params_and_more = &after[close + 1..];
+            // parameters run until the next link (next '<' after a comma)
+            let params_end = params_and_more.find('<').unwrap_or(params_and_more.len());
+            let params = &params_and_more[..params_end];
+            let is_next = params.split(';').any(|p| {
+                let p = p.trim().trim_end_matches(',').trim();
+                if let Some((k, v)) = p.split_once('=') {
+                    k.trim().eq_ignore_ascii_case("rel")
+                        && v.trim()
+                            .trim_matches('"')
+                            .split_whitespace()
+                            .any(|r| r.eq_ignore_ascii_case("next"))
+                } else {
+                    false
+                }
+            });
+            if is_next {
+                return base.join(target).ok();
+            }
+            rest = params_and_more;
+        }
+    }
+    None
+}
+
+/// Resolves an upload `Location` (relative or absolute) against the URL of
+/// the request it answered.
+pub(crate) fn resolve_location(base: &Url, location: &str) -> Option<Url> {
+    base.join(location.trim()).ok()
+}
+
+/// `url` with `key=value` appended, keeping any query it already has (upload
+/// locations carry their own state in the query).
+pub(crate) fn with_query(url: &Url, key: &str, value: &str) -> Url {
+    let mut u = url.clone();
+    u.query_pairs_mut().append_pair(key, value);
+    u
+}
+
+/// `path` of a URL for messages: no query (upload state is long and noisy).
+pub(crate) fn display_path(url: &Url) -> String {
+    url.path().to_string()
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<ErrorEntry>,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorEntry {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// A readable summary of an error response body: the OCI `errors` list as
+/// `CODE: message; ...`, else the start of the body as text.
+pub(crate) fn error_summary(body: &[u8]) -> String {
+    if let Ok(parsed) = serde_json::from_slice::<ErrorBody>(body) {
+        if !parsed.errors.is_empty() {
+            return parsed
+                .errors
+                .iter()
+                .map(|e| match (e.code.is_empty(), e.message.is_empty()) {
+                    (false, false) => format!("{}: {}", e.code, e.message),
+                    (false, true) => e.code.clone(),
+                    _ => e.message.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.len() > 200 {
+        let mut cut = 200;
+        while !one_line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}...", &one_line[..cut])
+    } else {
+        one_line
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare on registries and is
+/// treated as absent).
+pub(crate) fn retry_after(value: Option<&str>) -> Option<Duration> {
+    value?.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// `RateLimit-Remaining: 76;w=21600` (Docker Hub) or a bare number.
+pub(crate) fn rate_limit_remaining(value: &str) -> Option<u64> {
+    value.split([';', ',']).next()?.trim().parse().ok()
+}
+
+/// Paces requests to a sustained rate, allowing a burst of one second's worth
+/// (GCRA: each request reserves the next slot on a virtual schedule).
+#[derive(Debug)]
+pub(crate) struct Pacer {
+    interval: Duration,
+    tolerance: Duration,
+    next: Mutex<Option<Instant>>,
+}
+
+impl Pacer {
+    pub(crate) fn new(per_second: f64) -> Option<Pacer> {
+        if !(per_second.is_finite() && per_second > 0.0) {
+            return None;
+        }
+        let interval = Duration::from_secs_f64(1.0 / per_second);
+        let burst = per_second.ceil().max(1.0) as u32;
+        Some(Pacer {
+            interval,
+            tolerance: interval * (burst - 1),
+            next: Mutex::new(None),
+        })
+    }
+
+    /// How long the caller must wait before sending; reserves its slot.
+    pub(crate) fn reserve(&self, now: Instant) -> Duration {
+        let mut next = self.next.lock().expect("pacer poisoned");
+        let tat = next.map_or(now, |t| t.max(now));
+        *next = Some(tat + self.interval);
+        tat.saturating_duration_since(now)
+            .saturating_sub(self.tolerance)
+    }
+
+    pub(crate) async fn wait(&self) {
+        let d = self.reserve(Instant::now());
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_next_relative_and_absolute() {
+        let base = Url::parse("http://127.0.0.1:5000/v2/_catalog?n=1000").unwrap();
+        let n = next_link([r#"</v2/_catalog?last=b&n=1000>; rel="next""#], &base).unwrap();
+        assert_eq!(
+            n.as_str(),
+            "http://127.0.0.1:5000/v2/_catalog?last=b&n=1000"
+        );
+        let n = next_link(
+            [r#"<https://other.example/v2/x/tags/list?last=v9>; rel=next"#],
+            &base,
+        )
+        .unwrap();
+        assert_eq!(n.host_str(), Some("other.example"));
+        let n = next_link(
+            [r#"</a>; rel="prev", </b?x=1>; title="t"; rel="next""#],
+            &base,
+        )
+        .unwrap();
+        assert_eq!(n.path(), "/b");
+        assert!(next_link([r#"</a>; rel="prev""#], &base).is_none());
+        assert!(next_link(Vec::<&str>::new(), &base).is_none());
+    }
+
+    #[test]
+    fn locations_and_queries() {
+        let base = Url::parse("https://r.example/v2/a/blobs/uploads/").unwrap();
+        let l = resolve_location(&base, "/v2/a/blobs/uploads/uuid?_state=xyz").unwrap();
+        assert_eq!(
+            l.as_str(),
+            "https://r.example/v2/a/blobs/uploads/uuid?_state=xyz"
+        );
+        let l = resolve_location(&base, "https://s3.example/up/1").unwrap();
+        assert_eq!(l.host_str(), Some("s3.example"));
+        let d = with_query(&l, "digest", "sha256:ab");
+        assert_eq!(d.as_str(), "https://s3.example/up/1?digest=sha256%3Aab");
+        let base2 = Url::parse("http://h/v2/a/blobs/uploads/u?_state=a%2Bb").unwrap();
+        let d = with_query(&base2, "digest", "sha256:ab");
+        assert_eq!(d.query(), Some("_state=a%2Bb&digest=sha256%3Aab"));
+        assert_eq!(display_path(&d), "/v2/a/blobs/uploads/u");
+    }
+
+    #[test]
+    fn error_bodies() {
+        let b = br#"{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry","detail":"x"}]}"#;
+        assert_eq!(
+            error_summary(b),
+            "MANIFEST_BLOB_UNKNOWN: blob unknown to registry"
+        );
+        assert_eq!(error_summary(b"404 page\n not found"), "404 page not found");
+        assert_eq!(error_summary(&[b'x'; 300]).len(), 203);
+    }
+
+    #[test]
+    fn headers() {
+        assert_eq!(retry_after(Some(" 7 ")), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT")), None);
+        assert_eq!(rate_limit_remaining("76;w=21600"), Some(76));
+        assert_eq!(rate_limit_remaining("5"), Some(5));
+    }
+
+    #[test]
+    fn pacer_allows_burst_then_spaces() {
+        let p = Pacer::new(2.0).unwrap();
+        let t0 = Instant::now();
+        assert_eq!(p.reserve(t0), Duration::ZERO);
+        assert_eq!(p.reserve(t0), Duration::ZERO);
+        assert_eq!(p.reserve(t0), Duration::from_millis(500));
+        assert_eq!(p.reserve(t0), Duration::from_millis(1000));
+        assert!(Pacer::new(0.0).is_none());
+        let p = Pacer::new(0.5).unwrap();
+        assert_eq!(p.reserve(t0), Duration::ZERO);
+        assert_eq!(p.reserve(t0), Duration::from_secs(2));
+    }
+}
