@@ -467,7 +467,7 @@ impl Copier {
         for sink in sinks {
             // A few chunks of slack per target: bounded memory, and a slow
             // target slows the read instead of filling memory.
-            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
             senders.push(Some(tx));
             let body: ByteStream =
                 Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
