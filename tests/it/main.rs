@@ -2,4 +2,6 @@
 
 mod daemon;
 mod harness;
+mod store;
 mod support;
+mod sync;
