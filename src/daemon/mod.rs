@@ -28,6 +28,8 @@ use crate::transport::{RegistryOptions, Transports};
 /// How long runs get to wind down after SIGTERM before the process exits
 /// anyway (SPEC: exit within 10 s).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+/// How long run records are kept in the state database.
+pub const RUN_HISTORY: Duration = Duration::from_secs(30 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -302,6 +304,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
     let mut next_watchdog = Instant::now();
     let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut next_prune = Instant::now();
 
     loop {
         let now = Instant::now();
@@ -310,6 +313,17 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
                 notify(&[sd_notify::NotifyState::Watchdog]);
                 next_watchdog = now + every;
             }
+        }
+        // Run history older than RUN_HISTORY is dropped (each rule keeps its
+        // first run, last run and last success, which lag depends on).
+        if now >= next_prune {
+            let before = crate::state::now_unix() - RUN_HISTORY.as_secs() as i64;
+            match state.prune_runs(before) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "old run records pruned"),
+                Err(e) => tracing::warn!(error = %e, "cannot prune old run records"),
+            }
+            next_prune = now + Duration::from_secs(3600);
         }
         // Fire what is due.
         for slot in slots.values_mut() {
