@@ -16,5 +16,6 @@ pub mod filter;
 pub mod oci;
 pub mod plan;
 pub mod reference;
+pub mod retention;
 pub mod secret;
 pub mod transport;
