@@ -438,7 +438,7 @@ pub fn plan_retention(policy: &Retention, input: &RepoInput, now: Unix) -> RepoP
         for d in &untagged_staying {
             roots.push(((*d).clone(), Origin::Untagged));
         }
-        for (d, _) in &expiring {
+        for d in expiring.keys() {
             if blocked.contains_key(*d) {
                 roots.push(((*d).clone(), Origin::Untagged));
             }

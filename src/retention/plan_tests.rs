@@ -224,9 +224,10 @@ fn older_than_with_and_without_keep_last() {
         // By created: 1.3.0 has no time, kept; ranks 1.2.0, 1.1.0, 1.0.0.
         (Some(2), OrderBy::Created, &["1.0.0"]),
     ];
+    let digits = Regex::new(r"^\d").unwrap();
     for (keep_last, order_by, want) in cases {
         let pol = Retention {
-            match_tags: vec![Regex::new(r"^\d").unwrap()],
+            match_tags: vec![digits.clone()],
             keep_last,
             order_by,
             older_than: ninety,
@@ -666,6 +667,7 @@ fn generated_repositories_keep_the_invariants() {
             .wrapping_add(1442695040888963407);
         (seed >> 33) % n
     };
+    let ones = Regex::new(r"^1\.").unwrap();
     for case in 0..3000 {
         let n_digests = 2 + next(12) as u32;
         let mut i = RepoInput::new("gen", BTreeMap::new());
@@ -715,7 +717,7 @@ fn generated_repositories_keep_the_invariants() {
         }
         i.listing = Listing::Complete(listing.clone());
         let pol = Retention {
-            match_tags: vec![Regex::new(r"^1\.").unwrap()],
+            match_tags: vec![ones.clone()],
             keep_last: [None, Some(0), Some(1), Some(3)][next(4) as usize],
             order_by: [OrderBy::Semver, OrderBy::Created, OrderBy::FirstSeen][next(3) as usize],
             older_than: [None, Some(Duration::from_secs(90 * DAY as u64))][next(2) as usize],
