@@ -16,12 +16,19 @@ use regkeeper::engine::{Engine, RuleReport, RunResult};
 use regkeeper::oci::Platform;
 use regkeeper::plan::TargetAction;
 use regkeeper::reference::{ImageRef, Reference};
+use regkeeper::retention::{
+    DeletionStatus, LocalState, Pruner, RetentionReport, RetentionState, Unix,
+};
 use regkeeper::transport::{RegistryOptions, Transports};
 
 /// Exit codes (SPEC section 1).
 const EXIT_OK: u8 = 0;
 const EXIT_PARTIAL: u8 = 1;
 const EXIT_USAGE: u8 = 2;
+const EXIT_STATE: u8 = 3;
+
+/// Where retention keeps its state until the state database takes over.
+const RETENTION_STATE_FILE: &str = "retention-state.json";
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +40,9 @@ struct Cli {
     /// Configuration file [default: $REGKEEPER_CONFIG, else /etc/regkeeper/config.toml]
     #[arg(short = 'c', long = "config", global = true)]
     config: Option<PathBuf>,
+    /// Evaluate retention as if the time were this (Unix seconds). For tests.
+    #[arg(long = "now", global = true, hide = true)]
+    now: Option<i64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,7 +51,8 @@ struct Cli {
 enum Command {
     /// Run rules once now (all when none are named).
     Sync { rules: Vec<String> },
-    /// Dry run: show what sync would copy, with byte counts. Sends no write request.
+    /// Dry run: show what sync would copy (with byte counts) and what retention
+    /// would delete (with reasons). Sends no write request.
     Plan {
         rules: Vec<String>,
         /// Print JSON instead of text.
@@ -65,11 +76,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Retention only (not in this version).
+    /// Retention only: apply the rules' [rule.retention] to their targets.
     Prune {
         rules: Vec<String>,
+        /// Show what would be deleted, and why; send no write request.
         #[arg(long)]
         dry_run: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -206,11 +221,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 Err(code) => return Ok(code),
             };
             init_logging(config.daemon.log_format, on_terminal);
-            let mut engine = Engine::new(
-                transports(&config, false),
-                config.daemon.max_concurrent_transfers,
-                false,
-            );
+            let transports = transports(&config, false);
+            let pruner = if selected.iter().any(|r| r.retention.is_some()) {
+                match open_state(&config, true) {
+                    Ok(state) => Some(Pruner::new(transports.clone(), state, false, now(cli.now))),
+                    Err(code) => return Ok(code),
+                }
+            } else {
+                None
+            };
+            let mut engine = Engine::new(transports, config.daemon.max_concurrent_transfers, false);
             let bar = progress(&mut engine, on_terminal);
             let mut code = EXIT_OK;
             let mut reports = Vec::new();
@@ -218,7 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 if let Some(b) = &bar {
                     b.set_message(format!("rule {}:", rule.name));
                 }
-                let report = engine.sync_rule(rule).await;
+                let report = engine.run_rule(rule, pruner.as_ref()).await;
                 if report.result != RunResult::Success {
                     code = EXIT_PARTIAL;
                 }
@@ -229,6 +249,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             for report in &reports {
                 print_sync_summary(report);
+                if let Some(r) = &report.retention {
+                    print_retention(&report.rule, r);
+                }
             }
             Ok(code)
         }
@@ -243,15 +266,20 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             init_logging(config.daemon.log_format, true);
             // Read-only transports: a write request is refused before it is sent.
-            let engine = Engine::new(
-                transports(&config, true),
-                config.daemon.max_concurrent_transfers,
-                true,
-            );
+            let transports = transports(&config, true);
+            let pruner = if selected.iter().any(|r| r.retention.is_some()) {
+                match open_state(&config, false) {
+                    Ok(state) => Some(Pruner::new(transports.clone(), state, true, now(cli.now))),
+                    Err(code) => return Ok(code),
+                }
+            } else {
+                None
+            };
+            let engine = Engine::new(transports, config.daemon.max_concurrent_transfers, true);
             let mut reports = Vec::new();
             let mut code = EXIT_OK;
             for rule in selected {
-                let report = engine.sync_rule(rule).await;
+                let report = engine.run_rule(rule, pruner.as_ref()).await;
                 if report.result != RunResult::Success {
                     code = EXIT_PARTIAL;
                 }
@@ -265,6 +293,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 for report in &reports {
                     print_plan(report);
+                    if let Some(r) = &report.retention {
+                        print_retention(&report.rule, r);
+                    }
                 }
             }
             Ok(code)
@@ -274,13 +305,108 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             dst,
             platforms,
         } => copy_command(&cli.config, &src, &dst, &platforms, on_terminal).await,
-        Command::Run | Command::Status { .. } | Command::Prune { .. } => {
+        Command::Prune {
+            rules,
+            dry_run,
+            json,
+        } => prune_command(&cli.config, cli.now, &rules, dry_run, json).await,
+        Command::Run | Command::Status { .. } => {
             eprintln!(
                 "error: this command is not available in this version of regkeeper; use `sync`, `plan`, `check` or `copy`"
             );
             Ok(EXIT_USAGE)
         }
     }
+}
+
+/// The current time, or the one given with the hidden `--now`.
+fn now(given: Option<i64>) -> Unix {
+    given.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    })
+}
+
+/// Retention's state: written by real runs, only read by plans and dry runs.
+fn open_state(config: &Config, write: bool) -> Result<Arc<dyn RetentionState>, u8> {
+    let path = config.daemon.state_dir.join(RETENTION_STATE_FILE);
+    let state = if write {
+        LocalState::open(&path)
+    } else {
+        LocalState::snapshot(&path)
+    };
+    match state {
+        Ok(s) => Ok(Arc::new(s)),
+        Err(e) => {
+            eprintln!("error: cannot open the state: {e}");
+            Err(EXIT_STATE)
+        }
+    }
+}
+
+async fn prune_command(
+    config_arg: &Option<PathBuf>,
+    now_arg: Option<i64>,
+    names: &[String],
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let config = match load_config(&config_path(config_arg)) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let selected = match select_rules(&config, names) {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
+    // Named rules must have a retention; unnamed: every rule that has one.
+    let mut rules = Vec::new();
+    for rule in selected {
+        if rule.retention.is_some() {
+            rules.push(rule);
+        } else if !names.is_empty() {
+            eprintln!(
+                "error: {}: rule {:?} has no [rule.retention]; nothing to prune",
+                config.path.display(),
+                rule.name
+            );
+            return Ok(EXIT_USAGE);
+        }
+    }
+    init_logging(config.daemon.log_format, json);
+    let state = match open_state(&config, !dry_run) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    // A dry run's transports refuse every write before it is sent.
+    let pruner = Pruner::new(transports(&config, dry_run), state, dry_run, now(now_arg));
+    let mut code = EXIT_OK;
+    let mut reports = Vec::new();
+    for rule in rules {
+        if let Some(r) = pruner.prune_rule(rule).await {
+            if !r.ok() {
+                code = EXIT_PARTIAL;
+            }
+            reports.push((rule.name.clone(), r));
+        }
+    }
+    if json {
+        let rules: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|(name, r)| serde_json::json!({ "rule": name, "retention": r }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "rules": rules }))?
+        );
+    } else {
+        for (name, r) in &reports {
+            print_retention(name, r);
+        }
+    }
+    Ok(code)
 }
 
 async fn copy_command(
@@ -473,6 +599,64 @@ fn print_plan(r: &RuleReport) {
             String::new()
         } else {
             format!(" ({})", r.result.as_str())
+        }
+    );
+}
+
+fn print_retention(rule: &str, r: &RetentionReport) {
+    println!(
+        "rule {rule}: retention{}",
+        if r.dry_run { " (dry run)" } else { "" }
+    );
+    for repo in &r.repositories {
+        println!("  {}:", repo.repository);
+        for d in &repo.deletions {
+            let tags = if d.deletion.tags.is_empty() {
+                "untagged".to_string()
+            } else {
+                d.deletion.tags.join(", ")
+            };
+            let status = match &d.status {
+                DeletionStatus::Planned => "would delete".to_string(),
+                DeletionStatus::Deleted => "deleted".to_string(),
+                DeletionStatus::Failed { error } => format!("FAILED to delete ({error})"),
+                DeletionStatus::Skipped => "not deleted (an earlier deletion failed)".to_string(),
+            };
+            println!(
+                "    {status} {} [{tags}]: {}",
+                d.deletion.digest, d.reason_text
+            );
+        }
+        let mut unmatched = 0;
+        for k in &repo.kept {
+            if k.reason == regkeeper::retention::KeepReason::NotMatched {
+                unmatched += 1;
+                continue;
+            }
+            match &k.tag {
+                Some(t) => println!("    keep {t} ({}): {}", k.digest.short(), k.reason),
+                None => println!("    keep untagged {}: {}", k.digest, k.reason),
+            }
+        }
+        if unmatched > 0 {
+            println!("    keep {unmatched} tag(s) not matched by retention.match");
+        }
+        if let Some(why) = &repo.refused {
+            println!("    REFUSED: {why}");
+        }
+    }
+    for e in &r.errors {
+        println!("  ERROR {e}");
+    }
+    println!(
+        "  {} deleted, {} planned, {} failed{}",
+        r.deleted,
+        r.planned,
+        r.failed,
+        if r.refused {
+            ", refused (see above)"
+        } else {
+            ""
         }
     );
 }

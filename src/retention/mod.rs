@@ -7,7 +7,14 @@
 //! - [`execute`]: reads a target repository into planner input, and sends the
 //!   deletions (journaled first).
 
+pub mod execute;
 pub mod plan;
+pub mod state;
+
+pub use execute::{
+    DeletionReport, DeletionStatus, Pruner, RepoReport, RetentionError, RetentionReport,
+};
+pub use state::{JournalEntry, JournalId, JournalRecord, LocalState, RetentionState, StateError};
 
 pub use plan::{
     Child, DeleteReason, Deletion, KeepReason, Kept, Listing, ManifestInfo, RepoInput, RepoPlan,
