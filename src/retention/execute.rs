@@ -29,7 +29,7 @@ const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
 
 /// What happened to one planned deletion.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(tag = "status", rename_all = "snake_case")]
 pub enum DeletionStatus {
     /// Dry run, or refused: not sent.
     Planned,

@@ -1,4 +1,5 @@
 //! Integration tests for regkeeper: real CNCF distribution registries on 127.0.0.1.
 
 mod harness;
+mod retention;
 mod support;
