@@ -507,6 +507,7 @@ impl Pruner {
                 };
             }
         };
+        tracing::debug!(journal_id = id, digest = %deletion.digest, "journaled; sending DELETE");
         match store.delete_manifest(&deletion.digest).await {
             Ok(()) => {
                 tracing::info!(digest = %deletion.digest, tags = ?deletion.tags, reason = %deletion.reason, "deleted");

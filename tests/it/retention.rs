@@ -710,9 +710,14 @@ fn prune_1000_tags_measurement() {
             .arg(s.config())
             .args(args)
             .args(["--now", &T0.to_string()])
+            .env("REGKEEPER_LOG", "regkeeper::retention=debug")
             .output()
             .unwrap();
         let elapsed = t.elapsed();
+        let _ = std::fs::write(
+            std::env::temp_dir().join(format!("regkeeper-measure-{}.log", label.replace(' ', "-"))),
+            &out.stderr,
+        );
         let reqs = reg.requests_since(mark);
         let by = |m: &str| reqs.iter().filter(|r| r.method == m).count();
         eprintln!(
