@@ -182,6 +182,8 @@ fn select_rules<'a>(
 }
 
 /// A byte progress bar on a terminal; nothing otherwise (logs say enough).
+/// On a terminal, a progress line: bytes read (with rate), images pushed,
+/// blobs copied and mounted. Nothing otherwise (logs say enough).
 fn progress(engine: &mut Engine, show: bool) -> Option<ProgressBar> {
     if !show {
         return None;
@@ -189,13 +191,25 @@ fn progress(engine: &mut Engine, show: bool) -> Option<ProgressBar> {
     let bar = ProgressBar::new_spinner();
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} {msg} {bytes} copied ({binary_bytes_per_sec}) {elapsed}",
+            "{spinner} {prefix} {bytes} ({binary_bytes_per_sec}), {msg} {elapsed}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     let b = bar.clone();
     engine.on_bytes(Arc::new(move |n| b.inc(n)));
+    let stats = engine.stats().clone();
+    let b = bar.clone();
+    tokio::spawn(async move {
+        while !b.is_finished() {
+            let t = stats.totals();
+            b.set_message(format!(
+                "{} image(s), {} blob(s) copied, {} mounted, {} present",
+                t.images_copied, t.blobs_copied, t.blobs_mounted, t.blobs_skipped
+            ));
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    });
     Some(bar)
 }
 
@@ -236,7 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let mut reports = Vec::new();
             for rule in selected {
                 if let Some(b) = &bar {
-                    b.set_message(format!("rule {}:", rule.name));
+                    b.set_prefix(format!("rule {}:", rule.name));
                 }
                 let report = engine.run_rule(rule, pruner.as_ref()).await;
                 if report.result != RunResult::Success {

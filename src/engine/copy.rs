@@ -55,6 +55,8 @@ pub struct CopyStats {
     pub blobs_mounted: AtomicU64,
     pub blobs_skipped: AtomicU64,
     pub manifests_pushed: AtomicU64,
+    /// Images (root manifests) pushed: one per tag and target.
+    pub images_copied: AtomicU64,
 }
 
 /// Snapshot of [`CopyStats`].
@@ -66,6 +68,7 @@ pub struct CopyTotals {
     pub blobs_mounted: u64,
     pub blobs_skipped: u64,
     pub manifests_pushed: u64,
+    pub images_copied: u64,
 }
 
 impl CopyStats {
@@ -77,6 +80,7 @@ impl CopyStats {
             blobs_mounted: self.blobs_mounted.load(Ordering::Relaxed),
             blobs_skipped: self.blobs_skipped.load(Ordering::Relaxed),
             manifests_pushed: self.manifests_pushed.load(Ordering::Relaxed),
+            images_copied: self.images_copied.load(Ordering::Relaxed),
         }
     }
 }
@@ -269,8 +273,28 @@ impl BlobTracker {
     /// hold any [`OwnerGuard`] while it waits, or two copies sharing two
     /// blobs could wait for each other forever.
     fn try_claim(self: &Arc<Self>, target: &Location, digest: &Digest) -> Claim {
-        let key = (registry_key(target), digest.clone());
         let mut map = self.entries.lock().expect("tracker poisoned");
+        self.claim_locked(&mut map, target, digest)
+    }
+
+    /// Claims a blob for several targets at once, under one lock, so that a
+    /// copy either owns the blob for every target that lacks it (and reads
+    /// the source once for all of them) or for none.
+    fn try_claim_all(self: &Arc<Self>, targets: &[&Location], digest: &Digest) -> Vec<Claim> {
+        let mut map = self.entries.lock().expect("tracker poisoned");
+        targets
+            .iter()
+            .map(|t| self.claim_locked(&mut map, t, digest))
+            .collect()
+    }
+
+    fn claim_locked(
+        self: &Arc<Self>,
+        map: &mut HashMap<(String, Digest), Entry>,
+        target: &Location,
+        digest: &Digest,
+    ) -> Claim {
+        let key = (registry_key(target), digest.clone());
         match map.get(&key) {
             Some(Entry::Present(loc)) if loc == target => Claim::Present,
             Some(Entry::Present(loc)) => Claim::Elsewhere(loc.clone()),
@@ -344,10 +368,14 @@ impl Copier {
         target: &Store,
         blob: &Descriptor,
         wait: bool,
+        first: Option<Claim>,
     ) -> Result<Need, TransportError> {
         let loc = target.location();
+        let mut first = first;
         loop {
-            let claim = if wait {
+            let claim = if let Some(c) = first.take() {
+                c
+            } else if wait {
                 self.tracker.claim(loc, &blob.digest).await
             } else {
                 self.tracker.try_claim(loc, &blob.digest)
@@ -439,7 +467,7 @@ impl Copier {
         for sink in sinks {
             // A few chunks of slack per target: bounded memory, and a slow
             // target slows the read instead of filling memory.
-            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
             senders.push(Some(tx));
             let body: ByteStream =
                 Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
@@ -503,8 +531,10 @@ impl Copier {
         let prepared = futures_util::stream::iter(tree.blobs.iter())
             .map(|blob| async move {
                 let mut needs = Vec::with_capacity(targets.len());
-                for target in targets {
-                    needs.push(self.prepare_blob(target, blob, false).await);
+                let locations: Vec<&Location> = targets.iter().map(|t| t.location()).collect();
+                let claims = self.tracker.try_claim_all(&locations, &blob.digest);
+                for (target, claim) in targets.iter().zip(claims) {
+                    needs.push(self.prepare_blob(target, blob, false, Some(claim)).await);
                 }
                 (blob, needs)
             })
@@ -572,7 +602,7 @@ impl Copier {
         // Blobs other copies were busy with: our own guards are released now,
         // so waiting for theirs cannot deadlock.
         for (blob, i) in later {
-            match self.prepare_blob(&targets[i], blob, true).await {
+            match self.prepare_blob(&targets[i], blob, true, None).await {
                 Ok(Need::Upload(guard)) => {
                     for (i, msg) in upload(blob, vec![(i, guard)]).await {
                         failures[i].push(msg);
@@ -601,6 +631,7 @@ impl Copier {
                 let reference = tag.unwrap_or(tree.root.digest.as_str());
                 target.put_manifest(reference, &tree.root).await?;
                 self.stats.manifests_pushed.fetch_add(1, Ordering::Relaxed);
+                self.stats.images_copied.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
         });

@@ -27,7 +27,7 @@ use copy::{Copier, CopyError, CopyStats, CopyTotals, DryRunCost, filter_index};
 /// global transfer limit).
 const IMAGES_IN_PARALLEL: usize = 4;
 /// Repositories of a `/*` rule inventoried at once.
-const REPOS_IN_PARALLEL: usize = 4;
+const REPOS_IN_PARALLEL: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -247,6 +247,7 @@ impl Engine {
             blobs_mounted: after.blobs_mounted - before.blobs_mounted,
             blobs_skipped: after.blobs_skipped - before.blobs_skipped,
             manifests_pushed: after.manifests_pushed - before.manifests_pushed,
+            images_copied: after.images_copied - before.images_copied,
         };
         let ok = report.tags_in_sync + report.tags_copied + report.tags_kept_immutable;
         report.result = if report.tags_failed == 0 && report.errors.is_empty() {
@@ -287,7 +288,21 @@ impl Engine {
                 return out;
             }
         };
-        let all_tags = match source.list_tags().await {
+        // Tag lists of the source and every target, all at once (one request
+        // each); the per-registry limits bound what is really in flight.
+        let target_stores: Vec<(Location, Result<Store, TransportError>)> = target_locs
+            .iter()
+            .map(|loc| (loc.clone(), open(loc)))
+            .collect();
+        let target_listing =
+            futures_util::future::join_all(target_stores.iter().map(|(_, store)| async move {
+                match store {
+                    Ok(s) => Some(s.list_tags().await),
+                    Err(_) => None,
+                }
+            }));
+        let (source_listing, target_listing) = tokio::join!(source.list_tags(), target_listing);
+        let all_tags = match source_listing {
             Ok(t) => t,
             Err(e) => {
                 out.errors.push(format!("listing tags of {src_loc}: {e}"));
@@ -295,24 +310,17 @@ impl Engine {
             }
         };
         let selected = select_tags(&rule.tags, &all_tags);
-
-        // Target inventories: which tags exist (one list request each).
         let mut targets = Vec::new();
         let mut target_lists = Vec::new();
-        for loc in &target_locs {
-            let store = match open(loc) {
-                Ok(s) => s,
-                Err(e) => {
-                    out.errors.push(e.to_string());
-                    continue;
-                }
-            };
-            match store.list_tags().await {
-                Ok(tags) => {
+        for ((loc, store), listing) in target_stores.into_iter().zip(target_listing) {
+            match (store, listing) {
+                (Ok(store), Some(Ok(tags))) => {
                     target_lists.push(tags.into_iter().collect::<HashSet<_>>());
                     targets.push(store);
                 }
-                Err(e) => out.errors.push(format!("listing tags of {loc}: {e}")),
+                (Err(e), _) => out.errors.push(e.to_string()),
+                (Ok(_), Some(Err(e))) => out.errors.push(format!("listing tags of {loc}: {e}")),
+                (Ok(_), None) => unreachable!("a listing for every opened store"),
             }
         }
         if targets.is_empty() {
@@ -407,25 +415,30 @@ impl Engine {
         let results = futures_util::stream::iter(tags.iter().cloned())
             .map(|tag| async move {
                 let missing_somewhere = target_lists.iter().any(|l| !l.contains(&tag));
-                let source_manifest =
-                    resolve_source(source, &tag, missing_somewhere, platforms).await?;
-                let Some((digest, manifest)) = source_manifest else {
+                // The source and every target that lists the tag, asked at once.
+                let at_targets = futures_util::future::join_all(
+                    targets.iter().zip(target_lists).map(|(target, list)| {
+                        let tag = &tag;
+                        async move {
+                            if !list.contains(tag) {
+                                return Ok(None);
+                            }
+                            target
+                                .resolve(tag)
+                                .await
+                                .map(|h| h.map(|h| h.digest))
+                                .map_err(|e| (tag.clone(), e.to_string()))
+                        }
+                    }),
+                );
+                let (source_manifest, at_targets) = tokio::join!(
+                    resolve_source(source, &tag, missing_somewhere, platforms),
+                    at_targets
+                );
+                let Some((digest, manifest)) = source_manifest? else {
                     return Ok(None);
                 };
-                let mut at_targets = Vec::with_capacity(targets.len());
-                for (target, list) in targets.iter().zip(target_lists) {
-                    if !list.contains(&tag) {
-                        at_targets.push(None);
-                        continue;
-                    }
-                    at_targets.push(
-                        target
-                            .resolve(&tag)
-                            .await
-                            .map_err(|e| (tag.clone(), e.to_string()))?
-                            .map(|h| h.digest),
-                    );
-                }
+                let at_targets = at_targets.into_iter().collect::<Result<Vec<_>, _>>()?;
                 Ok(Some((tag, digest, manifest, at_targets)))
             })
             .buffer_unordered(8)

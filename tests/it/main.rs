@@ -2,4 +2,6 @@
 
 mod harness;
 mod retention;
+mod store;
 mod support;
+mod sync;
