@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod oci;
 pub mod plan;
 pub mod reference;
+pub mod retention;
 pub mod secret;
 pub mod state;
 pub mod transport;

@@ -16,6 +16,9 @@ use regkeeper::engine::{Engine, RuleReport, RunResult};
 use regkeeper::oci::Platform;
 use regkeeper::plan::TargetAction;
 use regkeeper::reference::{ImageRef, Reference};
+use regkeeper::retention::{
+    DeletionStatus, Pruner, ReadOnly, RetentionReport, RetentionState, Unix,
+};
 use regkeeper::state::State;
 use regkeeper::transport::Transports;
 
@@ -35,6 +38,9 @@ struct Cli {
     /// Configuration file [default: $REGKEEPER_CONFIG, else /etc/regkeeper/config.toml]
     #[arg(short = 'c', long = "config", global = true)]
     config: Option<PathBuf>,
+    /// Evaluate retention as if the time were this (Unix seconds). For tests.
+    #[arg(long = "now", global = true, hide = true)]
+    now: Option<i64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,7 +49,8 @@ struct Cli {
 enum Command {
     /// Run rules once now (all when none are named).
     Sync { rules: Vec<String> },
-    /// Dry run: show what sync would copy, with byte counts. Sends no write request.
+    /// Dry run: show what sync would copy (with byte counts) and what retention
+    /// would delete (with reasons). Sends no write request.
     Plan {
         rules: Vec<String>,
         /// Print JSON instead of text.
@@ -68,11 +75,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Retention only (not in this version).
+    /// Retention only: apply the rules' [rule.retention] to their targets.
     Prune {
         rules: Vec<String>,
+        /// Show what would be deleted, and why; send no write request.
         #[arg(long)]
         dry_run: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -248,12 +259,17 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(s) => s,
                 Err(code) => return Ok(code),
             };
-            let mut engine = Engine::new(
-                transports(&config, false),
-                config.daemon.max_concurrent_transfers,
-                false,
-            )
-            .with_state(state.clone());
+            let transports = transports(&config, false);
+            let pruner = selected.iter().any(|r| r.retention.is_some()).then(|| {
+                Pruner::new(
+                    transports.clone(),
+                    Arc::new(state.clone()),
+                    false,
+                    now(cli.now),
+                )
+            });
+            let mut engine = Engine::new(transports, config.daemon.max_concurrent_transfers, false)
+                .with_state(state.clone());
             let bar = progress(&mut engine, on_terminal);
             let mut code = EXIT_OK;
             let mut reports = Vec::new();
@@ -261,7 +277,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 if let Some(b) = &bar {
                     b.set_prefix(format!("rule {}:", rule.name));
                 }
-                let report = regkeeper::daemon::run_rule(&engine, Some(&state), None, rule).await;
+                let report =
+                    regkeeper::daemon::run_rule(&engine, Some(&state), None, rule, pruner.as_ref())
+                        .await;
                 if report.result != RunResult::Success {
                     code = EXIT_PARTIAL;
                 }
@@ -272,6 +290,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             for report in &reports {
                 print_sync_summary(report);
+                if let Some(r) = &report.retention {
+                    print_retention(&report.rule, r);
+                }
             }
             Ok(code)
         }
@@ -286,15 +307,20 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             init_logging(config.daemon.log_format, true);
             // Read-only transports: a write request is refused before it is sent.
-            let engine = Engine::new(
-                transports(&config, true),
-                config.daemon.max_concurrent_transfers,
-                true,
-            );
+            let transports = transports(&config, true);
+            let pruner = if selected.iter().any(|r| r.retention.is_some()) {
+                match retention_state(&config, false) {
+                    Ok(state) => Some(Pruner::new(transports.clone(), state, true, now(cli.now))),
+                    Err(code) => return Ok(code),
+                }
+            } else {
+                None
+            };
+            let engine = Engine::new(transports, config.daemon.max_concurrent_transfers, true);
             let mut reports = Vec::new();
             let mut code = EXIT_OK;
             for rule in selected {
-                let report = engine.sync_rule(rule).await;
+                let report = engine.run_rule(rule, pruner.as_ref()).await;
                 if report.result != RunResult::Success {
                     code = EXIT_PARTIAL;
                 }
@@ -308,6 +334,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 for report in &reports {
                     print_plan(report);
+                    if let Some(r) = &report.retention {
+                        print_retention(&report.rule, r);
+                    }
                 }
             }
             Ok(code)
@@ -364,13 +393,97 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(EXIT_OK)
         }
-        Command::Prune { .. } => {
+        Command::Prune {
+            rules,
+            dry_run,
+            json,
+        } => prune_command(&cli.config, cli.now, &rules, dry_run, json).await,
+    }
+}
+
+/// The current time, or the one given with the hidden `--now`.
+fn now(given: Option<i64>) -> Unix {
+    given.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    })
+}
+
+/// Retention's state: written by real runs, only read by plans and dry runs.
+/// Retention's view of the state database; read-only (writes dropped, no
+/// journal) for `plan` and dry runs.
+fn retention_state(config: &Config, write: bool) -> Result<Arc<dyn RetentionState>, u8> {
+    let state: Arc<dyn RetentionState> = Arc::new(open_state(config)?);
+    Ok(if write {
+        state
+    } else {
+        Arc::new(ReadOnly(state))
+    })
+}
+
+async fn prune_command(
+    config_arg: &Option<PathBuf>,
+    now_arg: Option<i64>,
+    names: &[String],
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let config = match load_config(&config_path(config_arg)) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let selected = match select_rules(&config, names) {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
+    // Named rules must have a retention; unnamed: every rule that has one.
+    let mut rules = Vec::new();
+    for rule in selected {
+        if rule.retention.is_some() {
+            rules.push(rule);
+        } else if !names.is_empty() {
             eprintln!(
-                "error: this command is not available in this version of regkeeper; use `sync`, `plan`, `check` or `copy`"
+                "error: {}: rule {:?} has no [rule.retention]; nothing to prune",
+                config.path.display(),
+                rule.name
             );
-            Ok(EXIT_USAGE)
+            return Ok(EXIT_USAGE);
         }
     }
+    init_logging(config.daemon.log_format, json);
+    let state = match retention_state(&config, !dry_run) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    // A dry run's transports refuse every write before it is sent.
+    let pruner = Pruner::new(transports(&config, dry_run), state, dry_run, now(now_arg));
+    let mut code = EXIT_OK;
+    let mut reports = Vec::new();
+    for rule in rules {
+        if let Some(r) = pruner.prune_rule(rule).await {
+            if !r.ok() {
+                code = EXIT_PARTIAL;
+            }
+            reports.push((rule.name.clone(), r));
+        }
+    }
+    if json {
+        let rules: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|(name, r)| serde_json::json!({ "rule": name, "retention": r }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "rules": rules }))?
+        );
+    } else {
+        for (name, r) in &reports {
+            print_retention(name, r);
+        }
+    }
+    Ok(code)
 }
 
 async fn copy_command(
@@ -563,6 +676,64 @@ fn print_plan(r: &RuleReport) {
             String::new()
         } else {
             format!(" ({})", r.result.as_str())
+        }
+    );
+}
+
+fn print_retention(rule: &str, r: &RetentionReport) {
+    println!(
+        "rule {rule}: retention{}",
+        if r.dry_run { " (dry run)" } else { "" }
+    );
+    for repo in &r.repositories {
+        println!("  {}:", repo.repository);
+        for d in &repo.deletions {
+            let tags = if d.deletion.tags.is_empty() {
+                "untagged".to_string()
+            } else {
+                d.deletion.tags.join(", ")
+            };
+            let status = match &d.status {
+                DeletionStatus::Planned => "would delete".to_string(),
+                DeletionStatus::Deleted => "deleted".to_string(),
+                DeletionStatus::Failed { error } => format!("FAILED to delete ({error})"),
+                DeletionStatus::Skipped => "not deleted (an earlier deletion failed)".to_string(),
+            };
+            println!(
+                "    {status} {} [{tags}]: {}",
+                d.deletion.digest, d.reason_text
+            );
+        }
+        let mut unmatched = 0;
+        for k in &repo.kept {
+            if k.reason == regkeeper::retention::KeepReason::NotMatched {
+                unmatched += 1;
+                continue;
+            }
+            match &k.tag {
+                Some(t) => println!("    keep {t} ({}): {}", k.digest.short(), k.reason),
+                None => println!("    keep untagged {}: {}", k.digest, k.reason),
+            }
+        }
+        if unmatched > 0 {
+            println!("    keep {unmatched} tag(s) not matched by retention.match");
+        }
+        if let Some(why) = &repo.refused {
+            println!("    REFUSED: {why}");
+        }
+    }
+    for e in &r.errors {
+        println!("  ERROR {e}");
+    }
+    println!(
+        "  {} deleted, {} planned, {} failed{}",
+        r.deleted,
+        r.planned,
+        r.failed,
+        if r.refused {
+            ", refused (see above)"
+        } else {
+            ""
         }
     );
 }

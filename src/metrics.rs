@@ -298,6 +298,7 @@ impl Metrics {
             .with_label_values(&[rule])
             .inc_by(t.manifests_pushed);
         self.tags_pending.with_label_values(&[rule]).set(pending);
+        self.retention_deleted(rule, report.retention_deleted as u64);
         if report.result == crate::engine::RunResult::Success {
             self.last_success.with_label_values(&[rule]).set(started);
             self.lag_basis

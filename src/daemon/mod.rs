@@ -72,6 +72,7 @@ pub async fn run_rule(
     state: Option<&State>,
     metrics: Option<&Metrics>,
     rule: &Rule,
+    pruner: Option<&crate::retention::Pruner>,
 ) -> RuleReport {
     let started = unix_now();
     let id = state.and_then(|s| {
@@ -84,7 +85,7 @@ pub async fn run_rule(
     if let Some(m) = metrics {
         m.run_started(&rule.name, started);
     }
-    let report = engine.sync_rule(rule).await;
+    let report = engine.run_rule(rule, pruner).await;
     let last_error = report.errors.first().cloned().or_else(|| {
         report.images.iter().find_map(|i| {
             i.error
@@ -351,7 +352,18 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
                         let _guard = guard;
                         handle.block_on(
                             async move {
-                                run_rule(&engine, Some(&st), Some(&m), &rule).await;
+                                // Retention runs after the sync step, on the same
+                                // transports, its journal in the state database.
+                                let pruner = rule.retention.as_ref().map(|_| {
+                                    crate::retention::Pruner::new(
+                                        engine.transports().clone(),
+                                        Arc::new(st.clone()),
+                                        false,
+                                        unix_now() as i64,
+                                    )
+                                });
+                                run_rule(&engine, Some(&st), Some(&m), &rule, pruner.as_ref())
+                                    .await;
                             }
                             .instrument(span),
                         );

@@ -19,6 +19,7 @@ use crate::filter::select_tags;
 use crate::oci::{Digest, Platform, RawManifest, is_index};
 use crate::plan::{SourceTag, TagPlan, TargetAction, TargetTags, plan_tags, referrer_subject};
 use crate::reference::Location;
+use crate::retention::{Pruner, RetentionReport};
 use crate::state::{State, TagObservation, TagState, now_unix};
 use crate::transport::{Store, TransportError, Transports};
 
@@ -88,6 +89,11 @@ pub struct RuleReport {
     pub images: Vec<ImageReport>,
     /// Failures not tied to one image (listing a repository, say).
     pub errors: Vec<String>,
+    /// Manifests deleted by retention in this run (`regkeeper_retention_deleted_total`).
+    pub retention_deleted: usize,
+    /// The retention step, for rules that have one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionReport>,
 }
 
 impl RuleReport {
@@ -181,6 +187,22 @@ impl Engine {
         &self.copier.stats
     }
 
+    /// Runs one rule: the sync step (when it has a source), then, as a
+    /// separate step on each target, its retention (when it has one and a
+    /// pruner is given).
+    pub async fn run_rule(&self, rule: &Rule, pruner: Option<&Pruner>) -> RuleReport {
+        let mut report = self.sync_rule(rule).await;
+        if let (Some(pruner), Some(_)) = (pruner, &rule.retention) {
+            let started = Instant::now();
+            let retention = pruner.prune_rule(rule).await;
+            report.duration_seconds += started.elapsed().as_secs_f64();
+            if let Some(r) = retention {
+                apply_retention(&mut report, r, rule.source.is_none());
+            }
+        }
+        report
+    }
+
     /// Syncs one rule (its source to every target). Never panics on registry
     /// trouble: failures end up in the report.
     pub async fn sync_rule(&self, rule: &Rule) -> RuleReport {
@@ -230,6 +252,8 @@ impl Engine {
             totals: CopyTotals::default(),
             images: Vec::new(),
             errors: Vec::new(),
+            retention_deleted: 0,
+            retention: None,
         };
         let Some(source) = &rule.source else {
             // Cleanup-only rule: nothing to sync.
@@ -778,6 +802,21 @@ impl Engine {
         results.pop().expect("one target, one result")?;
         Ok(digest)
     }
+}
+
+/// Folds a retention step into the rule's report: its deletions count, and a
+/// retention that failed or refused makes the run partial (or failed, for a
+/// cleanup-only rule that deleted nothing).
+pub fn apply_retention(report: &mut RuleReport, retention: RetentionReport, cleanup_only: bool) {
+    report.retention_deleted = retention.deleted;
+    if !retention.ok() {
+        report.result = match report.result {
+            RunResult::Success if cleanup_only && retention.deleted == 0 => RunResult::Failed,
+            RunResult::Success => RunResult::Partial,
+            other => other,
+        };
+    }
+    report.retention = Some(retention);
 }
 
 struct Inventory {

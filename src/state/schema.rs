@@ -81,6 +81,22 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (target, repo, tag, digest)
     ) WITHOUT ROWID;
     CREATE INDEX tag_history_by_digest ON tag_history (target, repo, digest);",
+    // 2: retention's own view of target repositories (keyed by the
+    // repository's location), and why a journaled deletion failed.
+    "CREATE TABLE retention_tags (
+        repo TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        first_seen INTEGER NOT NULL,
+        PRIMARY KEY (repo, tag)
+    ) WITHOUT ROWID;
+    CREATE TABLE retention_untagged (
+        repo TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        since INTEGER NOT NULL,
+        PRIMARY KEY (repo, digest)
+    ) WITHOUT ROWID;
+    ALTER TABLE deletions ADD COLUMN error TEXT;",
 ];
 
 /// The schema version this build writes.

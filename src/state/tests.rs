@@ -214,3 +214,82 @@ fn deletion_journal_and_tag_history() {
     st.forget_digest("h", "a", "sha256:2").unwrap();
     assert_eq!(st.untagged_since("h", "a", "sha256:2").unwrap(), None);
 }
+
+#[test]
+fn retention_state_over_sqlite() {
+    use crate::oci::Digest;
+    use crate::retention::{JournalEntry, JournalStatus, ReadOnly, RetentionState};
+    use std::collections::BTreeMap;
+    let (dir, st) = open();
+    let d = |c: char| Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap();
+    let repo = "127.0.0.1:5000/app";
+    let rs: &dyn RetentionState = &st;
+
+    rs.record_tags(
+        repo,
+        &BTreeMap::from([("v1".into(), d('a')), ("v2".into(), d('b'))]),
+        100,
+    )
+    .unwrap();
+    // v1 stays on its digest (keeps first_seen), v2 moves (seen anew), v3 is new.
+    rs.record_tags(
+        repo,
+        &BTreeMap::from([
+            ("v1".into(), d('a')),
+            ("v2".into(), d('c')),
+            ("v3".into(), d('d')),
+        ]),
+        200,
+    )
+    .unwrap();
+    let seen = rs.seen_tags(repo).unwrap();
+    assert_eq!(seen["v1"].first_seen, 100);
+    assert_eq!(
+        (seen["v2"].digest.clone(), seen["v2"].first_seen),
+        (d('c'), 200)
+    );
+    assert_eq!(seen.len(), 3);
+    assert!(rs.seen_tags("other").unwrap().is_empty());
+
+    rs.record_untagged(repo, &d('b'), 300).unwrap();
+    rs.record_untagged(repo, &d('b'), 250).unwrap();
+    rs.record_untagged(repo, &d('b'), 400).unwrap();
+    assert_eq!(
+        rs.untagged(repo).unwrap(),
+        BTreeMap::from([(d('b'), 250)]),
+        "the earliest wins"
+    );
+    rs.forget_untagged(repo, &d('b')).unwrap();
+    assert!(rs.untagged(repo).unwrap().is_empty());
+
+    let entry = JournalEntry {
+        rule: "r".into(),
+        target: "127.0.0.1:5000/*".into(),
+        repository: repo.into(),
+        digest: d('b'),
+        tags: vec!["v2".into()],
+        reason: "keep_last".into(),
+        time: 500,
+    };
+    let id = rs.journal(&entry).unwrap();
+    assert_eq!(
+        rs.recent_deletions(5).unwrap()[0].status,
+        JournalStatus::Pending
+    );
+    rs.journal_done(id, Err("503 from the registry")).unwrap();
+    let rec = &rs.recent_deletions(5).unwrap()[0];
+    assert_eq!(rec.entry, entry);
+    assert_eq!(
+        rec.status,
+        JournalStatus::Failed {
+            error: "503 from the registry".into()
+        }
+    );
+
+    // Read-only: reads pass through, writes are dropped, no journal.
+    let ro = ReadOnly(std::sync::Arc::new(st.clone()));
+    ro.record_tags(repo, &BTreeMap::new(), 900).unwrap();
+    assert_eq!(rs.seen_tags(repo).unwrap().len(), 3);
+    assert!(ro.journal(&entry).is_err());
+    drop(dir);
+}

@@ -2,6 +2,7 @@
 
 mod daemon;
 mod harness;
+mod retention;
 mod store;
 mod support;
 mod sync;

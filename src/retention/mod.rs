@@ -1,0 +1,25 @@
+//! Retention (SPEC section 6): lifecycle policies on target repositories.
+//!
+//! - [`plan`]: the pure planner (what to delete, in which order, and why
+//!   everything else stays).
+//! - [`state`]: what retention needs to remember between runs (first-seen
+//!   times, untagged-since times, the deletion journal), as a trait.
+//! - [`execute`]: reads a target repository into planner input, and sends the
+//!   deletions (journaled first).
+
+pub mod execute;
+pub mod plan;
+pub mod state;
+
+pub use execute::{
+    DeletionReport, DeletionStatus, Pruner, RepoReport, RetentionError, RetentionReport,
+};
+pub use state::{
+    JournalEntry, JournalId, JournalRecord, JournalStatus, LocalState, ReadOnly, RetentionState,
+    SeenTag, StateError,
+};
+
+pub use plan::{
+    Child, DeleteReason, Deletion, KeepReason, Kept, Listing, ManifestInfo, RepoInput, RepoPlan,
+    Unix, apply_cap, plan_retention,
+};

@@ -1,0 +1,814 @@
+//! The pure retention planner: from what one target repository holds (tags,
+//! digests, manifest references, times) and a policy, which manifests to
+//! delete, in which order, and why every other one is kept. No I/O, no clock:
+//! `plan`, `prune --dry-run` and a real prune decide with this same code.
+//!
+//! Safety rules, all enforced here (and unit-tested with data):
+//! - only tags that `match` selects, minus `protect`, are candidates;
+//! - a digest is deleted only when every tag pointing at it goes (a registry
+//!   without tag delete drops every tag of a digest);
+//! - nothing reachable from a kept manifest (children of a kept index, the
+//!   subject of a kept referrer) is deleted;
+//! - an incomplete inventory deletes nothing; neither does a plan above the cap;
+//! - deletions come parents first (referrers before their subject, an index
+//!   before its children), so an interrupted prune never leaves a kept
+//!   manifest pointing at something deleted.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::config::{OrderBy, Retention};
+use crate::filter::parse_version;
+use crate::oci::{Digest, is_index};
+use crate::plan::referrer_subject;
+
+/// Seconds since the Unix epoch.
+pub type Unix = i64;
+
+/// Image `created` times before this (2000-01-01) are treated as unknown:
+/// reproducible builds stamp 1970-01-01 (or year 1), which says nothing
+/// about the image's age.
+pub const PLAUSIBLE_CREATED: Unix = 946_684_800;
+
+/// A reference from a manifest to another manifest (an index's child).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Child {
+    pub digest: Digest,
+    pub media_type: String,
+}
+
+/// What the planner needs to know of one manifest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ManifestInfo {
+    pub media_type: String,
+    /// For an index: the manifests it lists.
+    pub children: Vec<Child>,
+    /// For a referrer (signature, SBOM, attestation): the manifest it is about.
+    pub subject: Option<Digest>,
+}
+
+/// The tag list of the repository.
+#[derive(Clone, Debug)]
+pub enum Listing {
+    /// Every tag and the digest it points at.
+    Complete(BTreeMap<String, Digest>),
+    /// Something could not be read: the plan deletes nothing.
+    Incomplete(String),
+}
+
+/// Everything known about one target repository (plain data).
+#[derive(Clone, Debug)]
+pub struct RepoInput {
+    /// For reports, e.g. `registry.example.com/mirror/alpine`.
+    pub repository: String,
+    pub listing: Listing,
+    /// Every manifest known: each tagged digest (required), every index
+    /// reachable from one, every tracked untagged manifest still present, and
+    /// referrers found through a referrers API (with `subject` set).
+    pub manifests: HashMap<Digest, ManifestInfo>,
+    /// Image `created` time per tag (from the config), when it was needed and known.
+    pub created: HashMap<String, Unix>,
+    /// When regkeeper first saw each tag; a tag missing here is seen now.
+    pub first_seen: HashMap<String, Unix>,
+    /// Manifests that lost their last tag, and since when (from the state).
+    /// Only entries also present in `manifests` are considered (others are gone).
+    pub untagged_since: HashMap<Digest, Unix>,
+    /// The source's tags, for `delete_removed_at_source`; `None` when there is
+    /// no source or it was not listed (then nothing is deleted for that reason).
+    pub source_tags: Option<BTreeSet<String>>,
+}
+
+impl RepoInput {
+    /// An input with a complete listing and nothing else known yet.
+    pub fn new(repository: impl Into<String>, tags: BTreeMap<String, Digest>) -> Self {
+        RepoInput {
+            repository: repository.into(),
+            listing: Listing::Complete(tags),
+            manifests: HashMap::new(),
+            created: HashMap::new(),
+            first_seen: HashMap::new(),
+            untagged_since: HashMap::new(),
+            source_tags: None,
+        }
+    }
+
+    /// An input for a repository that could not be read completely.
+    pub fn incomplete(repository: impl Into<String>, reason: impl Into<String>) -> Self {
+        RepoInput {
+            listing: Listing::Incomplete(reason.into()),
+            ..RepoInput::new(repository, BTreeMap::new())
+        }
+    }
+}
+
+/// Why a manifest is deleted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DeleteReason {
+    /// Ranked beyond `keep_last` (rank counts from 1 = newest).
+    BeyondKeepLast { rank: usize, keep_last: usize },
+    /// Older than `older_than` (and, with `keep_last`, beyond it).
+    OlderThan {
+        rank: usize,
+        age_seconds: i64,
+        older_than_seconds: i64,
+    },
+    /// The tag no longer exists at the source (`delete_removed_at_source`).
+    RemovedAtSource,
+    /// Untagged for longer than `untagged_older_than`.
+    UntaggedExpired {
+        since: Unix,
+        untagged_older_than_seconds: i64,
+    },
+    /// A referrer (signature, SBOM, ...) of a deleted manifest.
+    ReferrerOf { subject: Digest },
+    /// A child of a deleted index, referenced by nothing kept.
+    ChildOf { index: Digest },
+}
+
+impl fmt::Display for DeleteReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeleteReason::BeyondKeepLast { rank, keep_last } => {
+                write!(f, "number {rank} by age, beyond keep_last = {keep_last}")
+            }
+            DeleteReason::OlderThan {
+                rank,
+                age_seconds,
+                older_than_seconds,
+            } => write!(
+                f,
+                "number {rank} by age, {} old, older than {}",
+                human(*age_seconds),
+                human(*older_than_seconds)
+            ),
+            DeleteReason::RemovedAtSource => f.write_str("removed at the source"),
+            DeleteReason::UntaggedExpired {
+                since,
+                untagged_older_than_seconds,
+            } => write!(
+                f,
+                "untagged since {} (unix), longer than {}",
+                since,
+                human(*untagged_older_than_seconds)
+            ),
+            DeleteReason::ReferrerOf { subject } => {
+                write!(f, "referrer of deleted {}", subject.short())
+            }
+            DeleteReason::ChildOf { index } => {
+                write!(f, "child of deleted index {}", index.short())
+            }
+        }
+    }
+}
+
+/// Why a tag or manifest is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum KeepReason {
+    /// `match` does not select the tag: retention never touches it.
+    NotMatched,
+    Protected,
+    /// Among the newest `keep_last`.
+    Newest {
+        rank: usize,
+        keep_last: usize,
+    },
+    /// Beyond `keep_last` (if any) but not older than `older_than`.
+    TooRecent {
+        rank: usize,
+        age_seconds: i64,
+        older_than_seconds: i64,
+    },
+    /// The age or order of the tag cannot be told (no usable `created`
+    /// time, not a version under `order_by = "semver"`).
+    OrderUnknown {
+        detail: String,
+    },
+    /// A referrer whose subject is kept.
+    ReferrerOfKept,
+    /// Untagged, but not yet for `untagged_older_than` (or no such policy).
+    UntaggedRecently {
+        since: Unix,
+    },
+    /// Would be deleted, but a kept tag points at the same digest.
+    SharedWithKeptTag {
+        tag: String,
+    },
+    /// Would be deleted, but a kept manifest references it (a kept index
+    /// lists it, or a kept referrer names it as subject).
+    ReferencedByKept {
+        by: Digest,
+    },
+    /// Matched but no age policy applies (only untagged/removed policies set).
+    NoAgePolicy,
+}
+
+impl fmt::Display for KeepReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeepReason::NotMatched => f.write_str("not matched by retention.match"),
+            KeepReason::Protected => f.write_str("protected"),
+            KeepReason::Newest { rank, keep_last } => {
+                write!(f, "number {rank} by age, within keep_last = {keep_last}")
+            }
+            KeepReason::TooRecent {
+                rank,
+                age_seconds,
+                older_than_seconds,
+            } => write!(
+                f,
+                "number {rank} by age, {} old, not older than {}",
+                human(*age_seconds),
+                human(*older_than_seconds)
+            ),
+            KeepReason::OrderUnknown { detail } => write!(f, "kept to be safe: {detail}"),
+            KeepReason::ReferrerOfKept => f.write_str("referrer of a kept manifest"),
+            KeepReason::UntaggedRecently { since } => {
+                write!(f, "untagged since {since} (unix), not long enough")
+            }
+            KeepReason::SharedWithKeptTag { tag } => {
+                write!(f, "same digest as kept tag {tag:?}")
+            }
+            KeepReason::ReferencedByKept { by } => {
+                write!(f, "referenced by kept manifest {}", by.short())
+            }
+            KeepReason::NoAgePolicy => f.write_str("no keep_last or older_than set"),
+        }
+    }
+}
+
+/// A duration as an operator writes it in the config: `90d`, `36h`, `15m`, `42s`.
+fn human(seconds: i64) -> String {
+    let (sign, s) = if seconds < 0 {
+        ("-", -seconds)
+    } else {
+        ("", seconds)
+    };
+    let (d, h, m) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60);
+    let text = if d > 0 {
+        if h > 0 {
+            format!("{d}d{h}h")
+        } else {
+            format!("{d}d")
+        }
+    } else if h > 0 {
+        format!("{h}h{m}m")
+    } else if m > 0 {
+        format!("{m}m")
+    } else {
+        format!("{s}s")
+    };
+    format!("{sign}{text}")
+}
+
+/// One manifest to delete (by digest), with every tag that goes with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Deletion {
+    pub digest: Digest,
+    pub tags: Vec<String>,
+    pub reason: DeleteReason,
+}
+
+/// One tag (or an untagged manifest, `tag = None`) that stays, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Kept {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    pub digest: Digest,
+    pub reason: KeepReason,
+}
+
+/// The decision for one repository.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RepoPlan {
+    pub repository: String,
+    /// In the order they must be sent: parents before children.
+    pub deletions: Vec<Deletion>,
+    pub kept: Vec<Kept>,
+    /// Set when nothing may be deleted (incomplete inventory, over the cap);
+    /// `deletions` then lists what would have been deleted, for the report,
+    /// and none of it is sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+impl RepoPlan {
+    /// What will actually be sent.
+    pub fn to_delete(&self) -> &[Deletion] {
+        if self.refused.is_some() {
+            &[]
+        } else {
+            &self.deletions
+        }
+    }
+}
+
+/// Plans retention for one repository at time `now`.
+pub fn plan_retention(policy: &Retention, input: &RepoInput, now: Unix) -> RepoPlan {
+    let mut plan = RepoPlan {
+        repository: input.repository.clone(),
+        ..Default::default()
+    };
+    let tags = match &input.listing {
+        Listing::Complete(t) => t,
+        Listing::Incomplete(why) => {
+            plan.refused = Some(format!("inventory incomplete, nothing deleted: {why}"));
+            return plan;
+        }
+    };
+    // Every tagged manifest must be known: its children and subject decide
+    // what else must stay.
+    if let Some((tag, d)) = tags.iter().find(|(_, d)| !input.manifests.contains_key(*d)) {
+        plan.refused = Some(format!(
+            "inventory incomplete, nothing deleted: manifest {d} of tag {tag:?} was not read"
+        ));
+        return plan;
+    }
+    let graph = Graph::new(tags, &input.manifests);
+    if let Some(missing) = graph.unknown_index() {
+        plan.refused = Some(format!(
+            "inventory incomplete, nothing deleted: index {missing} was not read"
+        ));
+        return plan;
+    }
+
+    // 1. Decide per tag.
+    let mut proposals: BTreeMap<&str, DeleteReason> = BTreeMap::new();
+    let mut kept: BTreeMap<&str, KeepReason> = BTreeMap::new();
+    let mut candidates: Vec<&str> = Vec::new();
+    for tag in tags.keys() {
+        if referrer_subject(tag).is_some() {
+            continue; // decided with their subject, below
+        }
+        if policy.protect.iter().any(|r| r.is_match(tag)) {
+            kept.insert(tag, KeepReason::Protected);
+        } else if !policy.match_tags.iter().any(|r| r.is_match(tag)) {
+            kept.insert(tag, KeepReason::NotMatched);
+        } else if policy.delete_removed_at_source
+            && input.source_tags.as_ref().is_some_and(|s| !s.contains(tag))
+        {
+            proposals.insert(tag, DeleteReason::RemovedAtSource);
+        } else {
+            candidates.push(tag);
+        }
+    }
+    rank_candidates(policy, input, now, &candidates, &mut proposals, &mut kept);
+
+    // 2. Expiring untagged manifests (present, really untagged).
+    let tagged: HashSet<&Digest> = tags.values().collect();
+    let mut expiring: BTreeMap<&Digest, Unix> = BTreeMap::new();
+    let mut untagged_staying: BTreeSet<&Digest> = BTreeSet::new();
+    for (d, &since) in &input.untagged_since {
+        if tagged.contains(d) || !input.manifests.contains_key(d) {
+            continue;
+        }
+        match policy.untagged_older_than {
+            Some(w) if now - since > w.as_secs() as i64 => {
+                expiring.insert(d, since);
+            }
+            _ => {
+                untagged_staying.insert(d);
+            }
+        }
+    }
+
+    // 3. Turn tag decisions into digests, then take back every deletion that
+    //    something kept still needs, until nothing conflicts.
+    let mut blocked: BTreeMap<Digest, KeepReason> = BTreeMap::new();
+    let (cause, order_edges) = loop {
+        let mut cause: BTreeMap<Digest, DeleteReason> = BTreeMap::new();
+        for (tag, reason) in &proposals {
+            let d = &tags[*tag];
+            if !blocked.contains_key(d) {
+                cause.entry(d.clone()).or_insert_with(|| reason.clone());
+            }
+        }
+        for (d, since) in &expiring {
+            if !blocked.contains_key(*d) {
+                cause
+                    .entry((*d).clone())
+                    .or_insert_with(|| DeleteReason::UntaggedExpired {
+                        since: *since,
+                        untagged_older_than_seconds: policy
+                            .untagged_older_than
+                            .map(|w| w.as_secs() as i64)
+                            .unwrap_or_default(),
+                    });
+            }
+        }
+        // What goes with them: referrers, and children of deleted indexes.
+        let mut queue: VecDeque<Digest> = cause.keys().cloned().collect();
+        let mut edges: Vec<(Digest, Digest)> = Vec::new(); // (before, after)
+        while let Some(d) = queue.pop_front() {
+            for c in graph.children(&d) {
+                edges.push((d.clone(), c.clone()));
+                if !blocked.contains_key(c) && !cause.contains_key(c) {
+                    cause.insert(c.clone(), DeleteReason::ChildOf { index: d.clone() });
+                    queue.push_back(c.clone());
+                }
+            }
+            for r in graph.referrers(&d) {
+                edges.push((r.clone(), d.clone()));
+                if !blocked.contains_key(r) && !cause.contains_key(r) {
+                    cause.insert(r.clone(), DeleteReason::ReferrerOf { subject: d.clone() });
+                    queue.push_back(r.clone());
+                }
+            }
+        }
+        // Kept roots: every tag that does not go, every untagged manifest
+        // that stays.
+        let mut roots: Vec<(Digest, Origin)> = Vec::new();
+        for (tag, d) in tags {
+            let goes = cause.contains_key(d)
+                && (proposals.contains_key(tag.as_str())
+                    || referrer_subject(tag)
+                        .and_then(|s| Digest::parse(&s).ok())
+                        .is_some_and(|s| cause.contains_key(&s)));
+            if !goes {
+                roots.push((d.clone(), Origin::Tag(tag.clone())));
+                // A kept referrer tag keeps the subject it names.
+                if let Some(s) = referrer_subject(tag).and_then(|s| Digest::parse(&s).ok()) {
+                    roots.push((s, Origin::Manifest(d.clone())));
+                }
+            }
+        }
+        for d in &untagged_staying {
+            roots.push(((*d).clone(), Origin::Untagged));
+        }
+        for d in expiring.keys() {
+            if blocked.contains_key(*d) {
+                roots.push(((*d).clone(), Origin::Untagged));
+            }
+        }
+        let keep = graph.closure(roots);
+        let conflicts: Vec<Digest> = cause
+            .keys()
+            .filter(|d| keep.contains_key(*d))
+            .cloned()
+            .collect();
+        if conflicts.is_empty() {
+            break (cause, edges);
+        }
+        for d in conflicts {
+            let reason = match &keep[&d] {
+                Origin::Tag(t) => KeepReason::SharedWithKeptTag { tag: t.clone() },
+                Origin::Manifest(by) => KeepReason::ReferencedByKept { by: by.clone() },
+                // An untagged manifest that stays keeps itself; cannot be in
+                // `cause`, but be explicit.
+                Origin::Untagged => KeepReason::UntaggedRecently {
+                    since: input.untagged_since.get(&d).copied().unwrap_or(now),
+                },
+            };
+            blocked.insert(d, reason);
+        }
+    };
+
+    // 4. Report kept tags (with the reason that decided them) and kept
+    //    untagged manifests.
+    for (tag, d) in tags {
+        let reason = if cause.contains_key(d) {
+            continue;
+        } else if let Some(r) = blocked
+            .get(d)
+            .filter(|_| proposals.contains_key(tag.as_str()))
+        {
+            r.clone()
+        } else if let Some(r) = kept.get(tag.as_str()) {
+            r.clone()
+        } else if referrer_subject(tag).is_some() {
+            KeepReason::ReferrerOfKept
+        } else if let Some(r) = blocked.get(d) {
+            r.clone()
+        } else {
+            // A proposal whose digest is not in `cause` must be blocked.
+            KeepReason::NoAgePolicy
+        };
+        plan.kept.push(Kept {
+            tag: Some(tag.clone()),
+            digest: d.clone(),
+            reason,
+        });
+    }
+    for d in &untagged_staying {
+        plan.kept.push(Kept {
+            tag: None,
+            digest: (*d).clone(),
+            reason: KeepReason::UntaggedRecently {
+                since: input.untagged_since[*d],
+            },
+        });
+    }
+    for d in expiring.keys() {
+        if let Some(r) = blocked.get(*d) {
+            plan.kept.push(Kept {
+                tag: None,
+                digest: (*d).clone(),
+                reason: r.clone(),
+            });
+        }
+    }
+
+    // 5. Order: parents (indexes, referrers) before what they reference.
+    let mut digest_tags: HashMap<&Digest, Vec<String>> = HashMap::new();
+    for (tag, d) in tags {
+        digest_tags.entry(d).or_default().push(tag.clone());
+    }
+    match topological(&cause, &order_edges) {
+        Some(order) => {
+            plan.deletions = order
+                .into_iter()
+                .map(|d| Deletion {
+                    tags: digest_tags.get(&d).cloned().unwrap_or_default(),
+                    reason: cause[&d].clone(),
+                    digest: d,
+                })
+                .collect();
+        }
+        None => {
+            plan.refused = Some("manifest references form a cycle; nothing deleted".into());
+        }
+    }
+    if plan.deletions.len() > policy.max_deletions_per_run {
+        plan.refused = Some(cap_message(
+            plan.deletions.len(),
+            policy.max_deletions_per_run,
+        ));
+    }
+    plan
+}
+
+fn cap_message(planned: usize, cap: usize) -> String {
+    format!(
+        "{planned} deletion(s) planned, more than max_deletions_per_run = {cap}: nothing deleted; review with `regkeeper plan` and raise the cap if this is intended"
+    )
+}
+
+/// Applies `max_deletions_per_run` to a whole rule run (every target
+/// repository together): above it, every plan is refused.
+pub fn apply_cap(plans: &mut [RepoPlan], cap: usize) -> bool {
+    let total: usize = plans.iter().map(|p| p.to_delete().len()).sum();
+    if total <= cap {
+        return false;
+    }
+    for p in plans.iter_mut() {
+        if p.refused.is_none() && !p.deletions.is_empty() {
+            p.refused = Some(cap_message(total, cap));
+        }
+    }
+    true
+}
+
+/// Ranks matched candidates newest first and decides keep_last / older_than.
+fn rank_candidates<'a>(
+    policy: &Retention,
+    input: &RepoInput,
+    now: Unix,
+    candidates: &[&'a str],
+    proposals: &mut BTreeMap<&'a str, DeleteReason>,
+    kept: &mut BTreeMap<&'a str, KeepReason>,
+) {
+    let created = |tag: &str| {
+        input
+            .created
+            .get(tag)
+            .copied()
+            .filter(|&c| c >= PLAUSIBLE_CREATED)
+    };
+    let first_seen = |tag: &str| input.first_seen.get(tag).copied().unwrap_or(now);
+    // The time a tag's age is measured from.
+    let time_of = |tag: &str| match policy.order_by {
+        OrderBy::FirstSeen => Some(first_seen(tag)),
+        OrderBy::Semver | OrderBy::Created => created(tag),
+    };
+
+    // Ordering only matters with keep_last; without it every candidate is
+    // judged by age alone.
+    let mut ranked: Vec<&'a str> = Vec::new();
+    if policy.keep_last.is_some() {
+        match policy.order_by {
+            OrderBy::Semver => {
+                let mut versions = Vec::new();
+                for &t in candidates {
+                    match parse_version(t) {
+                        Some(v) => versions.push((v, t)),
+                        None => {
+                            kept.insert(
+                                t,
+                                KeepReason::OrderUnknown {
+                                    detail: "not a version, and order_by = \"semver\"".into(),
+                                },
+                            );
+                        }
+                    }
+                }
+                versions.sort_by(|(va, a), (vb, b)| vb.cmp(va).then_with(|| a.cmp(b)));
+                ranked = versions.into_iter().map(|(_, t)| t).collect();
+            }
+            OrderBy::Created | OrderBy::FirstSeen => {
+                let mut timed = Vec::new();
+                for &t in candidates {
+                    match time_of(t) {
+                        Some(at) => timed.push((at, t)),
+                        None => {
+                            kept.insert(
+                                t,
+                                KeepReason::OrderUnknown {
+                                    detail: "no usable created time in the image config".into(),
+                                },
+                            );
+                        }
+                    }
+                }
+                // Newest first; equal times by version, then name (stable).
+                timed.sort_by(|(ta, a), (tb, b)| {
+                    tb.cmp(ta).then_with(|| crate::filter::newest_first(a, b))
+                });
+                ranked = timed.into_iter().map(|(_, t)| t).collect();
+            }
+        }
+    } else {
+        ranked.extend_from_slice(candidates);
+    }
+
+    for (i, &tag) in ranked.iter().enumerate() {
+        let rank = i + 1;
+        if let Some(n) = policy.keep_last.filter(|&n| rank <= n) {
+            kept.insert(tag, KeepReason::Newest { rank, keep_last: n });
+            continue;
+        }
+        match policy.older_than {
+            Some(limit) => {
+                let limit = limit.as_secs() as i64;
+                let Some(at) = time_of(tag) else {
+                    kept.insert(
+                        tag,
+                        KeepReason::OrderUnknown {
+                            detail: "age unknown (no usable created time in the image config)"
+                                .into(),
+                        },
+                    );
+                    continue;
+                };
+                let age = now - at;
+                if age > limit {
+                    proposals.insert(
+                        tag,
+                        DeleteReason::OlderThan {
+                            rank,
+                            age_seconds: age,
+                            older_than_seconds: limit,
+                        },
+                    );
+                } else {
+                    kept.insert(
+                        tag,
+                        KeepReason::TooRecent {
+                            rank,
+                            age_seconds: age,
+                            older_than_seconds: limit,
+                        },
+                    );
+                }
+            }
+            None => match policy.keep_last {
+                Some(n) => {
+                    proposals.insert(tag, DeleteReason::BeyondKeepLast { rank, keep_last: n });
+                }
+                None => {
+                    kept.insert(tag, KeepReason::NoAgePolicy);
+                }
+            },
+        }
+    }
+}
+
+/// How a manifest came to be kept (for reasons).
+#[derive(Clone, Debug)]
+enum Origin {
+    Tag(String),
+    Manifest(Digest),
+    Untagged,
+}
+
+/// References between the manifests of one repository.
+struct Graph<'a> {
+    manifests: &'a HashMap<Digest, ManifestInfo>,
+    /// subject -> referrers (by `subject` field, and by `sha256-<hex>` tags).
+    referrers: HashMap<Digest, BTreeSet<Digest>>,
+}
+
+impl<'a> Graph<'a> {
+    fn new(tags: &BTreeMap<String, Digest>, manifests: &'a HashMap<Digest, ManifestInfo>) -> Self {
+        let mut referrers: HashMap<Digest, BTreeSet<Digest>> = HashMap::new();
+        for (d, m) in manifests {
+            if let Some(s) = &m.subject {
+                referrers.entry(s.clone()).or_default().insert(d.clone());
+            }
+        }
+        for (tag, d) in tags {
+            if let Some(s) = referrer_subject(tag).and_then(|s| Digest::parse(&s).ok()) {
+                if s != *d {
+                    referrers.entry(s).or_default().insert(d.clone());
+                }
+            }
+        }
+        Graph {
+            manifests,
+            referrers,
+        }
+    }
+
+    fn children(&self, d: &Digest) -> impl Iterator<Item = &Digest> {
+        self.manifests
+            .get(d)
+            .into_iter()
+            .flat_map(|m| m.children.iter().map(|c| &c.digest))
+            .filter(move |c| *c != d)
+    }
+
+    fn referrers(&self, d: &Digest) -> impl Iterator<Item = &Digest> {
+        self.referrers.get(d).into_iter().flatten()
+    }
+
+    /// An index reachable from a known manifest whose own children are unknown.
+    fn unknown_index(&self) -> Option<&Digest> {
+        self.manifests
+            .values()
+            .flat_map(|m| m.children.iter())
+            .find(|c| is_index(&c.media_type) && !self.manifests.contains_key(&c.digest))
+            .map(|c| &c.digest)
+    }
+
+    /// Everything kept: the roots, the children of kept indexes, the subjects
+    /// of kept referrers, transitively. Maps each digest to what keeps it.
+    fn closure(&self, roots: Vec<(Digest, Origin)>) -> HashMap<Digest, Origin> {
+        let mut keep: HashMap<Digest, Origin> = HashMap::new();
+        let mut queue: VecDeque<Digest> = VecDeque::new();
+        for (d, origin) in roots {
+            if !keep.contains_key(&d) {
+                keep.insert(d.clone(), origin);
+                queue.push_back(d);
+            }
+        }
+        while let Some(d) = queue.pop_front() {
+            let Some(m) = self.manifests.get(&d) else {
+                continue;
+            };
+            let next = m
+                .children
+                .iter()
+                .map(|c| &c.digest)
+                .chain(m.subject.as_ref());
+            for n in next {
+                if !keep.contains_key(n) {
+                    keep.insert(n.clone(), Origin::Manifest(d.clone()));
+                    queue.push_back(n.clone());
+                }
+            }
+        }
+        keep
+    }
+}
+
+/// Orders `set` so that for every edge (a, b) with both ends in the set, a
+/// comes first; ties by digest. `None` on a cycle.
+fn topological(
+    set: &BTreeMap<Digest, DeleteReason>,
+    edges: &[(Digest, Digest)],
+) -> Option<Vec<Digest>> {
+    let mut indegree: BTreeMap<&Digest, usize> = set.keys().map(|d| (d, 0)).collect();
+    let mut next: HashMap<&Digest, BTreeSet<&Digest>> = HashMap::new();
+    for (a, b) in edges {
+        if set.contains_key(a)
+            && set.contains_key(b)
+            && a != b
+            && next.entry(a).or_default().insert(b)
+        {
+            *indegree.get_mut(b).expect("in set") += 1;
+        }
+    }
+    let mut ready: BTreeSet<&Digest> = indegree
+        .iter()
+        .filter(|(_, n)| **n == 0)
+        .map(|(d, _)| *d)
+        .collect();
+    let mut out = Vec::with_capacity(set.len());
+    while let Some(d) = ready.pop_first() {
+        out.push(d.clone());
+        for n in next.get(d).into_iter().flatten() {
+            let deg = indegree.get_mut(n).expect("in set");
+            *deg -= 1;
+            if *deg == 0 {
+                ready.insert(n);
+            }
+        }
+    }
+    (out.len() == set.len()).then_some(out)
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;
