@@ -12,8 +12,11 @@ for cmd in docker-registry skopeo python3; do
 done
 
 work=$(mktemp -d /tmp/regkeeper-demo.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+# Registries are started inside $(...) subshells, so their PIDs go to files.
+cleanup() {
+    for f in "$work"/*/pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+    sleep 0.2; rm -rf "$work"
+}
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -30,7 +33,7 @@ storage:
 http: {addr: 127.0.0.1:$port, secret: demo-secret-$name}
 YML
     docker-registry serve "$work/$name/config.yml" >"$work/$name/registry.log" 2>&1 &
-    pids+=($!)
+    echo $! >"$work/$name/pid"
     for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
     echo "$port"
 }
