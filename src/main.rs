@@ -634,7 +634,7 @@ fn print_plan(r: &RuleReport) {
     let mut copies = 0;
     for image in &r.images {
         let what = match &image.action {
-            TargetAction::InSync => continue,
+            TargetAction::InSync | TargetAction::DeletedByRetention => continue,
             TargetAction::Create => "create".to_string(),
             TargetAction::Update { from } => format!("update from {}", from.short()),
             TargetAction::KeepImmutable { existing } => {

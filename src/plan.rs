@@ -39,6 +39,9 @@ pub enum TargetAction {
     Update { from: Digest },
     /// `immutable = true` and the target's tag points at another digest.
     KeepImmutable { existing: Digest },
+    /// This rule's retention deleted this digest under this tag at the
+    /// target: copying it again would only have it deleted again.
+    DeletedByRetention,
 }
 
 impl TargetAction {

@@ -302,7 +302,9 @@ impl Engine {
         for image in &report.images {
             match (&image.action, &image.error) {
                 (_, Some(_)) => report.tags_failed += 1,
-                (TargetAction::InSync, None) => report.tags_in_sync += 1,
+                (TargetAction::InSync | TargetAction::DeletedByRetention, None) => {
+                    report.tags_in_sync += 1
+                }
                 (TargetAction::KeepImmutable { .. }, None) => report.tags_kept_immutable += 1,
                 (_, None) => report.tags_copied += 1,
             }
@@ -449,7 +451,8 @@ impl Engine {
             }
         }
 
-        let plans = plan_tags(&inventory.tags, &inventory.targets, rule.immutable);
+        let mut plans = plan_tags(&inventory.tags, &inventory.targets, rule.immutable);
+        self.spare_retained(rule, &mut plans);
         // Ordinary tags first (in parallel), then referrers, after their subjects.
         let (ordinary, referrers): (Vec<TagPlan>, Vec<TagPlan>) =
             plans.into_iter().partition(|p| !p.referrer);
@@ -487,6 +490,29 @@ impl Engine {
     /// Records what this run saw and did per tag and target, so the next
     /// run may spare requests and `tags_pending` counts what is still
     /// different.
+    /// A tag this rule's retention deleted from a target (same digest, and
+    /// the DELETE went through) is not copied there again: sync and
+    /// retention would otherwise undo each other on every run.
+    fn spare_retained(&self, rule: &Rule, plans: &mut [TagPlan]) {
+        let (Some(state), Some(_)) = (&self.state, &rule.retention) else {
+            return;
+        };
+        for plan in plans.iter_mut() {
+            for (location, action) in plan.targets.iter_mut() {
+                if *action != TargetAction::Create {
+                    continue;
+                }
+                let repo = location.to_string();
+                match state.deleted_by_retention(&rule.name, &repo, plan.digest.as_str(), &plan.tag)
+                {
+                    Ok(true) => *action = TargetAction::DeletedByRetention,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot read the retention journal"),
+                }
+            }
+        }
+    }
+
     fn record_tags(
         &self,
         rule: &Rule,
@@ -504,7 +530,8 @@ impl Engine {
             let mut seen = Vec::new();
             for image in images.iter().filter(|im| im.target == name) {
                 let (target_digest, verified_now) = match (&image.action, &image.error) {
-                    (TargetAction::KeepImmutable { .. }, _) => continue,
+                    (TargetAction::KeepImmutable { .. }, _)
+                    | (TargetAction::DeletedByRetention, _) => continue,
                     (TargetAction::InSync, _) => (
                         Some(image.digest.as_str()),
                         !inventory.hinted.contains(&(i, image.tag.clone())),

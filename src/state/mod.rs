@@ -630,6 +630,32 @@ impl State {
         })
     }
 
+    /// Whether retention (of `rule`) deleted `digest` under `tag` from the
+    /// repository `repo` (a location as written), and the DELETE went through.
+    pub fn deleted_by_retention(
+        &self,
+        rule: &str,
+        repo: &str,
+        digest: &str,
+        tag: &str,
+    ) -> Result<bool> {
+        self.with(|c| {
+            let tags: Vec<String> = c
+                .prepare(
+                    "SELECT tags FROM deletions
+                     WHERE rule = ?1 AND repo = ?2 AND digest = ?3 AND status = 'done'",
+                )?
+                .query_map(params![rule, repo, digest], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(tags.iter().any(|t| {
+                serde_json::from_str::<Vec<String>>(t)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|x| x == tag)
+            }))
+        })
+    }
+
     /// The latest `limit` journal entries of a rule, newest first.
     pub fn deletions(&self, rule: &str, limit: usize) -> Result<Vec<Deletion>> {
         self.with(|c| {

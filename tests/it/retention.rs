@@ -643,6 +643,13 @@ fn sync_applies_retention_after_the_sync_step() {
         stdout(&out).contains("3 deleted"),
         "1.0.0, 1.1.0 (just copied) and 0.9.0"
     );
+    // The next sync does not copy back what retention deleted (nor delete
+    // it again): sync and retention do not undo each other.
+    let mark = dst.mark();
+    let out = s.run(&["sync"], T0 + 60);
+    assert_eq!(code(&out), 0);
+    assert_eq!(dst.writes_since(mark), vec![], "{}", stdout(&out));
+    assert_eq!(tags_of(&dst, REPO), set(&["1.2.0", "1.3.0"]));
 }
 
 /// Not a pass/fail test: how long a prune of 1,000 tags takes and how many
