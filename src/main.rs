@@ -172,6 +172,16 @@ fn open_state(config: &Config) -> Result<State, u8> {
 }
 
 /// Selects the named rules (all when none), or says which names are unknown.
+/// Loads the config and selects the named rules (all when none).
+fn load_rules(
+    config_arg: &Option<PathBuf>,
+    names: &[String],
+) -> Result<(Config, Vec<regkeeper::config::Rule>), u8> {
+    let config = load_config(&config_path(config_arg))?;
+    let rules = select_rules(&config, names)?.into_iter().cloned().collect();
+    Ok((config, rules))
+}
+
 fn select_rules<'a>(
     config: &'a Config,
     names: &[String],
@@ -246,12 +256,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(EXIT_OK)
         }
         Command::Sync { rules } => {
-            let config = match load_config(&config_path(&cli.config)) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            let selected = match select_rules(&config, &rules) {
-                Ok(r) => r,
+            let (config, selected) = match load_rules(&cli.config, &rules) {
+                Ok(loaded) => loaded,
                 Err(code) => return Ok(code),
             };
             init_logging(config.daemon.log_format, on_terminal);
@@ -273,7 +279,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let bar = progress(&mut engine, on_terminal);
             let mut code = EXIT_OK;
             let mut reports = Vec::new();
-            for rule in selected {
+            for rule in &selected {
                 if let Some(b) = &bar {
                     b.set_prefix(format!("rule {}:", rule.name));
                 }
@@ -297,12 +303,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(code)
         }
         Command::Plan { rules, json } => {
-            let config = match load_config(&config_path(&cli.config)) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            let selected = match select_rules(&config, &rules) {
-                Ok(r) => r,
+            let (config, selected) = match load_rules(&cli.config, &rules) {
+                Ok(loaded) => loaded,
                 Err(code) => return Ok(code),
             };
             init_logging(config.daemon.log_format, true);
@@ -319,7 +321,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let engine = Engine::new(transports, config.daemon.max_concurrent_transfers, true);
             let mut reports = Vec::new();
             let mut code = EXIT_OK;
-            for rule in selected {
+            for rule in &selected {
                 let report = engine.run_rule(rule, pruner.as_ref()).await;
                 if report.result != RunResult::Success {
                     code = EXIT_PARTIAL;
@@ -430,12 +432,8 @@ async fn prune_command(
     dry_run: bool,
     json: bool,
 ) -> anyhow::Result<u8> {
-    let config = match load_config(&config_path(config_arg)) {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
-    };
-    let selected = match select_rules(&config, names) {
-        Ok(r) => r,
+    let (config, selected) = match load_rules(config_arg, names) {
+        Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
     // Named rules must have a retention; unnamed: every rule that has one.
@@ -461,7 +459,7 @@ async fn prune_command(
     let pruner = Pruner::new(transports(&config, dry_run), state, dry_run, now(now_arg));
     let mut code = EXIT_OK;
     let mut reports = Vec::new();
-    for rule in rules {
+    for rule in &rules {
         if let Some(r) = pruner.prune_rule(rule).await {
             if !r.ok() {
                 code = EXIT_PARTIAL;

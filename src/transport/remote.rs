@@ -917,20 +917,32 @@ impl RemoteRepo {
         Ok(tags)
     }
 
-    pub async fn resolve(&self, reference: &str) -> Result<Option<ManifestHead>> {
+    /// HEAD or GET of a manifest with every manifest type accepted; `None`
+    /// on 404, an error on any other failure.
+    async fn manifest_request(
+        &self,
+        method: Method,
+        reference: &str,
+    ) -> Result<Option<reqwest::Response>> {
         let reg = &self.registry;
         let url = self.url(&format!("manifests/{reference}"))?;
         let resp = reg
             .send(
-                Req::new(Method::HEAD, url.clone(), self.pull())
+                Req::new(method.clone(), url.clone(), self.pull())
                     .header(header::ACCEPT, MANIFEST_ACCEPT),
             )
             .await?;
         match resp.status() {
-            StatusCode::NOT_FOUND => return Ok(None),
-            s if s.is_success() => {}
-            _ => return Err(reg.status_error(&Method::HEAD, &url, resp).await),
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => Ok(Some(resp)),
+            _ => Err(reg.status_error(&method, &url, resp).await),
         }
+    }
+
+    pub async fn resolve(&self, reference: &str) -> Result<Option<ManifestHead>> {
+        let Some(resp) = self.manifest_request(Method::HEAD, reference).await? else {
+            return Ok(None);
+        };
         let digest = header_str(&resp, DOCKER_CONTENT_DIGEST).and_then(|d| Digest::parse(d).ok());
         let media_type = header_str(&resp, "content-type").map(|c| strip_params(c).to_string());
         let size = header_str(&resp, "content-length").and_then(|l| l.parse::<u64>().ok());
@@ -961,22 +973,14 @@ impl RemoteRepo {
 
     pub async fn get_manifest(&self, reference: &str) -> Result<Option<RawManifest>> {
         let reg = &self.registry;
-        let url = self.url(&format!("manifests/{reference}"))?;
-        let resp = reg
-            .send(
-                Req::new(Method::GET, url.clone(), self.pull())
-                    .header(header::ACCEPT, MANIFEST_ACCEPT),
-            )
-            .await?;
-        match resp.status() {
-            StatusCode::NOT_FOUND => return Ok(None),
-            s if s.is_success() => {}
-            _ => return Err(reg.status_error(&Method::GET, &url, resp).await),
-        }
+        let Some(resp) = self.manifest_request(Method::GET, reference).await? else {
+            return Ok(None);
+        };
         let header_digest = header_str(&resp, DOCKER_CONTENT_DIGEST).map(str::to_string);
         let content_type = header_str(&resp, "content-type")
             .map(|c| strip_params(c).to_string())
             .unwrap_or_default();
+        let url = resp.url().clone();
         let bytes = reg
             .read_body(&Method::GET, &url, resp, MAX_MANIFEST)
             .await?;
