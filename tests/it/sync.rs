@@ -737,3 +737,65 @@ fn credentials_from_docker_config_and_environment() {
     );
     assert_eq!(oci_digest(&dir.path().join("out2"), "x"), Some(img.digest));
 }
+
+#[test]
+fn credentials_from_a_docker_credential_helper() {
+    use std::os::unix::fs::PermissionsExt;
+    let reg = Registry::builder().auth(Auth::htpasswd()).start();
+    let mut corpus = Corpus::new();
+    let img = corpus.image("x", &ImageSpec::new(&[layer("ch-x", 5_000)]));
+    corpus.push(&reg, "x", "ch/app", "x");
+    let (user, pass) = reg.credentials().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A credential helper as docker runs them: `get` with the server on stdin.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let helper = bin.join("docker-credential-rktest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho \"$server\" >> {log:?}\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{pass}\"}}' \"$server\"\n",
+            log = dir.path().join("asked").display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let docker = dir.path().join("docker.json");
+    std::fs::write(
+        &docker,
+        format!(r#"{{"credHelpers": {{"{}": "rktest"}}}}"#, reg.host()),
+    )
+    .unwrap();
+    let config = format!(
+        "{}[registries.\"{}\"]\nplain_http = true\ndocker_config = {:?}\n[[rule]]\nname = \"h\"\nsource = \"{}/ch/app\"\ntargets = [\"oci:{}\"]\n",
+        header(dir.path()),
+        reg.host(),
+        docker.display().to_string(),
+        reg.host(),
+        dir.path().join("out").display()
+    );
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(regkeeper_bin())
+        .args(["sync", "-c"])
+        .arg(&path)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(oci_digest(&dir.path().join("out"), "x"), Some(img.digest));
+    let asked = std::fs::read_to_string(dir.path().join("asked")).unwrap();
+    assert!(
+        asked.contains(&reg.host()),
+        "the helper was asked for the registry: {asked}"
+    );
+    assert!(!stderr.contains(pass), "the secret is not logged");
+}
