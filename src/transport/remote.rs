@@ -1097,20 +1097,7 @@ impl RemoteRepo {
             Err(e) => {
                 // The stream's own failure (digest mismatch, source gone) is
                 // the cause; the request failure is only its consequence.
-                let err = match source.take_error() {
-                    Some(se) => self.stream_error(d, se),
-                    None if source.ended_short(size) => self.stream_error(
-                        d,
-                        std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            format!(
-                                "the blob stream ended after {} of {size} bytes",
-                                source.consumed()
-                            ),
-                        ),
-                    ),
-                    None => e,
-                };
+                let err = self.stream_cause(&source, d, size, 0).unwrap_or(e);
                 tracing::debug!(registry = %self.registry.host, digest = %d,
                     "upload failed, cancelling the session: {err}");
                 self.cancel_upload(&session).await;
@@ -1144,69 +1131,21 @@ impl RemoteRepo {
         };
         let chunk = self.registry.chunk_size.max(1);
         let start = session.offset;
-        let result: Result<()> = async {
-            while session.offset < size {
-                if stop.is_cancelled() {
-                    return Err(TransportError::Interrupted {
-                        location: self.location.to_string(),
-                        detail: format!(
-                            "upload of blob {d} stopped at {} of {size} bytes",
-                            session.offset
-                        ),
-                    });
-                }
-                let n = chunk.min(size - session.offset);
-                let expected = session.offset + n;
-                session = self
-                    .upload_chunk(session.clone(), source.take(n), n)
-                    .await?;
-                if session.offset != expected {
-                    return Err(self.registry.protocol(
-                        &session.url,
-                        format!(
-                            "the registry acknowledged {} bytes, {expected} were sent",
-                            session.offset
-                        ),
-                    ));
-                }
-                on_chunk(&session);
-            }
-            source
-                .finish()
-                .await
-                .map_err(|e| self.stream_error(d, std::io::Error::other(e)))?;
-            self.finish_upload(&session, d).await
-        }
-        .await;
+        let result = self
+            .send_chunks(&source, &mut session, d, size, chunk, on_chunk, Some(stop))
+            .await;
         match result {
             Ok(()) => Ok(()),
             Err(e @ TransportError::Interrupted { .. }) => Err(e),
-            Err(e) => {
-                let stream_failed = source.take_error();
-                let short = source.ended_short(size - start);
-                match stream_failed {
-                    Some(se) => {
-                        self.cancel_upload(&session).await;
-                        Err(self.stream_error(d, se))
-                    }
-                    None if short => {
-                        self.cancel_upload(&session).await;
-                        Err(self.stream_error(
-                            d,
-                            std::io::Error::new(
-                                std::io::ErrorKind::UnexpectedEof,
-                                format!(
-                                    "the blob stream ended after {} of {size} bytes",
-                                    start + source.consumed()
-                                ),
-                            ),
-                        ))
-                    }
-                    // A request failed: leave the session; the caller's
-                    // checkpoint decides (GET on it) whether it can go on.
-                    None => Err(e),
+            Err(e) => match self.stream_cause(&source, d, size, start) {
+                Some(cause) => {
+                    self.cancel_upload(&session).await;
+                    Err(cause)
                 }
-            }
+                // A request failed: leave the session; the caller's
+                // checkpoint decides (GET on it) whether it can go on.
+                None => Err(e),
+            },
         }
     }
 
@@ -1225,7 +1164,36 @@ impl RemoteRepo {
                 .upload_whole(session.clone(), d, source.take(size), size)
                 .await;
         }
+        self.send_chunks(source, session, d, size, chunk, &|_| {}, None)
+            .await
+    }
+
+    /// Sends `source` through `session` in chunks of `chunk` bytes from the
+    /// session's offset, checking each acknowledged offset, then commits the
+    /// blob. `on_chunk` sees the session after every chunk (checkpoints);
+    /// when `stop` is cancelled, the chunk in flight finishes and the upload
+    /// stops with [`TransportError::Interrupted`], the session left open.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_chunks(
+        &self,
+        source: &upload::Source,
+        session: &mut UploadSession,
+        d: &Digest,
+        size: u64,
+        chunk: u64,
+        on_chunk: &(dyn Fn(&UploadSession) + Send + Sync),
+        stop: Option<&tokio_util::sync::CancellationToken>,
+    ) -> Result<()> {
         while session.offset < size {
+            if stop.is_some_and(|s| s.is_cancelled()) {
+                return Err(TransportError::Interrupted {
+                    location: self.location.to_string(),
+                    detail: format!(
+                        "upload of blob {d} stopped at {} of {size} bytes",
+                        session.offset
+                    ),
+                });
+            }
             let n = chunk.min(size - session.offset);
             let expected = session.offset + n;
             *session = self
@@ -1240,12 +1208,41 @@ impl RemoteRepo {
                     ),
                 ));
             }
+            on_chunk(session);
         }
         source
             .finish()
             .await
             .map_err(|e| self.stream_error(d, std::io::Error::other(e)))?;
         self.finish_upload(session, d).await
+    }
+
+    /// When an upload failed because of its input stream (a digest mismatch
+    /// the verifying wrapper reported, the source gone, or fewer bytes than
+    /// announced), that is the real cause; the request failure is only its
+    /// consequence. `start` is the offset the stream began at.
+    fn stream_cause(
+        &self,
+        source: &upload::Source,
+        d: &Digest,
+        size: u64,
+        start: u64,
+    ) -> Option<TransportError> {
+        if let Some(se) = source.take_error() {
+            return Some(self.stream_error(d, se));
+        }
+        source.ended_short(size - start).then(|| {
+            self.stream_error(
+                d,
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the blob stream ended after {} of {size} bytes",
+                        start + source.consumed()
+                    ),
+                ),
+            )
+        })
     }
 
     fn stream_error(&self, d: &Digest, source: std::io::Error) -> TransportError {
