@@ -34,11 +34,16 @@ pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-pub fn header(dir: &Path) -> String {
-    format!(
+/// The top of a config: daemon settings in `dir`, and each registry's section.
+pub fn header(dir: &Path, registries: &[&Registry]) -> String {
+    let mut out = format!(
         "version = 1\n[daemon]\nstate_dir = {:?}\nlisten = \"\"\n",
         dir.join("state").display().to_string()
-    )
+    );
+    for r in registries {
+        out += &r.regkeeper_registry_toml();
+    }
+    out
 }
 
 /// The digest of the manifest an OCI layout holds under `tag`, read by skopeo.
@@ -96,10 +101,8 @@ fn sync_mirrors_prefix_to_registry_and_layout_then_noop() {
     let dir = tempfile::tempdir().unwrap();
     let dr = dir.path().join("dr");
     let config = format!(
-        "{}{}{}[[rule]]\nname = \"team\"\nsource = \"{}/team/*\"\ntargets = [\"{}/mirror/*\", \"oci:{}/*\"]\n",
-        header(dir.path()),
-        src.regkeeper_registry_toml(),
-        dst.regkeeper_registry_toml(),
+        "{}[[rule]]\nname = \"team\"\nsource = \"{}/team/*\"\ntargets = [\"{}/mirror/*\", \"oci:{}/*\"]\n",
+        header(dir.path(), &[&src, &dst]),
         src.host(),
         dst.host(),
         dr.display()
@@ -158,10 +161,8 @@ fn plan_reports_bytes_and_sends_no_write() {
     let seeded = seed_two_repos(&src, "p");
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "{}{}{}[[rule]]\nname = \"p\"\nsource = \"{}/p/alpha\"\ntargets = [\"{}/p/alpha\"]\n",
-        header(dir.path()),
-        src.regkeeper_registry_toml(),
-        dst.regkeeper_registry_toml(),
+        "{}[[rule]]\nname = \"p\"\nsource = \"{}/p/alpha\"\ntargets = [\"{}/p/alpha\"]\n",
+        header(dir.path(), &[&src, &dst]),
         src.host(),
         dst.host(),
     );
@@ -210,12 +211,7 @@ fn layout_round_trip_preserves_digests() {
     let seeded = seed_two_repos(&src, "rt");
     let dir = tempfile::tempdir().unwrap();
     let layout = dir.path().join("layout");
-    let config = format!(
-        "{}{}{}",
-        header(dir.path()),
-        src.regkeeper_registry_toml(),
-        back.regkeeper_registry_toml()
-    );
+    let config = header(dir.path(), &[&src, &back]);
     let cfg = dir.path().join("config.toml");
     std::fs::write(&cfg, config).unwrap();
     for (repo, tag, digest) in seeded.tags.iter().filter(|(r, ..)| r == "alpha") {
@@ -256,10 +252,8 @@ fn corrupt_source_blob_is_rejected_and_nothing_is_tagged() {
     let dir = tempfile::tempdir().unwrap();
     let dr = dir.path().join("dr");
     let config = format!(
-        "{}{}{}[[rule]]\nname = \"c\"\nsource = \"{}/c/app\"\ntargets = [\"{}/c/app\", \"oci:{}\"]\n",
-        header(dir.path()),
-        src.regkeeper_registry_toml(),
-        dst.regkeeper_registry_toml(),
+        "{}[[rule]]\nname = \"c\"\nsource = \"{}/c/app\"\ntargets = [\"{}/c/app\", \"oci:{}\"]\n",
+        header(dir.path(), &[&src, &dst]),
         src.host(),
         dst.host(),
         dr.display()
@@ -312,10 +306,8 @@ fn platform_filter_writes_a_smaller_index_and_stays_in_step() {
         )
     };
     let config = format!(
-        "{}{}{}{}{}",
-        header(dir.path()),
-        src.regkeeper_registry_toml(),
-        dst.regkeeper_registry_toml(),
+        "{}{}{}",
+        header(dir.path(), &[&src, &dst]),
         rule("amd", "[\"linux/amd64\"]"),
         rule("both", "[\"linux/amd64\", \"linux/arm64\"]")
     );
@@ -382,11 +374,9 @@ fn tag_filters_and_immutable() {
 
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "{}{}{}[[rule]]\nname = \"tf\"\nsource = \"{}/tf/app\"\ntargets = [\"{}/tf/app\"]\n\
+        "{}[[rule]]\nname = \"tf\"\nsource = \"{}/tf/app\"\ntargets = [\"{}/tf/app\"]\n\
          tags.include = ['^\\d']\ntags.exclude = ['-rc']\ntags.semver = \">=1.0.0\"\ntags.latest = 2\nimmutable = true\n",
-        header(dir.path()),
-        src.regkeeper_registry_toml(),
-        dst.regkeeper_registry_toml(),
+        header(dir.path(), &[&src, &dst]),
         src.host(),
         dst.host(),
     );
@@ -431,16 +421,7 @@ fn copy_by_digest_and_with_platform() {
     corpus.push(&src, "multi", "cp/app", "multi");
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "{}{}{}",
-            header(dir.path()),
-            src.regkeeper_registry_toml(),
-            dst.regkeeper_registry_toml()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&cfg, header(dir.path(), &[&src, &dst])).unwrap();
     let out = regkeeper_with(
         &cfg,
         &[
@@ -488,11 +469,8 @@ fn auth_modes_htpasswd_tls_and_token() {
     let seeded = seed_two_repos(&src, "auth");
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "{}{}{}{}[[rule]]\nname = \"a\"\nsource = \"{}/auth/*\"\ntargets = [\"{}/m/*\", \"{}/m/*\"]\n",
-        header(dir.path()),
-        src.regkeeper_registry_toml(),
-        basic_tls.regkeeper_registry_toml(),
-        token_tls.regkeeper_registry_toml(),
+        "{}[[rule]]\nname = \"a\"\nsource = \"{}/auth/*\"\ntargets = [\"{}/m/*\", \"{}/m/*\"]\n",
+        header(dir.path(), &[&src, &basic_tls, &token_tls]),
         src.host(),
         basic_tls.host(),
         token_tls.host(),
@@ -542,7 +520,7 @@ fn auth_modes_htpasswd_tls_and_token() {
     std::fs::write(dir.path().join("wrong"), "not-the-password").unwrap();
     let bad = format!(
         "{}[registries.\"{}\"]\nca_file = {:?}\nusername = \"tester\"\npassword_file = {pw_line}\n[[rule]]\nname = \"b\"\nsource = \"{}/m/alpha\"\ntargets = [\"oci:{}\"]\n",
-        header(dir.path()),
+        header(dir.path(), &[]),
         basic_tls.host(),
         basic_tls.ca_pem_path().unwrap().display().to_string(),
         basic_tls.host(),
@@ -567,7 +545,7 @@ fn tls_without_the_ca_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         "{}[[rule]]\nname = \"t\"\nsource = \"{}/t/app\"\ntargets = [\"oci:{}\"]\n",
-        header(dir.path()),
+        header(dir.path(), &[]),
         reg.host(),
         dir.path().join("out").display()
     );
@@ -655,7 +633,7 @@ fn bearer_tokens_are_renewed_during_a_long_run() {
     let config = format!(
         "{}[registries.\"{}\"]\nplain_http = true\nusername = \"{user}\"\npassword_file = {:?}\nmax_concurrent = 1\n\
          [[rule]]\nname = \"slow\"\nsource = \"{}/slow/app\"\ntargets = [\"oci:{}\"]\n",
-        header(dir.path()),
+        header(dir.path(), &[]),
         proxy.host(),
         dir.path().join("pw").display().to_string(),
         proxy.host(),
@@ -704,7 +682,7 @@ fn credentials_from_docker_config_and_environment() {
     );
     let from_docker = format!(
         "{}[registries.\"{}\"]\nplain_http = true\ndocker_config = {:?}\n{rule}",
-        header(dir.path()),
+        header(dir.path(), &[]),
         reg.host(),
         docker.display().to_string()
     );
@@ -717,7 +695,7 @@ fn credentials_from_docker_config_and_environment() {
 
     let from_env = format!(
         "{}[registries.\"{}\"]\nplain_http = true\nusername = \"{user}\"\npassword_env = \"RK_TEST_PASSWORD\"\n{}",
-        header(dir.path()),
+        header(dir.path(), &[]),
         reg.host(),
         rule.replace("/out", "/out2")
     );
@@ -768,7 +746,7 @@ fn credentials_from_a_docker_credential_helper() {
     .unwrap();
     let config = format!(
         "{}[registries.\"{}\"]\nplain_http = true\ndocker_config = {:?}\n[[rule]]\nname = \"h\"\nsource = \"{}/ch/app\"\ntargets = [\"oci:{}\"]\n",
-        header(dir.path()),
+        header(dir.path(), &[]),
         reg.host(),
         docker.display().to_string(),
         reg.host(),
