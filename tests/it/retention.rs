@@ -95,6 +95,19 @@ fn img(corpus: &mut Corpus, name: &str, created: &str) -> Image {
     )
 }
 
+/// Builds an image per name (same creation time) and pushes it to `reg`
+/// under that name as its tag.
+fn push_tags(reg: &Registry, corpus: &mut Corpus, names: &[String]) -> Vec<Image> {
+    names
+        .iter()
+        .map(|n| {
+            let image = img(corpus, n, "2025-01-01T00:00:00Z");
+            corpus.push(reg, n, REPO, n);
+            image
+        })
+        .collect()
+}
+
 fn rfc3339(unix: i64) -> String {
     // Days to civil date (inverse of Hinnant's days_from_civil).
     let days = unix.div_euclid(DAY);
@@ -422,13 +435,8 @@ fn referrers_go_with_their_subject_and_stay_with_a_kept_one() {
 fn deletion_cap_deletes_nothing_and_reports() {
     let reg = Registry::start_plain();
     let mut corpus = Corpus::new();
-    let mut all = Vec::new();
-    for i in 0..6 {
-        let n = format!("1.0.{i}");
-        img(&mut corpus, &n, "2025-01-01T00:00:00Z");
-        corpus.push(&reg, &n, REPO, &n);
-        all.push(n);
-    }
+    let all: Vec<String> = (0..6).map(|i| format!("1.0.{i}")).collect();
+    push_tags(&reg, &mut corpus, &all);
     let s = Setup::new(
         &reg.regkeeper_registry_toml(),
         &[target(&reg, REPO)],
@@ -452,13 +460,8 @@ fn deletion_cap_deletes_nothing_and_reports() {
 fn listing_failure_midway_deletes_nothing() {
     let reg = Registry::start_plain();
     let mut corpus = Corpus::new();
-    let mut names = Vec::new();
-    for i in 0..30 {
-        let n = format!("1.0.{i}");
-        img(&mut corpus, &n, "2025-01-01T00:00:00Z");
-        corpus.push(&reg, &n, REPO, &n);
-        names.push(n);
-    }
+    let names: Vec<String> = (0..30).map(|i| format!("1.0.{i}")).collect();
+    push_tags(&reg, &mut corpus, &names);
     let proxy = FaultProxy::to_registry(&reg);
     let registry_toml = format!("[registries.\"{}\"]\nplain_http = true\n", proxy.host());
     let s = Setup::new(
@@ -554,12 +557,8 @@ fn untagged_expiry_after_a_tag_moved() {
 fn dry_run_and_plan_send_no_write_and_match_the_real_prune() {
     let reg = Registry::start_plain();
     let mut corpus = Corpus::new();
-    let mut images = Vec::new();
-    for i in 0..5 {
-        let n = format!("1.{i}.0");
-        images.push(img(&mut corpus, &n, "2025-01-01T00:00:00Z"));
-        corpus.push(&reg, &n, REPO, &n);
-    }
+    let names: Vec<String> = (0..5).map(|i| format!("1.{i}.0")).collect();
+    let images = push_tags(&reg, &mut corpus, &names);
     push_signature(&reg, &images[0], "sig");
     let s = Setup::new(
         &reg.regkeeper_registry_toml(),
@@ -616,11 +615,8 @@ fn sync_applies_retention_after_the_sync_step() {
     let src = Registry::start_plain();
     let dst = Registry::start_plain();
     let mut corpus = Corpus::new();
-    for i in 0..4 {
-        let n = format!("1.{i}.0");
-        img(&mut corpus, &n, "2025-01-01T00:00:00Z");
-        corpus.push(&src, &n, REPO, &n);
-    }
+    let names: Vec<String> = (0..4).map(|i| format!("1.{i}.0")).collect();
+    push_tags(&src, &mut corpus, &names);
     // An old tag only the target has.
     img(&mut corpus, "0.9.0", "2024-01-01T00:00:00Z");
     corpus.push(&dst, "0.9.0", REPO, "0.9.0");
