@@ -15,8 +15,8 @@ pub use execute::{
     DeletionReport, DeletionStatus, Pruner, RepoReport, RetentionError, RetentionReport,
 };
 pub use state::{
-    JournalEntry, JournalId, JournalRecord, JournalStatus, LocalState, ReadOnly, RetentionState,
-    SeenTag, StateError,
+    JournalEntry, JournalId, JournalRecord, JournalStatus, ReadOnly, RetentionState, SeenTag,
+    StateError,
 };
 
 pub use plan::{

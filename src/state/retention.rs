@@ -48,19 +48,16 @@ impl RetentionState for State {
         now: Unix,
     ) -> Result<(), RetentionStateError> {
         self.with_tx(|tx| {
-            let known: BTreeMap<String, (String, i64)> = tx
-                .prepare("SELECT tag, digest, first_seen FROM retention_tags WHERE repo = ?1")?
-                .query_map(params![repo], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?
+            let known: BTreeMap<String, i64> = tx
+                .prepare("SELECT tag, first_seen FROM retention_tags WHERE repo = ?1")?
+                .query_map(params![repo], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
             tx.execute("DELETE FROM retention_tags WHERE repo = ?1", params![repo])?;
             let mut insert =
                 tx.prepare("INSERT INTO retention_tags (repo, tag, digest, first_seen) VALUES (?1, ?2, ?3, ?4)")?;
             for (tag, d) in tags {
-                // A tag keeps its first-seen time while it stays on one digest.
-                let first_seen = match known.get(tag) {
-                    Some((old, t)) if old == d.as_str() => *t,
-                    _ => now,
-                };
+                // First seen is per tag: a tag that moves keeps it.
+                let first_seen = known.get(tag).copied().unwrap_or(now);
                 insert.execute(params![repo, tag, d.as_str(), first_seen])?;
             }
             Ok(())

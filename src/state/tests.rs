@@ -231,7 +231,7 @@ fn retention_state_over_sqlite() {
         100,
     )
     .unwrap();
-    // v1 stays on its digest (keeps first_seen), v2 moves (seen anew), v3 is new.
+    // v1 stays, v2 moves (both keep their first_seen: it is per tag), v3 is new.
     rs.record_tags(
         repo,
         &BTreeMap::from([
@@ -246,8 +246,9 @@ fn retention_state_over_sqlite() {
     assert_eq!(seen["v1"].first_seen, 100);
     assert_eq!(
         (seen["v2"].digest.clone(), seen["v2"].first_seen),
-        (d('c'), 200)
+        (d('c'), 100)
     );
+    assert_eq!(seen["v3"].first_seen, 200);
     assert_eq!(seen.len(), 3);
     assert!(rs.seen_tags("other").unwrap().is_empty());
 
