@@ -253,7 +253,10 @@ enum Claim {
     /// Another task is getting it into this registry right now.
     Busy(watch::Receiver<bool>),
     /// Another repository of the target's registry holds it: try a mount.
-    Elsewhere(Location),
+    /// The guard makes the mount exclusive: distribution rewrites a blob's
+    /// link on every mount, and a manifest PUT that reads the link while a
+    /// second mount of the same blob rewrites it fails (MANIFEST_BLOB_UNKNOWN).
+    Elsewhere(Location, OwnerGuard),
     /// This caller must check and, if needed, upload; it reports the outcome.
     Owner(OwnerGuard),
 }
@@ -317,18 +320,25 @@ impl BlobTracker {
         let key = (registry_key(target), digest.clone());
         match map.get(&key) {
             Some(Entry::Present(loc)) if loc == target => Claim::Present,
-            Some(Entry::Present(loc)) => Claim::Elsewhere(loc.clone()),
             Some(Entry::InFlight(rx)) => Claim::Busy(rx.clone()),
-            None => {
+            existing => {
+                let from = match existing {
+                    Some(Entry::Present(loc)) => Some(loc.clone()),
+                    _ => None,
+                };
                 let (tx, rx) = watch::channel(false);
                 map.insert(key.clone(), Entry::InFlight(rx));
-                Claim::Owner(OwnerGuard {
+                let guard = OwnerGuard {
                     tracker: self.clone(),
                     key,
                     location: target.clone(),
                     done: Some(tx),
                     present: false,
-                })
+                };
+                match from {
+                    Some(from) => Claim::Elsewhere(from, guard),
+                    None => Claim::Owner(guard),
+                }
             }
         }
     }
@@ -343,13 +353,6 @@ impl BlobTracker {
                 other => return other,
             }
         }
-    }
-
-    fn record_present(&self, target: &Location, digest: &Digest) {
-        let key = (registry_key(target), digest.clone());
-        let mut map = self.entries.lock().expect("tracker poisoned");
-        // A concrete location for this repository beats one elsewhere.
-        map.insert(key, Entry::Present(target.clone()));
     }
 }
 
@@ -436,52 +439,27 @@ impl Copier {
         first: Option<Claim>,
     ) -> Result<Need, TransportError> {
         let loc = target.location();
-        let mut first = first;
-        loop {
-            let claim = if let Some(c) = first.take() {
-                c
-            } else if wait {
-                self.tracker.claim(loc, &blob.digest).await
-            } else {
-                self.tracker.try_claim(loc, &blob.digest)
-            };
-            match claim {
-                Claim::Busy(_) => return Ok(Need::Later),
-                Claim::Present => {
-                    self.stats.blobs_skipped.fetch_add(1, Ordering::Relaxed);
+        let claim = match first {
+            Some(c) => c,
+            None if wait => self.tracker.claim(loc, &blob.digest).await,
+            None => self.tracker.try_claim(loc, &blob.digest),
+        };
+        match claim {
+            Claim::Busy(_) => Ok(Need::Later),
+            Claim::Present => {
+                self.stats.blobs_skipped.fetch_add(1, Ordering::Relaxed);
+                Ok(Need::Nothing)
+            }
+            Claim::Elsewhere(from, guard) => {
+                if target.mount_blob(&blob.digest, &from).await? {
+                    guard.succeed();
+                    self.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
                     return Ok(Need::Nothing);
                 }
-                Claim::Elsewhere(from) => {
-                    if target.mount_blob(&blob.digest, &from).await? {
-                        self.tracker.record_present(loc, &blob.digest);
-                        self.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
-                        return Ok(Need::Nothing);
-                    }
-                    // Not mountable: fall back to owning it in this repository.
-                    let key = (registry_key(loc), blob.digest.clone());
-                    let (tx, rx) = watch::channel(false);
-                    {
-                        let mut map = self.tracker.entries.lock().expect("tracker poisoned");
-                        if matches!(map.get(&key), Some(Entry::InFlight(_))) {
-                            if !wait {
-                                return Ok(Need::Later);
-                            }
-                            drop(map);
-                            continue;
-                        }
-                        map.insert(key.clone(), Entry::InFlight(rx));
-                    }
-                    let guard = OwnerGuard {
-                        tracker: self.tracker.clone(),
-                        key,
-                        location: loc.clone(),
-                        done: Some(tx),
-                        present: false,
-                    };
-                    return self.check_or_upload(target, blob, guard).await;
-                }
-                Claim::Owner(guard) => return self.check_or_upload(target, blob, guard).await,
+                // Not mountable: this task owns it in this repository.
+                self.check_or_upload(target, blob, guard).await
             }
+            Claim::Owner(guard) => self.check_or_upload(target, blob, guard).await,
         }
     }
 
@@ -919,7 +897,11 @@ impl Copier {
             match self.tracker.claim(target.location(), &blob.digest).await {
                 Claim::Present => cost.blobs_present += 1,
                 Claim::Busy(_) => unreachable!("claim waits"),
-                Claim::Elsewhere(_) => cost.blobs_to_mount += 1,
+                Claim::Elsewhere(_, guard) => {
+                    // As after the mount: later images find it here.
+                    guard.succeed();
+                    cost.blobs_to_mount += 1
+                }
                 Claim::Owner(guard) => {
                     if target.blob_exists(&blob.digest).await? {
                         guard.succeed();
