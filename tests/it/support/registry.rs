@@ -171,17 +171,10 @@ pub struct Registry {
 }
 
 fn write_htpasswd(path: &Path, user: &str, pass: &str) {
-    let out = Command::new("htpasswd")
-        .args(["-B", "-b", "-n", user, pass])
-        .output()
-        .expect("run htpasswd (apache2-utils)");
-    assert!(
-        out.status.success(),
-        "htpasswd failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = String::from_utf8(out.stdout).expect("htpasswd output");
-    fs::write(path, format!("{}\n", line.trim())).expect("write htpasswd");
+    // bcrypt in-process: the registry's htpasswd auth accepts only bcrypt ($2y$/$2b$),
+    // and no system tool (apache2-utils) is needed on a fresh machine.
+    let hash = bcrypt::hash(pass, 5).expect("bcrypt hash");
+    fs::write(path, format!("{user}:{hash}\n")).expect("write htpasswd");
 }
 
 /// A YAML-safe double-quoted scalar (JSON strings are valid YAML).
