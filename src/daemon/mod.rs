@@ -86,7 +86,7 @@ pub async fn run_rule(
         m.run_started(&rule.name, started);
     }
     let report = engine.run_rule(rule, pruner).await;
-    let last_error = report.errors.first().cloned().or_else(|| {
+    let last_error = report.errors.first().map(|e| e.to_string()).or_else(|| {
         report.images.iter().find_map(|i| {
             i.error
                 .as_ref()

@@ -876,7 +876,9 @@ impl RemoteRepo {
         }
     }
 
-    pub async fn list_tags(&self) -> Result<Vec<String>> {
+    /// Every tag; `None` when the registry says the repository does not
+    /// exist (404, `NAME_UNKNOWN`).
+    pub async fn list_tags(&self) -> Result<Option<Vec<String>>> {
         #[derive(serde::Deserialize)]
         struct TagList {
             #[serde(default)]
@@ -891,7 +893,7 @@ impl RemoteRepo {
                 .send(Req::new(Method::GET, url.clone(), self.pull()))
                 .await?;
             match resp.status() {
-                StatusCode::NOT_FOUND => return Ok(Vec::new()),
+                StatusCode::NOT_FOUND => return Ok(None),
                 s if s.is_success() => {}
                 _ => return Err(reg.status_error(&Method::GET, &url, resp).await),
             }
@@ -914,7 +916,7 @@ impl RemoteRepo {
         }
         tags.sort();
         tags.dedup();
-        Ok(tags)
+        Ok(Some(tags))
     }
 
     /// HEAD or GET of a manifest with every manifest type accepted; `None`
