@@ -18,7 +18,8 @@ pub(crate) async fn run(g: &Globals, names: &[String], json: bool) -> Result<u8,
         .iter()
         .any(|r| r.retention.is_some())
         .then(|| super::pruner(&transports, state.as_ref(), true, g.now()));
-    let mut engine = Engine::new(transports, config.daemon.max_concurrent_transfers, true);
+    let mut engine =
+        Engine::new(transports, config.daemon.max_concurrent_transfers, true).with_clock(g.now);
     if let Some(s) = state {
         engine = engine.with_state(s);
     }

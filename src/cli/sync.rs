@@ -15,7 +15,8 @@ pub(crate) async fn run(g: &Globals, names: &[String], json: bool) -> Result<u8,
         .any(|r| r.retention.is_some())
         .then(|| super::pruner(&transports, Some(&state), false, g.now()));
     let mut engine = Engine::new(transports, config.daemon.max_concurrent_transfers, false)
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .with_clock(g.now);
     let bar = super::progress::start(&mut engine, g.on_terminal && !json);
     let mut reports = Vec::new();
     for rule in &rules {

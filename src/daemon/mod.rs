@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{self, Config, Rule};
-use crate::engine::{Engine, RuleReport, RunResult};
+use crate::engine::{Engine, RuleReport};
 use crate::metrics::{Metrics, MetricsError};
 use crate::state::{RunRecord, State, StateError};
 use crate::transport::{RegistryOptions, Transports};
@@ -506,11 +506,6 @@ fn schedule_text(s: &config::Schedule) -> String {
         config::Schedule::Cron { text, .. } => text.clone(),
         config::Schedule::Every(d) => format!("@every {d:?}"),
     }
-}
-
-/// Whether a report counts as leaving every target in step.
-pub fn in_step(report: &RuleReport) -> bool {
-    report.result == RunResult::Success
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use super::inventory::RepoInventory;
 use super::report::ImageReport;
 use crate::config::Rule;
 use crate::plan::{TagPlan, TargetAction};
-use crate::state::{TagObservation, now_unix};
+use crate::state::TagObservation;
 use crate::transport::Store;
 
 /// Images of one repository copied at once (each bounded further by the
@@ -135,7 +135,7 @@ impl Engine {
         let Some(state) = &self.state else {
             return;
         };
-        let now = now_unix();
+        let now = self.now();
         for target in &repo.targets {
             let name = target.store.location().to_string();
             let mut seen = Vec::new();

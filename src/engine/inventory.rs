@@ -243,7 +243,7 @@ impl Engine {
             targets: &repo.targets,
             hints: &hints,
             platforms,
-            now: crate::state::now_unix(),
+            now: self.now(),
         };
         let results = futures_util::stream::iter(tags.iter().cloned())
             .map(|tag| ctx.resolve(tag))

@@ -48,6 +48,8 @@ pub struct Engine {
     dry_run: bool,
     /// Hints about targets (spared HEADs) and where runs are recorded.
     state: Option<State>,
+    /// A fixed clock (`--now`); `None`: the system clock.
+    clock: Option<i64>,
 }
 
 impl Engine {
@@ -70,6 +72,7 @@ impl Engine {
             },
             dry_run,
             state: None,
+            clock: None,
         }
     }
 
@@ -83,6 +86,18 @@ impl Engine {
         }
         self.state = Some(state);
         self
+    }
+
+    /// Runs as if the time were `now` (Unix seconds; the hidden `--now`):
+    /// the one clock for hints, first-seen times and retention.
+    pub fn with_clock(mut self, now: Option<i64>) -> Self {
+        self.clock = now;
+        self
+    }
+
+    /// The time of this run's clock.
+    pub(crate) fn now(&self) -> i64 {
+        self.clock.unwrap_or_else(now_unix)
     }
 
     /// Stops taking new work when `stop` is cancelled; chunked uploads stop
@@ -126,6 +141,7 @@ impl Engine {
             copier: self.copier.for_run(),
             dry_run: self.dry_run,
             state: self.state.clone(),
+            clock: self.clock,
         };
         let report = run.run_inner(rule, pruner).instrument(span).await;
         self.add_totals(&report.totals);
@@ -152,9 +168,9 @@ impl Engine {
     async fn run_inner(&self, rule: &Rule, pruner: Option<&Pruner>) -> RuleReport {
         let started = Instant::now();
         let mut report = RuleReport::new(&rule.name, self.dry_run);
-        report.started_unix = now_unix() as u64;
+        report.started_unix = self.now() as u64;
         let retention = pruner.zip(rule.retention.as_ref());
-        let now = pruner.map_or_else(now_unix, |p| p.now());
+        let now = self.now();
 
         // 1. Inventory: read-only, for plan and sync alike.
         let inv = self.inventory(rule).await;
