@@ -192,6 +192,13 @@ impl Metrics {
         Ok(Arc::new(m))
     }
 
+    /// Registers another module's collector (the event counters of
+    /// `daemon::events`), so one `/metrics` exposes it.
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> Result<(), MetricsError> {
+        self.registry.register(c)?;
+        Ok(())
+    }
+
     /// The request observer to install on the transports.
     pub fn observer(self: &Arc<Self>) -> crate::transport::remote::Observer {
         let m = self.clone();

@@ -59,6 +59,9 @@ pub struct Daemon {
     pub listen: Option<SocketAddr>,
     pub max_concurrent_transfers: usize,
     pub log_format: LogFormat,
+    /// `daemon.webhook_token_file`, read: the bearer token that event and
+    /// trigger requests must carry; `None`: those paths answer 404.
+    pub webhook_token: Option<crate::secret::Secret>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

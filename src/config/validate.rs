@@ -238,6 +238,7 @@ impl Loader<'_, '_> {
             listen: None,
             max_concurrent_transfers: None,
             log_format: None,
+            webhook_token_file: None,
         });
         let state_dir = match &raw.state_dir {
             Some(s) if s.get_ref().trim().is_empty() => {
@@ -288,11 +289,21 @@ impl Loader<'_, '_> {
                 }
             },
         };
+        let webhook_token = raw.webhook_token_file.as_ref().and_then(|f| {
+            if listen.is_none() {
+                self.d.at(
+                    f.span(),
+                    "webhook_token_file needs the listen address (listen = \"\" disables it); set listen or drop webhook_token_file",
+                );
+            }
+            self.secret_file(f, "webhook_token_file")
+        });
         Daemon {
             state_dir,
             listen,
             max_concurrent_transfers,
             log_format,
+            webhook_token,
         }
     }
 
@@ -426,6 +437,11 @@ impl Loader<'_, '_> {
     }
 
     fn password_file(&mut self, file: &Str) -> Option<Secret> {
+        self.secret_file(file, "password_file")
+    }
+
+    /// A secret read from a file (`key` names the setting in errors).
+    fn secret_file(&mut self, file: &Str, key: &str) -> Option<Secret> {
         let path = expand_home(file.get_ref());
         match std::fs::read_to_string(&path) {
             Ok(text) => {
@@ -433,10 +449,8 @@ impl Loader<'_, '_> {
                 // is not part of the password.
                 let secret = text.trim_end_matches(['\n', '\r']);
                 if secret.is_empty() {
-                    self.d.at(
-                        file.span(),
-                        format!("password_file {} is empty", path.display()),
-                    );
+                    self.d
+                        .at(file.span(), format!("{key} {} is empty", path.display()));
                     return None;
                 }
                 Some(Secret::new(secret))
@@ -445,7 +459,7 @@ impl Loader<'_, '_> {
                 self.d.at(
                     file.span(),
                     format!(
-                        "cannot read password_file {}: {e}; create it or correct the path",
+                        "cannot read {key} {}: {e}; create it or correct the path",
                         path.display()
                     ),
                 );

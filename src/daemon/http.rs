@@ -25,11 +25,23 @@ pub async fn serve(
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
+    serve_with(listener, metrics, ready, stop, Router::new()).await
+}
+
+/// Serves these routes and `extra` (the event endpoints) until `stop`.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    stop: CancellationToken,
+    extra: Router,
+) {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler))
-        .with_state(Shared { metrics, ready });
+        .with_state(Shared { metrics, ready })
+        .merge(extra);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await

@@ -4,6 +4,7 @@
 //! metrics, `/metrics` `/healthz` `/readyz`, reload on SIGHUP, orderly stop
 //! on SIGTERM/SIGINT, and systemd notifications.
 
+mod events;
 pub mod http;
 pub mod schedule;
 pub mod status;
@@ -259,18 +260,26 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
     let mut term = sig(SignalKind::terminate(), "SIGTERM")?;
     let mut int = sig(SignalKind::interrupt(), "SIGINT")?;
 
+    // Event endpoints (SPEC section 10) only with a webhook token.
+    let events = match &config.daemon.webhook_token {
+        Some(token) => Some(events::Hub::new(token.clone(), &config.rules, &metrics)?),
+        None => None,
+    };
     let http_stop = CancellationToken::new();
     let server = match config.daemon.listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| DaemonError::Listen { addr, source })?;
-            tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-            Some(tokio::spawn(http::serve(
+            tracing::info!(%addr, events = events.is_some(), "serving /metrics, /healthz, /readyz");
+            Some(tokio::spawn(http::serve_with(
                 listener,
                 metrics.clone(),
                 ready.clone(),
                 http_stop.clone(),
+                events
+                    .as_ref()
+                    .map_or_else(axum::Router::new, |h| h.router()),
             )))
         }
         None => None,
@@ -372,11 +381,26 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
             }
             slot.schedule_next(due);
         }
+        // Passes asked for by events whose rule is idle.
+        if let Some(hub) = &events {
+            hub.dispatch(
+                &slots,
+                events::Launch {
+                    tasks: &mut tasks,
+                    engine: &generation.engine,
+                    state: &state,
+                    metrics: &metrics,
+                },
+            );
+        }
         let mut wake = slots
             .values()
             .filter_map(|s| s.next)
             .min()
             .unwrap_or(now + Duration::from_secs(60));
+        if let Some(t) = events.as_ref().and_then(|h| h.next_due(now)) {
+            wake = wake.min(t);
+        }
         if watchdog.is_some() {
             wake = wake.min(next_watchdog);
         }
@@ -389,8 +413,17 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
                     }
                 }
             }
+            _ = async {
+                match &events {
+                    Some(h) => h.woken().await,
+                    None => std::future::pending().await,
+                }
+            } => {}
             _ = hup.recv() => {
                 reload(&config_path, &mut generation, &mut slots, &state, &metrics, &stop, daemon_start);
+                if let Some(h) = &events {
+                    h.set_rules(&generation.config.rules);
+                }
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
@@ -451,9 +484,10 @@ fn reload(
     if new.daemon.state_dir != generation.config.daemon.state_dir
         || new.daemon.listen != generation.config.daemon.listen
         || new.daemon.log_format != generation.config.daemon.log_format
+        || new.daemon.webhook_token != generation.config.daemon.webhook_token
     {
         tracing::warn!(
-            "daemon.state_dir, daemon.listen and daemon.log_format take effect at the next restart"
+            "daemon.state_dir, daemon.listen, daemon.log_format and daemon.webhook_token_file take effect at the next restart"
         );
     }
     let now = Instant::now();
