@@ -62,9 +62,27 @@ pub struct RegistryBuilder {
     token_pass: String,
     token_lifetime: Duration,
     token_strict_expiry: bool,
+    notify: Option<Notify>,
+}
+
+/// A `notifications.endpoints` entry: where the registry posts its events.
+#[derive(Debug, Clone)]
+pub struct Notify {
+    pub url: String,
+    /// Sent as `Authorization: Bearer <token>`.
+    pub token: String,
 }
 
 impl RegistryBuilder {
+    /// Send notifications (manifest and blob events) to `url` with a bearer token.
+    pub fn notify(mut self, url: &str, token: &str) -> Self {
+        self.notify = Some(Notify {
+            url: url.into(),
+            token: token.into(),
+        });
+        self
+    }
+
     pub fn auth(mut self, auth: Auth) -> Self {
         self.auth = auth;
         self
@@ -134,6 +152,7 @@ impl RegistryBuilder {
             credentials,
             tls,
             token,
+            notify: self.notify,
             child: None,
             root,
             sync_seq: AtomicU64::new(0),
@@ -163,6 +182,7 @@ pub struct Registry {
     credentials: Option<(String, String)>,
     tls: Option<TlsFiles>,
     token: Option<TokenServer>,
+    notify: Option<Notify>,
     child: Option<Child>,
     root: PathBuf,
     sync_seq: AtomicU64,
@@ -195,6 +215,7 @@ impl Registry {
             token_pass: DEFAULT_PASS.into(),
             token_lifetime: Duration::from_secs(300),
             token_strict_expiry: false,
+            notify: None,
         }
     }
 
@@ -253,6 +274,15 @@ http:
                 );
             }
             (Auth::Token, None) => unreachable!("token auth without token server"),
+        }
+        if let Some(n) = &self.notify {
+            // Short timeout and backoff: a receiver that is not up yet is
+            // retried within a second.
+            cfg += &format!(
+                "notifications:\n  endpoints:\n    - name: regkeeper\n      url: {}\n      headers:\n        Authorization: [{}]\n      timeout: 2s\n      threshold: 3\n      backoff: 1s\n",
+                yaml_str(&n.url),
+                yaml_str(format!("Bearer {}", n.token))
+            );
         }
         cfg += "health:\n  storagedriver:\n    enabled: false\n";
         fs::write(self.config_path(), cfg).expect("write config.yml");
