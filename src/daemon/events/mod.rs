@@ -156,7 +156,7 @@ impl Hub {
                     Change::Push => (Pass::Repo(rel), Some(n.repository.clone())),
                     Change::Delete => (Pass::Normal, None),
                 };
-                tracing::info!(kind = kind.as_str(), %rule, repository = %n.repository, ?pass, "event queued");
+                tracing::debug!(kind = kind.as_str(), %rule, repository = %n.repository, ?pass, "event queued");
                 self.enqueue(&rule, pass);
                 out.push(Matched { rule, repository });
             }
@@ -194,5 +194,38 @@ impl Hub {
     /// Resolves when an event was queued.
     pub async fn woken(&self) {
         self.wake.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    fn config(dir: &Path, listen: &str, token_file: &str) -> Result<crate::config::Config, String> {
+        let text = format!(
+            "version = 1\n[daemon]\nstate_dir = \"/tmp/x\"\nlisten = \"{listen}\"\nwebhook_token_file = {:?}\n",
+            dir.join(token_file).display().to_string()
+        );
+        crate::config::parse(&text, Path::new("t.toml")).map_err(|e| format!("{e:?}"))
+    }
+
+    #[test]
+    fn the_token_file_is_read_at_load_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tok"), "s3cret\n").unwrap();
+        let c = config(dir.path(), "127.0.0.1:9469", "tok").unwrap();
+        let token = c.daemon.webhook_token.as_ref().expect("token read");
+        assert_eq!(token.expose(), "s3cret");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let missing = config(dir.path(), "127.0.0.1:9469", "absent").unwrap_err();
+        assert!(
+            missing.contains("cannot read webhook_token_file"),
+            "{missing}"
+        );
+        let no_listen = config(dir.path(), "", "tok").unwrap_err();
+        assert!(
+            no_listen.contains("needs the listen address"),
+            "{no_listen}"
+        );
     }
 }
