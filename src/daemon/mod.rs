@@ -113,6 +113,7 @@ pub async fn run_rule(
             blobs_resumed: t.blobs_resumed as i64,
             manifests_pushed: t.manifests_pushed as i64,
             last_error,
+            warning: report.warnings.first().cloned(),
         };
         if let Err(e) = s.run_finished(id, &rec) {
             tracing::warn!(rule = %rule.name, error = %e, "cannot record the run result");

@@ -101,6 +101,9 @@ const MIGRATIONS: &[&str] = &[
     // run) or the per-digest tag history (retention keeps its own tables).
     "DROP TABLE target_blobs;
     DROP TABLE tag_history;",
+    // 4: what a run reported that is not an error (filters selecting 0 of
+    // N tags), for `status`.
+    "ALTER TABLE runs ADD COLUMN warning TEXT;",
 ];
 
 /// The schema version this build writes.

@@ -407,6 +407,11 @@ fn filters_that_select_nothing_are_reported() {
         String::from_utf8_lossy(&sync.stderr).contains("tag filters select nothing"),
         "logged"
     );
+    let status = stdout(&regkeeper(dir.path(), &config, &["status"]));
+    assert!(
+        status.contains("warning:") && status.contains("select 0 of 2 tags"),
+        "{status}"
+    );
     assert_eq!(
         metric_after_first_run(dir.path(), port, "regkeeper_rule_tags_selected{rule=\"z\"}"),
         0.0
