@@ -141,7 +141,8 @@ impl Hub {
     /// Queues the passes a parsed payload asks for; returns what matched.
     pub(crate) fn submit(&self, kind: Kind, parsed: Parsed) -> Vec<Matched> {
         self.count(kind, Outcome::Ignored, parsed.ignored);
-        let rules = self.rules.read().expect("event rules poisoned").clone();
+        // Matching is pure and quick: hold the read lock, no copy per request.
+        let rules = self.rules.read().expect("event rules poisoned");
         let mut out = Vec::new();
         for n in parsed.notices {
             let found = matcher::matching(&rules, &n.repository, n.host.as_deref());
