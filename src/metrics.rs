@@ -41,6 +41,7 @@ pub struct Metrics {
     request_duration: HistogramVec,
     throttled: IntCounterVec,
     rate_limit_remaining: IntGaugeVec,
+    concurrency: IntGaugeVec,
     /// Per rule: unix time (seconds, fractional) the lag is measured from.
     lag_basis: Mutex<HashMap<String, f64>>,
     /// The transports whose `RateLimit-Remaining` is read at scrape time.
@@ -168,6 +169,13 @@ impl Metrics {
                 Opts::new(
                     "regkeeper_registry_rate_limit_remaining",
                     "The last RateLimit-Remaining value the registry sent"
+                ),
+                &["registry"]
+            )?),
+            concurrency: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "regkeeper_registry_concurrency",
+                    "The adaptive request window to the registry now"
                 ),
                 &["registry"]
             )?),
@@ -329,6 +337,9 @@ impl Metrics {
         }
         if let Some(tr) = self.transports.lock().expect("metrics poisoned").as_ref() {
             for (host, stats) in tr.registry_stats() {
+                self.concurrency
+                    .with_label_values(&[host.as_str()])
+                    .set(stats.concurrency.min(i64::MAX as u64) as i64);
                 if let Some(r) = stats.rate_limit_remaining {
                     self.rate_limit_remaining
                         .with_label_values(&[host.as_str()])

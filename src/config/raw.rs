@@ -32,6 +32,8 @@ pub(crate) struct RawRegistry {
     pub requests_per_second: Option<Spanned<f64>>,
     /// A size string ("16MiB") or an integer number of bytes.
     pub chunk_size: Option<Spanned<toml::Value>>,
+    pub ratelimit_min: Option<Int>,
+    pub read_timeout: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]
