@@ -163,6 +163,15 @@ fn transports(config: &Config, read_only: bool) -> Arc<Transports> {
     regkeeper::daemon::transports(config, read_only)
 }
 
+/// Takes the exclusive lock on `state_dir` (`run`, `sync`, `prune`), or says
+/// who holds it (exit code 3).
+fn lock_state(config: &Config) -> Result<regkeeper::state::StateLock, u8> {
+    regkeeper::state::StateLock::acquire(&config.daemon.state_dir).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_STATE
+    })
+}
+
 /// Opens the state database or says why not (exit code 3).
 fn open_state(config: &Config) -> Result<State, u8> {
     State::open(&config.daemon.state_dir).map_err(|e| {
@@ -261,6 +270,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 Err(code) => return Ok(code),
             };
             init_logging(config.daemon.log_format, on_terminal);
+            let _lock = match lock_state(&config) {
+                Ok(l) => l,
+                Err(code) => return Ok(code),
+            };
             let state = match open_state(&config) {
                 Ok(s) => s,
                 Err(code) => return Ok(code),
@@ -355,6 +368,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 Err(code) => return Ok(code),
             };
             init_logging(config.daemon.log_format, false);
+            let _lock = match lock_state(&config) {
+                Ok(l) => l,
+                Err(code) => return Ok(code),
+            };
             match regkeeper::daemon::run(config, path).await {
                 Ok(()) => Ok(EXIT_OK),
                 Err(e @ regkeeper::daemon::DaemonError::State(_)) => {
@@ -451,6 +468,13 @@ async fn prune_command(
         }
     }
     init_logging(config.daemon.log_format, json);
+    let _lock = match dry_run {
+        true => None,
+        false => match lock_state(&config) {
+            Ok(l) => Some(l),
+            Err(code) => return Ok(code),
+        },
+    };
     let state = match retention_state(&config, !dry_run) {
         Ok(s) => s,
         Err(code) => return Ok(code),

@@ -1,6 +1,7 @@
 //! Integration tests for regkeeper: real CNCF distribution registries on 127.0.0.1.
 
 mod daemon;
+mod faults;
 mod harness;
 mod retention;
 mod store;

@@ -114,15 +114,18 @@ impl Registry {
         if !req.replayable() {
             self.ensure_challenge().await?;
         }
-        let retryable = req.idempotent && req.replayable();
         let mut delays = retry::delays();
         loop {
             let outcome = self.attempt(&mut req).await;
-            let transient = match &outcome {
-                Ok(resp) => transient_status(resp.status()),
-                Err(e) => e.is_transient(),
-            };
-            if !(retryable && transient) {
+            let retry = req.replayable()
+                && match &outcome {
+                    // refused before it was processed: safe to send again
+                    // whatever the method (a POST opens no session then)
+                    Ok(resp) if refused(resp.status()) => true,
+                    Ok(resp) => req.idempotent && transient_status(resp.status()),
+                    Err(e) => req.idempotent && e.is_transient(),
+                };
+            if !retry {
                 return outcome;
             }
             let Some(delay) = delays.next() else {
@@ -376,6 +379,11 @@ impl Registry {
         }
         Ok(out.freeze())
     }
+}
+
+/// 429 and 503: the registry declined the request without acting on it.
+fn refused(s: StatusCode) -> bool {
+    s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::SERVICE_UNAVAILABLE
 }
 
 /// Whether a response says "try again later".

@@ -1,0 +1,330 @@
+//! Faults survived in the same run (issue 10): an HTTP fault proxy in front
+//! of each real registry; every scenario asserts that ONE `sync` completes
+//! and skopeo (straight at the target registry) verifies every tag. Each
+//! prints a `FAULTS` line: runs, requests and 429s per side, wall time.
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+use crate::sync::{Seeded, regkeeper_with, seed_two_repos};
+
+struct Scenario {
+    _src: Registry,
+    dst: Registry,
+    psrc: HttpFaultProxy,
+    pdst: HttpFaultProxy,
+    dir: tempfile::TempDir,
+    seeded: Seeded,
+}
+
+impl Scenario {
+    fn new() -> Scenario {
+        let src = Registry::start_plain();
+        let dst = Registry::start_plain();
+        let seeded = seed_two_repos(&src, "team");
+        let psrc = HttpFaultProxy::start(&src.url());
+        let pdst = HttpFaultProxy::start(&dst.url());
+        Scenario {
+            _src: src,
+            dst,
+            psrc,
+            pdst,
+            dir: tempfile::tempdir().unwrap(),
+            seeded,
+        }
+    }
+
+    /// Writes the config (extra registry keys per side) and runs `sync`.
+    fn sync(&self, src_extra: &str, dst_extra: &str) -> (Output, Duration) {
+        let config = format!(
+            "version = 1\n[daemon]\nstate_dir = {:?}\nlisten = \"\"\n{}{}\
+             [[rule]]\nname = \"team\"\nsource = \"{}/team/*\"\ntargets = [\"{}/mirror/*\"]\n",
+            self.dir.path().join("state").display().to_string(),
+            self.psrc.registry_toml(src_extra),
+            self.pdst.registry_toml(dst_extra),
+            self.psrc.host(),
+            self.pdst.host(),
+        );
+        let path = self.dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let t = Instant::now();
+        let out = regkeeper_with(&path, &["sync"]);
+        (out, t.elapsed())
+    }
+
+    /// Every source tag is at the target with its digest (skopeo, no proxy).
+    fn verify(&self) {
+        for (repo, tag, digest) in &self.seeded.tags {
+            assert_eq!(
+                &skopeo_digest(&self.dst, &format!("mirror/{repo}"), tag),
+                digest,
+                "{repo}:{tag} at the target"
+            );
+        }
+    }
+
+    fn report(&self, name: &str, runs: usize, wall: Duration) -> (usize, usize) {
+        let count = |p: &HttpFaultProxy| {
+            let r = p.records();
+            (r.len(), r.iter().filter(|x| x.status == 429).count())
+        };
+        let (sreq, s429) = count(&self.psrc);
+        let (dreq, d429) = count(&self.pdst);
+        eprintln!(
+            "FAULTS {name}: runs={runs} requests src={sreq} dst={dreq} 429s src={s429} dst={d429} wall={:.2}s",
+            wall.as_secs_f64()
+        );
+        (sreq + dreq, s429 + d429)
+    }
+}
+
+fn assert_ok(out: &Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn clean_run_through_the_proxies() {
+    let s = Scenario::new();
+    let (out, wall) = s.sync("", "");
+    assert_ok(&out);
+    s.verify();
+    s.report("clean", 1, wall);
+}
+
+#[test]
+fn source_body_cuts_resume_with_range() {
+    let s = Scenario::new();
+    s.psrc.set_faults(Faults {
+        cut_blob_gets: Some(Cut {
+            every: 3,
+            after: 40_000,
+        }),
+        ..Default::default()
+    });
+    let (out, wall) = s.sync("", "");
+    assert_ok(&out);
+    s.verify();
+    let ranged: Vec<_> = s
+        .psrc
+        .records()
+        .into_iter()
+        .filter(|r| r.range.as_deref().is_some_and(|v| v != "bytes=0-"))
+        .collect();
+    assert!(
+        !ranged.is_empty(),
+        "a cut body continues with Range from the bytes already verified"
+    );
+    s.report("source-cuts", 1, wall);
+}
+
+#[test]
+fn target_upload_cuts_resume_or_restart_the_blob() {
+    let s = Scenario::new();
+    s.pdst.set_faults(Faults {
+        cut_uploads: Some(Cut {
+            every: 3,
+            after: 20_000,
+        }),
+        ..Default::default()
+    });
+    // chunked uploads (PATCH) for the larger layers, whole PUTs for the rest
+    let (out, wall) = s.sync("", "chunk_size = \"64KiB\"");
+    assert_ok(&out);
+    s.verify();
+    let cut = s.pdst.records().iter().filter(|r| r.status == 0).count();
+    assert!(cut >= 2, "the proxy cut uploads ({cut})");
+    s.report("target-cuts", 1, wall);
+}
+
+#[test]
+fn server_errors_at_both_sides_are_retried() {
+    let s = Scenario::new();
+    let f = Faults {
+        status: Some(StatusFault {
+            every: 7,
+            status: 503,
+            retry_after: None,
+        }),
+        ..Default::default()
+    };
+    s.psrc.set_faults(f.clone());
+    s.pdst.set_faults(f);
+    let (out, wall) = s.sync("", "");
+    assert_ok(&out);
+    s.verify();
+    let n503 = s.psrc.records().iter().filter(|r| r.status == 503).count();
+    assert!(n503 > 0);
+    s.report("503-every-7th", 1, wall);
+}
+
+#[test]
+fn retry_after_pauses_the_whole_host() {
+    let s = Scenario::new();
+    let f = Faults {
+        status: Some(StatusFault {
+            every: 9,
+            status: 429,
+            retry_after: Some(1),
+        }),
+        ..Default::default()
+    };
+    s.psrc.set_faults(f.clone());
+    s.pdst.set_faults(f);
+    let (out, wall) = s.sync("", "");
+    assert_ok(&out);
+    s.verify();
+    for (side, p) in [("source", &s.psrc), ("target", &s.pdst)] {
+        let records = p.records();
+        assert!(
+            records.iter().any(|r| r.status == 429),
+            "{side}: no 429 sent"
+        );
+        let inside = inside_announced_windows(&records, Duration::from_millis(100));
+        assert!(
+            inside.is_empty(),
+            "{side}: {} request(s) inside an announced Retry-After window: {:?}",
+            inside.len(),
+            &inside[..inside.len().min(5)]
+        );
+    }
+    s.report("429-every-9th-retry-after-1", 1, wall);
+}
+
+#[test]
+fn a_request_limiter_is_respected() {
+    const R: f64 = 10.0;
+    let s = Scenario::new();
+    let f = Faults {
+        limit_rps: Some(R),
+        ..Default::default()
+    };
+    s.psrc.set_faults(f.clone());
+    s.pdst.set_faults(f);
+    // configured a little under the registry's limit, as an operator would
+    let keys = "requests_per_second = 9";
+    let (out, wall) = s.sync(keys, keys);
+    assert_ok(&out);
+    s.verify();
+    let (requests, throttled) = s.report("limiter-10rps", 1, wall);
+    assert!(
+        throttled as f64 <= 0.05 * requests as f64,
+        "{throttled} 429s of {requests} requests"
+    );
+    let busiest = s.psrc.records().len().max(s.pdst.records().len());
+    let floor = busiest as f64 / R;
+    assert!(
+        wall.as_secs_f64() <= 1.3 * floor + 1.0,
+        "wall {:.1}s against {busiest} requests at {R}/s ({floor:.1}s)",
+        wall.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_spent_rate_limit_budget_ends_partial_then_the_next_run_completes() {
+    let s = Scenario::new();
+    s.psrc.set_faults(Faults {
+        manifest_budget: Some((3, 3600)),
+        ..Default::default()
+    });
+    let (out, wall1) = s.sync("ratelimit_min = 0", "");
+    assert_eq!(out.status.code(), Some(1), "partial");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rate-limit budget"), "{stderr}");
+    // Once the registry said 0 remaining (the answer to the last GET the
+    // budget allowed), no manifest GET leaves; those already on their way
+    // when it was sent are not the client's fault.
+    let gets: Vec<Record> = s
+        .psrc
+        .records()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/manifests/"))
+        .collect();
+    let last_allowed = gets
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.at)
+        .max()
+        .expect("some manifest GETs were allowed");
+    let late: Vec<_> = gets
+        .iter()
+        .filter(|r| r.at > last_allowed + Duration::from_millis(200))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "manifest GETs after the budget ran out: {late:?}"
+    );
+    s.report("budget-run-1", 1, wall1);
+
+    s.psrc.set_faults(Faults {
+        manifest_budget: Some((100, 3600)),
+        ..Default::default()
+    });
+    s.psrc.clear_records();
+    let (out, wall2) = s.sync("ratelimit_min = 0", "");
+    assert_ok(&out);
+    s.verify();
+    s.report("budget-run-2", 2, wall1 + wall2);
+}
+
+#[test]
+fn a_stalled_body_is_abandoned_after_read_timeout_and_resumed() {
+    let s = Scenario::new();
+    s.psrc.set_faults(Faults {
+        stall_blob_gets: Some(Cut {
+            every: 4,
+            after: 10_000,
+        }),
+        ..Default::default()
+    });
+    let (out, wall) = s.sync("read_timeout = \"1s\"", "");
+    assert_ok(&out);
+    s.verify();
+    assert!(wall < Duration::from_secs(60), "{wall:?}");
+    assert!(
+        s.psrc.records().iter().any(|r| r.range.is_some()),
+        "the stalled blob was asked again with Range"
+    );
+    s.report("stall-read-timeout-1s", 1, wall);
+}
+
+#[test]
+fn a_second_writer_on_the_same_state_dir_exits_3() {
+    let s = Scenario::new();
+    let config = format!(
+        "version = 1\n[daemon]\nstate_dir = {:?}\nlisten = \"\"\n{}{}\
+         [[rule]]\nname = \"team\"\nsource = \"{}/team/*\"\ntargets = [\"{}/mirror/*\"]\nschedule = \"@hourly\"\n",
+        s.dir.path().join("state").display().to_string(),
+        s.psrc.registry_toml(""),
+        s.pdst.registry_toml(""),
+        s.psrc.host(),
+        s.pdst.host(),
+    );
+    let path = s.dir.path().join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut daemon = std::process::Command::new(regkeeper_bin())
+        .args(["run", "-c"])
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = s.dir.path().join("state/regkeeper.lock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&lock).unwrap_or_default().trim() != daemon.id().to_string() {
+        assert!(Instant::now() < deadline, "the daemon never took the lock");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = regkeeper_with(&path, &["sync"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let status = regkeeper_with(&path, &["status"]);
+    daemon.kill().unwrap();
+    let _ = daemon.wait();
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains(&format!("PID {}", daemon.id())), "{stderr}");
+    assert_eq!(status.status.code(), Some(0), "status works alongside");
+}
