@@ -343,3 +343,20 @@ fn a_second_writer_on_the_same_state_dir_exits_3() {
     assert!(stderr.contains(&format!("PID {}", daemon.id())), "{stderr}");
     assert_eq!(status.status.code(), Some(0), "status works alongside");
 }
+
+#[test]
+fn a_target_that_stops_reading_an_upload_is_abandoned_after_read_timeout() {
+    let s = Scenario::new();
+    s.pdst.set_faults(Faults {
+        stall_uploads: Some(Cut {
+            every: 4,
+            after: 20_000,
+        }),
+        ..Default::default()
+    });
+    let (out, wall) = s.sync("", "read_timeout = \"1s\"\nchunk_size = \"64KiB\"");
+    assert_ok(&out);
+    s.verify();
+    assert!(wall < Duration::from_secs(60), "{wall:?}");
+    s.report("upload-stall-read-timeout-1s", 1, wall);
+}

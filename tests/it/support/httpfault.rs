@@ -48,6 +48,8 @@ pub struct Faults {
     pub cut_blob_gets: Option<Cut>,
     pub stall_blob_gets: Option<Cut>,
     pub cut_uploads: Option<Cut>,
+    /// Every k-th upload stops being read after N bytes (the server hangs).
+    pub stall_uploads: Option<Cut>,
     /// Requests per second (burst of one second's worth).
     pub limit_rps: Option<f64>,
     /// (manifest GETs left, window seconds announced).
@@ -233,7 +235,7 @@ enum Decision {
     Answer(u16, Option<u64>),
     /// The manifest budget is spent: 429 with `RateLimit-Remaining: 0;w=S`.
     Spent(u64),
-    CutUpload(u64),
+    CutUpload(u64, bool),
     Forward {
         body_cut: Option<Cut>,
         stall: bool,
@@ -264,7 +266,10 @@ fn decide(state: &State, method: &str, path: &str, has_body: bool) -> Decision {
     if upload {
         c.uploads += 1;
         if let Some(cut) = f.cut_uploads.filter(|k| c.uploads % k.every == 0) {
-            return Decision::CutUpload(cut.after);
+            return Decision::CutUpload(cut.after, false);
+        }
+        if let Some(cut) = f.stall_uploads.filter(|k| c.uploads % k.every == 0) {
+            return Decision::CutUpload(cut.after, true);
         }
     }
     // cut or stall blob bodies: decided once the length is known
@@ -360,7 +365,7 @@ async fn handle(
                     r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"pull rate limit"}]}"#,
                 ))?)
         }
-        Decision::CutUpload(after) => {
+        Decision::CutUpload(after, stall) => {
             record(&state, &seen, 0, None);
             let mut body = Body::new(req.into_body()).into_data_stream();
             let mut seen = 0u64;
@@ -369,6 +374,9 @@ async fn handle(
                     Some(Ok(b)) => seen += b.len() as u64,
                     _ => break,
                 }
+            }
+            if stall {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
             }
             Err("fault proxy: upload cut".into())
         }
