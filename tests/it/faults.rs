@@ -360,3 +360,179 @@ fn a_target_that_stops_reading_an_upload_is_abandoned_after_read_timeout() {
     assert!(wall < Duration::from_secs(60), "{wall:?}");
     s.report("upload-stall-read-timeout-1s", 1, wall);
 }
+
+/// `repos` repositories with `tags` tags each (one shared base layer, one
+/// layer per repository, one per tag), like the issue's 20 x 5 corpus.
+fn seed_grid(src: &Registry, repos: usize, tags: usize) -> Seeded {
+    let mut corpus = Corpus::new();
+    let base = layer("grid-base", 100_000);
+    let mut out = Vec::new();
+    let mut blobs = std::collections::HashSet::new();
+    for r in 0..repos {
+        let repo_layer = layer(&format!("grid-r{r}"), 50_000);
+        for t in 0..tags {
+            let name = format!("r{r}-t{t}");
+            let img = corpus.image(
+                &name,
+                &ImageSpec::new(&[base.clone(), repo_layer.clone(), layer(&name, 20_000)]),
+            );
+            blobs.extend(img.blobs().into_iter().map(|b| b.digest));
+            corpus.push(src, &name, &format!("team/r{r}"), &format!("t{t}"));
+            out.push((format!("r{r}"), format!("t{t}"), img.digest));
+        }
+    }
+    Seeded {
+        tags: out,
+        unique_blobs: blobs.len(),
+    }
+}
+
+/// The issue's table, measured: per fault, `sync` runs until every target tag
+/// verifies, requests, 429s and requests inside announced Retry-After
+/// windows. Slow (seeds 100 images): run with `--ignored --nocapture`.
+#[test]
+#[ignore]
+fn measurement_20x5() {
+    let src = Registry::start_plain();
+    let seeded = seed_grid(&src, 20, 5);
+    let cases: Vec<(&str, Faults, Faults, &str)> = vec![
+        ("none", Faults::default(), Faults::default(), ""),
+        (
+            "every 9th source blob GET cut mid-body",
+            Faults {
+                cut_blob_gets: Some(Cut {
+                    every: 9,
+                    after: 10_000,
+                }),
+                ..Default::default()
+            },
+            Faults::default(),
+            "",
+        ),
+        (
+            "every 13th request 503",
+            Faults {
+                status: Some(StatusFault {
+                    every: 13,
+                    status: 503,
+                    retry_after: None,
+                }),
+                ..Default::default()
+            },
+            Faults {
+                status: Some(StatusFault {
+                    every: 13,
+                    status: 503,
+                    retry_after: None,
+                }),
+                ..Default::default()
+            },
+            "",
+        ),
+        (
+            "every 17th request 429, Retry-After: 2",
+            Faults {
+                status: Some(StatusFault {
+                    every: 17,
+                    status: 429,
+                    retry_after: Some(2),
+                }),
+                ..Default::default()
+            },
+            Faults {
+                status: Some(StatusFault {
+                    every: 17,
+                    status: 429,
+                    retry_after: Some(2),
+                }),
+                ..Default::default()
+            },
+            "",
+        ),
+        (
+            "limiter 25/s, nothing configured",
+            Faults {
+                limit_rps: Some(25.0),
+                ..Default::default()
+            },
+            Faults {
+                limit_rps: Some(25.0),
+                ..Default::default()
+            },
+            "",
+        ),
+        (
+            "limiter 25/s, requests_per_second = 23",
+            Faults {
+                limit_rps: Some(25.0),
+                ..Default::default()
+            },
+            Faults {
+                limit_rps: Some(25.0),
+                ..Default::default()
+            },
+            "requests_per_second = 23",
+        ),
+        (
+            "RateLimit budget of 40 manifest GETs",
+            Faults {
+                manifest_budget: Some((40, 3600)),
+                ..Default::default()
+            },
+            Faults::default(),
+            "ratelimit_min = 0",
+        ),
+    ];
+    for (name, fsrc, fdst, keys) in cases {
+        let dst = Registry::start_plain();
+        let psrc = HttpFaultProxy::start(&src.url());
+        let pdst = HttpFaultProxy::start(&dst.url());
+        psrc.set_faults(fsrc);
+        pdst.set_faults(fdst);
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "version = 1\n[daemon]\nstate_dir = {:?}\nlisten = \"\"\n{}{}\
+             [[rule]]\nname = \"team\"\nsource = \"{}/team/*\"\ntargets = [\"{}/mirror/*\"]\n",
+            dir.path().join("state").display().to_string(),
+            psrc.registry_toml(keys),
+            pdst.registry_toml(keys),
+            psrc.host(),
+            pdst.host(),
+        );
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let t = Instant::now();
+        let mut runs = 0;
+        loop {
+            runs += 1;
+            let out = std::process::Command::new(regkeeper_bin())
+                .args(["sync", "-c"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            if out.status.code() == Some(0) || runs == 4 {
+                break;
+            }
+            if name.starts_with("RateLimit") {
+                // the window "passes": the registry grants a new budget
+                psrc.set_faults(Faults {
+                    manifest_budget: Some((40, 3600)),
+                    ..Default::default()
+                });
+            }
+        }
+        let wall = t.elapsed();
+        let all: Vec<Record> = psrc.records().into_iter().chain(pdst.records()).collect();
+        let inside = inside_announced_windows(&psrc.records(), Duration::from_millis(100)).len()
+            + inside_announced_windows(&pdst.records(), Duration::from_millis(100)).len();
+        let ok = seeded.tags.iter().all(|(r, tag, d)| {
+            skopeo_try_digest(&dst, &format!("mirror/{r}"), tag).as_ref() == Some(d)
+        });
+        eprintln!(
+            "MEASURE | {name} | runs {runs} | requests {} | 429s {} | inside windows {inside} | wall {:.1}s | verified {ok}",
+            all.len(),
+            all.iter().filter(|r| r.status == 429).count(),
+            wall.as_secs_f64()
+        );
+    }
+}

@@ -100,8 +100,10 @@ impl Registry {
 
     /// Sends one request: refuses writes in read-only mode, authenticates
     /// (learning the scheme from a 401 and retrying once), waits for the
-    /// host's limits, and retries a replayable idempotent request on a
-    /// transient failure (5xx, 429, reset, timeout) with the one policy.
+    /// host's limits, and retries with the one policy: a replayable
+    /// idempotent request on any transient failure (5xx, 429, reset,
+    /// timeout), any replayable request on a 429/503 refusal. A streamed
+    /// body cannot be sent again; its caller retries (the copier).
     /// Returns any other response; the caller judges it.
     pub(super) async fn send(&self, mut req: Req) -> Result<reqwest::Response> {
         if self.read_only && !matches!(req.method, Method::GET | Method::HEAD) {
