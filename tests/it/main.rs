@@ -3,6 +3,7 @@
 mod daemon;
 mod faults;
 mod harness;
+mod plan;
 mod retention;
 mod store;
 mod support;

@@ -1,0 +1,21 @@
+//! `regkeeper status`: per rule, the last run, lag and pending work, read
+//! from the state database (safe while the daemon runs).
+
+use super::{CliError, EXIT_OK, Globals};
+
+pub(crate) fn run(g: &Globals, json: bool) -> Result<u8, CliError> {
+    let config = g.load_config()?;
+    let state = super::open_state(&config)?;
+    let rules = regkeeper::daemon::status::collect(&config, &state)
+        .map_err(|e| CliError::State(e.to_string()))?;
+    if json {
+        let doc = serde_json::json!({ "rules": rules });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(anyhow::Error::from)?
+        );
+    } else {
+        print!("{}", regkeeper::daemon::status::render_text(&rules));
+    }
+    Ok(EXIT_OK)
+}
