@@ -183,9 +183,9 @@ fn retry_after_pauses_the_whole_host() {
     let s = Scenario::new();
     let f = Faults {
         status: Some(StatusFault {
-            every: 9,
+            every: 12,
             status: 429,
-            retry_after: Some(1),
+            retry_after: Some(2),
         }),
         ..Default::default()
     };
@@ -200,7 +200,9 @@ fn retry_after_pauses_the_whole_host() {
             records.iter().any(|r| r.status == 429),
             "{side}: no 429 sent"
         );
-        let inside = inside_announced_windows(&records, Duration::from_millis(100));
+        // requests already on their way (sent before the 429 arrived) may
+        // land early in the window; on two loaded cores that takes a while
+        let inside = inside_announced_windows(&records, Duration::from_millis(300));
         assert!(
             inside.is_empty(),
             "{side}: {} request(s) inside an announced Retry-After window: {:?}",
@@ -208,7 +210,7 @@ fn retry_after_pauses_the_whole_host() {
             &inside[..inside.len().min(5)]
         );
     }
-    s.report("429-every-9th-retry-after-1", 1, wall);
+    s.report("429-every-12th-retry-after-2", 1, wall);
 }
 
 #[test]
