@@ -19,6 +19,7 @@ use regkeeper::reference::{ImageRef, Reference};
 use regkeeper::retention::{
     DeletionStatus, Pruner, ReadOnly, RetentionReport, RetentionState, Unix,
 };
+use regkeeper::shard::Shard;
 use regkeeper::state::State;
 use regkeeper::transport::Transports;
 
@@ -41,6 +42,9 @@ struct Cli {
     /// Evaluate retention as if the time were this (Unix seconds). For tests.
     #[arg(long = "now", global = true, hide = true)]
     now: Option<i64>,
+    /// Run only shard K of N (0-based, e.g. 1/3) or "auto" [default: $REGKEEPER_SHARD, else daemon.shard]
+    #[arg(long = "shard", global = true, value_name = "K/N")]
+    shard: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -171,15 +175,76 @@ fn open_state(config: &Config) -> Result<State, u8> {
     })
 }
 
-/// Selects the named rules (all when none), or says which names are unknown.
-/// Loads the config and selects the named rules (all when none).
+/// Loads the config and selects the named rules (all when none) that this
+/// instance's shard runs.
 fn load_rules(
     config_arg: &Option<PathBuf>,
     names: &[String],
-) -> Result<(Config, Vec<regkeeper::config::Rule>), u8> {
+    shard_flag: &Option<String>,
+) -> Result<(Config, Vec<regkeeper::config::Rule>, Shard), u8> {
     let config = load_config(&config_path(config_arg))?;
-    let rules = select_rules(&config, names)?.into_iter().cloned().collect();
-    Ok((config, rules))
+    let shard = effective_shard(shard_flag, &config)?;
+    let mut rules = Vec::new();
+    for rule in select_rules(&config, names)? {
+        if shard.runs_rule(rule) {
+            rules.push(rule.clone());
+        } else if !names.is_empty() {
+            eprintln!(
+                "rule {}: owned by another shard than {shard}; skipped",
+                rule.name
+            );
+        }
+    }
+    Ok((config, rules, shard))
+}
+
+/// The shard: `--shard`, else `$REGKEEPER_SHARD`, else `daemon.shard`, else
+/// the whole; `auto` reads the hostname and `$REGKEEPER_SHARDS`.
+fn effective_shard(flag: &Option<String>, config: &Config) -> Result<Shard, u8> {
+    let env = |name: &str| std::env::var(name).ok();
+    let hostname = env("HOSTNAME").filter(|h| !h.is_empty()).or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+    });
+    let (env_shard, shards) = (
+        env(regkeeper::shard::SHARD_ENV),
+        env(regkeeper::shard::SHARDS_ENV),
+    );
+    regkeeper::shard::ShardSources {
+        flag: flag.as_deref(),
+        env: env_shard.as_deref(),
+        config: config.daemon.shard,
+        hostname: hostname.as_deref(),
+        shards: shards.as_deref(),
+    }
+    .resolve()
+    .map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_USAGE
+    })
+}
+
+/// What this shard runs, for `plan` and `status` (nothing without sharding).
+fn shard_summary(shard: Shard, rules: &[regkeeper::config::Rule]) -> Option<String> {
+    if shard.is_whole() {
+        return None;
+    }
+    let (spread, own): (Vec<_>, Vec<_>) = rules
+        .iter()
+        .filter(|r| shard.runs_rule(r))
+        .partition(|r| regkeeper::shard::spread(r));
+    let names = |v: &[&regkeeper::config::Rule]| {
+        v.iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Some(format!(
+        "shard {shard}: owns rules [{}]; its share of the repositories of [{}]",
+        names(&own),
+        names(&spread)
+    ))
 }
 
 fn select_rules<'a>(
@@ -256,7 +321,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(EXIT_OK)
         }
         Command::Sync { rules } => {
-            let (config, selected) = match load_rules(&cli.config, &rules) {
+            let (config, selected, shard) = match load_rules(&cli.config, &rules, &cli.shard) {
                 Ok(loaded) => loaded,
                 Err(code) => return Ok(code),
             };
@@ -273,9 +338,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     false,
                     now(cli.now),
                 )
+                .with_shard(shard)
             });
             let mut engine = Engine::new(transports, config.daemon.max_concurrent_transfers, false)
-                .with_state(state.clone());
+                .with_state(state.clone())
+                .with_shard(shard);
             let bar = progress(&mut engine, on_terminal);
             let mut code = EXIT_OK;
             let mut reports = Vec::new();
@@ -303,7 +370,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(code)
         }
         Command::Plan { rules, json } => {
-            let (config, selected) = match load_rules(&cli.config, &rules) {
+            let (config, selected, shard) = match load_rules(&cli.config, &rules, &cli.shard) {
                 Ok(loaded) => loaded,
                 Err(code) => return Ok(code),
             };
@@ -312,13 +379,17 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let transports = transports(&config, true);
             let pruner = if selected.iter().any(|r| r.retention.is_some()) {
                 match retention_state(&config, false) {
-                    Ok(state) => Some(Pruner::new(transports.clone(), state, true, now(cli.now))),
+                    Ok(state) => Some(
+                        Pruner::new(transports.clone(), state, true, now(cli.now))
+                            .with_shard(shard),
+                    ),
                     Err(code) => return Ok(code),
                 }
             } else {
                 None
             };
-            let engine = Engine::new(transports, config.daemon.max_concurrent_transfers, true);
+            let engine = Engine::new(transports, config.daemon.max_concurrent_transfers, true)
+                .with_shard(shard);
             let mut reports = Vec::new();
             let mut code = EXIT_OK;
             for rule in &selected {
@@ -329,11 +400,17 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 reports.push(report);
             }
             if json {
+                let shard = (!shard.is_whole()).then_some(shard);
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({ "rules": reports }))?
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "shard": shard, "rules": reports })
+                    )?
                 );
             } else {
+                if let Some(s) = shard_summary(shard, &config.rules) {
+                    println!("{s}");
+                }
                 for report in &reports {
                     print_plan(report);
                     if let Some(r) = &report.retention {
@@ -355,7 +432,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 Err(code) => return Ok(code),
             };
             init_logging(config.daemon.log_format, false);
-            match regkeeper::daemon::run(config, path).await {
+            let shard = match effective_shard(&cli.shard, &config) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            match regkeeper::daemon::run(config, path, shard).await {
                 Ok(()) => Ok(EXIT_OK),
                 Err(e @ regkeeper::daemon::DaemonError::State(_)) => {
                     tracing::error!("{e}");
@@ -370,10 +451,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
         }
         Command::Status { json } => {
-            let config = match load_config(&config_path(&cli.config)) {
+            let mut config = match load_config(&config_path(&cli.config)) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
+            let shard = match effective_shard(&cli.shard, &config) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            let summary = shard_summary(shard, &config.rules);
+            config.rules.retain(|r| shard.runs_rule(r));
             let state = match open_state(&config) {
                 Ok(s) => s,
                 Err(code) => return Ok(code),
@@ -386,20 +473,26 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
             };
             if json {
+                let shard = (!shard.is_whole()).then_some(shard);
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({ "rules": rules }))?
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "shard": shard, "rules": rules })
+                    )?
                 );
             } else {
+                if let Some(s) = summary {
+                    println!("{s}");
+                }
                 print!("{}", regkeeper::daemon::status::render_text(&rules));
             }
             Ok(EXIT_OK)
         }
         Command::Prune {
-            rules,
+            ref rules,
             dry_run,
             json,
-        } => prune_command(&cli.config, cli.now, &rules, dry_run, json).await,
+        } => prune_command(&cli, rules, dry_run, json).await,
     }
 }
 
@@ -426,13 +519,12 @@ fn retention_state(config: &Config, write: bool) -> Result<Arc<dyn RetentionStat
 }
 
 async fn prune_command(
-    config_arg: &Option<PathBuf>,
-    now_arg: Option<i64>,
+    cli: &Cli,
     names: &[String],
     dry_run: bool,
     json: bool,
 ) -> anyhow::Result<u8> {
-    let (config, selected) = match load_rules(config_arg, names) {
+    let (config, selected, shard) = match load_rules(&cli.config, names, &cli.shard) {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
@@ -456,7 +548,8 @@ async fn prune_command(
         Err(code) => return Ok(code),
     };
     // A dry run's transports refuse every write before it is sent.
-    let pruner = Pruner::new(transports(&config, dry_run), state, dry_run, now(now_arg));
+    let pruner =
+        Pruner::new(transports(&config, dry_run), state, dry_run, now(cli.now)).with_shard(shard);
     let mut code = EXIT_OK;
     let mut reports = Vec::new();
     for rule in &rules {
@@ -629,6 +722,13 @@ fn print_sync_summary(r: &RuleReport) {
 
 fn print_plan(r: &RuleReport) {
     println!("rule {}:", r.rule);
+    if let Some(repos) = &r.shard_repositories {
+        println!(
+            "  this shard's repositories ({}): {}",
+            repos.len(),
+            repos.join(", ")
+        );
+    }
     let mut copies = 0;
     for image in &r.images {
         let what = match &image.action {

@@ -427,6 +427,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn config_key_is_validated_with_its_position() {
+        let parse = |v: &str| {
+            let text = format!("version = 1\n[daemon]\nshard = \"{v}\"\n");
+            crate::config::parse(&text, std::path::Path::new("t.toml"))
+        };
+        assert_eq!(parse("auto").unwrap().daemon.shard, Some(ShardSpec::Auto));
+        assert_eq!(
+            parse("2/3").unwrap().daemon.shard,
+            Some(ShardSpec::Fixed(Shard { index: 2, count: 3 }))
+        );
+        let e = parse("3/3").unwrap_err();
+        let d = &e.diagnostics[0];
+        assert_eq!((d.line, d.column), (3, 9), "{d:?}");
+        assert!(
+            d.message.contains("daemon.shard") && d.message.contains("below N"),
+            "{d:?}"
+        );
+    }
+
     fn rule(source: Option<&str>, target: &str) -> Rule {
         let source = source
             .map(|s| format!("source = \"{s}\"\n"))

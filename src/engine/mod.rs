@@ -94,6 +94,9 @@ pub struct RuleReport {
     /// The retention step, for rules that have one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionReport>,
+    /// With `--shard`, for a `/*` rule: the source repositories this shard owns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_repositories: Option<Vec<String>>,
 }
 
 impl RuleReport {
@@ -114,6 +117,8 @@ pub struct Engine {
     dry_run: bool,
     /// Hints about targets (spared HEADs) and where runs are recorded.
     state: Option<State>,
+    /// This instance's share of the repositories of `/*` rules.
+    shard: crate::shard::Shard,
 }
 
 /// What one repository pair yields.
@@ -142,7 +147,14 @@ impl Engine {
             },
             dry_run,
             state: None,
+            shard: crate::shard::Shard::WHOLE,
         }
+    }
+
+    /// Runs only this shard's repositories of `/*` rules.
+    pub fn with_shard(mut self, shard: crate::shard::Shard) -> Self {
+        self.shard = shard;
+        self
     }
 
     /// Uses the state database: tag hints that spare target HEADs, tag
@@ -212,6 +224,7 @@ impl Engine {
             copier: self.copier.for_run(),
             dry_run: self.dry_run,
             state: self.state.clone(),
+            shard: self.shard,
         };
         let report = run.sync_rule_inner(rule).instrument(span).await;
         // Keep the engine-wide counters (progress, `copy`) whole.
@@ -254,6 +267,7 @@ impl Engine {
             errors: Vec::new(),
             retention_deleted: 0,
             retention: None,
+            shard_repositories: None,
         };
         let Some(source) = &rule.source else {
             // Cleanup-only rule: nothing to sync.
@@ -266,6 +280,7 @@ impl Engine {
             match self.transports.list_repositories(&source.location).await {
                 Ok(repos) => repos
                     .into_iter()
+                    .filter(|rel| self.shard.owns_repository(&rule.name, rel))
                     .map(|rel| {
                         let targets = rule.targets.iter().map(|t| t.location.join(&rel)).collect();
                         (source.location.join(&rel), targets)
@@ -285,6 +300,9 @@ impl Engine {
             )]
         };
         report.repositories = pairs.len();
+        if source.wildcard && !self.shard.is_whole() {
+            report.shard_repositories = Some(pairs.iter().map(|p| p.0.to_string()).collect());
+        }
         tracing::info!(repositories = pairs.len(), "syncing");
 
         let outcomes = futures_util::stream::iter(pairs)

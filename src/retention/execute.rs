@@ -101,6 +101,8 @@ pub struct Pruner {
     state: Arc<dyn RetentionState>,
     dry_run: bool,
     now: Unix,
+    /// This instance's share of the repositories of `/*` targets.
+    shard: crate::shard::Shard,
 }
 
 /// One target repository to prune.
@@ -124,7 +126,15 @@ impl Pruner {
             state,
             dry_run,
             now,
+            shard: crate::shard::Shard::WHOLE,
         }
+    }
+
+    /// Prunes only repositories this shard owns, so that no two instances
+    /// ever prune the same repository.
+    pub fn with_shard(mut self, shard: crate::shard::Shard) -> Self {
+        self.shard = shard;
+        self
     }
 
     pub fn dry_run(&self) -> bool {
@@ -205,6 +215,9 @@ impl Pruner {
         let mut jobs = Vec::new();
         for target in &rule.targets {
             if !target.wildcard {
+                if !self.shard.owns_rule(&rule.name) {
+                    continue;
+                }
                 jobs.push(RepoJob {
                     target: target.to_string(),
                     location: target.location.clone(),
@@ -227,6 +240,9 @@ impl Pruner {
                         _ => None,
                     };
                     for rel in rels {
+                        if !self.shard.owns_repository(&rule.name, &rel) {
+                            continue;
+                        }
                         // A target repository without a source counterpart has
                         // no source listing: nothing is deleted as removed.
                         let source = match (&rule.source, &sources) {
