@@ -3,6 +3,7 @@
 mod daemon;
 mod harness;
 mod retention;
+mod shards;
 mod store;
 mod support;
 mod sync;
