@@ -150,53 +150,60 @@ fn assert_partition(what: &str, parts: &[BTreeSet<String>]) {
     );
 }
 
-/// Three `sync --shard K/3` one after another, each with its own state dir:
-/// each copies a non-empty share, the shares are disjoint and cover all 20
-/// rules and all 20 repositories of the `/*` rule; retention deletes the old
-/// tag of each repository exactly once, on the shard that owns it.
-#[test]
-fn sequential_shards_split_rules_and_repositories() {
-    let src = source();
-    let dst = Registry::start_plain();
-    seed_old_tags(&dst);
-    let body = rules(&src.reg, &dst, "@every 1h", true);
-    let dirs: Vec<tempfile::TempDir> = (0..SHARDS).map(|_| tempfile::tempdir().unwrap()).collect();
-    // The three ways to name a shard: flag, environment, config.
-    let configs: Vec<PathBuf> = dirs
+/// How one shard is named on its command line and in its environment.
+struct ShardRun<'a> {
+    config: PathBuf,
+    args: &'a [&'a str],
+    env: Vec<(&'a str, &'a str)>,
+}
+
+/// What one shard's sync added: rules, `/*` repositories, repositories pruned.
+struct Share {
+    rules: BTreeSet<String>,
+    repos: BTreeSet<String>,
+    pruned: BTreeSet<String>,
+}
+
+/// The rules and `/*` repositories `plan --json` says this shard owns.
+fn planned(run: &ShardRun<'_>, k: usize) -> (BTreeSet<String>, BTreeSet<String>) {
+    let out = regkeeper(
+        &run.config,
+        &[&["plan", "--json"], run.args].concat(),
+        &run.env,
+    );
+    assert_eq!(out.status.code(), Some(0), "plan of shard {k}");
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["shard"]["index"], k, "{plan}");
+    let rules = plan["rules"].as_array().unwrap();
+    let names = rules
         .iter()
-        .enumerate()
-        .map(|(k, d)| {
-            let extra = if k == 2 { "shard = \"2/3\"" } else { "" };
-            write_config(d.path(), "", extra, &body)
-        })
+        .filter_map(|r| r["rule"].as_str()?.strip_prefix("rule-").map(String::from))
         .collect();
-    let runs: [(&[&str], Vec<(&str, &str)>); 3] = [
-        (&["--shard", "0/3"], vec![("REGKEEPER_SHARD", "2/3")]),
-        (&[], vec![("REGKEEPER_SHARD", "1/3")]),
-        (&[], vec![]),
-    ];
+    let all = rules
+        .iter()
+        .find(|r| r["rule"] == "all")
+        .expect("the /* rule runs on every shard");
+    let repos = all["shard_repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().rsplit('/').next().unwrap().to_string())
+        .collect();
+    (names, repos)
+}
 
-    let mut single_parts = Vec::new();
-    let mut wild_parts = Vec::new();
-    let mut deleted_parts = Vec::new();
-    let (mut seen_single, mut seen_wild) = (BTreeSet::new(), BTreeSet::new());
-    for (k, (args, env)) in runs.iter().enumerate() {
-        // What plan says this shard owns, before the sync.
-        let plan = regkeeper(&configs[k], &[&["plan", "--json"], *args].concat(), env);
-        assert_eq!(plan.status.code(), Some(0), "plan of shard {k}");
-        let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
-        assert_eq!(plan["shard"]["index"], k, "{plan}");
-
-        let mark = dst.mark();
-        let t = Instant::now();
-        let out = regkeeper(&configs[k], &[&["sync"], *args].concat(), env);
-        let took = t.elapsed();
-        assert_eq!(out.status.code(), Some(0), "sync of shard {k}");
-
-        let (single, wild) = mirrored(&dst);
-        let new_single: BTreeSet<String> = single.difference(&seen_single).cloned().collect();
-        let new_wild: BTreeSet<String> = wild.difference(&seen_wild).cloned().collect();
-        let deleted: BTreeSet<String> = dst
+/// Runs one shard's sync and returns what it added beyond `seen`.
+fn sync_share(run: &ShardRun<'_>, k: usize, dst: &Registry, seen: &Share) -> Share {
+    let mark = dst.mark();
+    let t = Instant::now();
+    let out = regkeeper(&run.config, &[&["sync"], run.args].concat(), &run.env);
+    let took = t.elapsed();
+    assert_eq!(out.status.code(), Some(0), "sync of shard {k}");
+    let (single, wild) = mirrored(dst);
+    let share = Share {
+        rules: single.difference(&seen.rules).cloned().collect(),
+        repos: wild.difference(&seen.repos).cloned().collect(),
+        pruned: dst
             .requests_since(mark)
             .iter()
             .filter(|r| r.method == "DELETE")
@@ -207,56 +214,87 @@ fn sequential_shards_split_rules_and_repositories() {
                     .trim_start_matches("wild/")
                     .to_string()
             })
-            .collect();
-        println!(
-            "shard {k}/3: {} rules, {} repositories of `all`, {} deletions, {took:.2?}",
-            new_single.len(),
-            new_wild.len(),
-            deleted.len()
-        );
-        // The plan named exactly what the sync then did.
-        let planned_rules: BTreeSet<String> = plan["rules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|r| r["rule"].as_str()?.strip_prefix("rule-").map(String::from))
-            .collect();
+            .collect(),
+    };
+    println!(
+        "shard {k}/3: {} rules, {} repositories of `all`, {} pruned, {took:.2?}",
+        share.rules.len(),
+        share.repos.len(),
+        share.pruned.len()
+    );
+    share
+}
+
+/// Three `sync --shard K/3` one after another, each with its own state dir:
+/// each copies a non-empty share, the shares are disjoint and cover all 20
+/// rules and all 20 repositories of the `/*` rule; retention deletes the old
+/// tag of each repository exactly once, on the shard that owns it; `plan`
+/// named each share beforehand.
+#[test]
+fn sequential_shards_split_rules_and_repositories() {
+    let src = source();
+    let dst = Registry::start_plain();
+    seed_old_tags(&dst);
+    let body = rules(&src.reg, &dst, "@every 1h", true);
+    let dirs: Vec<tempfile::TempDir> = (0..SHARDS).map(|_| tempfile::tempdir().unwrap()).collect();
+    let config = |k: usize, extra: &str| write_config(dirs[k].path(), "", extra, &body);
+    // The three ways to name a shard: flag (beating the environment),
+    // environment, config.
+    let runs = [
+        ShardRun {
+            config: config(0, ""),
+            args: &["--shard", "0/3"],
+            env: vec![("REGKEEPER_SHARD", "2/3")],
+        },
+        ShardRun {
+            config: config(1, ""),
+            args: &[],
+            env: vec![("REGKEEPER_SHARD", "1/3")],
+        },
+        ShardRun {
+            config: config(2, "shard = \"2/3\""),
+            args: &[],
+            env: vec![],
+        },
+    ];
+    let mut seen = Share {
+        rules: BTreeSet::new(),
+        repos: BTreeSet::new(),
+        pruned: BTreeSet::new(),
+    };
+    let mut shares = Vec::new();
+    for (k, run) in runs.iter().enumerate() {
+        let (plan_rules, plan_repos) = planned(run, k);
+        let share = sync_share(run, k, &dst, &seen);
         assert_eq!(
-            planned_rules, new_single,
+            plan_rules, share.rules,
             "plan and sync agree on shard {k}'s rules"
         );
-        let all = plan["rules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["rule"] == "all")
-            .expect("the /* rule runs on every shard");
-        let planned_repos: BTreeSet<String> = all["shard_repositories"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r.as_str().unwrap().rsplit('/').next().unwrap().to_string())
-            .collect();
         assert_eq!(
-            planned_repos, new_wild,
+            plan_repos, share.repos,
             "plan and sync agree on shard {k}'s repositories"
         );
-        // Retention pruned exactly this shard's repositories of the `/*` rule.
-        assert_eq!(deleted, new_wild, "shard {k} pruned only its repositories");
-        seen_single.extend(new_single.iter().cloned());
-        seen_wild.extend(new_wild.iter().cloned());
-        single_parts.push(new_single);
-        wild_parts.push(new_wild);
-        deleted_parts.push(deleted);
+        assert_eq!(
+            share.pruned, share.repos,
+            "shard {k} pruned only its repositories"
+        );
+        seen.rules.extend(share.rules.iter().cloned());
+        seen.repos.extend(share.repos.iter().cloned());
+        shares.push(share);
     }
-    assert_partition("rules", &single_parts);
-    assert_partition("repositories of the /* rule", &wild_parts);
-    assert_partition("retention", &deleted_parts);
+    let parts =
+        |f: fn(&Share) -> &BTreeSet<String>| shares.iter().map(f).cloned().collect::<Vec<_>>();
+    assert_partition("rules", &parts(|s| &s.rules));
+    assert_partition("repositories of the /* rule", &parts(|s| &s.repos));
+    assert_partition("retention", &parts(|s| &s.pruned));
 
     // skopeo, independently: every target holds the source's digest, and
     // retention left only 1.0.0 in every wild/ repository.
-    let deletes = dst.count(|r| r.method == "DELETE");
-    assert_eq!(deletes, REPOS, "one DELETE per repository over all shards");
+    assert_eq!(
+        dst.count(|r| r.method == "DELETE"),
+        REPOS,
+        "one DELETE per repository"
+    );
     for (n, digest) in &src.digests {
         assert_eq!(
             &skopeo_digest(&dst, &format!("single/{n}"), "1.0.0"),
@@ -407,13 +445,14 @@ fn status_lags(d: &Daemon, shard: &str) -> BTreeMap<String, i64> {
 #[test]
 fn three_daemons_share_the_work_and_a_dead_one_costs_only_its_share() {
     let src = source();
-    // One process doing everything, for the timing comparison.
+    // One process doing everything, for the timing comparison (the same
+    // schedule: start-up jitter is a tenth of the interval).
     let whole_dst = Registry::start_plain();
     let whole_dir = tempfile::tempdir().unwrap();
     let t = Instant::now();
     let whole = Daemon::start(
         whole_dir.path(),
-        &rules(&src.reg, &whole_dst, "@every 1h", false),
+        &rules(&src.reg, &whole_dst, "@every 2s", false),
         None,
     );
     let one = wait_in_step(&[&whole], t);
@@ -461,18 +500,24 @@ fn three_daemons_share_the_work_and_a_dead_one_costs_only_its_share() {
     assert_partition("rules in metrics", &owned);
 
     // Kill shard 1; the others keep running every 2 s.
-    let dead = 1;
-    daemons[dead].kill();
+    daemons[1].kill();
+    check_lags_after_kill(&daemons, 1);
+}
+
+/// `status` of each shard a while after shard `dead` was killed: its rules'
+/// lag grows, every other rule stays in step.
+fn check_lags_after_kill(daemons: &[Daemon], dead: usize) {
     let killed = Instant::now();
     std::thread::sleep(Duration::from_secs(8));
-    let before: Vec<BTreeMap<String, i64>> = (0..SHARDS as usize)
-        .map(|k| status_lags(&daemons[k], &format!("{k}/3")))
-        .collect();
+    let lags = || -> Vec<BTreeMap<String, i64>> {
+        (0..daemons.len())
+            .map(|k| status_lags(&daemons[k], &format!("{k}/3")))
+            .collect()
+    };
+    let before = lags();
     std::thread::sleep(Duration::from_secs(3));
-    let after: Vec<BTreeMap<String, i64>> = (0..SHARDS as usize)
-        .map(|k| status_lags(&daemons[k], &format!("{k}/3")))
-        .collect();
-    for k in 0..SHARDS as usize {
+    let after = lags();
+    for k in 0..daemons.len() {
         for (rule, lag) in &after[k] {
             if k == dead {
                 assert!(
