@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
+mod kubernetes;
+
 const REPOS: usize = 20;
 const SHARDS: u32 = 3;
 
