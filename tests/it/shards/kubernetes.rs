@@ -237,3 +237,31 @@ fn check_state_shards_hardening(by_kind: &Kinds, config: &regkeeper::config::Con
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert!(c["resources"]["requests"].is_object() && c["resources"]["limits"].is_object());
 }
+
+/// examples/grafana-dashboard.json works across shards: a `shard` variable
+/// from `regkeeper_shard_info`, and every panel joined on it.
+#[test]
+fn dashboard_has_a_shard_variable_on_every_panel() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/grafana-dashboard.json");
+    let d: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let vars = d["templating"]["list"].as_array().unwrap();
+    let shard = vars
+        .iter()
+        .find(|v| v["name"] == "shard")
+        .expect("a shard variable");
+    assert!(str_of(&shard["definition"]).contains("regkeeper_shard_info"));
+    let panels = d["panels"].as_array().unwrap();
+    let mut exprs = 0;
+    for p in panels {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let e = str_of(&t["expr"]);
+            assert!(
+                e.contains("group_left (shard) regkeeper_shard_info{shard=~\"$shard\"}"),
+                "{}: {e}",
+                p["title"]
+            );
+            exprs += 1;
+        }
+    }
+    assert!(exprs >= 10, "{exprs} panel queries");
+}
