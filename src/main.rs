@@ -225,28 +225,6 @@ fn effective_shard(flag: &Option<String>, config: &Config) -> Result<Shard, u8> 
     })
 }
 
-/// What this shard runs, for `plan` and `status` (nothing without sharding).
-fn shard_summary(shard: Shard, rules: &[regkeeper::config::Rule]) -> Option<String> {
-    if shard.is_whole() {
-        return None;
-    }
-    let (spread, own): (Vec<_>, Vec<_>) = rules
-        .iter()
-        .filter(|r| shard.runs_rule(r))
-        .partition(|r| regkeeper::shard::spread(r));
-    let names = |v: &[&regkeeper::config::Rule]| {
-        v.iter()
-            .map(|r| r.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    Some(format!(
-        "shard {shard}: owns rules [{}]; its share of the repositories of [{}]",
-        names(&own),
-        names(&spread)
-    ))
-}
-
 fn select_rules<'a>(
     config: &'a Config,
     names: &[String],
@@ -408,7 +386,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     )?
                 );
             } else {
-                if let Some(s) = shard_summary(shard, &config.rules) {
+                if let Some(s) = regkeeper::shard::summary(shard, &config.rules) {
                     println!("{s}");
                 }
                 for report in &reports {
@@ -459,7 +437,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(s) => s,
                 Err(code) => return Ok(code),
             };
-            let summary = shard_summary(shard, &config.rules);
+            let summary = regkeeper::shard::summary(shard, &config.rules);
             config.rules.retain(|r| shard.runs_rule(r));
             let state = match open_state(&config) {
                 Ok(s) => s,

@@ -191,6 +191,28 @@ pub fn spread(rule: &Rule) -> bool {
     }
 }
 
+/// What this shard runs, for `plan` and `status`; `None` without sharding.
+pub fn summary(shard: Shard, rules: &[Rule]) -> Option<String> {
+    if shard.is_whole() {
+        return None;
+    }
+    let (spread_rules, own): (Vec<&Rule>, Vec<&Rule>) = rules
+        .iter()
+        .filter(|r| shard.runs_rule(r))
+        .partition(|r| spread(r));
+    let names = |v: &[&Rule]| {
+        v.iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Some(format!(
+        "shard {shard}: owns rules [{}]; its share of the repositories of [{}]",
+        names(&own),
+        names(&spread_rules)
+    ))
+}
+
 /// The shard (of `count`) that owns `key`: the highest weight wins.
 pub fn owner(key: &[u8], count: u32) -> u32 {
     let mut best = (0u64, 0u32);
@@ -475,6 +497,14 @@ mod tests {
                 .all(|s| s.runs_rule(&wild) && s.runs_rule(&cleanup))
         );
         assert!(Shard::WHOLE.runs_rule(&plain));
+        let rules = [plain.clone(), wild.clone()];
+        let owner = shards.iter().find(|s| s.owns_rule("r")).unwrap();
+        let text = summary(*owner, &rules).unwrap();
+        assert!(
+            text.starts_with(&format!("shard {owner}: owns rules [r]")),
+            "{text}"
+        );
+        assert!(summary(Shard::WHOLE, &rules).is_none());
         assert!(Shard::WHOLE.owns_repository("r", "anything"));
     }
 }
