@@ -537,3 +537,52 @@ fn check_lags_after_kill(daemons: &[Daemon], dead: usize) {
         println!("shard {k} status lags after the kill: {:?}", after[k]);
     }
 }
+
+/// `shard = "auto"` end to end: K from the StatefulSet-style hostname, N from
+/// REGKEEPER_SHARDS; `status` reports that shard and only its rules; a
+/// hostname without an ordinal, or no N, is a usage error that says why.
+#[test]
+fn auto_shard_from_the_hostname() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut body = String::new();
+    for i in 0..REPOS {
+        let n = name(i);
+        let layout = |side: &str| dir.path().join(side).join(&n).display().to_string();
+        body += &format!(
+            "[[rule]]\nname = \"rule-{n}\"\nsource = \"oci:{}\"\ntargets = [\"oci:{}\"]\n",
+            layout("src"),
+            layout("dst")
+        );
+    }
+    let config = write_config(dir.path(), "", "shard = \"auto\"", &body);
+    let status = |host: &str, n: Option<&str>| {
+        let mut env = vec![("HOSTNAME", host)];
+        env.extend(n.map(|n| ("REGKEEPER_SHARDS", n)));
+        regkeeper(&config, &["status", "--json"], &env)
+    };
+    let mut seen = BTreeSet::new();
+    for k in 0..SHARDS {
+        let out = status(&format!("regkeeper-{k}"), Some("3"));
+        assert_eq!(out.status.code(), Some(0));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["shard"]["index"], k);
+        assert_eq!(v["shard"]["count"], 3);
+        for r in v["rules"].as_array().unwrap() {
+            assert!(
+                seen.insert(str_of(&r["rule"]).to_string()),
+                "{r} on two shards"
+            );
+        }
+    }
+    assert_eq!(seen.len(), REPOS, "every rule on exactly one shard");
+    let out = status("mirror", Some("3"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"mirror\" does not end in -K"));
+    let out = status("regkeeper-0", None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("REGKEEPER_SHARDS"));
+}
+
+fn str_of(v: &serde_json::Value) -> &str {
+    v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))
+}

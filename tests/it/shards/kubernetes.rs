@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
+use super::str_of;
 use crate::support::*;
 
 /// One manifest of deploy/kubernetes/, as JSON.
@@ -14,10 +15,6 @@ fn manifest(file: &str) -> serde_json::Value {
         .join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"))
-}
-
-fn str_of(v: &serde_json::Value) -> &str {
-    v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))
 }
 
 /// The pod's mount named `volume`.
