@@ -378,13 +378,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 reports.push(report);
             }
             if json {
-                let shard = (!shard.is_whole()).then_some(shard);
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({ "shard": shard, "rules": reports })
-                    )?
-                );
+                let mut doc = serde_json::json!({ "rules": reports });
+                if !shard.is_whole() {
+                    doc["shard"] = serde_json::json!(shard);
+                }
+                println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
                 if let Some(s) = regkeeper::shard::summary(shard, &config.rules) {
                     println!("{s}");
@@ -451,13 +449,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
             };
             if json {
-                let shard = (!shard.is_whole()).then_some(shard);
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({ "shard": shard, "rules": rules })
-                    )?
-                );
+                let mut doc = serde_json::json!({ "rules": rules });
+                if !shard.is_whole() {
+                    doc["shard"] = serde_json::json!(shard);
+                }
+                println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
                 if let Some(s) = summary {
                     println!("{s}");

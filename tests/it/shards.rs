@@ -510,7 +510,7 @@ fn three_daemons_share_the_work_and_a_dead_one_costs_only_its_share() {
 /// lag grows, every other rule stays in step.
 fn check_lags_after_kill(daemons: &[Daemon], dead: usize) {
     let killed = Instant::now();
-    std::thread::sleep(Duration::from_secs(8));
+    std::thread::sleep(Duration::from_secs(12));
     let lags = || -> Vec<BTreeMap<String, i64>> {
         (0..daemons.len())
             .map(|k| status_lags(&daemons[k], &format!("{k}/3")))
@@ -529,7 +529,7 @@ fn check_lags_after_kill(daemons: &[Daemon], dead: usize) {
                 );
             } else {
                 assert!(
-                    *lag < 8,
+                    *lag < 10,
                     "live shard {k}'s {rule}: lag {lag} s, expected in step"
                 );
             }
