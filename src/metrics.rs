@@ -30,6 +30,7 @@ pub struct Metrics {
     last_success: GaugeVec,
     last_run: GaugeVec,
     tags_pending: IntGaugeVec,
+    tags_selected: IntGaugeVec,
     runs: IntCounterVec,
     runs_skipped: IntCounterVec,
     run_duration: HistogramVec,
@@ -91,6 +92,13 @@ impl Metrics {
                 Opts::new(
                     "regkeeper_rule_tags_pending",
                     "Tag differences between source and targets seen but not yet copied"
+                ),
+                rule
+            )?),
+            tags_selected: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "regkeeper_rule_tags_selected",
+                    "Source tags the rule's filters selected in its last run (0 of N: the filters match nothing)"
                 ),
                 rule
             )?),
@@ -264,6 +272,7 @@ impl Metrics {
         let _ = self.last_success.remove_label_values(&[rule]);
         let _ = self.last_run.remove_label_values(&[rule]);
         let _ = self.tags_pending.remove_label_values(&[rule]);
+        let _ = self.tags_selected.remove_label_values(&[rule]);
         let _ = self.run_duration.remove_label_values(&[rule]);
         let _ = self.bytes.remove_label_values(&[rule]);
         let _ = self.manifests.remove_label_values(&[rule]);
@@ -310,6 +319,9 @@ impl Metrics {
             .with_label_values(&[rule])
             .inc_by(t.manifests_pushed);
         self.tags_pending.with_label_values(&[rule]).set(pending);
+        self.tags_selected
+            .with_label_values(&[rule])
+            .set(report.tags_selected as i64);
         self.retention_deleted(rule, report.retention_deleted as u64);
         if report.result == crate::engine::RunResult::Success {
             self.last_success.with_label_values(&[rule]).set(started);

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{self, Config, Rule};
-use crate::engine::{Engine, RuleReport, RunResult};
+use crate::engine::{Engine, RuleReport};
 use crate::metrics::{Metrics, MetricsError};
 use crate::shard::{Shard, ShardSpec};
 use crate::state::{RunRecord, State, StateError};
@@ -87,7 +87,7 @@ pub async fn run_rule(
         m.run_started(&rule.name, started);
     }
     let report = engine.run_rule(rule, pruner).await;
-    let last_error = report.errors.first().cloned().or_else(|| {
+    let last_error = report.errors.first().map(|e| e.to_string()).or_else(|| {
         report.images.iter().find_map(|i| {
             i.error
                 .as_ref()
@@ -113,6 +113,7 @@ pub async fn run_rule(
             blobs_resumed: t.blobs_resumed as i64,
             manifests_pushed: t.manifests_pushed as i64,
             last_error,
+            warning: report.warnings.first().cloned(),
         };
         if let Err(e) = s.run_finished(id, &rec) {
             tracing::warn!(rule = %rule.name, error = %e, "cannot record the run result");
@@ -534,11 +535,6 @@ fn schedule_text(s: &config::Schedule) -> String {
         config::Schedule::Cron { text, .. } => text.clone(),
         config::Schedule::Every(d) => format!("@every {d:?}"),
     }
-}
-
-/// Whether a report counts as leaving every target in step.
-pub fn in_step(report: &RuleReport) -> bool {
-    report.result == RunResult::Success
 }
 
 #[cfg(test)]

@@ -629,10 +629,7 @@ impl Copier {
             .iter()
             .zip(&plans)
             .filter(|(_, p)| p.checkpoint.is_some())
-            .filter_map(|(s, _)| match s {
-                Store::Remote(r) => Some(r.registry().chunk_size()),
-                Store::Layout(_) => None,
-            })
+            .filter_map(|(s, _)| s.resumable())
             .collect();
         let snapshots = Snapshots::new(chunk_sizes);
         let mut verified = verified.with_snapshots(snapshots.clone());

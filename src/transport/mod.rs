@@ -136,9 +136,30 @@ impl Store {
     }
 
     /// Every tag, in no particular order (pagination followed). A repository
-    /// that does not exist, or whose tag list is `null`, has no tags.
+    /// that does not exist, or whose tag list is `null`, has no tags: right
+    /// for a target, wrong for a source (use [`Store::tag_listing`]).
     pub async fn list_tags(&self) -> Result<Vec<String>> {
-        dispatch!(self, s => s.list_tags().await)
+        Ok(self.tag_listing().await?.unwrap_or_default())
+    }
+
+    /// Every tag, or `None` when the repository does not exist (a registry's
+    /// 404 / `NAME_UNKNOWN`, a directory without `index.json`). A source that
+    /// does not exist is an error, never an empty list (SPEC section 4).
+    pub async fn tag_listing(&self) -> Result<Option<Vec<String>>> {
+        match self {
+            Store::Remote(s) => s.list_tags().await,
+            Store::Layout(s) => s.tag_listing().await,
+        }
+    }
+
+    /// Whether uploads to this store can be checkpointed and continued
+    /// (chunked upload sessions of a registry with a `chunk_size`); the
+    /// chunk size when so.
+    pub fn resumable(&self) -> Option<u64> {
+        match self {
+            Store::Remote(s) => Some(s.registry().chunk_size()).filter(|&c| c > 0),
+            Store::Layout(_) => None,
+        }
     }
 
     /// Digest, media type and size of a tag or digest; `None` when absent.

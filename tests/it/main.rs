@@ -2,6 +2,7 @@
 
 mod daemon;
 mod harness;
+mod plan;
 mod retention;
 mod shards;
 mod store;
