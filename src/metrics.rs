@@ -200,6 +200,18 @@ impl Metrics {
         Ok(Arc::new(m))
     }
 
+    /// `regkeeper_shard_info{shard, shards} 1`: which share this instance runs.
+    pub fn shard_info(&self, shard: crate::shard::Shard) -> Result<(), MetricsError> {
+        let g = IntGaugeVec::new(
+            Opts::new("regkeeper_shard_info", "This instance's shard; always 1"),
+            &["shard", "shards"],
+        )?;
+        self.registry.register(Box::new(g.clone()))?;
+        let (k, n) = (shard.index.to_string(), shard.count.to_string());
+        g.with_label_values(&[k.as_str(), n.as_str()]).set(1);
+        Ok(())
+    }
+
     /// The request observer to install on the transports.
     pub fn observer(self: &Arc<Self>) -> crate::transport::remote::Observer {
         let m = self.clone();
@@ -399,6 +411,10 @@ mod tests {
             assert!(text.contains(name), "{name} missing in:\n{text}");
         }
         assert!(m.lag_seconds("r").unwrap() >= 30.0);
+        m.shard_info(crate::shard::Shard { index: 1, count: 3 })
+            .unwrap();
+        let text = m.render().unwrap();
+        assert!(text.contains("regkeeper_shard_info{shard=\"1\",shards=\"3\"} 1"));
         m.remove_rule("r");
         assert!(!m.render().unwrap().contains("rule=\"r\""));
     }

@@ -16,6 +16,7 @@ pub(crate) struct RawDaemon {
     pub listen: Option<Str>,
     pub max_concurrent_transfers: Option<Int>,
     pub log_format: Option<Str>,
+    pub shard: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,6 +5,7 @@ mod faults;
 mod harness;
 mod plan;
 mod retention;
+mod shards;
 mod store;
 mod support;
 mod sync;
