@@ -21,5 +21,6 @@ pub mod plan;
 pub mod reference;
 pub mod retention;
 pub mod secret;
+pub mod shard;
 pub mod state;
 pub mod transport;

@@ -42,6 +42,7 @@ pub struct Metrics {
     request_duration: HistogramVec,
     throttled: IntCounterVec,
     rate_limit_remaining: IntGaugeVec,
+    concurrency: IntGaugeVec,
     /// Per rule: unix time (seconds, fractional) the lag is measured from.
     lag_basis: Mutex<HashMap<String, f64>>,
     /// The transports whose `RateLimit-Remaining` is read at scrape time.
@@ -179,6 +180,13 @@ impl Metrics {
                 ),
                 &["registry"]
             )?),
+            concurrency: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "regkeeper_registry_concurrency",
+                    "The adaptive request window to the registry now"
+                ),
+                &["registry"]
+            )?),
             registry,
             lag_basis: Mutex::new(HashMap::new()),
             transports: Mutex::new(None),
@@ -196,6 +204,18 @@ impl Metrics {
     /// `daemon::events`), so one `/metrics` exposes it.
     pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> Result<(), MetricsError> {
         self.registry.register(c)?;
+        Ok(())
+    }
+
+    /// `regkeeper_shard_info{shard, shards} 1`: which share this instance runs.
+    pub fn shard_info(&self, shard: crate::shard::Shard) -> Result<(), MetricsError> {
+        let g = IntGaugeVec::new(
+            Opts::new("regkeeper_shard_info", "This instance's shard; always 1"),
+            &["shard", "shards"],
+        )?;
+        self.registry.register(Box::new(g.clone()))?;
+        let (k, n) = (shard.index.to_string(), shard.count.to_string());
+        g.with_label_values(&[k.as_str(), n.as_str()]).set(1);
         Ok(())
     }
 
@@ -348,6 +368,9 @@ impl Metrics {
         }
         if let Some(tr) = self.transports.lock().expect("metrics poisoned").as_ref() {
             for (host, stats) in tr.registry_stats() {
+                self.concurrency
+                    .with_label_values(&[host.as_str()])
+                    .set(stats.concurrency.min(i64::MAX as u64) as i64);
                 if let Some(r) = stats.rate_limit_remaining {
                     self.rate_limit_remaining
                         .with_label_values(&[host.as_str()])
@@ -395,6 +418,10 @@ mod tests {
             assert!(text.contains(name), "{name} missing in:\n{text}");
         }
         assert!(m.lag_seconds("r").unwrap() >= 30.0);
+        m.shard_info(crate::shard::Shard { index: 1, count: 3 })
+            .unwrap();
+        let text = m.render().unwrap();
+        assert!(text.contains("regkeeper_shard_info{shard=\"1\",shards=\"3\"} 1"));
         m.remove_rule("r");
         assert!(!m.render().unwrap().contains("rule=\"r\""));
     }

@@ -6,7 +6,9 @@ pub(crate) async fn run(g: &Globals) -> Result<u8, CliError> {
     let path = g.config_path();
     let config = super::load_config(&path)?;
     super::init_logging(config.daemon.log_format, false);
-    match regkeeper::daemon::run(config, path).await {
+    let shard = g.shard(&config)?;
+    let _lock = super::lock_state(&config)?;
+    match regkeeper::daemon::run(config, path, shard).await {
         Ok(()) => Ok(EXIT_OK),
         Err(e @ regkeeper::daemon::DaemonError::State(_)) => {
             tracing::error!("{e}");

@@ -20,6 +20,7 @@ use clap::{Parser, Subcommand};
 
 use regkeeper::config::{self, Config, LogFormat, Rule};
 use regkeeper::retention::{Pruner, ReadOnly, RetentionState, Unix};
+use regkeeper::shard::Shard;
 use regkeeper::state::State;
 use regkeeper::transport::Transports;
 
@@ -43,6 +44,9 @@ pub struct Cli {
     /// first-seen times. For tests.
     #[arg(long = "now", global = true, hide = true)]
     now: Option<i64>,
+    /// Run only shard K of N (0-based, e.g. 1/3) or "auto" [default: $REGKEEPER_SHARD, else daemon.shard]
+    #[arg(long = "shard", global = true, value_name = "K/N")]
+    shard: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -129,6 +133,8 @@ pub(crate) struct Globals {
     pub config: Option<PathBuf>,
     pub now: Option<i64>,
     pub on_terminal: bool,
+    /// `--shard`.
+    pub shard: Option<String>,
 }
 
 impl Globals {
@@ -141,11 +147,47 @@ impl Globals {
         load_config(&self.config_path())
     }
 
-    /// Loads the config and selects the named rules (all when none).
+    /// Loads the config and selects the named rules (all when none) that
+    /// this instance's shard runs.
     fn load_rules(&self, names: &[String]) -> Result<(Config, Vec<Rule>), CliError> {
         let config = self.load_config()?;
-        let rules = select_rules(&config, names)?;
+        let shard = self.shard(&config)?;
+        let mut rules = select_rules(&config, names)?;
+        rules.retain(|rule| {
+            let runs = shard.runs_rule(rule);
+            if !runs && !names.is_empty() {
+                eprintln!(
+                    "rule {}: owned by another shard than {shard}; skipped",
+                    rule.name
+                );
+            }
+            runs
+        });
         Ok((config, rules))
+    }
+
+    /// The shard: `--shard`, else `$REGKEEPER_SHARD`, else `daemon.shard`,
+    /// else the whole; `auto` reads the hostname and `$REGKEEPER_SHARDS`.
+    fn shard(&self, config: &Config) -> Result<Shard, CliError> {
+        let env = |name: &str| std::env::var(name).ok();
+        let hostname = env("HOSTNAME").filter(|h| !h.is_empty()).or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        });
+        let (env_shard, shards) = (
+            env(regkeeper::shard::SHARD_ENV),
+            env(regkeeper::shard::SHARDS_ENV),
+        );
+        regkeeper::shard::ShardSources {
+            flag: self.shard.as_deref(),
+            env: env_shard.as_deref(),
+            config: config.daemon.shard,
+            hostname: hostname.as_deref(),
+            shards: shards.as_deref(),
+        }
+        .resolve()
+        .map_err(|e| CliError::Usage(format!("error: {e}")))
     }
 
     /// The one clock of a run: now, or the hidden `--now`.
@@ -159,6 +201,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         config: cli.config,
         now: cli.now,
         on_terminal: std::io::stderr().is_terminal(),
+        shard: cli.shard,
     };
     match cli.command {
         Command::Check => check::run(&g),
@@ -225,6 +268,13 @@ fn init_logging(format: LogFormat, quiet: bool) {
 
 fn transports(config: &Config, read_only: bool) -> Arc<Transports> {
     regkeeper::daemon::transports(config, read_only)
+}
+
+/// Takes the exclusive lock on `state_dir` (`run`, `sync`, `prune`), held
+/// until the guard drops; another holder is exit code 3, naming its PID.
+fn lock_state(config: &Config) -> Result<regkeeper::state::StateLock, CliError> {
+    regkeeper::state::StateLock::acquire(&config.daemon.state_dir)
+        .map_err(|e| CliError::State(e.to_string()))
 }
 
 /// Opens the state database (exit code 3 when it cannot be).

@@ -58,18 +58,28 @@ struct Rule {
     kept: Vec<Kept>,
     errors: Vec<Error>,
     warnings: Vec<String>,
+    /// With `--shard`, for a `/*` rule: the source repositories this shard owns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shard_repositories: Option<Vec<String>>,
 }
 
 #[derive(Serialize)]
 pub(crate) struct Document {
     dry_run: bool,
+    /// With `--shard`: which shard this is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) shard: Option<regkeeper::shard::Shard>,
     rules: Vec<Rule>,
 }
 
 pub(crate) fn document(dry_run: bool, reports: &[RuleReport]) -> Document {
     let mut rules: Vec<Rule> = reports.iter().map(rule).collect();
     rules.sort_by(|a, b| a.rule.cmp(&b.rule));
-    Document { dry_run, rules }
+    Document {
+        dry_run,
+        shard: None,
+        rules,
+    }
 }
 
 fn rule(r: &RuleReport) -> Rule {
@@ -106,6 +116,7 @@ fn rule(r: &RuleReport) -> Rule {
         kept,
         errors,
         warnings: r.warnings.clone(),
+        shard_repositories: r.shard_repositories.clone(),
     }
 }
 
@@ -191,6 +202,13 @@ fn retention(
 pub(crate) fn print_plan(doc: &Document) {
     for r in &doc.rules {
         println!("rule {}: {}", r.rule, r.result);
+        if let Some(repos) = &r.shard_repositories {
+            println!(
+                "  this shard's repositories ({}): {}",
+                repos.len(),
+                repos.join(", ")
+            );
+        }
         for w in &r.warnings {
             println!("  WARNING {w}");
         }

@@ -10,6 +10,7 @@ pub(crate) async fn run(
     json: bool,
 ) -> Result<u8, CliError> {
     let (config, selected) = g.load_rules(names)?;
+    let shard = g.shard(&config)?;
     // Named rules must have a retention; unnamed: every rule that has one.
     let mut rules = Vec::new();
     for rule in selected {
@@ -24,6 +25,10 @@ pub(crate) async fn run(
         }
     }
     super::init_logging(config.daemon.log_format, json);
+    let _lock = match dry_run {
+        true => None,
+        false => Some(super::lock_state(&config)?),
+    };
     let state = if dry_run {
         super::open_state_read_only(&config)?
     } else {
@@ -31,7 +36,7 @@ pub(crate) async fn run(
     };
     // A dry run's transports refuse every write before it is sent.
     let transports = super::transports(&config, dry_run);
-    let pruner = super::pruner(&transports, state.as_ref(), dry_run, g.now());
+    let pruner = super::pruner(&transports, state.as_ref(), dry_run, g.now()).with_shard(shard);
     let mut code = EXIT_OK;
     let mut reports = Vec::new();
     for rule in &rules {

@@ -4,17 +4,26 @@
 use super::{CliError, EXIT_OK, Globals};
 
 pub(crate) fn run(g: &Globals, json: bool) -> Result<u8, CliError> {
-    let config = g.load_config()?;
+    let mut config = g.load_config()?;
+    let shard = g.shard(&config)?;
+    let summary = regkeeper::shard::summary(shard, &config.rules);
+    config.rules.retain(|r| shard.runs_rule(r));
     let state = super::open_state(&config)?;
     let rules = regkeeper::daemon::status::collect(&config, &state)
         .map_err(|e| CliError::State(e.to_string()))?;
     if json {
-        let doc = serde_json::json!({ "rules": rules });
+        let mut doc = serde_json::json!({ "rules": rules });
+        if !shard.is_whole() {
+            doc["shard"] = serde_json::json!(shard);
+        }
         println!(
             "{}",
             serde_json::to_string_pretty(&doc).map_err(anyhow::Error::from)?
         );
     } else {
+        if let Some(s) = summary {
+            println!("{s}");
+        }
         print!("{}", regkeeper::daemon::status::render_text(&rules));
     }
     Ok(EXIT_OK)

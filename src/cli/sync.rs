@@ -7,16 +7,19 @@ use super::{CliError, EXIT_OK, EXIT_PARTIAL, Globals};
 
 pub(crate) async fn run(g: &Globals, names: &[String], json: bool) -> Result<u8, CliError> {
     let (config, rules) = g.load_rules(names)?;
+    let shard = g.shard(&config)?;
     super::init_logging(config.daemon.log_format, g.on_terminal);
+    let _lock = super::lock_state(&config)?;
     let state = super::open_state(&config)?;
     let transports = super::transports(&config, false);
     let pruner = rules
         .iter()
         .any(|r| r.retention.is_some())
-        .then(|| super::pruner(&transports, Some(&state), false, g.now()));
+        .then(|| super::pruner(&transports, Some(&state), false, g.now()).with_shard(shard));
     let mut engine = Engine::new(transports, config.daemon.max_concurrent_transfers, false)
         .with_state(state.clone())
-        .with_clock(g.now);
+        .with_clock(g.now)
+        .with_shard(shard);
     let bar = super::progress::start(&mut engine, g.on_terminal && !json);
     let mut reports = Vec::new();
     for rule in &rules {

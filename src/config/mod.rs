@@ -62,6 +62,8 @@ pub struct Daemon {
     /// `daemon.webhook_token_file`, read: the bearer token that event and
     /// trigger requests must carry; `None`: those paths answer 404.
     pub webhook_token: Option<crate::secret::Secret>,
+    /// `daemon.shard` (`K/N` or `auto`); `--shard` and `REGKEEPER_SHARD` override it.
+    pub shard: Option<crate::shard::ShardSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -239,6 +239,7 @@ impl Loader<'_, '_> {
             max_concurrent_transfers: None,
             log_format: None,
             webhook_token_file: None,
+            shard: None,
         });
         let state_dir = match &raw.state_dir {
             Some(s) if s.get_ref().trim().is_empty() => {
@@ -298,12 +299,18 @@ impl Loader<'_, '_> {
             }
             self.secret_file(f, "webhook_token_file")
         });
+        let shard = raw.shard.as_ref().and_then(|s| {
+            crate::shard::ShardSpec::parse(s.get_ref())
+                .map_err(|e| self.d.at(s.span(), format!("daemon.shard: {e}")))
+                .ok()
+        });
         Daemon {
             state_dir,
             listen,
             max_concurrent_transfers,
             log_format,
             webhook_token,
+            shard,
         }
     }
 
@@ -433,6 +440,13 @@ impl Loader<'_, '_> {
             max_concurrent,
             requests_per_second,
             chunk_size,
+            ratelimit_min: self.at_least(raw.ratelimit_min.as_ref(), "ratelimit_min", 0, 0) as u64,
+            read_timeout: raw
+                .read_timeout
+                .as_ref()
+                .and_then(|s| self.duration(s, "read_timeout"))
+                .filter(|d| !d.is_zero())
+                .unwrap_or(defaults.read_timeout),
         }
     }
 

@@ -23,6 +23,7 @@ use tracing::Instrument;
 use crate::config::{self, Config, Rule};
 use crate::engine::{Engine, RuleReport};
 use crate::metrics::{Metrics, MetricsError};
+use crate::shard::{Shard, ShardSpec};
 use crate::state::{RunRecord, State, StateError};
 use crate::transport::{RegistryOptions, Transports};
 
@@ -228,7 +229,8 @@ fn build_generation(
     metrics.watch_transports(tr.clone());
     let mut engine = Engine::new(tr, config.daemon.max_concurrent_transfers, false)
         .with_state(state.clone())
-        .with_stop(stop.clone());
+        .with_stop(stop.clone())
+        .with_shard(shard_of(&config));
     if let Some(prev) = previous {
         // Runs of the old generation may still be going: share their limit
         // so both together stay within it.
@@ -248,10 +250,33 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
+/// The shard the daemon resolved at start-up (`run` stores it in the config).
+fn shard_of(config: &Config) -> Shard {
+    match config.daemon.shard {
+        Some(ShardSpec::Fixed(s)) => s,
+        _ => Shard::WHOLE,
+    }
+}
+
+/// Keeps the rules this shard runs; the shard stays as resolved at start-up
+/// (a reload does not move an instance to another shard).
+fn restrict_to_shard(config: &mut Config, shard: Shard) {
+    config.daemon.shard = Some(ShardSpec::Fixed(shard));
+    config.rules.retain(|r| shard.runs_rule(r));
+}
+
 /// The daemon. `config` is loaded and valid; returns after SIGTERM/SIGINT.
-pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
+/// Only `shard`'s rules (and repositories of `/*` rules) are run.
+pub async fn run(
+    mut config: Config,
+    config_path: PathBuf,
+    shard: Shard,
+) -> Result<(), DaemonError> {
     let daemon_start = unix_now();
     let metrics = Metrics::new()?;
+    metrics.shard_info(shard)?;
+    restrict_to_shard(&mut config, shard);
+    tracing::info!(%shard, rules = config.rules.len(), "shard");
     let ready = Arc::new(AtomicBool::new(false));
     let stop = CancellationToken::new();
 
@@ -263,7 +288,12 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
 
     // Event endpoints (SPEC section 10) only with a webhook token.
     let events = match &config.daemon.webhook_token {
-        Some(token) => Some(events::Hub::new(token.clone(), &config.rules, &metrics)?),
+        Some(token) => Some(events::Hub::new(
+            token.clone(),
+            &config.rules,
+            &metrics,
+            shard,
+        )?),
         None => None,
     };
     let http_stop = CancellationToken::new();
@@ -352,6 +382,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
                     let rule = slot.rule.clone();
                     let st = state.clone();
                     let m = metrics.clone();
+                    let shard = shard_of(&generation.config);
                     let span = tracing::info_span!("run", rule = %rule.name);
                     let handle = tokio::runtime::Handle::current();
                     // The engine's future borrows across `buffer_unordered`
@@ -371,6 +402,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
                                         false,
                                         unix_now() as i64,
                                     )
+                                    .with_shard(shard)
                                 });
                                 run_rule(&engine, Some(&st), Some(&m), &rule, pruner.as_ref())
                                     .await;
@@ -391,6 +423,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
                     engine: &generation.engine,
                     state: &state,
                     metrics: &metrics,
+                    shard: shard_of(&generation.config),
                 },
             );
         }
@@ -472,7 +505,7 @@ fn reload(
     stop: &CancellationToken,
     daemon_start: f64,
 ) {
-    let new = match config::load(path) {
+    let mut new = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
             for d in &e.diagnostics {
@@ -491,6 +524,7 @@ fn reload(
             "daemon.state_dir, daemon.listen, daemon.log_format and daemon.webhook_token_file take effect at the next restart"
         );
     }
+    restrict_to_shard(&mut new, shard_of(&generation.config));
     let now = Instant::now();
     let (mut added, mut changed, mut removed) = (0, 0, 0);
     slots.retain(|name, _| {

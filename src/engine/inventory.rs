@@ -88,6 +88,7 @@ impl Engine {
             match self.transports.list_repositories(&source.location).await {
                 Ok(repos) => repos
                     .into_iter()
+                    .filter(|rel| self.shard.owns_repository(&rule.name, rel))
                     .map(|rel| {
                         let targets = rule.targets.iter().map(|t| t.location.join(&rel)).collect();
                         (source.location.join(&rel), targets)

@@ -50,6 +50,8 @@ pub struct Engine {
     state: Option<State>,
     /// A fixed clock (`--now`); `None`: the system clock.
     clock: Option<i64>,
+    /// This instance's share of the repositories of `/*` rules.
+    shard: crate::shard::Shard,
 }
 
 impl Engine {
@@ -73,7 +75,14 @@ impl Engine {
             dry_run,
             state: None,
             clock: None,
+            shard: crate::shard::Shard::WHOLE,
         }
+    }
+
+    /// Runs only this shard's repositories of `/*` rules.
+    pub fn with_shard(mut self, shard: crate::shard::Shard) -> Self {
+        self.shard = shard;
+        self
     }
 
     /// Uses the state database: tag hints that spare target HEADs and the
@@ -142,6 +151,7 @@ impl Engine {
             dry_run: self.dry_run,
             state: self.state.clone(),
             clock: self.clock,
+            shard: self.shard,
         };
         let report = run.run_inner(rule, pruner).instrument(span).await;
         self.add_totals(&report.totals);
@@ -235,6 +245,10 @@ impl Engine {
     ) {
         let before = self.copier.stats.totals();
         report.repositories = inv.repos.len();
+        if rule.source.as_ref().is_some_and(|s| s.wildcard) && !self.shard.is_whole() {
+            let repos = inv.repos.iter().map(|r| r.source.location().to_string());
+            report.shard_repositories = Some(repos.collect());
+        }
         report.errors.extend(inv.errors.iter().cloned());
         for repo in &inv.repos {
             report.errors.extend(repo.errors.iter().cloned());

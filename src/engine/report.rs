@@ -100,6 +100,9 @@ pub struct RuleReport {
     /// The retention step, for rules that have one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionReport>,
+    /// With `--shard`, for a `/*` rule: the source repositories this shard owns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_repositories: Option<Vec<String>>,
 }
 
 impl RuleReport {
@@ -122,6 +125,7 @@ impl RuleReport {
             warnings: Vec::new(),
             retention_deleted: 0,
             retention: None,
+            shard_repositories: None,
         }
     }
 

@@ -93,6 +93,8 @@ pub struct Pruner {
     dry_run: bool,
     /// The clock the policy is evaluated at (`--now` in tests).
     pub(super) now: Unix,
+    /// This instance's share of the repositories of `/*` targets.
+    pub(super) shard: crate::shard::Shard,
 }
 
 impl Pruner {
@@ -109,7 +111,15 @@ impl Pruner {
             state,
             dry_run,
             now,
+            shard: crate::shard::Shard::WHOLE,
         }
+    }
+
+    /// Prunes only repositories this shard owns, so that no two instances
+    /// ever prune the same repository.
+    pub fn with_shard(mut self, shard: crate::shard::Shard) -> Self {
+        self.shard = shard;
+        self
     }
 
     pub fn dry_run(&self) -> bool {

@@ -96,6 +96,9 @@ impl Pruner {
         let mut jobs = Vec::new();
         for target in &rule.targets {
             if !target.wildcard {
+                if !self.shard.owns_rule(&rule.name) {
+                    continue;
+                }
                 jobs.push(RepoJob {
                     target: target.to_string(),
                     location: target.location.clone(),
@@ -123,6 +126,9 @@ impl Pruner {
                 _ => None,
             };
             for rel in rels {
+                if !self.shard.owns_repository(&rule.name, &rel) {
+                    continue;
+                }
                 // A target repository without a source counterpart has no
                 // source listing: nothing is deleted as removed.
                 let source = match (&rule.source, &sources) {

@@ -11,8 +11,11 @@
 //! synchronous statement (sub-millisecond in WAL mode with
 //! `synchronous = NORMAL`), so async callers call them inline.
 
+mod lock;
 mod retention;
 mod schema;
+
+pub use lock::{LockError, StateLock};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -2,9 +2,11 @@
 
 mod daemon;
 mod events;
+mod faults;
 mod harness;
 mod plan;
 mod retention;
+mod shards;
 mod store;
 mod support;
 mod sync;

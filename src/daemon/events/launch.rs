@@ -22,6 +22,8 @@ pub(crate) struct Launch<'a> {
     pub engine: &'a Arc<Engine>,
     pub state: &'a State,
     pub metrics: &'a Arc<Metrics>,
+    /// Normal runs prune only this shard's repositories, like scheduled ones.
+    pub shard: crate::shard::Shard,
 }
 
 impl Hub {
@@ -53,6 +55,7 @@ impl Hub {
             let engine = launch.engine.clone();
             let st = launch.state.clone();
             let m = launch.metrics.clone();
+            let shard = launch.shard;
             let handle = tokio::runtime::Handle::current();
             // As for scheduled runs: the engine's future is driven on a
             // blocking-pool thread (it is not provably `Send`).
@@ -69,6 +72,7 @@ impl Hub {
                                 false,
                                 unix_now() as i64,
                             )
+                            .with_shard(shard)
                         });
                         tracing::info!("event pass starting");
                         run_rule(&engine, Some(&st), Some(&m), &narrowed, pruner.as_ref()).await;

@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use crate::config::Rule;
 use crate::metrics::{Metrics, MetricsError};
 use crate::secret::Secret;
+use crate::shard::Shard;
 
 pub(crate) use launch::Launch;
 use matcher::Pass;
@@ -79,12 +80,20 @@ pub struct Hub {
     pending: Mutex<Pending>,
     wake: Notify,
     events: IntCounterVec,
+    /// Of a `/*` rule, only this shard's repositories are synced here (the
+    /// rules are this shard's already).
+    shard: Shard,
 }
 
 impl Hub {
     /// A hub checking `token`, for these rules; its counters are
     /// registered in `metrics` (every series at 0 from the start).
-    pub fn new(token: Secret, rules: &[Rule], metrics: &Metrics) -> Result<Arc<Hub>, MetricsError> {
+    pub fn new(
+        token: Secret,
+        rules: &[Rule],
+        metrics: &Metrics,
+        shard: Shard,
+    ) -> Result<Arc<Hub>, MetricsError> {
         let events = IntCounterVec::new(
             Opts::new(
                 "regkeeper_events_total",
@@ -105,6 +114,7 @@ impl Hub {
             pending: Mutex::new(Pending::default()),
             wake: Notify::new(),
             events,
+            shard,
         }))
     }
 
@@ -145,7 +155,14 @@ impl Hub {
         let rules = self.rules.read().expect("event rules poisoned");
         let mut out = Vec::new();
         for n in parsed.notices {
-            let found = matcher::matching(&rules, &n.repository, n.host.as_deref());
+            let mut found = matcher::matching(&rules, &n.repository, n.host.as_deref());
+            // A repository of a `/*` rule that another shard owns is that
+            // shard's to copy (it gets the event too, or its schedule).
+            found.retain(|(rule, rel)| {
+                n.change == Change::Delete
+                    || rel.is_empty()
+                    || self.shard.owns_repository(rule, rel)
+            });
             if found.is_empty() {
                 tracing::debug!(kind = kind.as_str(), repository = %n.repository, "event matches no rule");
                 self.count(kind, Outcome::Ignored, 1);
@@ -208,6 +225,38 @@ mod tests {
             dir.join(token_file).display().to_string()
         );
         crate::config::parse(&text, Path::new("t.toml")).map_err(|e| format!("{e:?}"))
+    }
+
+    #[test]
+    fn each_repository_of_a_prefix_rule_is_one_shards_to_sync() {
+        let c = crate::config::parse(
+            "version = 1\n[daemon]\nstate_dir = \"/tmp/x\"\n[[rule]]\nname = \"team\"\nsource = \"a.example/team/*\"\ntargets = [\"b.example/m/*\"]\nschedule = \"@every 1h\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let hubs: Vec<_> = ["0/2", "1/2"]
+            .iter()
+            .map(|s| {
+                let shard = crate::shard::Shard::parse(s).unwrap();
+                let m = crate::metrics::Metrics::new().unwrap();
+                super::Hub::new(crate::secret::Secret::new("t"), &c.rules, &m, shard).unwrap()
+            })
+            .collect();
+        for i in 0..20 {
+            let push = super::Parsed {
+                notices: vec![super::parse::Notice {
+                    repository: format!("team/r{i}"),
+                    host: None,
+                    change: super::Change::Push,
+                }],
+                ignored: 0,
+            };
+            let matched: usize = hubs
+                .iter()
+                .map(|h| h.submit(super::Kind::Distribution, push.clone()).len())
+                .sum();
+            assert_eq!(matched, 1, "team/r{i} is synced by exactly one shard");
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub(crate) struct Notice {
 
 /// A payload: the events that count, and how many were ignored (pulls, blob
 /// pushes, other actions).
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Parsed {
     pub notices: Vec<Notice>,
     pub ignored: usize,
