@@ -125,14 +125,6 @@ impl RuleReport {
         }
     }
 
-    pub fn pending_bytes(&self) -> u64 {
-        self.images
-            .iter()
-            .filter_map(|i| i.cost)
-            .map(|c| c.bytes_to_copy)
-            .sum()
-    }
-
     /// Counts the images by outcome and sets the result of the copy step.
     pub(crate) fn tally(&mut self) {
         for image in &self.images {

@@ -112,10 +112,6 @@ impl Pruner {
         }
     }
 
-    pub fn dry_run(&self) -> bool {
-        self.dry_run
-    }
-
     pub fn now(&self) -> Unix {
         self.now
     }
