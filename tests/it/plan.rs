@@ -62,6 +62,11 @@ fn plan_then_sync(
     assert_eq!(sync["dry_run"], false);
     let planned = sets(&plan);
     assert_eq!(planned, sets(&sync), "plan == sync");
+    eprintln!(
+        "PLAN == SYNC: {} copies, {} deletions: {planned:?}",
+        planned.0.len(),
+        planned.1.len()
+    );
 
     let again = json(&regkeeper(dir, config, &["plan", "--json"]));
     assert_eq!(sets(&again), Default::default(), "a second plan is empty");
