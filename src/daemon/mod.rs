@@ -396,9 +396,9 @@ pub async fn run(
                                 // Retention runs after the sync step, on the same
                                 // transports, its journal in the state database.
                                 let pruner = rule.retention.as_ref().map(|_| {
-                                    crate::retention::Pruner::new(
-                                        engine.transports().clone(),
-                                        Arc::new(st.clone()),
+                                    crate::retention::Pruner::for_run(
+                                        engine.transports(),
+                                        Some(&st),
                                         false,
                                         unix_now() as i64,
                                     )

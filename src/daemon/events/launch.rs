@@ -66,9 +66,9 @@ impl Hub {
                         // Only a normal run prunes; `restrict` cleared the
                         // retention of every other pass.
                         let pruner = narrowed.retention.as_ref().map(|_| {
-                            crate::retention::Pruner::new(
-                                engine.transports().clone(),
-                                Arc::new(st.clone()),
+                            crate::retention::Pruner::for_run(
+                                engine.transports(),
+                                Some(&st),
                                 false,
                                 unix_now() as i64,
                             )
