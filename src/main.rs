@@ -138,10 +138,19 @@ fn config_path(cli: &Option<PathBuf>) -> PathBuf {
 
 /// Loads the config or prints every problem with file, line and column.
 fn load_config(path: &Path) -> Result<Config, u8> {
-    config::load(path).map_err(|e| {
+    load_config_with(path, config::Secrets::All)
+}
+
+/// `load_config`, reading only the secrets `secrets` says; prints warnings.
+fn load_config_with(path: &Path, secrets: config::Secrets) -> Result<Config, u8> {
+    let config = config::load_with(path, secrets).map_err(|e| {
         eprintln!("{e}");
         EXIT_USAGE
-    })
+    })?;
+    for w in &config.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(config)
 }
 
 fn init_logging(format: LogFormat, quiet: bool) {
@@ -248,7 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Check => {
             let path = config_path(&cli.config);
-            let config = match load_config(&path) {
+            let config = match load_config_with(&path, config::Secrets::FilesOnly) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
@@ -362,6 +371,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     eprintln!("error: {e}");
                     Ok(EXIT_STATE)
                 }
+                // The address is in the config: fixing it is a config change.
+                Err(e @ regkeeper::daemon::DaemonError::Listen { .. }) => {
+                    tracing::error!("{e}");
+                    eprintln!("error: {e}");
+                    Ok(EXIT_USAGE)
+                }
                 Err(e) => {
                     tracing::error!("{e}");
                     eprintln!("error: {e}");
@@ -370,7 +385,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
         }
         Command::Status { json } => {
-            let config = match load_config(&config_path(&cli.config)) {
+            let config = match load_config_with(&config_path(&cli.config), config::Secrets::None) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };

@@ -8,7 +8,13 @@
 //! (unknown, or of the wrong type) is reported, dropped and the section tried
 //! again, so several such keys are all reported too.
 
-use std::collections::{BTreeMap, HashMap};
+mod paths;
+mod registry;
+mod secrets;
+
+pub use secrets::Secrets;
+
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -21,14 +27,12 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::error::{ConfigError, Diags};
 use super::raw::{
-    Int, RULE_ONLY_KEYS, RawDaemon, RawDefaults, RawRegistry, RawRetention, RawRule, RawTags, Str,
+    Int, RULE_ONLY_KEYS, RawDaemon, RawDefaults, RawRetention, RawRule, RawTags, Str,
 };
 use super::schedule::parse_schedule;
 use super::{Config, Daemon, LogFormat, OrderBy, Retention, Rule, Schedule, TagFilter};
 use crate::oci::Platform;
-use crate::reference::RepoSpec;
-use crate::secret::Secret;
-use crate::transport::RegistryOptions;
+use crate::reference::{Location, RepoSpec};
 
 const TOP_KEYS: &[&str] = &["version", "daemon", "defaults", "registries", "rule"];
 const DEFAULT_STATE_DIR: &str = "/var/lib/regkeeper";
@@ -36,8 +40,14 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:9469";
 const DEFAULT_SCHEDULE: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_MAX_DELETIONS: usize = 50;
 
-/// Reads and validates the configuration file at `path`.
+/// Reads and validates the configuration file at `path`, secrets included.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with(path, Secrets::All)
+}
+
+/// Reads and validates the configuration file at `path`, reading the
+/// secrets `secrets` says.
+pub fn load_with(path: &Path, secrets: Secrets) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError::whole_file(
             path,
@@ -46,13 +56,49 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             ),
         )
     })?;
-    parse(&text, path)
+    parse_with(&text, path, secrets, credentials_dir())
+}
+
+/// systemd's `$CREDENTIALS_DIRECTORY` (set for units with `LoadCredential=`).
+fn credentials_dir() -> Option<PathBuf> {
+    std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from)
 }
 
 /// Validates configuration text; `path` is used in diagnostics and kept in
-/// [`Config::path`]. Password files named in it are read; relative paths in
-/// it are relative to the current directory, and `~/` means `$HOME`.
+/// [`Config::path`]. Secrets named in it are read; relative paths in it are
+/// relative to the directory of `path`, and `~/` means `$HOME`.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    parse_with(text, path, Secrets::All, credentials_dir())
+}
+
+/// `parse` with the secrets and credentials directory given (the process
+/// environment cannot be changed safely in tests).
+#[cfg(test)]
+pub(crate) fn parse_for_test(
+    text: &str,
+    secrets: Secrets,
+    credentials: Option<&Path>,
+) -> Result<Config, ConfigError> {
+    parse_with(
+        text,
+        Path::new("test.toml"),
+        secrets,
+        credentials.map(Path::to_path_buf),
+    )
+}
+
+fn parse_with(
+    text: &str,
+    path: &Path,
+    secrets: Secrets,
+    credentials: Option<PathBuf>,
+) -> Result<Config, ConfigError> {
+    if text.trim().is_empty() {
+        return Err(ConfigError::whole_file(
+            path,
+            "the configuration file is empty; start from config.example.toml (it needs at least version = 1 and one [[rule]])",
+        ));
+    }
     let mut diags = Diags::new(path, text);
     let (root, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
@@ -66,8 +112,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
         return Err(diags.into_error());
     }
-    let config = Loader { d: &mut diags }.root(root.into_inner(), path);
+    let mut config = Loader {
+        d: &mut diags,
+        base: paths::base_dir(path),
+        secrets,
+        credentials,
+    }
+    .root(root.into_inner(), path);
     if diags.is_empty() {
+        config.warnings = diags.take_warnings();
         Ok(config)
     } else {
         Err(diags.into_error())
@@ -109,6 +162,11 @@ impl Common {
 /// result away when anything was reported.
 struct Loader<'a, 'b> {
     d: &'a mut Diags<'b>,
+    /// Where relative paths start: the configuration file's directory.
+    base: PathBuf,
+    secrets: Secrets,
+    /// `$CREDENTIALS_DIRECTORY`, for `password_credential`.
+    credentials: Option<PathBuf>,
 }
 
 impl Loader<'_, '_> {
@@ -117,9 +175,13 @@ impl Loader<'_, '_> {
         let mut defaults = None;
         let mut registries = None;
         let mut rules = None;
+        let mut version = false;
         for (key, value) in table {
             match key.get_ref().as_ref() {
-                "version" => self.version(value),
+                "version" => {
+                    version = true;
+                    self.version(value);
+                }
                 "daemon" => daemon = self.section::<RawDaemon>(value, "[daemon]").0,
                 "defaults" => defaults = self.section::<RawDefaults>(value, "[defaults]").0,
                 "registries" => registries = Some(value),
@@ -133,6 +195,12 @@ impl Loader<'_, '_> {
                 }
             }
         }
+        if !version {
+            self.d.at(
+                0..0,
+                "the file has no `version`; add version = 1 as its first line",
+            );
+        }
         let daemon = self.daemon(daemon);
         let defaults = self.common(defaults.unwrap_or_default());
         let registries = registries.map(|v| self.registries(v)).unwrap_or_default();
@@ -142,7 +210,24 @@ impl Loader<'_, '_> {
             daemon,
             registries,
             rules,
+            warnings: Vec::new(),
         }
+    }
+
+    /// A path as written in the file, resolved (see `paths`).
+    fn path(&self, s: &str) -> PathBuf {
+        paths::resolve(&self.base, s)
+    }
+
+    /// A source or target; a relative `oci:` directory starts at the file's
+    /// directory.
+    fn repo_spec(&self, s: &str) -> Result<RepoSpec, crate::reference::ReferenceError> {
+        let mut spec = RepoSpec::parse(s)?;
+        if let Location::Layout { path } = &spec.location {
+            let resolved = self.path(&path.to_string_lossy());
+            spec.location = Location::Layout { path: resolved };
+        }
+        Ok(spec)
     }
 
     /// Deserializes one section. Each key serde rejects is reported and
@@ -247,9 +332,10 @@ impl Loader<'_, '_> {
                 );
                 PathBuf::from(DEFAULT_STATE_DIR)
             }
-            Some(s) => expand_home(s.get_ref()),
+            Some(s) => self.path(s.get_ref()),
             None => PathBuf::from(DEFAULT_STATE_DIR),
         };
+        let state_dir_given = raw.state_dir.is_some();
         let listen = match &raw.listen {
             Some(s) if s.get_ref().is_empty() => None,
             Some(s) => match s.get_ref().trim().parse::<SocketAddr>() {
@@ -290,6 +376,7 @@ impl Loader<'_, '_> {
         };
         Daemon {
             state_dir,
+            state_dir_given,
             listen,
             max_concurrent_transfers,
             log_format,
@@ -312,192 +399,6 @@ impl Loader<'_, '_> {
             }
             Some(v) => usize::try_from(*v.get_ref()).unwrap_or(usize::MAX),
         }
-    }
-
-    fn registries(&mut self, value: Spanned<DeValue<'_>>) -> BTreeMap<String, RegistryOptions> {
-        let span = value.span();
-        let DeValue::Table(table) = value.into_inner() else {
-            self.d.at(
-                span,
-                "`registries` must be a table of per-host tables, e.g. [registries.\"ghcr.io\"]",
-            );
-            return BTreeMap::new();
-        };
-        let mut out = BTreeMap::new();
-        for (host, value) in table {
-            let host_span = host.span();
-            let host = host.into_inner().into_owned();
-            if let Some(problem) = host_problem(&host) {
-                self.d.at(
-                    host_span,
-                    format!("registry key {host:?} {problem}; write the host as in references, e.g. \"ghcr.io\" or \"127.0.0.1:5000\""),
-                );
-            }
-            let section = format!("[registries.{host:?}]");
-            let (raw, _) = self.section::<RawRegistry>(value, &section);
-            if let Some(raw) = raw {
-                let opts = self.registry(raw, &section);
-                out.insert(host, opts);
-            }
-        }
-        out
-    }
-
-    fn registry(&mut self, raw: RawRegistry, section: &str) -> RegistryOptions {
-        let defaults = RegistryOptions::default();
-        let mut password = None;
-        match (&raw.password_file, &raw.password_env) {
-            (Some(file), Some(env)) => {
-                self.d.at(
-                    env.span(),
-                    format!(
-                        "{section} sets both password_file (line {}) and password_env; keep one",
-                        self.d.line_of(file.span().start)
-                    ),
-                );
-            }
-            (Some(file), None) => password = self.password_file(file),
-            (None, Some(env)) => password = self.password_env(env),
-            (None, None) => {}
-        }
-        let password_key = raw.password_file.as_ref().or(raw.password_env.as_ref());
-        match (&raw.username, password_key) {
-            (None, Some(key)) => self.d.at(
-                key.span(),
-                format!("{section} has a password but no username; add username = \"...\""),
-            ),
-            (Some(user), None) => self.d.at(
-                user.span(),
-                format!(
-                    "{section} has a username but no password; add password_file or password_env"
-                ),
-            ),
-            _ => {}
-        }
-        let docker_config = raw
-            .docker_config
-            .as_ref()
-            .map(|s| self.existing_file(s, "docker_config"));
-        let ca_file = raw
-            .ca_file
-            .as_ref()
-            .map(|s| self.existing_file(s, "ca_file"));
-        let max_concurrent = self.at_least(
-            raw.max_concurrent.as_ref(),
-            "max_concurrent",
-            1,
-            defaults.max_concurrent,
-        );
-        let requests_per_second = raw.requests_per_second.as_ref().and_then(|r| {
-            let v = *r.get_ref();
-            if v.is_finite() && v > 0.0 {
-                Some(v)
-            } else {
-                self.d.at(
-                    r.span(),
-                    format!(
-                        "requests_per_second = {v} must be a number above 0; leave it out for no limit"
-                    ),
-                );
-                None
-            }
-        });
-        let chunk_size = match &raw.chunk_size {
-            None => defaults.chunk_size,
-            Some(v) => match chunk_size(v.get_ref()) {
-                Ok(n) => n,
-                Err(msg) => {
-                    self.d.at(v.span(), msg);
-                    defaults.chunk_size
-                }
-            },
-        };
-        RegistryOptions {
-            username: raw.username.map(Spanned::into_inner),
-            password,
-            docker_config,
-            ca_file,
-            insecure_skip_verify: raw.insecure_skip_verify.unwrap_or(false),
-            plain_http: raw.plain_http.unwrap_or(false),
-            max_concurrent,
-            requests_per_second,
-            chunk_size,
-        }
-    }
-
-    fn password_file(&mut self, file: &Str) -> Option<Secret> {
-        let path = expand_home(file.get_ref());
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                // Files written by `echo` or an editor end in a newline that
-                // is not part of the password.
-                let secret = text.trim_end_matches(['\n', '\r']);
-                if secret.is_empty() {
-                    self.d.at(
-                        file.span(),
-                        format!("password_file {} is empty", path.display()),
-                    );
-                    return None;
-                }
-                Some(Secret::new(secret))
-            }
-            Err(e) => {
-                self.d.at(
-                    file.span(),
-                    format!(
-                        "cannot read password_file {}: {e}; create it or correct the path",
-                        path.display()
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    fn password_env(&mut self, env: &Str) -> Option<Secret> {
-        let name = env.get_ref();
-        match std::env::var(name) {
-            Ok(v) if v.is_empty() => {
-                self.d.at(
-                    env.span(),
-                    format!("password_env: environment variable {name} is empty"),
-                );
-                None
-            }
-            Ok(v) => Some(Secret::new(v)),
-            Err(std::env::VarError::NotPresent) => {
-                self.d.at(
-                    env.span(),
-                    format!(
-                        "password_env: environment variable {name} is not set; set it in the service's environment"
-                    ),
-                );
-                None
-            }
-            Err(std::env::VarError::NotUnicode(_)) => {
-                self.d.at(
-                    env.span(),
-                    format!("password_env: environment variable {name} is not valid UTF-8"),
-                );
-                None
-            }
-        }
-    }
-
-    /// A path that must name a readable file now (rather than fail at the first sync).
-    fn existing_file(&mut self, s: &Str, key: &str) -> PathBuf {
-        let path = expand_home(s.get_ref());
-        match std::fs::metadata(&path) {
-            Ok(m) if m.is_file() => {}
-            Ok(_) => self
-                .d
-                .at(s.span(), format!("{key} {} is not a file", path.display())),
-            Err(e) => self.d.at(
-                s.span(),
-                format!("cannot read {key} {}: {e}", path.display()),
-            ),
-        }
-        path
     }
 
     fn common(&mut self, raw: RawDefaults) -> Common {
@@ -657,7 +558,7 @@ impl Loader<'_, '_> {
         };
 
         let source = raw.source.as_ref().and_then(|s| {
-            RepoSpec::parse(s.get_ref())
+            self.repo_spec(s.get_ref())
                 .map_err(|e| self.d.at(s.span(), format!("source: {e}")))
                 .ok()
         });
@@ -721,7 +622,7 @@ impl Loader<'_, '_> {
         }
         let mut out: Vec<RepoSpec> = Vec::new();
         for t in list.get_ref() {
-            let spec = match RepoSpec::parse(t.get_ref()) {
+            let spec = match self.repo_spec(t.get_ref()) {
                 Ok(spec) => spec,
                 Err(e) => {
                     self.d.at(t.span(), format!("target: {e}"));
@@ -930,24 +831,10 @@ fn hint(name: &str, candidates: &[&str]) -> String {
 fn closest<'c>(name: &str, candidates: &[&'c str]) -> Option<&'c str> {
     candidates
         .iter()
-        .map(|c| (edit_distance(name, c), *c))
+        .map(|c| (strsim::levenshtein(name, c), *c))
         .min_by_key(|(d, _)| *d)
         .filter(|(d, _)| *d <= 2.max(name.chars().count() / 3))
         .map(|(_, c)| c)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 fn valid_rule_name(name: &str) -> bool {
@@ -955,21 +842,6 @@ fn valid_rule_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
-/// What is wrong with a `[registries."..."]` key, if anything.
-fn host_problem(host: &str) -> Option<&'static str> {
-    if host.is_empty() {
-        Some("is empty")
-    } else if host.contains("://") {
-        Some("is a URL, not a host")
-    } else if host.contains('/') {
-        Some("contains a path")
-    } else if host.chars().any(char::is_whitespace) {
-        Some("contains whitespace")
-    } else {
-        None
-    }
 }
 
 /// The one-line reason from a regex error (its Display spans several lines
@@ -980,52 +852,4 @@ fn regex_reason(e: &regex::Error) -> String {
         .rev()
         .find_map(|l| l.trim().strip_prefix("error: "))
         .map_or_else(|| text.replace('\n', " "), str::to_string)
-}
-
-/// `~` and `~/...` mean the home directory; anything else is taken as written.
-fn expand_home(s: &str) -> PathBuf {
-    let rest = if s == "~" {
-        Some("")
-    } else {
-        s.strip_prefix("~/")
-    };
-    match (rest, std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
-        _ => PathBuf::from(s),
-    }
-}
-
-/// A chunk size: bytes as an integer, or a string such as "16MiB", "512KiB",
-/// "1GB" or "0" (0 = one monolithic PUT).
-fn chunk_size(v: &toml::Value) -> Result<u64, String> {
-    const HOW: &str =
-        "write e.g. \"16MiB\", \"512KiB\", \"1GB\", or \"0\" for one monolithic upload";
-    match v {
-        toml::Value::Integer(n) => {
-            u64::try_from(*n).map_err(|_| format!("chunk_size = {n} is negative; {HOW}"))
-        }
-        toml::Value::String(s) => {
-            let t = s.trim();
-            let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-            let (num, unit) = t.split_at(digits);
-            let bad = || format!("chunk_size = {s:?} is not a size; {HOW}");
-            let num: u64 = num.parse().map_err(|_| bad())?;
-            let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-                "" | "b" => 1,
-                "kb" => 1000,
-                "mb" => 1000 * 1000,
-                "gb" => 1000 * 1000 * 1000,
-                "kib" => 1 << 10,
-                "mib" => 1 << 20,
-                "gib" => 1 << 30,
-                _ => return Err(bad()),
-            };
-            num.checked_mul(factor)
-                .ok_or_else(|| format!("chunk_size = {s:?} is too large"))
-        }
-        other => Err(format!(
-            "chunk_size must be a string or an integer, not a {}; {HOW}",
-            other.type_str()
-        )),
-    }
 }

@@ -240,6 +240,29 @@ fn build_generation(
     }
 }
 
+/// Every registry host the config names (sections, sources, targets).
+fn init_registries(config: &Config, metrics: &Metrics) {
+    let mut hosts: std::collections::BTreeSet<&str> =
+        config.registries.keys().map(String::as_str).collect();
+    for rule in &config.rules {
+        for spec in rule.source.iter().chain(&rule.targets) {
+            if let crate::reference::Location::Registry { host, .. } = &spec.location {
+                hosts.insert(host);
+            }
+        }
+    }
+    for host in hosts {
+        metrics.init_registry(host);
+    }
+}
+
+/// What the config loader found suspicious but not invalid.
+fn log_warnings(config: &Config) {
+    for w in &config.warnings {
+        tracing::warn!(file = %w.file.display(), line = w.line, "{}", w.message);
+    }
+}
+
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::debug!(error = %e, "sd_notify failed");
@@ -276,8 +299,16 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         None => None,
     };
 
+    log_warnings(&config);
     let state = State::open(&config.daemon.state_dir)?;
-    tracing::info!(path = %state.path().display(), "state database open");
+    if config.daemon.state_dir_given {
+        tracing::info!(path = %state.path().display(), "state database open");
+    } else {
+        tracing::info!(
+            path = %state.path().display(),
+            "state database open (the config sets no daemon.state_dir; this is the default)"
+        );
+    }
     let uploads = state.uploads().unwrap_or_default();
     if !uploads.is_empty() {
         tracing::info!(
@@ -288,6 +319,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
     for rule in &config.rules {
         restore_rule_metrics(&state, &metrics, &rule.name, daemon_start);
     }
+    init_registries(&config, &metrics);
     let mut generation = build_generation(config, &state, &metrics, &stop, None);
     let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
     let now = Instant::now();
@@ -390,7 +422,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
                 }
             }
             _ = hup.recv() => {
-                reload(&config_path, &mut generation, &mut slots, &state, &metrics, &stop, daemon_start);
+                reload(&config_path, &mut generation, &mut slots, &state, &metrics, &stop);
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
@@ -436,7 +468,6 @@ fn reload(
     state: &State,
     metrics: &Arc<Metrics>,
     stop: &CancellationToken,
-    daemon_start: f64,
 ) {
     let new = match config::load(path) {
         Ok(c) => c,
@@ -445,9 +476,16 @@ fn reload(
                 tracing::error!(path = %path.display(), "{d}");
             }
             tracing::error!(path = %path.display(), "reload refused: the configuration is invalid; the previous rules keep running");
+            metrics.reload(false);
             return;
         }
     };
+    log_warnings(&new);
+    metrics.reload(true);
+    init_registries(&new, metrics);
+    // A rule new to this daemon is in step as of now at worst: its lag
+    // starts here, not at the daemon's start (unless its history says more).
+    let reloaded_at = unix_now();
     if new.daemon.state_dir != generation.config.daemon.state_dir
         || new.daemon.listen != generation.config.daemon.listen
         || new.daemon.log_format != generation.config.daemon.log_format
@@ -481,7 +519,7 @@ fn reload(
             }
             None => {
                 added += 1;
-                restore_rule_metrics(state, metrics, &rule.name, daemon_start);
+                restore_rule_metrics(state, metrics, &rule.name, reloaded_at);
                 let bound = schedule::jitter_bound(&rule.schedule, SystemTime::now());
                 slots.insert(
                     rule.name.clone(),

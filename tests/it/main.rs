@@ -6,3 +6,4 @@ mod retention;
 mod store;
 mod support;
 mod sync;
+mod systemd;
