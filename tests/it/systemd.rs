@@ -11,11 +11,16 @@ use std::time::{Duration, Instant};
 
 use container::Container;
 
+use crate::support::registry::write_htpasswd;
 use crate::support::{Corpus, ImageSpec, layer, sha256_digest};
 
 const UNIT: &str = include_str!("../../systemd/regkeeper.service");
 const REGISTRY: &str = "127.0.0.1:5000";
 const CONFIG: &str = "etc/regkeeper/config.toml";
+/// The registry asks for this user; regkeeper gets the password through
+/// `LoadCredential=` and `password_credential`.
+const USER: &str = "mirror";
+const PASS: &str = "cred-s3cret-pass";
 
 /// The release binary (`scripts/test.sh` builds it first), or why not.
 fn release_dir() -> Result<PathBuf, String> {
@@ -46,13 +51,19 @@ fn setup() -> Result<Container, String> {
     let bin = release_dir()?;
     let c = Container::boot(&bin)?;
     let units = c.root().join("etc/systemd/system");
+    write_htpasswd(&c.root().join("srv/htpasswd"), USER, PASS);
     std::fs::write(
         c.root().join("srv/registry.yml"),
         format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: /srv/registry\nhttp:\n  addr: {REGISTRY}\n"
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: /srv/registry\nhttp:\n  addr: {REGISTRY}\n\
+             auth:\n  htpasswd:\n    realm: regkeeper-systemd-test\n    path: /srv/htpasswd\n"
         ),
     )
     .unwrap();
+    // Readable by root only: the service sees it as a credential.
+    let secret = c.root().join("srv/registry-token");
+    std::fs::write(&secret, format!("{PASS}\n")).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     std::fs::write(
         units.join("rk-registry.service"),
         "[Service]\nExecStart=/usr/bin/docker-registry serve /srv/registry.yml\n",
@@ -62,7 +73,8 @@ fn setup() -> Result<Container, String> {
     std::fs::create_dir_all(units.join("regkeeper.service.d")).unwrap();
     std::fs::write(
         units.join("regkeeper.service.d/binary.conf"),
-        "[Service]\nExecStart=\nExecStart=/opt/regkeeper/regkeeper run -c /etc/regkeeper/config.toml\n",
+        "[Service]\nExecStart=\nExecStart=/opt/regkeeper/regkeeper run -c /etc/regkeeper/config.toml\n\
+         LoadCredential=registry-token:/srv/registry-token\n",
     )
     .unwrap();
     c.ok(&["systemctl", "daemon-reload"]);
@@ -76,7 +88,9 @@ fn setup() -> Result<Container, String> {
 
 /// A config mirroring the named source tags, one rule per (name, tag, repo).
 fn config(rules: &[(&str, &str, &str)]) -> String {
-    let mut s = format!("version = 1\n[registries.\"{REGISTRY}\"]\nplain_http = true\n");
+    let mut s = format!(
+        "version = 1\n[registries.\"{REGISTRY}\"]\nplain_http = true\nusername = \"{USER}\"\npassword_credential = \"registry-token\"\n"
+    );
     for (name, tag, repo) in rules {
         s += &format!(
             "[[rule]]\nname = \"{name}\"\nsource = \"oci:/srv/src\"\ntargets = [\"{REGISTRY}/{repo}\"]\ntags.include = ['^{tag}$']\nschedule = \"@every 20s\"\n"
@@ -92,6 +106,8 @@ fn digest(c: &Container, repo: &str, tag: &str) -> Option<String> {
         "inspect",
         "--raw",
         "--tls-verify=false",
+        "--creds",
+        &format!("{USER}:{PASS}"),
         &format!("docker://{REGISTRY}/{repo}:{tag}"),
     ]);
     out.status.success().then(|| sha256_digest(&out.stdout))
@@ -192,7 +208,14 @@ fn shipped_unit_under_a_real_systemd() {
     );
     assert!(c.journal("regkeeper").contains("configuration reloaded"));
 
-    // `status` as root, from the state the daemon wrote to /var/lib/regkeeper.
+    // `status` and `check` as root, from the state the daemon wrote to
+    // /var/lib/regkeeper, without the service's credentials.
+    c.ok(&[
+        "/opt/regkeeper/regkeeper",
+        "check",
+        "-c",
+        "/etc/regkeeper/config.toml",
+    ]);
     let status = c.ok(&[
         "/opt/regkeeper/regkeeper",
         "status",
@@ -203,6 +226,10 @@ fn shipped_unit_under_a_real_systemd() {
     assert!(
         status.contains("\"other\"") && status.contains("success"),
         "status: {status}"
+    );
+    assert!(
+        !c.journal("regkeeper").contains(PASS),
+        "the credential was logged"
     );
 
     // Stop: well within TimeoutStopSec, by exiting (not by SIGKILL).
