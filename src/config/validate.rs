@@ -10,11 +10,12 @@
 
 mod paths;
 mod registry;
+mod retention;
+mod rule;
 mod secrets;
 
 pub use secrets::Secrets;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -26,11 +27,9 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::error::{ConfigError, Diags};
-use super::raw::{
-    Int, RULE_ONLY_KEYS, RawDaemon, RawDefaults, RawRetention, RawRule, RawTags, Str,
-};
+use super::raw::{Int, RULE_ONLY_KEYS, RawDaemon, RawDefaults, RawTags, Str};
 use super::schedule::parse_schedule;
-use super::{Config, Daemon, LogFormat, OrderBy, Retention, Rule, Schedule, TagFilter};
+use super::{Config, Daemon, LogFormat, Schedule};
 use crate::oci::Platform;
 use crate::reference::{Location, RepoSpec};
 
@@ -477,313 +476,6 @@ impl Loader<'_, '_> {
             })
             .collect()
     }
-
-    fn rules(&mut self, value: Spanned<DeValue<'_>>, defaults: &Common) -> Vec<Rule> {
-        let span = value.span();
-        let items: Vec<Spanned<DeValue<'_>>> = match value.into_inner() {
-            DeValue::Array(a) => a.iter().cloned().collect(),
-            DeValue::Table(_) => {
-                self.d.at(
-                    span,
-                    "`rule` must be an array of tables: write each rule under [[rule]] (double brackets)",
-                );
-                return Vec::new();
-            }
-            _ => {
-                self.d.at(
-                    span,
-                    "`rule` must be an array of tables, each under [[rule]]",
-                );
-                return Vec::new();
-            }
-        };
-        // Name -> offset of the first rule that uses it.
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        let mut out = Vec::new();
-        for item in items {
-            let span = item.span();
-            let (raw, dropped) = self.section::<RawRule>(item, "[[rule]]");
-            if let Some(raw) = raw {
-                out.push(self.rule(span, raw, &dropped, defaults, &mut seen));
-            }
-        }
-        out
-    }
-
-    fn rule(
-        &mut self,
-        span: Range<usize>,
-        mut raw: RawRule,
-        dropped: &[String],
-        defaults: &Common,
-        seen: &mut HashMap<String, usize>,
-    ) -> Rule {
-        let name = match &raw.name {
-            None => {
-                if !dropped.iter().any(|k| k == "name") {
-                    self.d.at(
-                        span.clone(),
-                        "this [[rule]] has no name; add name = \"...\" ([a-z0-9_-]+, unique)",
-                    );
-                }
-                String::new()
-            }
-            Some(n) => {
-                let name = n.get_ref().clone();
-                if !valid_rule_name(&name) {
-                    self.d.at(
-                        n.span(),
-                        format!(
-                            "rule name {name:?} is not valid: use lowercase letters, digits, '_' and '-' only (it becomes a metrics label)"
-                        ),
-                    );
-                } else if let Some(&first) = seen.get(&name) {
-                    self.d.at(
-                        n.span(),
-                        format!(
-                            "duplicate rule name {name:?}: line {} already uses it; rule names must be unique",
-                            self.d.line_of(first)
-                        ),
-                    );
-                } else {
-                    seen.insert(name.clone(), n.span().start);
-                }
-                name
-            }
-        };
-        let label = if name.is_empty() {
-            "this rule".to_string()
-        } else {
-            format!("rule {name:?}")
-        };
-
-        let source = raw.source.as_ref().and_then(|s| {
-            self.repo_spec(s.get_ref())
-                .map_err(|e| self.d.at(s.span(), format!("source: {e}")))
-                .ok()
-        });
-        let targets = self.targets(&raw, source.as_ref(), &label, span.clone(), dropped);
-
-        let common = self.common(raw.take_common()).or(defaults);
-        let retention = raw
-            .retention
-            .take()
-            .map(|r| self.retention(r, raw.source.is_some(), &label, dropped));
-        let meant_either = dropped.iter().any(|k| k == "source" || k == "retention");
-        if raw.source.is_none() && retention.is_none() && !meant_either {
-            self.d.at(
-                span,
-                format!(
-                    "{label} has neither source nor retention: nothing to do; add source = \"...\" to mirror, or a [rule.retention] table to clean up"
-                ),
-            );
-        }
-        Rule {
-            name,
-            source,
-            targets,
-            schedule: common.schedule.unwrap_or(Schedule::Every(DEFAULT_SCHEDULE)),
-            tags: TagFilter {
-                include: common.include.unwrap_or_default(),
-                exclude: common.exclude.unwrap_or_default(),
-                semver: common.semver,
-                latest: common.latest,
-            },
-            platforms: common.platforms.unwrap_or_default(),
-            referrers: common.referrers.unwrap_or(true),
-            immutable: common.immutable.unwrap_or(false),
-            retention,
-        }
-    }
-
-    fn targets(
-        &mut self,
-        raw: &RawRule,
-        source: Option<&RepoSpec>,
-        label: &str,
-        rule_span: Range<usize>,
-        dropped: &[String],
-    ) -> Vec<RepoSpec> {
-        let Some(list) = &raw.targets else {
-            if !dropped.iter().any(|k| k == "targets") {
-                self.d.at(
-                    rule_span,
-                    format!("{label} has no targets; add targets = [\"registry.example.com/mirror/repo\"]"),
-                );
-            }
-            return Vec::new();
-        };
-        if list.get_ref().is_empty() {
-            self.d.at(
-                list.span(),
-                format!("{label} has an empty targets list; name at least one target"),
-            );
-            return Vec::new();
-        }
-        let mut out: Vec<RepoSpec> = Vec::new();
-        for t in list.get_ref() {
-            let spec = match self.repo_spec(t.get_ref()) {
-                Ok(spec) => spec,
-                Err(e) => {
-                    self.d.at(t.span(), format!("target: {e}"));
-                    continue;
-                }
-            };
-            if let Some(src) = source {
-                if src.wildcard && !spec.wildcard {
-                    self.d.at(
-                        t.span(),
-                        format!(
-                            "target {:?} must end in /* because the source {src} does: each source repository is mirrored under the target prefix",
-                            t.get_ref()
-                        ),
-                    );
-                } else if !src.wildcard && spec.wildcard {
-                    self.d.at(
-                        t.span(),
-                        format!(
-                            "target {:?} ends in /* but the source {src} is one repository; name one target repository, or end the source in /* too",
-                            t.get_ref()
-                        ),
-                    );
-                } else if *src == spec {
-                    self.d.at(
-                        t.span(),
-                        format!("target {:?} is the source itself", t.get_ref()),
-                    );
-                }
-            }
-            if out.contains(&spec) {
-                self.d.at(
-                    t.span(),
-                    format!("target {:?} is listed twice", t.get_ref()),
-                );
-                continue;
-            }
-            out.push(spec);
-        }
-        out
-    }
-
-    fn retention(
-        &mut self,
-        raw: Spanned<RawRetention>,
-        has_source: bool,
-        label: &str,
-        dropped: &[String],
-    ) -> Retention {
-        let meant = |key: &str| dropped.iter().any(|k| *k == format!("retention.{key}"));
-        let span = raw.span();
-        let raw = raw.into_inner();
-        let match_tags = match &raw.match_tags {
-            Some(list) => self.regexes(list, "retention.match"),
-            None if meant("match") => Vec::new(),
-            None => {
-                self.d.at(
-                    span.clone(),
-                    format!(
-                        "the retention of {label} has no `match`: list the regexes of the tags it may delete, e.g. match = ['^v\\d+\\.\\d+\\.\\d+$']"
-                    ),
-                );
-                Vec::new()
-            }
-        };
-        let keep_last = raw
-            .keep_last
-            .as_ref()
-            .map(|n| self.at_least(Some(n), "keep_last", 0, 0));
-        let order_by = match &raw.order_by {
-            None => OrderBy::Semver,
-            Some(s) => match s.get_ref().as_str() {
-                "semver" => OrderBy::Semver,
-                "created" => OrderBy::Created,
-                "first_seen" => OrderBy::FirstSeen,
-                other => {
-                    self.d.at(
-                        s.span(),
-                        format!(
-                            "order_by = {other:?} is not known; use \"semver\", \"created\" or \"first_seen\""
-                        ),
-                    );
-                    OrderBy::Semver
-                }
-            },
-        };
-        let older_than = raw
-            .older_than
-            .as_ref()
-            .and_then(|s| self.duration(s, "older_than"));
-        let untagged_older_than = raw
-            .untagged_older_than
-            .as_ref()
-            .and_then(|s| self.duration(s, "untagged_older_than"));
-        let protect = raw
-            .protect
-            .as_ref()
-            .map(|l| self.regexes(l, "retention.protect"))
-            .unwrap_or_default();
-        let delete_removed_at_source = raw
-            .delete_removed_at_source
-            .as_ref()
-            .is_some_and(|b| *b.get_ref());
-        if delete_removed_at_source && !has_source {
-            let b = raw.delete_removed_at_source.as_ref().expect("set");
-            self.d.at(
-                b.span(),
-                format!("delete_removed_at_source needs a source, and {label} has none"),
-            );
-        }
-        let max_deletions_per_run = self.at_least(
-            raw.max_deletions_per_run.as_ref(),
-            "max_deletions_per_run",
-            1,
-            DEFAULT_MAX_DELETIONS,
-        );
-        if raw.keep_last.is_none()
-            && raw.older_than.is_none()
-            && raw.untagged_older_than.is_none()
-            && !delete_removed_at_source
-            && ![
-                "keep_last",
-                "older_than",
-                "untagged_older_than",
-                "delete_removed_at_source",
-            ]
-            .iter()
-            .any(|k| meant(k))
-        {
-            self.d.at(
-                span,
-                format!(
-                    "the retention of {label} deletes nothing: set keep_last, older_than, untagged_older_than or delete_removed_at_source"
-                ),
-            );
-        }
-        Retention {
-            match_tags,
-            keep_last,
-            order_by,
-            older_than,
-            protect,
-            untagged_older_than,
-            delete_removed_at_source,
-            max_deletions_per_run,
-        }
-    }
-
-    fn duration(&mut self, s: &Str, key: &str) -> Option<Duration> {
-        humantime::parse_duration(s.get_ref().trim())
-            .map_err(|e| {
-                self.d.at(
-                    s.span(),
-                    format!(
-                        "{key} = {:?} is not a duration: {e}; write e.g. \"90d\", \"12h\" or \"1h30m\"",
-                        s.get_ref()
-                    ),
-                )
-            })
-            .ok()
-    }
 }
 
 /// Removes from a table the key that the error at byte `at` is about (the
@@ -835,13 +527,6 @@ fn closest<'c>(name: &str, candidates: &[&'c str]) -> Option<&'c str> {
         .min_by_key(|(d, _)| *d)
         .filter(|(d, _)| *d <= 2.max(name.chars().count() / 3))
         .map(|(_, c)| c)
-}
-
-fn valid_rule_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// The one-line reason from a regex error (its Display spans several lines
