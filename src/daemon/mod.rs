@@ -93,7 +93,7 @@ pub async fn run_rule(
                 .map(|e| format!("{}:{} -> {}: {e}", i.source, i.tag, i.target))
         })
     });
-    let mut pending = report.tags_failed as i64;
+    let mut pending = (report.tags_failed + report.tags_unreachable) as i64;
     if let (Some(s), Some(id)) = (state, id) {
         let t = &report.totals;
         let rec = RunRecord {
@@ -116,8 +116,10 @@ pub async fn run_rule(
         if let Err(e) = s.run_finished(id, &rec) {
             tracing::warn!(rule = %rule.name, error = %e, "cannot record the run result");
         }
+        // Tags of a target that could not be read are pending too: the
+        // state has no row for them.
         match s.tags_pending(&rule.name) {
-            Ok(n) => pending = n,
+            Ok(n) => pending = n + report.tags_unreachable as i64,
             Err(e) => tracing::warn!(rule = %rule.name, error = %e, "cannot count pending tags"),
         }
     }

@@ -82,6 +82,9 @@ pub struct RuleReport {
     pub tags_in_sync: usize,
     pub tags_copied: usize,
     pub tags_failed: usize,
+    /// Selected source tags not compared with a target because the target
+    /// could not be read (counted per target; `regkeeper_rule_tags_pending`).
+    pub tags_unreachable: usize,
     /// Copies that an `immutable` rule declined.
     pub tags_kept_immutable: usize,
     pub totals: CopyTotals,
@@ -120,6 +123,8 @@ pub struct Engine {
 struct RepoOutcome {
     images: Vec<ImageReport>,
     errors: Vec<String>,
+    /// Selected source tags times targets whose tag list could not be read.
+    unreachable_tags: usize,
 }
 
 impl Engine {
@@ -248,6 +253,7 @@ impl Engine {
             tags_in_sync: 0,
             tags_copied: 0,
             tags_failed: 0,
+            tags_unreachable: 0,
             tags_kept_immutable: 0,
             totals: CopyTotals::default(),
             images: Vec::new(),
@@ -298,6 +304,7 @@ impl Engine {
         for outcome in outcomes {
             report.images.extend(outcome.images);
             report.errors.extend(outcome.errors);
+            report.tags_unreachable += outcome.unreachable_tags;
         }
         for image in &report.images {
             match (&image.action, &image.error) {
@@ -350,6 +357,7 @@ impl Engine {
         let mut out = RepoOutcome {
             images: Vec::new(),
             errors: Vec::new(),
+            unreachable_tags: 0,
         };
         let open = |loc: &Location| self.transports.open(loc);
         let source = match open(&src_loc) {
@@ -389,8 +397,14 @@ impl Engine {
                     target_lists.push(tags.into_iter().collect::<HashSet<_>>());
                     targets.push(store);
                 }
-                (Err(e), _) => out.errors.push(e.to_string()),
-                (Ok(_), Some(Err(e))) => out.errors.push(format!("listing tags of {loc}: {e}")),
+                (Err(e), _) => {
+                    out.errors.push(e.to_string());
+                    out.unreachable_tags += selected.len();
+                }
+                (Ok(_), Some(Err(e))) => {
+                    out.errors.push(format!("listing tags of {loc}: {e}"));
+                    out.unreachable_tags += selected.len();
+                }
                 (Ok(_), None) => unreachable!("a listing for every opened store"),
             }
         }

@@ -683,3 +683,41 @@ fn operator_mistakes_are_config_errors_and_status_needs_no_secrets() {
     assert_eq!(out.status.code(), Some(2), "an empty file: {err}");
     assert!(err.contains("is empty"), "{err}");
 }
+
+/// A target that cannot be read has every selected tag pending (the state
+/// has no row for them, so counting rows alone said 0).
+#[test]
+fn tags_of_an_unreachable_target_are_pending() {
+    let src = Registry::start_plain();
+    let mut corpus = Corpus::new();
+    for tag in ["v1", "v2"] {
+        small(&mut corpus, tag);
+        corpus.push(&src, tag, "it/app", tag);
+    }
+    // Nothing listens there.
+    let down = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &format!(
+            "{}[registries.\"{down}\"]\nplain_http = true\n[[rule]]\nname = \"app\"\nsource = \"{}/it/app\"\ntargets = [\"{down}/mirror/app\", \"oci:{}\"]\nschedule = \"@hourly\"\n",
+            registries(&[&src]),
+            src.host(),
+            dir.path().join("layout").display()
+        ),
+    );
+    wait_for("a failed run", Duration::from_secs(20), || {
+        d.metric("regkeeper_rule_runs_total{result=\"failed\",rule=\"app\"}")
+            .unwrap_or(0.0)
+            + d.metric("regkeeper_rule_runs_total{result=\"partial\",rule=\"app\"}")
+                .unwrap_or(0.0)
+            >= 1.0
+    });
+    // The layout target got both tags; the unreachable one has both pending.
+    assert_eq!(
+        d.metric("regkeeper_rule_tags_pending{rule=\"app\"}"),
+        Some(2.0),
+        "{}",
+        d.log_text()
+    );
+}
