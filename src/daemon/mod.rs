@@ -205,7 +205,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         }
         None => None,
     };
-    log_warnings(&config);
+    // (The config's warnings were printed by the command that loaded it.)
     let state = open_state(&config)?;
     for rule in &config.rules {
         restore_rule_metrics(&state, &metrics, &rule.name, daemon_start);
