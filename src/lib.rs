@@ -1,8 +1,9 @@
 //! regkeeper keeps container registries in step.
 //!
-//! Data flows one way:
-//! `config` -> `inventory` (what source and targets hold) -> `plan` (pure) ->
-//! `engine` (acts through `transport`) -> summary (and, later, state and metrics).
+//! Data flows one way (see ARCHITECTURE.md):
+//! `config` -> `engine::inventory` (read-only) -> `engine::runplan` (pure:
+//! copies and retention deletions) -> an executor (Apply for `sync`,
+//! Estimate for `plan`) -> report, state and metrics.
 //!
 //! - [`config`]: the TOML file, validated completely before anything is contacted.
 //! - [`reference`]: image and repository references.
@@ -20,5 +21,6 @@ pub mod plan;
 pub mod reference;
 pub mod retention;
 pub mod secret;
+pub mod shard;
 pub mod state;
 pub mod transport;

@@ -30,6 +30,7 @@ pub struct Metrics {
     last_success: GaugeVec,
     last_run: GaugeVec,
     tags_pending: IntGaugeVec,
+    tags_selected: IntGaugeVec,
     runs: IntCounterVec,
     runs_skipped: IntCounterVec,
     run_duration: HistogramVec,
@@ -42,6 +43,7 @@ pub struct Metrics {
     throttled: IntCounterVec,
     rate_limit_remaining: IntGaugeVec,
     reloads: IntCounterVec,
+    concurrency: IntGaugeVec,
     /// Per rule: unix time (seconds, fractional) the lag is measured from.
     lag_basis: Mutex<HashMap<String, f64>>,
     /// The transports whose `RateLimit-Remaining` is read at scrape time.
@@ -92,6 +94,13 @@ impl Metrics {
                 Opts::new(
                     "regkeeper_rule_tags_pending",
                     "Tag differences between source and targets seen but not yet copied"
+                ),
+                rule
+            )?),
+            tags_selected: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "regkeeper_rule_tags_selected",
+                    "Source tags the rule's filters selected in its last run (0 of N: the filters match nothing)"
                 ),
                 rule
             )?),
@@ -179,6 +188,13 @@ impl Metrics {
                 ),
                 &["result"]
             )?),
+            concurrency: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "regkeeper_registry_concurrency",
+                    "The adaptive request window to the registry now"
+                ),
+                &["registry"]
+            )?),
             registry,
             lag_basis: Mutex::new(HashMap::new()),
             transports: Mutex::new(None),
@@ -193,6 +209,18 @@ impl Metrics {
             m.reloads.with_label_values(&[result]);
         }
         Ok(Arc::new(m))
+    }
+
+    /// `regkeeper_shard_info{shard, shards} 1`: which share this instance runs.
+    pub fn shard_info(&self, shard: crate::shard::Shard) -> Result<(), MetricsError> {
+        let g = IntGaugeVec::new(
+            Opts::new("regkeeper_shard_info", "This instance's shard; always 1"),
+            &["shard", "shards"],
+        )?;
+        self.registry.register(Box::new(g.clone()))?;
+        let (k, n) = (shard.index.to_string(), shard.count.to_string());
+        g.with_label_values(&[k.as_str(), n.as_str()]).set(1);
+        Ok(())
     }
 
     /// The request observer to install on the transports.
@@ -275,6 +303,7 @@ impl Metrics {
         let _ = self.last_success.remove_label_values(&[rule]);
         let _ = self.last_run.remove_label_values(&[rule]);
         let _ = self.tags_pending.remove_label_values(&[rule]);
+        let _ = self.tags_selected.remove_label_values(&[rule]);
         let _ = self.run_duration.remove_label_values(&[rule]);
         let _ = self.bytes.remove_label_values(&[rule]);
         let _ = self.manifests.remove_label_values(&[rule]);
@@ -321,6 +350,9 @@ impl Metrics {
             .with_label_values(&[rule])
             .inc_by(t.manifests_pushed);
         self.tags_pending.with_label_values(&[rule]).set(pending);
+        self.tags_selected
+            .with_label_values(&[rule])
+            .set(report.tags_selected as i64);
         self.retention_deleted(rule, report.retention_deleted as u64);
         if report.result == crate::engine::RunResult::Success {
             self.last_success.with_label_values(&[rule]).set(started);
@@ -352,6 +384,9 @@ impl Metrics {
         }
         if let Some(tr) = self.transports.lock().expect("metrics poisoned").as_ref() {
             for (host, stats) in tr.registry_stats() {
+                self.concurrency
+                    .with_label_values(&[host.as_str()])
+                    .set(stats.concurrency.min(i64::MAX as u64) as i64);
                 if let Some(r) = stats.rate_limit_remaining {
                     self.rate_limit_remaining
                         .with_label_values(&[host.as_str()])
@@ -405,6 +440,10 @@ mod tests {
         let text = m.render().unwrap();
         assert!(text.contains("regkeeper_registry_throttled_total{registry=\"ghcr.io\"} 0"));
         assert!(text.contains("regkeeper_config_reloads_total{result=\"failed\"} 1"));
+        m.shard_info(crate::shard::Shard { index: 1, count: 3 })
+            .unwrap();
+        let text = m.render().unwrap();
+        assert!(text.contains("regkeeper_shard_info{shard=\"1\",shards=\"3\"} 1"));
         m.remove_rule("r");
         assert!(!m.render().unwrap().contains("rule=\"r\""));
     }

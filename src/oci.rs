@@ -356,6 +356,13 @@ impl Verified {
     }
 }
 
+/// Verified's own verdict: the bytes are wrong, and reading them again gives
+/// the same bytes, so it is never transient. An error of the inner stream
+/// passes through as it came, keeping its kind (a cut stays transient).
+fn invalid(msg: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
+}
+
 impl Stream for Verified {
     type Item = Result<Bytes, std::io::Error>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -381,7 +388,7 @@ impl Stream for Verified {
                 if let Some(limit) = this.expected_size {
                     if this.seen > limit {
                         this.hasher = None;
-                        return Poll::Ready(Some(Err(std::io::Error::other(format!(
+                        return Poll::Ready(Some(Err(invalid(format!(
                             "blob {} is larger than its descriptor's {limit} bytes",
                             this.expected
                         )))));
@@ -409,14 +416,14 @@ impl Stream for Verified {
                 let hasher = this.hasher.take().expect("checked above");
                 let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
                 if actual != this.expected.as_str() {
-                    return Poll::Ready(Some(Err(std::io::Error::other(format!(
+                    return Poll::Ready(Some(Err(invalid(format!(
                         "digest mismatch: expected {}, got {actual}",
                         this.expected
                     )))));
                 }
                 if let Some(limit) = this.expected_size {
                     if this.seen != limit {
-                        return Poll::Ready(Some(Err(std::io::Error::other(format!(
+                        return Poll::Ready(Some(Err(invalid(format!(
                             "blob {} has {} bytes, its descriptor says {limit}",
                             this.expected, this.seen
                         )))));
@@ -438,6 +445,30 @@ mod tests {
         let items: Vec<Result<Bytes, std::io::Error>> =
             parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
         Box::pin(futures_util::stream::iter(items))
+    }
+
+    #[tokio::test]
+    async fn verified_keeps_the_kind_of_its_input_failure() {
+        use crate::transport::{io_is_transient, stream_fault};
+        let cut: ByteStream = Box::pin(futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(b"hel")),
+            Err(stream_fault(true, "reset after 3 bytes")),
+        ]));
+        let mut s = Verified::new(cut, Digest::of(b"hello"), Some(5));
+        assert!(s.next().await.unwrap().is_ok());
+        let e = s.next().await.unwrap().unwrap_err();
+        assert!(
+            io_is_transient(&e),
+            "a cut stays transient through Verified"
+        );
+        // its own verdict is permanent: reading the same bytes again gives the same digest
+        let mut s = Verified::new(stream_of(&[b"hellx"]), Digest::of(b"hello"), Some(5));
+        let e = loop {
+            if let Err(e) = s.next().await.unwrap() {
+                break e;
+            }
+        };
+        assert!(!io_is_transient(&e), "{e}");
     }
 
     #[tokio::test]

@@ -42,6 +42,9 @@ pub enum TargetAction {
     /// This rule's retention deleted this digest under this tag at the
     /// target: copying it again would only have it deleted again.
     DeletedByRetention,
+    /// This rule's retention, planned against the target as it will be after
+    /// this run's copies, would delete it in the same run: not copied.
+    DroppedByRetention,
 }
 
 impl TargetAction {

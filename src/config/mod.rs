@@ -68,6 +68,8 @@ pub struct Daemon {
     pub listen: Option<SocketAddr>,
     pub max_concurrent_transfers: usize,
     pub log_format: LogFormat,
+    /// `daemon.shard` (`K/N` or `auto`); `--shard` and `REGKEEPER_SHARD` override it.
+    pub shard: Option<crate::shard::ShardSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,6 +16,7 @@ pub(crate) struct RawDaemon {
     pub listen: Option<Str>,
     pub max_concurrent_transfers: Option<Int>,
     pub log_format: Option<Str>,
+    pub shard: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -33,6 +34,8 @@ pub(crate) struct RawRegistry {
     pub requests_per_second: Option<Spanned<f64>>,
     /// A size string ("16MiB") or an integer number of bytes.
     pub chunk_size: Option<Spanned<toml::Value>>,
+    pub ratelimit_min: Option<Int>,
+    pub read_timeout: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]

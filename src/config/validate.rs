@@ -322,6 +322,7 @@ impl Loader<'_, '_> {
             listen: None,
             max_concurrent_transfers: None,
             log_format: None,
+            shard: None,
         });
         let state_dir = match &raw.state_dir {
             Some(s) if s.get_ref().trim().is_empty() => {
@@ -373,12 +374,18 @@ impl Loader<'_, '_> {
                 }
             },
         };
+        let shard = raw.shard.as_ref().and_then(|s| {
+            crate::shard::ShardSpec::parse(s.get_ref())
+                .map_err(|e| self.d.at(s.span(), format!("daemon.shard: {e}")))
+                .ok()
+        });
         Daemon {
             state_dir,
             state_dir_given,
             listen,
             max_concurrent_transfers,
             log_format,
+            shard,
         }
     }
 

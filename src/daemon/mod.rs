@@ -19,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 use scheduler::{Scheduler, Signals};
 
 use crate::config::{Config, Rule};
-use crate::engine::{Engine, RuleReport, RunResult};
+use crate::engine::{Engine, RuleReport};
 use crate::metrics::{Metrics, MetricsError};
+use crate::shard::{Shard, ShardSpec};
 use crate::state::{RunRecord, State, StateError};
 use crate::transport::{RegistryOptions, Transports};
 
@@ -85,7 +86,7 @@ pub async fn run_rule(
         m.run_started(&rule.name, started);
     }
     let report = engine.run_rule(rule, pruner).await;
-    let last_error = report.errors.first().cloned().or_else(|| {
+    let last_error = report.errors.first().map(|e| e.to_string()).or_else(|| {
         report.images.iter().find_map(|i| {
             i.error
                 .as_ref()
@@ -111,6 +112,7 @@ pub async fn run_rule(
             blobs_resumed: t.blobs_resumed as i64,
             manifests_pushed: t.manifests_pushed as i64,
             last_error,
+            warning: report.warnings.first().cloned(),
         };
         if let Err(e) = s.run_finished(id, &rec) {
             tracing::warn!(rule = %rule.name, error = %e, "cannot record the run result");
@@ -183,10 +185,33 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
+/// The shard the daemon resolved at start-up (`run` stores it in the config).
+fn shard_of(config: &Config) -> Shard {
+    match config.daemon.shard {
+        Some(ShardSpec::Fixed(s)) => s,
+        _ => Shard::WHOLE,
+    }
+}
+
+/// Keeps the rules this shard runs; the shard stays as resolved at start-up
+/// (a reload does not move an instance to another shard).
+fn restrict_to_shard(config: &mut Config, shard: Shard) {
+    config.daemon.shard = Some(ShardSpec::Fixed(shard));
+    config.rules.retain(|r| shard.runs_rule(r));
+}
+
 /// The daemon. `config` is loaded and valid; returns after SIGTERM/SIGINT.
-pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
+/// Only `shard`'s rules (and repositories of `/*` rules) are run.
+pub async fn run(
+    mut config: Config,
+    config_path: PathBuf,
+    shard: Shard,
+) -> Result<(), DaemonError> {
     let daemon_start = unix_now();
     let metrics = Metrics::new()?;
+    metrics.shard_info(shard)?;
+    restrict_to_shard(&mut config, shard);
+    tracing::info!(%shard, rules = config.rules.len(), "shard");
     let ready = Arc::new(AtomicBool::new(false));
     let mut signals = Signals::install()?;
     let http_stop = CancellationToken::new();
@@ -250,7 +275,3 @@ fn open_state(config: &Config) -> Result<State, DaemonError> {
     Ok(state)
 }
 
-/// Whether a report counts as leaving every target in step.
-pub fn in_step(report: &RuleReport) -> bool {
-    report.result == RunResult::Success
-}

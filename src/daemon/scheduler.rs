@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use super::{
     DaemonError, SHUTDOWN_GRACE, init_registries, log_warnings, notify, restore_rule_metrics,
+    restrict_to_shard, shard_of,
     run_rule, schedule, transports, unix_now,
 };
 use crate::config::{self, Config, Rule};
@@ -100,7 +101,8 @@ fn build_generation(
     metrics.watch_transports(tr.clone());
     let mut engine = Engine::new(tr, config.daemon.max_concurrent_transfers, false)
         .with_state(state.clone())
-        .with_stop(stop.clone());
+        .with_stop(stop.clone())
+        .with_shard(shard_of(&config));
     if let Some(prev) = previous {
         // Runs of the old generation may still be going: share their limit
         // so both together stay within it.
@@ -259,6 +261,7 @@ impl Scheduler {
                         rule: slot.rule.clone(),
                         state: self.state.clone(),
                         metrics: self.metrics.clone(),
+                        shard: shard_of(&self.generation.config),
                     };
                     spawn_run(&mut self.tasks, run, guard);
                 }
@@ -272,7 +275,7 @@ impl Scheduler {
     /// rule).
     fn reload(&mut self) {
         let path = &self.config_path;
-        let new = match config::load(path) {
+        let mut new = match config::load(path) {
             Ok(c) => c,
             Err(e) => {
                 for d in &e.diagnostics {
@@ -295,6 +298,7 @@ impl Scheduler {
                 "daemon.state_dir, daemon.listen and daemon.log_format take effect at the next restart"
             );
         }
+        restrict_to_shard(&mut new, shard_of(&self.generation.config));
         let (added, changed, removed) = self.apply_rules(&new);
         let next = build_generation(
             new,
@@ -387,6 +391,7 @@ struct RunContext {
     rule: Arc<Rule>,
     state: State,
     metrics: Arc<Metrics>,
+    shard: crate::shard::Shard,
 }
 
 fn spawn_run(tasks: &mut JoinSet<()>, run: RunContext, guard: RunningGuard) {
@@ -402,6 +407,7 @@ fn spawn_run(tasks: &mut JoinSet<()>, run: RunContext, guard: RunningGuard) {
             rule,
             state,
             metrics,
+            shard,
         } = run;
         handle.block_on(
             async move {
@@ -414,6 +420,7 @@ fn spawn_run(tasks: &mut JoinSet<()>, run: RunContext, guard: RunningGuard) {
                         false,
                         unix_now() as i64,
                     )
+                    .with_shard(shard)
                 });
                 run_rule(
                     &engine,

@@ -123,6 +123,9 @@ pub fn render_text(rules: &[RuleStatus]) -> String {
         if let Some(e) = &r.last_error {
             s += &format!("  last error:  {e}\n");
         }
+        if let Some(w) = r.last_run.as_ref().and_then(|run| run.warning.as_ref()) {
+            s += &format!("  warning:     {w}\n");
+        }
         for d in &r.last_deletions {
             s += &format!(
                 "  deleted:     {}/{} {} [{}] {} ({}, {})\n",

@@ -33,9 +33,6 @@ pub fn state_key(location: &Location) -> (String, String) {
     }
 }
 
-/// How many times a blob transfer that failed with a transient error is tried.
-const TRANSFER_ATTEMPTS: usize = 3;
-
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
     #[error(transparent)]
@@ -575,15 +572,12 @@ impl Copier {
         for sink in sinks {
             plans.push(self.sink_plan(sink, blob).await);
         }
+        // One source failure, reported to every target with its kind kept,
+        // so a transient one stays transient for each of them.
         let fail_all = |e: TransportError| {
-            let msg = e.to_string();
-            let mut out = vec![Err(e)];
-            out.extend(sinks.iter().skip(1).map(|_| {
-                Err(TransportError::Protocol {
-                    location: source.location().to_string(),
-                    detail: msg.clone(),
-                })
-            }));
+            let loc = source.location().to_string();
+            let mut out: Vec<_> = sinks.iter().skip(1).map(|_| Err(e.shared(&loc))).collect();
+            out.insert(0, Err(e));
             out
         };
         let mut start = plans.iter().map(SinkPlan::offset).min().unwrap_or(0);
@@ -629,10 +623,7 @@ impl Copier {
             .iter()
             .zip(&plans)
             .filter(|(_, p)| p.checkpoint.is_some())
-            .filter_map(|(s, _)| match s {
-                Store::Remote(r) => Some(r.registry().chunk_size()),
-                Store::Layout(_) => None,
-            })
+            .filter_map(|(s, _)| s.resumable())
             .collect();
         let snapshots = Snapshots::new(chunk_sizes);
         let mut verified = verified.with_snapshots(snapshots.clone());
@@ -688,10 +679,9 @@ impl Copier {
                             .await;
                         match &r {
                             Err(TransportError::Interrupted { .. }) => {}
-                            // A failed request leaves the checkpoint: the next
-                            // attempt asks the registry whether it still holds it.
-                            Err(TransportError::Status { .. } | TransportError::Connect { .. }) => {
-                            }
+                            // A transient failure leaves the checkpoint: the
+                            // retry asks the registry whether it still holds it.
+                            Err(e) if e.is_transient() => {}
                             _ => {
                                 if let Err(e) = state.remove_upload(&target, &repo, digest) {
                                     tracing::warn!(error = %e, "cannot drop an upload checkpoint");
@@ -746,9 +736,11 @@ impl Copier {
                         }
                     }
                     Err(e) => {
+                        let transient = crate::transport::io_is_transient(&e);
                         let msg = e.to_string();
                         for tx in senders.iter().flatten() {
-                            let _ = tx.send(Err(std::io::Error::other(msg.clone()))).await;
+                            let fault = crate::transport::stream_fault(transient, msg.clone());
+                            let _ = tx.send(Err(fault)).await;
                         }
                         return;
                     }
@@ -808,12 +800,19 @@ impl Copier {
             }
         }
 
+        // The retry layer of blob uploads: a target whose upload failed
+        // transiently is tried again (its checkpoint, when the registry still
+        // accepts the session, continues it; otherwise the blob restarts).
+        // Source cuts never get here as transient: the source stream resumed
+        // them itself, and its final failure is permanent.
         let upload = |blob: &'a Descriptor, sinks: Vec<(usize, OwnerGuard)>| async move {
             let mut pending = sinks;
             let mut errors: Vec<(usize, String)> = Vec::new();
-            for attempt in 1..=TRANSFER_ATTEMPTS {
+            let mut delays = crate::transport::retry::delays();
+            while !pending.is_empty() {
                 let stores: Vec<&Store> = pending.iter().map(|(i, _)| &targets[*i]).collect();
                 let results = self.transfer(source, blob, &stores).await;
+                let delay = delays.next();
                 let mut retry = Vec::new();
                 for ((i, guard), result) in pending.into_iter().zip(results) {
                     match result {
@@ -822,17 +821,16 @@ impl Copier {
                             self.stats.blobs_copied.fetch_add(1, Ordering::Relaxed);
                             self.stats.bytes_written.fetch_add(sent, Ordering::Relaxed);
                         }
-                        Err(e) if e.is_transient() && attempt < TRANSFER_ATTEMPTS => {
-                            tracing::warn!(digest = %blob.digest, target = %targets[i].location(), attempt, error = %e, "blob transfer failed; retrying");
+                        Err(e) if e.is_transient() && delay.is_some() => {
+                            tracing::warn!(digest = %blob.digest, target = %targets[i].location(), error = %e, "blob upload failed; retrying");
                             retry.push((i, guard));
                         }
                         Err(e) => errors.push((i, format!("blob {}: {e}", blob.digest))),
                     }
                 }
-                if retry.is_empty() {
-                    break;
+                if let (false, Some(d)) = (retry.is_empty(), delay) {
+                    tokio::time::sleep(d).await;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(250 * attempt as u64)).await;
                 pending = retry;
             }
             errors

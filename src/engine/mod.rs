@@ -1,113 +1,44 @@
-//! Runs rules: inventory (what source and targets hold) -> plan (pure) ->
-//! copy. A failure on one image or repository is recorded and the rule goes
-//! on; the report says what failed and why.
+//! Runs rules as one pipeline: inventory (read-only, `inventory.rs`) ->
+//! run plan (pure, `runplan.rs`: copies and retention deletions together) ->
+//! executor (`execute.rs` for copies, `retention::Pruner` for deletions):
+//! Apply for `sync`, Estimate for `plan`. Both commands run the same
+//! inventory and the same plan, so `plan` says what `sync` will do. A
+//! failure on one image or repository is recorded and the rule goes on.
 
 pub mod copy;
+mod execute;
+mod inventory;
+mod report;
+mod runplan;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::StreamExt;
-use serde::Serialize;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use crate::config::Rule;
-use crate::filter::select_tags;
-use crate::oci::{Digest, Platform, RawManifest, is_index};
-use crate::plan::{SourceTag, TagPlan, TargetAction, TargetTags, plan_tags, referrer_subject};
-use crate::reference::Location;
-use crate::retention::{Pruner, RetentionReport};
-use crate::state::{State, TagObservation, TagState, now_unix};
+use crate::config::{Retention, Rule};
+use crate::oci::{Digest, Platform};
+use crate::retention::{Pruner, RepoInput, RepoJob, RepoRead, RuleRead};
+use crate::state::{State, now_unix};
 use crate::transport::{Store, TransportError, Transports};
 
-use copy::{Copier, CopyError, CopyStats, CopyTotals, DryRunCost, filter_index};
+use copy::{Copier, CopyError, CopyStats, CopyTotals};
+use inventory::{RepoInventory, RuleInventory};
+pub use report::{ImageReport, RuleReport, RunError, RunResult};
+use runplan::{CopyFacts, RepoFacts, RuleFacts, TargetFacts};
 
-/// Images of one repository copied at once (each bounded further by the
-/// global transfer limit).
-const IMAGES_IN_PARALLEL: usize = 4;
-/// Repositories of a `/*` rule inventoried at once.
-const REPOS_IN_PARALLEL: usize = 16;
+/// Repository pairs of a `/*` rule executed at once.
+const REPOS_IN_PARALLEL: usize = 4;
 /// A target digest known from the state is trusted (its HEAD spared) for
 /// this long after the registry last confirmed it; then it is asked again.
 /// This bounds how long a target restored from an old backup (tag present,
 /// older digest) can go unnoticed. A target that lost the tag is noticed at
 /// once: the tag list is read on every run.
 pub const REVERIFY_AFTER_SECS: i64 = 3600;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunResult {
-    Success,
-    Partial,
-    Failed,
-}
-
-impl RunResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunResult::Success => "success",
-            RunResult::Partial => "partial",
-            RunResult::Failed => "failed",
-        }
-    }
-}
-
-/// One decision about one tag at one target, with what it cost or would cost.
-#[derive(Debug, Clone, Serialize)]
-pub struct ImageReport {
-    pub source: String,
-    pub target: String,
-    pub tag: String,
-    pub digest: Digest,
-    #[serde(flatten)]
-    pub action: TargetAction,
-    /// For `plan`: what the copy would transfer to this target.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cost: Option<DryRunCost>,
-    /// Set when this copy failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RuleReport {
-    pub rule: String,
-    pub result: RunResult,
-    pub started_unix: u64,
-    pub duration_seconds: f64,
-    pub repositories: usize,
-    pub tags_in_sync: usize,
-    pub tags_copied: usize,
-    pub tags_failed: usize,
-    /// Selected source tags not compared with a target because the target
-    /// could not be read (counted per target; `regkeeper_rule_tags_pending`).
-    pub tags_unreachable: usize,
-    /// Copies that an `immutable` rule declined.
-    pub tags_kept_immutable: usize,
-    pub totals: CopyTotals,
-    /// Everything that was (or would be) done, and every failure.
-    pub images: Vec<ImageReport>,
-    /// Failures not tied to one image (listing a repository, say).
-    pub errors: Vec<String>,
-    /// Manifests deleted by retention in this run (`regkeeper_retention_deleted_total`).
-    pub retention_deleted: usize,
-    /// The retention step, for rules that have one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retention: Option<RetentionReport>,
-}
-
-impl RuleReport {
-    pub fn pending_bytes(&self) -> u64 {
-        self.images
-            .iter()
-            .filter_map(|i| i.cost)
-            .map(|c| c.bytes_to_copy)
-            .sum()
-    }
-}
 
 /// Runs rules against real stores. One per process run: it owns the blob
 /// tracker and the global transfer limit.
@@ -117,14 +48,10 @@ pub struct Engine {
     dry_run: bool,
     /// Hints about targets (spared HEADs) and where runs are recorded.
     state: Option<State>,
-}
-
-/// What one repository pair yields.
-struct RepoOutcome {
-    images: Vec<ImageReport>,
-    errors: Vec<String>,
-    /// Selected source tags times targets whose tag list could not be read.
-    unreachable_tags: usize,
+    /// A fixed clock (`--now`); `None`: the system clock.
+    clock: Option<i64>,
+    /// This instance's share of the repositories of `/*` rules.
+    shard: crate::shard::Shard,
 }
 
 impl Engine {
@@ -147,18 +74,39 @@ impl Engine {
             },
             dry_run,
             state: None,
+            clock: None,
+            shard: crate::shard::Shard::WHOLE,
         }
     }
 
-    /// Uses the state database: tag hints that spare target HEADs, tag
-    /// observations recorded after each repository, and upload checkpoints.
-    /// Ignored for dry runs, which write nothing anywhere.
+    /// Runs only this shard's repositories of `/*` rules.
+    pub fn with_shard(mut self, shard: crate::shard::Shard) -> Self {
+        self.shard = shard;
+        self
+    }
+
+    /// Uses the state database: tag hints that spare target HEADs and the
+    /// retention journal (read by the inventory, in plans too), tag
+    /// observations recorded after each repository and upload checkpoints
+    /// (real runs only; a plan should pass a read-only state).
     pub fn with_state(mut self, state: State) -> Self {
         if !self.dry_run {
             self.copier.checkpoints = Some(state.clone());
-            self.state = Some(state);
         }
+        self.state = Some(state);
         self
+    }
+
+    /// Runs as if the time were `now` (Unix seconds; the hidden `--now`):
+    /// the one clock for hints, first-seen times and retention.
+    pub fn with_clock(mut self, now: Option<i64>) -> Self {
+        self.clock = now;
+        self
+    }
+
+    /// The time of this run's clock.
+    pub(crate) fn now(&self) -> i64 {
+        self.clock.unwrap_or_else(now_unix)
     }
 
     /// Stops taking new work when `stop` is cancelled; chunked uploads stop
@@ -192,155 +140,94 @@ impl Engine {
         &self.copier.stats
     }
 
-    /// Runs one rule: the sync step (when it has a source), then, as a
-    /// separate step on each target, its retention (when it has one and a
-    /// pruner is given).
+    /// Runs one rule through the pipeline: its copies and (with a pruner
+    /// and a `[rule.retention]`) its retention, planned together. Never
+    /// panics on registry trouble: failures end up in the report.
     pub async fn run_rule(&self, rule: &Rule, pruner: Option<&Pruner>) -> RuleReport {
-        let mut report = self.sync_rule(rule).await;
-        if let (Some(pruner), Some(_)) = (pruner, &rule.retention) {
-            let started = Instant::now();
-            let retention = pruner.prune_rule(rule).await;
-            report.duration_seconds += started.elapsed().as_secs_f64();
-            if let Some(r) = retention {
-                apply_retention(&mut report, r, rule.source.is_none());
-            }
-        }
-        report
-    }
-
-    /// Syncs one rule (its source to every target). Never panics on registry
-    /// trouble: failures end up in the report.
-    pub async fn sync_rule(&self, rule: &Rule) -> RuleReport {
-        let span = tracing::info_span!("rule", rule = %rule.name);
+        let span = tracing::info_span!("rule", rule = %rule.name, dry_run = self.dry_run);
         let run = Engine {
             transports: self.transports.clone(),
             copier: self.copier.for_run(),
             dry_run: self.dry_run,
             state: self.state.clone(),
+            clock: self.clock,
+            shard: self.shard,
         };
-        let report = run.sync_rule_inner(rule).instrument(span).await;
-        // Keep the engine-wide counters (progress, `copy`) whole.
-        let t = report.totals;
-        let s = &self.copier.stats;
-        s.bytes_read.fetch_add(t.bytes_read, Ordering::Relaxed);
-        s.bytes_written
-            .fetch_add(t.bytes_written, Ordering::Relaxed);
-        s.blobs_copied.fetch_add(t.blobs_copied, Ordering::Relaxed);
-        s.blobs_mounted
-            .fetch_add(t.blobs_mounted, Ordering::Relaxed);
-        s.blobs_skipped
-            .fetch_add(t.blobs_skipped, Ordering::Relaxed);
-        s.blobs_resumed
-            .fetch_add(t.blobs_resumed, Ordering::Relaxed);
-        s.manifests_pushed
-            .fetch_add(t.manifests_pushed, Ordering::Relaxed);
+        let report = run.run_inner(rule, pruner).instrument(span).await;
+        self.add_totals(&report.totals);
         report
     }
 
-    async fn sync_rule_inner(&self, rule: &Rule) -> RuleReport {
+    /// Keeps the engine-wide counters (progress, `copy`) whole.
+    fn add_totals(&self, t: &CopyTotals) {
+        let s = &self.copier.stats;
+        for (counter, n) in [
+            (&s.bytes_read, t.bytes_read),
+            (&s.bytes_written, t.bytes_written),
+            (&s.blobs_copied, t.blobs_copied),
+            (&s.blobs_mounted, t.blobs_mounted),
+            (&s.blobs_skipped, t.blobs_skipped),
+            (&s.blobs_resumed, t.blobs_resumed),
+            (&s.manifests_pushed, t.manifests_pushed),
+            (&s.images_copied, t.images_copied),
+        ] {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    async fn run_inner(&self, rule: &Rule, pruner: Option<&Pruner>) -> RuleReport {
         let started = Instant::now();
-        let started_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_secs();
-        let before = self.copier.stats.totals();
-        let mut report = RuleReport {
-            rule: rule.name.clone(),
-            result: RunResult::Success,
-            started_unix,
-            duration_seconds: 0.0,
-            repositories: 0,
-            tags_in_sync: 0,
-            tags_copied: 0,
-            tags_failed: 0,
-            tags_unreachable: 0,
-            tags_kept_immutable: 0,
-            totals: CopyTotals::default(),
-            images: Vec::new(),
-            errors: Vec::new(),
-            retention_deleted: 0,
-            retention: None,
-        };
-        let Some(source) = &rule.source else {
-            // Cleanup-only rule: nothing to sync.
-            report.duration_seconds = started.elapsed().as_secs_f64();
-            return report;
-        };
+        let mut report = RuleReport::new(&rule.name, self.dry_run);
+        report.started_unix = self.now() as u64;
+        let retention = pruner.zip(rule.retention.as_ref());
+        let now = self.now();
 
-        // Which repository pairs: one, or every repository under a prefix.
-        let pairs: Vec<(Location, Vec<Location>)> = if source.wildcard {
-            match self.transports.list_repositories(&source.location).await {
-                Ok(repos) => repos
-                    .into_iter()
-                    .map(|rel| {
-                        let targets = rule.targets.iter().map(|t| t.location.join(&rel)).collect();
-                        (source.location.join(&rel), targets)
-                    })
-                    .collect(),
-                Err(e) => {
-                    report
-                        .errors
-                        .push(format!("listing repositories under {source}: {e}"));
-                    Vec::new()
-                }
+        // 1. Inventory: read-only, for plan and sync alike.
+        let inv = self.inventory(rule).await;
+        let mut read = match retention {
+            Some((p, policy)) => {
+                let mut read = p.read_rule(rule, policy, false).await;
+                complete_read(rule, policy, &inv, &mut read);
+                Some(read)
             }
-        } else {
-            vec![(
-                source.location.clone(),
-                rule.targets.iter().map(|t| t.location.clone()).collect(),
-            )]
+            None => None,
         };
-        report.repositories = pairs.len();
-        tracing::info!(repositories = pairs.len(), "syncing");
+        let copy_facts = match retention {
+            Some((_, policy)) => copy_facts(&inv, policy).await,
+            None => CopyFacts::default(),
+        };
 
-        let outcomes = futures_util::stream::iter(pairs)
-            .map(|(src, targets)| {
-                let span = tracing::info_span!("repo", source = %src);
-                self.sync_repo(rule, src, targets).instrument(span)
-            })
-            .buffer_unordered(REPOS_IN_PARALLEL)
-            .collect::<Vec<_>>()
+        // 2. The run plan: pure.
+        let facts = RuleFacts {
+            immutable: rule.immutable,
+            retention: retention.map(|(_, policy)| policy),
+            now,
+            repos: inv.repos.iter().map(repo_facts).collect(),
+            retention_inputs: read
+                .iter()
+                .flat_map(|r| r.repos.iter().map(|x| x.input.clone()))
+                .collect(),
+            copy_facts,
+        };
+        let plan = runplan::plan_rule(&facts);
+
+        // 3. Execute: copies, then the retention plan.
+        self.execute_rule(rule, &inv, plan.copies, &mut report)
             .await;
-        for outcome in outcomes {
-            report.images.extend(outcome.images);
-            report.errors.extend(outcome.errors);
-            report.tags_unreachable += outcome.unreachable_tags;
+        if let (Some((pruner, _)), Some(mut read)) = (retention, read.take()) {
+            record_arrivals(&mut read, &report, &facts.copy_facts, now);
+            let held = held_repositories(&report);
+            let r = pruner.apply_rule(rule, read, plan.retention, &held).await;
+            report.add_retention(r, rule.source.is_none());
         }
-        for image in &report.images {
-            match (&image.action, &image.error) {
-                (_, Some(_)) => report.tags_failed += 1,
-                (TargetAction::InSync | TargetAction::DeletedByRetention, None) => {
-                    report.tags_in_sync += 1
-                }
-                (TargetAction::KeepImmutable { .. }, None) => report.tags_kept_immutable += 1,
-                (_, None) => report.tags_copied += 1,
-            }
-        }
-        let after = self.copier.stats.totals();
-        report.totals = CopyTotals {
-            bytes_read: after.bytes_read - before.bytes_read,
-            bytes_written: after.bytes_written - before.bytes_written,
-            blobs_copied: after.blobs_copied - before.blobs_copied,
-            blobs_mounted: after.blobs_mounted - before.blobs_mounted,
-            blobs_skipped: after.blobs_skipped - before.blobs_skipped,
-            blobs_resumed: after.blobs_resumed - before.blobs_resumed,
-            manifests_pushed: after.manifests_pushed - before.manifests_pushed,
-            images_copied: after.images_copied - before.images_copied,
-        };
-        let ok = report.tags_in_sync + report.tags_copied + report.tags_kept_immutable;
-        report.result = if report.tags_failed == 0 && report.errors.is_empty() {
-            RunResult::Success
-        } else if ok > 0 {
-            RunResult::Partial
-        } else {
-            RunResult::Failed
-        };
         report.duration_seconds = started.elapsed().as_secs_f64();
         tracing::info!(
             result = report.result.as_str(),
+            selected = report.tags_selected,
             copied = report.tags_copied,
             in_sync = report.tags_in_sync,
             failed = report.tags_failed,
+            deleted = report.retention_deleted,
             bytes = report.totals.bytes_written,
             seconds = report.duration_seconds,
             "rule finished"
@@ -348,465 +235,51 @@ impl Engine {
         report
     }
 
-    async fn sync_repo(
+    /// Runs the copy executor over every repository pair and tallies.
+    async fn execute_rule(
         &self,
         rule: &Rule,
-        src_loc: Location,
-        target_locs: Vec<Location>,
-    ) -> RepoOutcome {
-        let mut out = RepoOutcome {
-            images: Vec::new(),
-            errors: Vec::new(),
-            unreachable_tags: 0,
-        };
-        let open = |loc: &Location| self.transports.open(loc);
-        let source = match open(&src_loc) {
-            Ok(s) => s,
-            Err(e) => {
-                out.errors.push(e.to_string());
-                return out;
-            }
-        };
-        // Tag lists of the source and every target, all at once (one request
-        // each); the per-registry limits bound what is really in flight.
-        let target_stores: Vec<(Location, Result<Store, TransportError>)> = target_locs
-            .iter()
-            .map(|loc| (loc.clone(), open(loc)))
-            .collect();
-        let target_listing =
-            futures_util::future::join_all(target_stores.iter().map(|(_, store)| async move {
-                match store {
-                    Ok(s) => Some(s.list_tags().await),
-                    Err(_) => None,
-                }
-            }));
-        let (source_listing, target_listing) = tokio::join!(source.list_tags(), target_listing);
-        let all_tags = match source_listing {
-            Ok(t) => t,
-            Err(e) => {
-                out.errors.push(format!("listing tags of {src_loc}: {e}"));
-                return out;
-            }
-        };
-        let selected = select_tags(&rule.tags, &all_tags);
-        let mut targets = Vec::new();
-        let mut target_lists = Vec::new();
-        for ((loc, store), listing) in target_stores.into_iter().zip(target_listing) {
-            match (store, listing) {
-                (Ok(store), Some(Ok(tags))) => {
-                    target_lists.push(tags.into_iter().collect::<HashSet<_>>());
-                    targets.push(store);
-                }
-                (Err(e), _) => {
-                    out.errors.push(e.to_string());
-                    out.unreachable_tags += selected.len();
-                }
-                (Ok(_), Some(Err(e))) => {
-                    out.errors.push(format!("listing tags of {loc}: {e}"));
-                    out.unreachable_tags += selected.len();
-                }
-                (Ok(_), None) => unreachable!("a listing for every opened store"),
-            }
-        }
-        if targets.is_empty() {
-            return out;
-        }
-        let hints: Vec<HashMap<String, TagState>> = targets
-            .iter()
-            .map(|t| self.load_hints(rule, t.location()))
-            .collect();
-
-        // Source digests (and manifests where a copy is certain).
-        let mut inventory = self
-            .inventory(
-                rule,
-                &source,
-                &selected,
-                &targets,
-                &target_lists,
-                &hints,
-                false,
-                &mut out,
-            )
-            .await;
-        let mut considered: Vec<String> = selected.clone();
-        if rule.referrers {
-            let subjects: HashSet<String> = inventory
-                .tags
-                .iter()
-                .map(|t| t.digest.to_string())
-                .collect();
-            let referrer_tags: Vec<String> = all_tags
-                .iter()
-                .filter(|t| referrer_subject(t).is_some_and(|s| subjects.contains(&s)))
-                .filter(|t| !selected.contains(t))
-                .cloned()
-                .collect();
-            considered.extend(referrer_tags.iter().cloned());
-            if !referrer_tags.is_empty() {
-                let more = self
-                    .inventory(
-                        rule,
-                        &source,
-                        &referrer_tags,
-                        &targets,
-                        &target_lists,
-                        &hints,
-                        true,
-                        &mut out,
-                    )
-                    .await;
-                inventory.tags.extend(more.tags);
-                inventory.manifests.extend(more.manifests);
-                inventory.hinted.extend(more.hinted);
-                for (t, more_digests) in inventory.targets.iter_mut().zip(more.targets) {
-                    t.digests.extend(more_digests.digests);
-                }
-            }
-        }
-
-        let mut plans = plan_tags(&inventory.tags, &inventory.targets, rule.immutable);
-        self.spare_retained(rule, &mut plans);
-        // Ordinary tags first (in parallel), then referrers, after their subjects.
-        let (ordinary, referrers): (Vec<TagPlan>, Vec<TagPlan>) =
-            plans.into_iter().partition(|p| !p.referrer);
-        for group in [ordinary, referrers] {
-            let results = futures_util::stream::iter(group)
-                .map(|plan| {
-                    let manifest = inventory.manifests.get(&plan.tag).cloned();
-                    let span = tracing::info_span!("image", tag = %plan.tag, digest = %plan.digest.short());
-                    self.execute(rule, &source, &targets, plan, manifest).instrument(span)
-                })
-                .buffer_unordered(IMAGES_IN_PARALLEL)
-                .collect::<Vec<_>>()
-                .await;
-            for images in results {
-                out.images.extend(images);
-            }
-        }
-        self.record_tags(rule, &targets, &inventory, &out.images, &considered);
-        out
-    }
-
-    /// What the state believes about one target repository (empty without
-    /// a state, or when it cannot be read: then every tag is asked).
-    fn load_hints(&self, rule: &Rule, target: &Location) -> HashMap<String, TagState> {
-        let Some(state) = &self.state else {
-            return HashMap::new();
-        };
-        let (t, repo) = copy::state_key(target);
-        state.tag_states(&rule.name, &t, &repo).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot read tag hints; asking the target");
-            HashMap::new()
-        })
-    }
-
-    /// Records what this run saw and did per tag and target, so the next
-    /// run may spare requests and `tags_pending` counts what is still
-    /// different.
-    /// A tag this rule's retention deleted from a target (same digest, and
-    /// the DELETE went through) is not copied there again: sync and
-    /// retention would otherwise undo each other on every run.
-    fn spare_retained(&self, rule: &Rule, plans: &mut [TagPlan]) {
-        let (Some(state), Some(_)) = (&self.state, &rule.retention) else {
-            return;
-        };
-        for plan in plans.iter_mut() {
-            for (location, action) in plan.targets.iter_mut() {
-                if *action != TargetAction::Create {
-                    continue;
-                }
-                let repo = location.to_string();
-                match state.deleted_by_retention(&rule.name, &repo, plan.digest.as_str(), &plan.tag)
-                {
-                    Ok(true) => *action = TargetAction::DeletedByRetention,
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(error = %e, "cannot read the retention journal"),
-                }
-            }
-        }
-    }
-
-    fn record_tags(
-        &self,
-        rule: &Rule,
-        targets: &[Store],
-        inventory: &Inventory,
-        images: &[ImageReport],
-        considered: &[String],
+        inv: &RuleInventory,
+        copies: Vec<Vec<crate::plan::TagPlan>>,
+        report: &mut RuleReport,
     ) {
-        let Some(state) = &self.state else {
-            return;
-        };
-        let now = now_unix();
-        for (i, target) in targets.iter().enumerate() {
-            let name = target.location().to_string();
-            let mut seen = Vec::new();
-            for image in images.iter().filter(|im| im.target == name) {
-                let (target_digest, verified_now) = match (&image.action, &image.error) {
-                    (TargetAction::KeepImmutable { .. }, _)
-                    | (TargetAction::DeletedByRetention, _) => continue,
-                    (TargetAction::InSync, _) => (
-                        Some(image.digest.as_str()),
-                        !inventory.hinted.contains(&(i, image.tag.clone())),
-                    ),
-                    (_, None) => (Some(image.digest.as_str()), true),
-                    (TargetAction::Create, Some(_)) => (None, true),
-                    (TargetAction::Update { from }, Some(_)) => (Some(from.as_str()), true),
-                };
-                seen.push(TagObservation {
-                    tag: &image.tag,
-                    source_digest: image.digest.as_str(),
-                    target_digest,
-                    verified_now,
-                });
-            }
-            let (t, repo) = copy::state_key(target.location());
-            if let Err(e) = state.record_tags(&rule.name, &t, &repo, &seen, Some(considered), now) {
-                tracing::warn!(error = %e, "cannot record tag state");
+        let before = self.copier.stats.totals();
+        report.repositories = inv.repos.len();
+        if rule.source.as_ref().is_some_and(|s| s.wildcard) && !self.shard.is_whole() {
+            let repos = inv.repos.iter().map(|r| r.source.location().to_string());
+            report.shard_repositories = Some(repos.collect());
+        }
+        report.errors.extend(inv.errors.iter().cloned());
+        for repo in &inv.repos {
+            report.errors.extend(repo.errors.iter().cloned());
+            report.tags_selected += repo.selected;
+            report.tags_unreachable += repo.selected * repo.unreadable_targets;
+            let listed = repo.source_tags.as_ref().map_or(0, Vec::len);
+            if listed > 0 && repo.selected == 0 {
+                report.warnings.push(format!(
+                    "{}: the tag filters select 0 of {listed} tags",
+                    repo.source.location()
+                ));
             }
         }
-    }
-
-    /// Resolves the digests of `tags` at the source and at each target. A
-    /// tag a target lacks (by its tag list) is certainly copied, so its source
-    /// manifest is fetched right away (one GET instead of HEAD then GET) and
-    /// the target is not asked about it.
-    #[allow(clippy::too_many_arguments)]
-    async fn inventory(
-        &self,
-        rule: &Rule,
-        source: &Store,
-        tags: &[String],
-        targets: &[Store],
-        target_lists: &[HashSet<String>],
-        hints: &[HashMap<String, TagState>],
-        referrer: bool,
-        out: &mut RepoOutcome,
-    ) -> Inventory {
-        let now = now_unix();
-        let platforms = if referrer {
-            &[][..]
-        } else {
-            &rule.platforms[..]
-        };
-        let results = futures_util::stream::iter(tags.iter().cloned())
-            .map(|tag| async move {
-                let missing_somewhere = target_lists.iter().any(|l| !l.contains(&tag));
-                // A target digest the state confirmed recently; used only if
-                // the source still has that digest (checked below).
-                let hint = |i: usize| {
-                    hints[i]
-                        .get(&tag)
-                        .filter(|h| now - h.verified < REVERIFY_AFTER_SECS)
-                        .and_then(|h| h.target_digest.clone())
-                };
-                // The source and every target that lists the tag (and has no
-                // usable hint), asked at once.
-                let at_targets = futures_util::future::join_all(
-                    targets
-                        .iter()
-                        .zip(target_lists)
-                        .enumerate()
-                        .map(|(i, (target, list))| {
-                            let tag = &tag;
-                            let skip = hint(i).is_some();
-                            async move {
-                                if !list.contains(tag) || skip {
-                                    return Ok(None);
-                                }
-                                target
-                                    .resolve(tag)
-                                    .await
-                                    .map(|h| h.map(|h| h.digest))
-                                    .map_err(|e| (tag.clone(), e.to_string()))
-                            }
-                        }),
-                );
-                let (source_manifest, at_targets) = tokio::join!(
-                    resolve_source(source, &tag, missing_somewhere, platforms),
-                    at_targets
-                );
-                let Some((digest, manifest)) = source_manifest? else {
-                    return Ok(None);
-                };
-                let mut at_targets = at_targets.into_iter().collect::<Result<Vec<_>, _>>()?;
-                let mut hinted = Vec::new();
-                for (i, (target, list)) in targets.iter().zip(target_lists).enumerate() {
-                    if !list.contains(&tag) {
-                        continue;
-                    }
-                    let Some(believed) = hint(i) else { continue };
-                    if believed == digest.as_str() {
-                        // The target lists the tag, and the registry confirmed
-                        // recently that it points at what the source has now.
-                        at_targets[i] = Some(digest.clone());
-                        hinted.push(i);
-                    } else {
-                        // The source moved: ask the target what it has.
-                        at_targets[i] = target
-                            .resolve(&tag)
-                            .await
-                            .map_err(|e| (tag.clone(), e.to_string()))?
-                            .map(|h| h.digest);
-                    }
-                }
-                Ok(Some((tag, digest, manifest, at_targets, hinted)))
-            })
-            .buffer_unordered(8)
-            .collect::<Vec<Result<Option<_>, (String, String)>>>()
-            .await;
-
-        let mut inv = Inventory {
-            tags: Vec::new(),
-            manifests: HashMap::new(),
-            hinted: HashSet::new(),
-            targets: targets
-                .iter()
-                .map(|t| TargetTags {
-                    location: t.location().clone(),
-                    digests: HashMap::new(),
-                })
-                .collect(),
-        };
-        for r in results {
-            match r {
-                Ok(Some((tag, digest, manifest, at_targets, hinted))) => {
-                    inv.hinted
-                        .extend(hinted.into_iter().map(|i| (i, tag.clone())));
-                    for (t, d) in inv.targets.iter_mut().zip(at_targets) {
-                        if let Some(d) = d {
-                            t.digests.insert(tag.clone(), d);
-                        }
-                    }
-                    if let Some(m) = manifest {
-                        inv.manifests.insert(tag.clone(), m);
-                    }
-                    inv.tags.push(SourceTag {
-                        tag,
-                        digest,
-                        referrer,
-                    });
-                }
-                Ok(None) => {}
-                Err((tag, e)) => out.errors.push(format!("tag {tag}: {e}")),
-            }
-        }
-        // Keep the selection order (newest first) for reports.
-        let order: HashMap<&String, usize> = tags.iter().enumerate().map(|(i, t)| (t, i)).collect();
-        inv.tags
-            .sort_by_key(|t| order.get(&t.tag).copied().unwrap_or(usize::MAX));
-        inv
-    }
-
-    /// Copies one tag to the targets that need it (or, in a dry run, counts
-    /// what that would take). Returns one report per target.
-    async fn execute(
-        &self,
-        rule: &Rule,
-        source: &Store,
-        targets: &[Store],
-        plan: TagPlan,
-        manifest: Option<RawManifest>,
-    ) -> Vec<ImageReport> {
-        let mut reports: Vec<ImageReport> = plan
-            .targets
-            .iter()
-            .map(|(loc, action)| ImageReport {
-                source: source.location().to_string(),
-                target: loc.to_string(),
-                tag: plan.tag.clone(),
-                digest: plan.digest.clone(),
-                action: action.clone(),
-                cost: None,
-                error: None,
-            })
-            .collect();
-        let needing: Vec<usize> = plan
-            .targets
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, a))| a.needs_copy())
-            .map(|(i, _)| i)
-            .collect();
-        if needing.is_empty() {
-            return reports;
-        }
-        let fail_all = |reports: &mut Vec<ImageReport>, msg: String| {
-            for &i in &needing {
-                reports[i].error = Some(msg.clone());
-            }
-        };
-        if self.copier.stop.is_cancelled() {
-            fail_all(
-                &mut reports,
-                "not started: shutting down; the next run copies it".into(),
+        if !report.warnings.is_empty() {
+            tracing::warn!(
+                repositories = report.warnings.len(),
+                first = %report.warnings[0],
+                "tag filters select nothing"
             );
-            return reports;
         }
-        let platforms = if plan.referrer {
-            &[][..]
-        } else {
-            &rule.platforms[..]
-        };
-        let root = match manifest {
-            Some(m) => m,
-            None => match resolve_source(source, &plan.tag, true, platforms).await {
-                Ok(Some((_, Some(m)))) if m.digest == plan.digest => m,
-                Ok(Some((_, Some(m)))) => {
-                    fail_all(
-                        &mut reports,
-                        format!(
-                            "the source tag moved to {} during the run; the next run copies it",
-                            m.digest
-                        ),
-                    );
-                    return reports;
-                }
-                Ok(_) => {
-                    fail_all(
-                        &mut reports,
-                        "the source tag vanished during the run".into(),
-                    );
-                    return reports;
-                }
-                Err((_, e)) => {
-                    fail_all(&mut reports, e);
-                    return reports;
-                }
-            },
-        };
-        let tree = match copy::expand(source, root).await {
-            Ok(t) => t,
-            Err(e) => {
-                fail_all(&mut reports, e.to_string());
-                return reports;
-            }
-        };
-        if self.dry_run {
-            for &i in &needing {
-                match self.copier.dry_run_cost(&tree, &targets[i]).await {
-                    Ok(cost) => reports[i].cost = Some(cost),
-                    Err(e) => reports[i].error = Some(e.to_string()),
-                }
-            }
-            return reports;
-        }
-        let stores: Vec<Store> = needing.iter().map(|&i| targets[i].clone()).collect();
-        let results = self
-            .copier
-            .copy_tree(source, &tree, Some(&plan.tag), &stores)
+        let images = futures_util::stream::iter(inv.repos.iter().zip(copies))
+            .map(|(repo, plans)| {
+                let span = tracing::info_span!("repo", source = %repo.source.location());
+                self.execute_copies(rule, repo, plans).instrument(span)
+            })
+            .buffer_unordered(REPOS_IN_PARALLEL)
+            .collect::<Vec<_>>()
             .await;
-        for (&i, result) in needing.iter().zip(results) {
-            match result {
-                Ok(()) => tracing::info!(target = %targets[i].location(), "copied"),
-                Err(e) => {
-                    tracing::warn!(target = %targets[i].location(), error = %e, "copy failed");
-                    reports[i].error = Some(e.to_string());
-                }
-            }
-        }
-        reports
+        report.images = images.into_iter().flatten().collect();
+        report.totals = totals_since(self.copier.stats.totals(), before);
+        report.tally();
     }
 
     /// Copies one image ad hoc (`regkeeper copy`): `reference` at `source`
@@ -819,7 +292,7 @@ impl Engine {
         tag: Option<&str>,
         platforms: &[Platform],
     ) -> Result<Digest, CopyError> {
-        let root = match resolve_source(source, reference, true, platforms).await {
+        let root = match inventory::resolve_source(source, reference, true, platforms).await {
             Ok(Some((_, Some(m)))) => m,
             Ok(_) => {
                 return Err(CopyError::Transport(TransportError::NotFound {
@@ -845,77 +318,168 @@ impl Engine {
     }
 }
 
-/// Folds a retention step into the rule's report: its deletions count, and a
-/// retention that failed or refused makes the run partial (or failed, for a
-/// cleanup-only rule that deleted nothing).
-pub fn apply_retention(report: &mut RuleReport, retention: RetentionReport, cleanup_only: bool) {
-    report.retention_deleted = retention.deleted;
-    if !retention.ok() {
-        report.result = match report.result {
-            RunResult::Success if cleanup_only && retention.deleted == 0 => RunResult::Failed,
-            RunResult::Success => RunResult::Partial,
-            other => other,
-        };
+/// The plan's view of one repository pair.
+fn repo_facts(repo: &RepoInventory) -> RepoFacts {
+    RepoFacts {
+        tags: repo.tags.clone(),
+        targets: repo
+            .targets
+            .iter()
+            .map(|t| TargetFacts {
+                location: t.store.location().clone(),
+                digests: t.digests.clone(),
+                retained_away: t.retained_away.clone(),
+            })
+            .collect(),
     }
-    report.retention = Some(retention);
 }
 
-struct Inventory {
-    tags: Vec<SourceTag>,
-    /// Source manifests already fetched (after platform filtering), by tag.
-    manifests: HashMap<String, RawManifest>,
-    targets: Vec<TargetTags>,
-    /// (target index, tag) whose target digest came from the state, not a HEAD.
-    hinted: HashSet<(usize, String)>,
-}
-
-/// The digest the targets should hold for `reference`, and the manifest when
-/// it had to be fetched (`fetch`, or an index to filter by platform).
-async fn resolve_source(
-    source: &Store,
-    reference: &str,
-    fetch: bool,
-    platforms: &[Platform],
-) -> Result<Option<(Digest, Option<RawManifest>)>, (String, String)> {
-    let err = |e: String| (reference.to_string(), e);
-    let raw = if fetch {
-        match source
-            .get_manifest(reference)
-            .await
-            .map_err(|e| err(e.to_string()))?
-        {
-            Some(m) => m,
-            None => return Ok(None),
+/// Joins retention's reading with the sync inventory: the source tags (for
+/// `delete_removed_at_source`) come from the inventory; a repository whose
+/// source could not be read deletes nothing (never "everything was removed
+/// at the source"); a target repository the copies will create (under a
+/// `/*` target) is planned as empty.
+fn complete_read(rule: &Rule, policy: &Retention, inv: &RuleInventory, read: &mut RuleRead) {
+    let mut by_target: HashMap<String, (&RepoInventory, usize)> = HashMap::new();
+    for repo in &inv.repos {
+        for (k, t) in repo.targets.iter().enumerate() {
+            by_target.insert(t.store.location().to_string(), (repo, k));
         }
-    } else {
-        let Some(head) = source
-            .resolve(reference)
-            .await
-            .map_err(|e| err(e.to_string()))?
-        else {
-            return Ok(None);
+    }
+    let rule_source_failed = !inv.errors.is_empty();
+    for r in &mut read.repos {
+        let why = match by_target.get(&r.input.repository) {
+            _ if rule_source_failed => {
+                Some("the source repositories could not be listed".to_string())
+            }
+            Some((repo, _)) => match &repo.source_tags {
+                None => Some(format!(
+                    "the source {} could not be read",
+                    repo.source.location()
+                )),
+                Some(tags) => {
+                    if policy.delete_removed_at_source {
+                        r.input.source_tags = Some(tags.iter().cloned().collect::<BTreeSet<_>>());
+                    }
+                    None
+                }
+            },
+            None => None,
         };
-        if platforms.is_empty() || !is_index(&head.media_type) {
-            return Ok(Some((head.digest, None)));
+        if let Some(why) = why {
+            r.input = RepoInput::incomplete(r.input.repository.clone(), why);
         }
-        match source
-            .get_manifest(head.digest.as_str())
-            .await
-            .map_err(|e| err(e.to_string()))?
-        {
-            Some(m) => m,
-            None => return Ok(None),
+    }
+    let known: std::collections::HashSet<String> = read
+        .repos
+        .iter()
+        .map(|r| r.input.repository.clone())
+        .collect();
+    for (name, (repo, k)) in by_target {
+        if known.contains(&name) {
+            continue;
         }
-    };
-    match filter_index(&raw, platforms).map_err(|e| err(format!("index {}: {e}", raw.digest)))? {
-        Some(m) => Ok(Some((m.digest.clone(), Some(m)))),
-        None => Err(err(format!(
-            "none of the platforms {} is in the index",
-            platforms
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
+        let target = &repo.targets[k];
+        let mut input = if target.listed.is_empty() {
+            RepoInput::new(name.clone(), Default::default())
+        } else {
+            RepoInput::incomplete(name.clone(), "not found in the target's catalog")
+        };
+        if policy.delete_removed_at_source {
+            input.source_tags = repo
+                .source_tags
+                .as_ref()
+                .map(|t| t.iter().cloned().collect());
+        }
+        read.repos.push(RepoRead {
+            job: RepoJob {
+                target: rule.targets.get(k).map_or(name.clone(), |t| t.to_string()),
+                location: target.store.location().clone(),
+                source: Some(repo.source.location().clone()),
+            },
+            input,
+            updates: Vec::new(),
+        });
+    }
+    read.repos
+        .sort_by(|a, b| a.input.repository.cmp(&b.input.repository));
+}
+
+/// What retention needs of the manifests a copy may bring (read-only, from
+/// the source): references, and creation times where the policy needs them.
+async fn copy_facts(inv: &RuleInventory, policy: &Retention) -> CopyFacts {
+    let mut facts = CopyFacts::default();
+    let with_created = crate::retention::read::needs_created(policy);
+    for repo in &inv.repos {
+        for raw in repo.manifests.values() {
+            match crate::retention::read::manifest_info(raw) {
+                Ok(info) => facts.manifests.insert(raw.digest.clone(), info),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read a manifest's references");
+                    continue;
+                }
+            };
+            if with_created {
+                match crate::retention::read::created_in(&repo.source, raw).await {
+                    Ok(Some(t)) => {
+                        facts.created.insert(raw.digest.clone(), t);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot read an image's creation time"),
+                }
+            }
+        }
+    }
+    facts
+}
+
+/// Lets retention record the target as it is after the copies that went
+/// through (first-seen times, the baseline for tags that move).
+fn record_arrivals(read: &mut RuleRead, report: &RuleReport, facts: &CopyFacts, now: i64) {
+    for r in &mut read.repos {
+        let arrived: Vec<(String, Digest)> = report
+            .images
+            .iter()
+            .filter(|i| {
+                i.target == r.input.repository && i.action.needs_copy() && i.error.is_none()
+            })
+            .map(|i| (i.tag.clone(), i.digest.clone()))
+            .collect();
+        if !arrived.is_empty() {
+            r.input = runplan::project(&r.input, &arrived, facts, now);
+        }
+    }
+}
+
+/// Target repositories where a planned copy failed: their retention plan
+/// assumed the copy, so none of its deletions is sent this run.
+fn held_repositories(report: &RuleReport) -> HashMap<String, String> {
+    let mut held = HashMap::new();
+    if report.dry_run {
+        // A plan copies nothing: an estimate that failed holds nothing back.
+        return held;
+    }
+    for image in report.images.iter().filter(|i| i.error.is_some()) {
+        held.entry(image.target.clone()).or_insert_with(|| {
+            format!(
+                "a copy to this repository failed ({}), so it is not as planned; nothing deleted this run",
+                image.tag
+            )
+        });
+    }
+    held
+}
+
+/// What the counters gained since `before`.
+fn totals_since(after: CopyTotals, before: CopyTotals) -> CopyTotals {
+    CopyTotals {
+        bytes_read: after.bytes_read - before.bytes_read,
+        bytes_written: after.bytes_written - before.bytes_written,
+        blobs_copied: after.blobs_copied - before.blobs_copied,
+        blobs_mounted: after.blobs_mounted - before.blobs_mounted,
+        blobs_skipped: after.blobs_skipped - before.blobs_skipped,
+        blobs_resumed: after.blobs_resumed - before.blobs_resumed,
+        manifests_pushed: after.manifests_pushed - before.manifests_pushed,
+        images_copied: after.images_copied - before.images_copied,
     }
 }

@@ -4,19 +4,21 @@
 //!   everything else stays).
 //! - [`state`]: what retention needs to remember between runs (first-seen
 //!   times, untagged-since times, the deletion journal), as a trait.
-//! - [`execute`]: reads a target repository into planner input, and sends the
-//!   deletions (journaled first).
+//! - [`read`]: reads a target repository into planner input (read-only).
+//! - [`execute`]: sends the deletions (journaled first) and writes the state.
 
 pub mod execute;
 pub mod plan;
+pub mod read;
 pub mod state;
 
 pub use execute::{
     DeletionReport, DeletionStatus, Pruner, RepoReport, RetentionError, RetentionReport,
 };
+pub use read::{RepoJob, RepoRead, RuleRead, StateUpdate};
 pub use state::{
-    JournalEntry, JournalId, JournalRecord, JournalStatus, ReadOnly, RetentionState, SeenTag,
-    StateError,
+    JournalEntry, JournalId, JournalRecord, JournalStatus, NoState, ReadOnly, RetentionState,
+    SeenTag, StateError,
 };
 
 pub use plan::{

@@ -312,30 +312,78 @@ pub fn plan_retention(policy: &Retention, input: &RepoInput, now: Unix) -> RepoP
         repository: input.repository.clone(),
         ..Default::default()
     };
-    let tags = match &input.listing {
-        Listing::Complete(t) => t,
-        Listing::Incomplete(why) => {
+    let (tags, graph) = match readable(input) {
+        Ok(t) => t,
+        Err(why) => {
             plan.refused = Some(format!("inventory incomplete, nothing deleted: {why}"));
             return plan;
         }
     };
-    // Every tagged manifest must be known: its children and subject decide
-    // what else must stay.
-    if let Some((tag, d)) = tags.iter().find(|(_, d)| !input.manifests.contains_key(*d)) {
-        plan.refused = Some(format!(
-            "inventory incomplete, nothing deleted: manifest {d} of tag {tag:?} was not read"
+    let (proposals, kept) = decide_tags(policy, input, tags, now);
+    let (expiring, untagged_staying) = split_untagged(policy, input, tags, now);
+    let mut d = Decisions {
+        tags,
+        proposals,
+        kept,
+        expiring,
+        untagged_staying,
+        blocked: BTreeMap::new(),
+    };
+    let (cause, order_edges) = settle(policy, input, now, &graph, &mut d);
+    report_kept(input, &d, &cause, &mut plan);
+    order_deletions(tags, &cause, &order_edges, &mut plan);
+    if plan.deletions.len() > policy.max_deletions_per_run {
+        plan.refused = Some(cap_message(
+            plan.deletions.len(),
+            policy.max_deletions_per_run,
         ));
-        return plan;
+    }
+    plan
+}
+
+/// What has been decided so far about one repository.
+struct Decisions<'a> {
+    tags: &'a BTreeMap<String, Digest>,
+    /// Tags to delete, and why.
+    proposals: BTreeMap<&'a str, DeleteReason>,
+    /// Tags that stay, and why.
+    kept: BTreeMap<&'a str, KeepReason>,
+    /// Untagged manifests past `untagged_older_than`, and since when.
+    expiring: BTreeMap<&'a Digest, Unix>,
+    untagged_staying: BTreeSet<&'a Digest>,
+    /// Deletions taken back because something kept needs them.
+    blocked: BTreeMap<Digest, KeepReason>,
+}
+
+/// The tags and reference graph, or why the repository cannot be planned:
+/// every tagged manifest must be known (its children and subject decide what
+/// else must stay), and every reachable index.
+fn readable(input: &RepoInput) -> Result<(&BTreeMap<String, Digest>, Graph<'_>), String> {
+    let tags = match &input.listing {
+        Listing::Complete(t) => t,
+        Listing::Incomplete(why) => return Err(why.clone()),
+    };
+    if let Some((tag, d)) = tags.iter().find(|(_, d)| !input.manifests.contains_key(*d)) {
+        return Err(format!("manifest {d} of tag {tag:?} was not read"));
     }
     let graph = Graph::new(tags, &input.manifests);
     if let Some(missing) = graph.unknown_index() {
-        plan.refused = Some(format!(
-            "inventory incomplete, nothing deleted: index {missing} was not read"
-        ));
-        return plan;
+        return Err(format!("index {missing} was not read"));
     }
+    Ok((tags, graph))
+}
 
-    // 1. Decide per tag.
+/// 1. Decides per tag: protected, not matched, removed at the source, or
+///    ranked by the age policy.
+fn decide_tags<'a>(
+    policy: &Retention,
+    input: &RepoInput,
+    tags: &'a BTreeMap<String, Digest>,
+    now: Unix,
+) -> (
+    BTreeMap<&'a str, DeleteReason>,
+    BTreeMap<&'a str, KeepReason>,
+) {
     let mut proposals: BTreeMap<&str, DeleteReason> = BTreeMap::new();
     let mut kept: BTreeMap<&str, KeepReason> = BTreeMap::new();
     let mut candidates: Vec<&str> = Vec::new();
@@ -356,11 +404,19 @@ pub fn plan_retention(policy: &Retention, input: &RepoInput, now: Unix) -> RepoP
         }
     }
     rank_candidates(policy, input, now, &candidates, &mut proposals, &mut kept);
+    (proposals, kept)
+}
 
-    // 2. Expiring untagged manifests (present, really untagged).
+/// 2. Untagged manifests (present, really untagged): expiring or staying.
+fn split_untagged<'a>(
+    policy: &Retention,
+    input: &'a RepoInput,
+    tags: &BTreeMap<String, Digest>,
+    now: Unix,
+) -> (BTreeMap<&'a Digest, Unix>, BTreeSet<&'a Digest>) {
     let tagged: HashSet<&Digest> = tags.values().collect();
     let mut expiring: BTreeMap<&Digest, Unix> = BTreeMap::new();
-    let mut untagged_staying: BTreeSet<&Digest> = BTreeSet::new();
+    let mut staying: BTreeSet<&Digest> = BTreeSet::new();
     for (d, &since) in &input.untagged_since {
         if tagged.contains(d) || !input.manifests.contains_key(d) {
             continue;
@@ -370,117 +426,156 @@ pub fn plan_retention(policy: &Retention, input: &RepoInput, now: Unix) -> RepoP
                 expiring.insert(d, since);
             }
             _ => {
-                untagged_staying.insert(d);
+                staying.insert(d);
             }
         }
     }
+    (expiring, staying)
+}
 
-    // 3. Turn tag decisions into digests, then take back every deletion that
-    //    something kept still needs, until nothing conflicts.
-    let mut blocked: BTreeMap<Digest, KeepReason> = BTreeMap::new();
-    let (cause, order_edges) = loop {
-        let mut cause: BTreeMap<Digest, DeleteReason> = BTreeMap::new();
-        for (tag, reason) in &proposals {
-            let d = &tags[*tag];
-            if !blocked.contains_key(d) {
-                cause.entry(d.clone()).or_insert_with(|| reason.clone());
-            }
-        }
-        for (d, since) in &expiring {
-            if !blocked.contains_key(*d) {
-                cause
-                    .entry((*d).clone())
-                    .or_insert_with(|| DeleteReason::UntaggedExpired {
-                        since: *since,
-                        untagged_older_than_seconds: policy
-                            .untagged_older_than
-                            .map(|w| w.as_secs() as i64)
-                            .unwrap_or_default(),
-                    });
-            }
-        }
-        // What goes with them: referrers, and children of deleted indexes.
-        let mut queue: VecDeque<Digest> = cause.keys().cloned().collect();
-        let mut edges: Vec<(Digest, Digest)> = Vec::new(); // (before, after)
-        while let Some(d) = queue.pop_front() {
-            for c in graph.children(&d) {
-                edges.push((d.clone(), c.clone()));
-                if !blocked.contains_key(c) && !cause.contains_key(c) {
-                    cause.insert(c.clone(), DeleteReason::ChildOf { index: d.clone() });
-                    queue.push_back(c.clone());
-                }
-            }
-            for r in graph.referrers(&d) {
-                edges.push((r.clone(), d.clone()));
-                if !blocked.contains_key(r) && !cause.contains_key(r) {
-                    cause.insert(r.clone(), DeleteReason::ReferrerOf { subject: d.clone() });
-                    queue.push_back(r.clone());
-                }
-            }
-        }
-        // Kept roots: every tag that does not go, every untagged manifest
-        // that stays.
-        let mut roots: Vec<(Digest, Origin)> = Vec::new();
-        for (tag, d) in tags {
-            let goes = cause.contains_key(d)
-                && (proposals.contains_key(tag.as_str())
-                    || referrer_subject(tag)
-                        .and_then(|s| Digest::parse(&s).ok())
-                        .is_some_and(|s| cause.contains_key(&s)));
-            if !goes {
-                roots.push((d.clone(), Origin::Tag(tag.clone())));
-                // A kept referrer tag keeps the subject it names.
-                if let Some(s) = referrer_subject(tag).and_then(|s| Digest::parse(&s).ok()) {
-                    roots.push((s, Origin::Manifest(d.clone())));
-                }
-            }
-        }
-        for d in &untagged_staying {
-            roots.push(((*d).clone(), Origin::Untagged));
-        }
-        for d in expiring.keys() {
-            if blocked.contains_key(*d) {
-                roots.push(((*d).clone(), Origin::Untagged));
-            }
-        }
-        let keep = graph.closure(roots);
+/// 3. Turns tag decisions into digests, then takes back every deletion that
+///    something kept still needs, until nothing conflicts. Returns why each
+///    digest goes and the order constraints (before, after).
+fn settle(
+    policy: &Retention,
+    input: &RepoInput,
+    now: Unix,
+    graph: &Graph<'_>,
+    d: &mut Decisions<'_>,
+) -> (BTreeMap<Digest, DeleteReason>, Vec<(Digest, Digest)>) {
+    loop {
+        let mut cause = direct_causes(policy, d);
+        let edges = spread(graph, &d.blocked, &mut cause);
+        let keep = graph.closure(kept_roots(d, &cause));
         let conflicts: Vec<Digest> = cause
             .keys()
-            .filter(|d| keep.contains_key(*d))
+            .filter(|x| keep.contains_key(*x))
             .cloned()
             .collect();
         if conflicts.is_empty() {
-            break (cause, edges);
+            return (cause, edges);
         }
-        for d in conflicts {
-            let reason = match &keep[&d] {
+        for x in conflicts {
+            let reason = match &keep[&x] {
                 Origin::Tag(t) => KeepReason::SharedWithKeptTag { tag: t.clone() },
                 Origin::Manifest(by) => KeepReason::ReferencedByKept { by: by.clone() },
                 // An untagged manifest that stays keeps itself; cannot be in
                 // `cause`, but be explicit.
                 Origin::Untagged => KeepReason::UntaggedRecently {
-                    since: input.untagged_since.get(&d).copied().unwrap_or(now),
+                    since: input.untagged_since.get(&x).copied().unwrap_or(now),
                 },
             };
-            blocked.insert(d, reason);
+            d.blocked.insert(x, reason);
         }
-    };
+    }
+}
 
-    // 4. Report kept tags (with the reason that decided them) and kept
-    //    untagged manifests.
-    for (tag, d) in tags {
-        let reason = if cause.contains_key(d) {
+/// The digests the tag decisions and untagged expiry delete (not blocked).
+fn direct_causes(policy: &Retention, d: &Decisions<'_>) -> BTreeMap<Digest, DeleteReason> {
+    let mut cause: BTreeMap<Digest, DeleteReason> = BTreeMap::new();
+    for (tag, reason) in &d.proposals {
+        let digest = &d.tags[*tag];
+        if !d.blocked.contains_key(digest) {
+            cause
+                .entry(digest.clone())
+                .or_insert_with(|| reason.clone());
+        }
+    }
+    for (digest, since) in &d.expiring {
+        if !d.blocked.contains_key(*digest) {
+            cause
+                .entry((*digest).clone())
+                .or_insert_with(|| DeleteReason::UntaggedExpired {
+                    since: *since,
+                    untagged_older_than_seconds: policy
+                        .untagged_older_than
+                        .map(|w| w.as_secs() as i64)
+                        .unwrap_or_default(),
+                });
+        }
+    }
+    cause
+}
+
+/// What goes with the deleted: referrers, and children of deleted indexes.
+/// Returns the order constraints (before, after).
+fn spread(
+    graph: &Graph<'_>,
+    blocked: &BTreeMap<Digest, KeepReason>,
+    cause: &mut BTreeMap<Digest, DeleteReason>,
+) -> Vec<(Digest, Digest)> {
+    let mut queue: VecDeque<Digest> = cause.keys().cloned().collect();
+    let mut edges: Vec<(Digest, Digest)> = Vec::new();
+    while let Some(d) = queue.pop_front() {
+        for c in graph.children(&d) {
+            edges.push((d.clone(), c.clone()));
+            if !blocked.contains_key(c) && !cause.contains_key(c) {
+                cause.insert(c.clone(), DeleteReason::ChildOf { index: d.clone() });
+                queue.push_back(c.clone());
+            }
+        }
+        for r in graph.referrers(&d) {
+            edges.push((r.clone(), d.clone()));
+            if !blocked.contains_key(r) && !cause.contains_key(r) {
+                cause.insert(r.clone(), DeleteReason::ReferrerOf { subject: d.clone() });
+                queue.push_back(r.clone());
+            }
+        }
+    }
+    edges
+}
+
+/// Kept roots: every tag that does not go, every untagged manifest that
+/// stays.
+fn kept_roots(d: &Decisions<'_>, cause: &BTreeMap<Digest, DeleteReason>) -> Vec<(Digest, Origin)> {
+    let mut roots: Vec<(Digest, Origin)> = Vec::new();
+    for (tag, digest) in d.tags {
+        let goes = cause.contains_key(digest)
+            && (d.proposals.contains_key(tag.as_str())
+                || referrer_subject(tag)
+                    .and_then(|s| Digest::parse(&s).ok())
+                    .is_some_and(|s| cause.contains_key(&s)));
+        if !goes {
+            roots.push((digest.clone(), Origin::Tag(tag.clone())));
+            // A kept referrer tag keeps the subject it names.
+            if let Some(s) = referrer_subject(tag).and_then(|s| Digest::parse(&s).ok()) {
+                roots.push((s, Origin::Manifest(digest.clone())));
+            }
+        }
+    }
+    for x in &d.untagged_staying {
+        roots.push(((*x).clone(), Origin::Untagged));
+    }
+    for x in d.expiring.keys() {
+        if d.blocked.contains_key(*x) {
+            roots.push(((*x).clone(), Origin::Untagged));
+        }
+    }
+    roots
+}
+
+/// 4. Reports kept tags (with the reason that decided them) and kept
+///    untagged manifests.
+fn report_kept(
+    input: &RepoInput,
+    d: &Decisions<'_>,
+    cause: &BTreeMap<Digest, DeleteReason>,
+    plan: &mut RepoPlan,
+) {
+    for (tag, digest) in d.tags {
+        let reason = if cause.contains_key(digest) {
             continue;
-        } else if let Some(r) = blocked
-            .get(d)
-            .filter(|_| proposals.contains_key(tag.as_str()))
+        } else if let Some(r) = d
+            .blocked
+            .get(digest)
+            .filter(|_| d.proposals.contains_key(tag.as_str()))
         {
             r.clone()
-        } else if let Some(r) = kept.get(tag.as_str()) {
+        } else if let Some(r) = d.kept.get(tag.as_str()) {
             r.clone()
         } else if referrer_subject(tag).is_some() {
             KeepReason::ReferrerOfKept
-        } else if let Some(r) = blocked.get(d) {
+        } else if let Some(r) = d.blocked.get(digest) {
             r.clone()
         } else {
             // A proposal whose digest is not in `cause` must be blocked.
@@ -488,35 +583,43 @@ pub fn plan_retention(policy: &Retention, input: &RepoInput, now: Unix) -> RepoP
         };
         plan.kept.push(Kept {
             tag: Some(tag.clone()),
-            digest: d.clone(),
+            digest: digest.clone(),
             reason,
         });
     }
-    for d in &untagged_staying {
+    for x in &d.untagged_staying {
         plan.kept.push(Kept {
             tag: None,
-            digest: (*d).clone(),
+            digest: (*x).clone(),
             reason: KeepReason::UntaggedRecently {
-                since: input.untagged_since[*d],
+                since: input.untagged_since[*x],
             },
         });
     }
-    for d in expiring.keys() {
-        if let Some(r) = blocked.get(*d) {
+    for x in d.expiring.keys() {
+        if let Some(r) = d.blocked.get(*x) {
             plan.kept.push(Kept {
                 tag: None,
-                digest: (*d).clone(),
+                digest: (*x).clone(),
                 reason: r.clone(),
             });
         }
     }
+}
 
-    // 5. Order: parents (indexes, referrers) before what they reference.
+/// 5. Orders the deletions: parents (indexes, referrers) before what they
+///    reference.
+fn order_deletions(
+    tags: &BTreeMap<String, Digest>,
+    cause: &BTreeMap<Digest, DeleteReason>,
+    edges: &[(Digest, Digest)],
+    plan: &mut RepoPlan,
+) {
     let mut digest_tags: HashMap<&Digest, Vec<String>> = HashMap::new();
     for (tag, d) in tags {
         digest_tags.entry(d).or_default().push(tag.clone());
     }
-    match topological(&cause, &order_edges) {
+    match topological(cause, edges) {
         Some(order) => {
             plan.deletions = order
                 .into_iter()
@@ -531,13 +634,6 @@ pub fn plan_retention(policy: &Retention, input: &RepoInput, now: Unix) -> RepoP
             plan.refused = Some("manifest references form a cycle; nothing deleted".into());
         }
     }
-    if plan.deletions.len() > policy.max_deletions_per_run {
-        plan.refused = Some(cap_message(
-            plan.deletions.len(),
-            policy.max_deletions_per_run,
-        ));
-    }
-    plan
 }
 
 fn cap_message(planned: usize, cap: usize) -> String {
@@ -561,6 +657,19 @@ pub fn apply_cap(plans: &mut [RepoPlan], cap: usize) -> bool {
     true
 }
 
+/// The time a tag's age is measured from: its image's `created` time (when
+/// plausible) or, with `order_by = "first_seen"`, when it was first seen.
+fn time_of(policy: &Retention, input: &RepoInput, now: Unix, tag: &str) -> Option<Unix> {
+    match policy.order_by {
+        OrderBy::FirstSeen => Some(input.first_seen.get(tag).copied().unwrap_or(now)),
+        OrderBy::Semver | OrderBy::Created => input
+            .created
+            .get(tag)
+            .copied()
+            .filter(|&c| c >= PLAUSIBLE_CREATED),
+    }
+}
+
 /// Ranks matched candidates newest first and decides keep_last / older_than.
 fn rank_candidates<'a>(
     policy: &Retention,
@@ -570,117 +679,102 @@ fn rank_candidates<'a>(
     proposals: &mut BTreeMap<&'a str, DeleteReason>,
     kept: &mut BTreeMap<&'a str, KeepReason>,
 ) {
-    let created = |tag: &str| {
-        input
-            .created
-            .get(tag)
-            .copied()
-            .filter(|&c| c >= PLAUSIBLE_CREATED)
-    };
-    let first_seen = |tag: &str| input.first_seen.get(tag).copied().unwrap_or(now);
-    // The time a tag's age is measured from.
-    let time_of = |tag: &str| match policy.order_by {
-        OrderBy::FirstSeen => Some(first_seen(tag)),
-        OrderBy::Semver | OrderBy::Created => created(tag),
-    };
-
-    // Ordering only matters with keep_last; without it every candidate is
-    // judged by age alone.
-    let mut ranked: Vec<&'a str> = Vec::new();
-    if policy.keep_last.is_some() {
-        match policy.order_by {
-            OrderBy::Semver => {
-                let mut versions = Vec::new();
-                for &t in candidates {
-                    match parse_version(t) {
-                        Some(v) => versions.push((v, t)),
-                        None => {
-                            kept.insert(
-                                t,
-                                KeepReason::OrderUnknown {
-                                    detail: "not a version, and order_by = \"semver\"".into(),
-                                },
-                            );
-                        }
-                    }
-                }
-                versions.sort_by(|(va, a), (vb, b)| vb.cmp(va).then_with(|| a.cmp(b)));
-                ranked = versions.into_iter().map(|(_, t)| t).collect();
-            }
-            OrderBy::Created | OrderBy::FirstSeen => {
-                let mut timed = Vec::new();
-                for &t in candidates {
-                    match time_of(t) {
-                        Some(at) => timed.push((at, t)),
-                        None => {
-                            kept.insert(
-                                t,
-                                KeepReason::OrderUnknown {
-                                    detail: "no usable created time in the image config".into(),
-                                },
-                            );
-                        }
-                    }
-                }
-                // Newest first; equal times by version, then name (stable).
-                timed.sort_by(|(ta, a), (tb, b)| {
-                    tb.cmp(ta).then_with(|| crate::filter::newest_first(a, b))
-                });
-                ranked = timed.into_iter().map(|(_, t)| t).collect();
-            }
-        }
-    } else {
-        ranked.extend_from_slice(candidates);
-    }
-
+    let ranked = rank(policy, input, now, candidates, kept);
     for (i, &tag) in ranked.iter().enumerate() {
         let rank = i + 1;
         if let Some(n) = policy.keep_last.filter(|&n| rank <= n) {
             kept.insert(tag, KeepReason::Newest { rank, keep_last: n });
             continue;
         }
-        match policy.older_than {
-            Some(limit) => {
-                let limit = limit.as_secs() as i64;
-                let Some(at) = time_of(tag) else {
-                    kept.insert(
-                        tag,
-                        KeepReason::OrderUnknown {
-                            detail: "age unknown (no usable created time in the image config)"
-                                .into(),
-                        },
-                    );
-                    continue;
-                };
-                let age = now - at;
-                if age > limit {
-                    proposals.insert(
-                        tag,
-                        DeleteReason::OlderThan {
-                            rank,
-                            age_seconds: age,
-                            older_than_seconds: limit,
-                        },
-                    );
-                } else {
-                    kept.insert(
-                        tag,
-                        KeepReason::TooRecent {
-                            rank,
-                            age_seconds: age,
-                            older_than_seconds: limit,
-                        },
-                    );
-                }
-            }
-            None => match policy.keep_last {
+        let Some(limit) = policy.older_than else {
+            match policy.keep_last {
                 Some(n) => {
                     proposals.insert(tag, DeleteReason::BeyondKeepLast { rank, keep_last: n });
                 }
                 None => {
                     kept.insert(tag, KeepReason::NoAgePolicy);
                 }
-            },
+            }
+            continue;
+        };
+        let limit = limit.as_secs() as i64;
+        let Some(at) = time_of(policy, input, now, tag) else {
+            kept.insert(
+                tag,
+                KeepReason::OrderUnknown {
+                    detail: "age unknown (no usable created time in the image config)".into(),
+                },
+            );
+            continue;
+        };
+        let age = now - at;
+        if age > limit {
+            proposals.insert(
+                tag,
+                DeleteReason::OlderThan {
+                    rank,
+                    age_seconds: age,
+                    older_than_seconds: limit,
+                },
+            );
+        } else {
+            kept.insert(
+                tag,
+                KeepReason::TooRecent {
+                    rank,
+                    age_seconds: age,
+                    older_than_seconds: limit,
+                },
+            );
+        }
+    }
+}
+
+/// The candidates newest first. Ordering only matters with keep_last;
+/// without it every candidate is judged by age alone. A candidate whose
+/// order cannot be told is kept (recorded in `kept`) and not ranked.
+fn rank<'a>(
+    policy: &Retention,
+    input: &RepoInput,
+    now: Unix,
+    candidates: &[&'a str],
+    kept: &mut BTreeMap<&'a str, KeepReason>,
+) -> Vec<&'a str> {
+    if policy.keep_last.is_none() {
+        return candidates.to_vec();
+    }
+    let unknown = |detail: &str| KeepReason::OrderUnknown {
+        detail: detail.into(),
+    };
+    match policy.order_by {
+        OrderBy::Semver => {
+            let mut versions = Vec::new();
+            for &t in candidates {
+                match parse_version(t) {
+                    Some(v) => versions.push((v, t)),
+                    None => {
+                        kept.insert(t, unknown("not a version, and order_by = \"semver\""));
+                    }
+                }
+            }
+            versions.sort_by(|(va, a), (vb, b)| vb.cmp(va).then_with(|| a.cmp(b)));
+            versions.into_iter().map(|(_, t)| t).collect()
+        }
+        OrderBy::Created | OrderBy::FirstSeen => {
+            let mut timed = Vec::new();
+            for &t in candidates {
+                match time_of(policy, input, now, t) {
+                    Some(at) => timed.push((at, t)),
+                    None => {
+                        kept.insert(t, unknown("no usable created time in the image config"));
+                    }
+                }
+            }
+            // Newest first; equal times by version, then name (stable).
+            timed.sort_by(|(ta, a), (tb, b)| {
+                tb.cmp(ta).then_with(|| crate::filter::newest_first(a, b))
+            });
+            timed.into_iter().map(|(_, t)| t).collect()
         }
     }
 }

@@ -127,3 +127,39 @@ impl RetentionState for ReadOnly {
         self.0.recent_deletions(limit)
     }
 }
+
+/// No state at all (a plan before any run): nothing seen, nothing
+/// journaled; writes are refused.
+pub struct NoState;
+
+impl RetentionState for NoState {
+    fn seen_tags(&self, _: &str) -> Result<BTreeMap<String, SeenTag>, StateError> {
+        Ok(BTreeMap::new())
+    }
+    fn record_tags(
+        &self,
+        _: &str,
+        _: &BTreeMap<String, Digest>,
+        _: Unix,
+    ) -> Result<(), StateError> {
+        Err(StateError::Other("no state database".into()))
+    }
+    fn untagged(&self, _: &str) -> Result<BTreeMap<Digest, Unix>, StateError> {
+        Ok(BTreeMap::new())
+    }
+    fn record_untagged(&self, _: &str, _: &Digest, _: Unix) -> Result<(), StateError> {
+        Err(StateError::Other("no state database".into()))
+    }
+    fn forget_untagged(&self, _: &str, _: &Digest) -> Result<(), StateError> {
+        Err(StateError::Other("no state database".into()))
+    }
+    fn journal(&self, _: &JournalEntry) -> Result<JournalId, StateError> {
+        Err(StateError::Other("no state database".into()))
+    }
+    fn journal_done(&self, _: JournalId, _: Result<(), &str>) -> Result<(), StateError> {
+        Err(StateError::Other("no state database".into()))
+    }
+    fn recent_deletions(&self, _: usize) -> Result<Vec<JournalRecord>, StateError> {
+        Ok(Vec::new())
+    }
+}

@@ -11,8 +11,11 @@
 //! synchronous statement (sub-millisecond in WAL mode with
 //! `synchronous = NORMAL`), so async callers call them inline.
 
+mod lock;
 mod retention;
 mod schema;
+
+pub use lock::{LockError, StateLock};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -109,6 +112,8 @@ pub struct RunRecord {
     pub blobs_resumed: i64,
     pub manifests_pushed: i64,
     pub last_error: Option<String>,
+    /// The first warning of the run (tag filters that select nothing).
+    pub warning: Option<String>,
 }
 
 /// What the engine last saw for one tag at one target.
@@ -177,6 +182,38 @@ impl State {
             source,
         })?;
         Self::open_file(&state_dir.join(DB_FILE))
+    }
+
+    /// Opens `state_dir/regkeeper.db` read-only, for `plan`: it reads the
+    /// journal and hints as data and can write nothing (SQLite refuses).
+    /// `None` when there is no database yet (nothing was ever recorded).
+    pub fn open_read_only(state_dir: &Path) -> Result<Option<State>> {
+        use rusqlite::OpenFlags;
+        let path = state_dir.join(DB_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let open_err = |source| StateError::Open {
+            path: path.clone(),
+            source,
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&path, flags).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if version != schema::VERSION {
+            // Not migrated by this build (older, or newer): its tables may
+            // differ, and a read-only run may not migrate. Plan without it.
+            tracing::warn!(path = %path.display(), version, "state database at another schema version; planning without it");
+            return Ok(None);
+        }
+        Ok(Some(State {
+            conn: Arc::new(Mutex::new(conn)),
+            path: Arc::new(path),
+        }))
     }
 
     /// Opens a database file directly (tests, tools).
@@ -254,7 +291,8 @@ impl State {
             c.execute(
                 "UPDATE runs SET finished = ?2, result = ?3, tags_copied = ?4, tags_in_sync = ?5,
                    tags_failed = ?6, bytes_copied = ?7, blobs_copied = ?8, blobs_mounted = ?9,
-                   blobs_skipped = ?10, blobs_resumed = ?11, manifests_pushed = ?12, last_error = ?13
+                   blobs_skipped = ?10, blobs_resumed = ?11, manifests_pushed = ?12, last_error = ?13,
+                   warning = ?14
                  WHERE id = ?1",
                 params![
                     id,
@@ -269,7 +307,8 @@ impl State {
                     r.blobs_skipped,
                     r.blobs_resumed,
                     r.manifests_pushed,
-                    r.last_error
+                    r.last_error,
+                    r.warning
                 ],
             )?;
             Ok(())
@@ -297,24 +336,11 @@ impl State {
         })
     }
 
-    /// The last error message any finished run of `rule` recorded.
-    pub fn last_error(&self, rule: &str) -> Result<Option<(i64, String)>> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT started, last_error FROM runs WHERE rule = ?1 AND last_error IS NOT NULL
-                 ORDER BY started DESC, id DESC LIMIT 1",
-                params![rule],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-        })
-    }
-
     fn run_where(&self, rule: &str, cond: &str) -> Result<Option<RunRecord>> {
         let sql = format!(
             "SELECT id, rule, started, finished, result, tags_copied, tags_in_sync, tags_failed,
                     bytes_copied, blobs_copied, blobs_mounted, blobs_skipped, blobs_resumed,
-                    manifests_pushed, last_error
+                    manifests_pushed, last_error, warning
              FROM runs WHERE rule = ?1 AND {cond} ORDER BY started DESC, id DESC LIMIT 1"
         );
         self.with(|c| {
@@ -335,17 +361,10 @@ impl State {
                     blobs_resumed: r.get::<_, Option<i64>>(12)?.unwrap_or(0),
                     manifests_pushed: r.get::<_, Option<i64>>(13)?.unwrap_or(0),
                     last_error: r.get(14)?,
+                    warning: r.get(15)?,
                 })
             })
             .optional()
-        })
-    }
-
-    /// Rule names with any recorded run, sorted.
-    pub fn rules_with_runs(&self) -> Result<Vec<String>> {
-        self.with(|c| {
-            let mut st = c.prepare("SELECT DISTINCT rule FROM runs ORDER BY rule")?;
-            st.query_map([], |r| r.get(0))?.collect()
         })
     }
 
@@ -460,22 +479,6 @@ impl State {
         })
     }
 
-    /// Forgets every belief about one target repository (after evidence that
-    /// it was wiped or restored).
-    pub fn forget_target(&self, target: &str, repo: &str) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "DELETE FROM tag_state WHERE target = ?1 AND repo = ?2",
-                params![target, repo],
-            )?;
-            c.execute(
-                "DELETE FROM target_blobs WHERE target = ?1 AND repo = ?2",
-                params![target, repo],
-            )?;
-            Ok(())
-        })
-    }
-
     /// Differences seen but not yet copied, for one rule.
     pub fn tags_pending(&self, rule: &str) -> Result<i64> {
         self.with(|c| {
@@ -495,42 +498,6 @@ impl State {
                 params![rule],
                 |r| r.get(0),
             )
-        })
-    }
-
-    /// Forgets everything about rules that are no longer configured.
-    pub fn forget_rules_except(&self, rules: &[String]) -> Result<()> {
-        let keep: std::collections::HashSet<&str> = rules.iter().map(String::as_str).collect();
-        self.with_tx(|tx| {
-            let names: Vec<String> = tx
-                .prepare("SELECT DISTINCT rule FROM tag_state")?
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            for n in names.iter().filter(|n| !keep.contains(n.as_str())) {
-                tx.execute("DELETE FROM tag_state WHERE rule = ?1", params![n])?;
-            }
-            Ok(())
-        })
-    }
-
-    // ---- target_blobs -------------------------------------------------
-
-    /// Notes that a target repository holds a blob (a hint only).
-    pub fn blob_seen(&self, target: &str, repo: &str, digest: &str) -> Result<()> {
-        self.with(|c| {
-            c.prepare(
-                "INSERT INTO target_blobs (target, repo, digest, seen) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (target, repo, digest) DO UPDATE SET seen = excluded.seen",
-            )?
-            .execute(params![target, repo, digest, now_unix()])?;
-            Ok(())
-        })
-    }
-
-    pub fn blob_known(&self, target: &str, repo: &str, digest: &str) -> Result<bool> {
-        self.with(|c| {
-            c.prepare("SELECT 1 FROM target_blobs WHERE target = ?1 AND repo = ?2 AND digest = ?3")?
-                .exists(params![target, repo, digest])
         })
     }
 
@@ -594,7 +561,7 @@ impl State {
         })
     }
 
-    // ---- retention: deletion journal and tag history --------------------
+    // ---- retention: deletion journal --------------------------------------
 
     /// Journals a deletion *before* it is sent; returns its id.
     #[allow(clippy::too_many_arguments)]
@@ -619,40 +586,32 @@ impl State {
         })
     }
 
-    /// Records whether the journaled deletion `id` was carried out.
-    pub fn mark_deletion_sent(&self, id: i64, ok: bool) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE deletions SET status = ?2 WHERE id = ?1",
-                params![id, if ok { "done" } else { "failed" }],
-            )?;
-            Ok(())
-        })
-    }
-
-    /// Whether retention (of `rule`) deleted `digest` under `tag` from the
-    /// repository `repo` (a location as written), and the DELETE went through.
-    pub fn deleted_by_retention(
+    /// What retention (of `rule`) deleted from the repository `repo` (a
+    /// location as written) with a DELETE that went through: (tag, digest)
+    /// pairs. Read by the inventory, so that sync does not copy back what its
+    /// own retention deleted.
+    pub fn retained_away(
         &self,
         rule: &str,
         repo: &str,
-        digest: &str,
-        tag: &str,
-    ) -> Result<bool> {
+    ) -> Result<std::collections::HashSet<(String, String)>> {
         self.with(|c| {
-            let tags: Vec<String> = c
+            let rows: Vec<(String, String)> = c
                 .prepare(
-                    "SELECT tags FROM deletions
-                     WHERE rule = ?1 AND repo = ?2 AND digest = ?3 AND status = 'done'",
+                    "SELECT tags, digest FROM deletions
+                     WHERE rule = ?1 AND repo = ?2 AND status = 'done'",
                 )?
-                .query_map(params![rule, repo, digest], |r| r.get(0))?
+                .query_map(params![rule, repo], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
-            Ok(tags.iter().any(|t| {
-                serde_json::from_str::<Vec<String>>(t)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|x| x == tag)
-            }))
+            Ok(rows
+                .into_iter()
+                .flat_map(|(tags, digest)| {
+                    serde_json::from_str::<Vec<String>>(&tags)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(move |t| (t, digest.clone()))
+                })
+                .collect())
         })
     }
 
@@ -678,95 +637,6 @@ impl State {
                 })
             })?
             .collect()
-        })
-    }
-
-    /// Notes that `tag` points at `digest` at a target (first sighting
-    /// keeps its time; a digest that gets a tag again is no longer untagged).
-    pub fn observe_tag(
-        &self,
-        target: &str,
-        repo: &str,
-        tag: &str,
-        digest: &str,
-        now: i64,
-    ) -> Result<()> {
-        self.with(|c| {
-            c.prepare(
-                "INSERT INTO tag_history (target, repo, tag, digest, first_seen, untagged_since)
-                 VALUES (?1, ?2, ?3, ?4, ?5, NULL)
-                 ON CONFLICT (target, repo, tag, digest) DO UPDATE SET untagged_since = NULL",
-            )?
-            .execute(params![target, repo, tag, digest, now])?;
-            c.prepare(
-                "UPDATE tag_history SET untagged_since = NULL
-                 WHERE target = ?1 AND repo = ?2 AND digest = ?3",
-            )?
-            .execute(params![target, repo, digest])?;
-            Ok(())
-        })
-    }
-
-    /// When `tag` was first seen at the target pointing at its current
-    /// `digest` (`None`: never recorded).
-    pub fn tag_first_seen(
-        &self,
-        target: &str,
-        repo: &str,
-        tag: &str,
-        digest: &str,
-    ) -> Result<Option<i64>> {
-        self.with(|c| {
-            c.prepare(
-                "SELECT first_seen FROM tag_history
-                 WHERE target = ?1 AND repo = ?2 AND tag = ?3 AND digest = ?4",
-            )?
-            .query_row(params![target, repo, tag, digest], |r| r.get(0))
-            .optional()
-        })
-    }
-
-    /// Records that `digest` lost its last tag at `since` (an earlier record
-    /// is kept: the clock does not restart).
-    pub fn mark_untagged(&self, target: &str, repo: &str, digest: &str, since: i64) -> Result<()> {
-        self.with(|c| {
-            let n = c.execute(
-                "UPDATE tag_history SET untagged_since = COALESCE(untagged_since, ?4)
-                 WHERE target = ?1 AND repo = ?2 AND digest = ?3",
-                params![target, repo, digest, since],
-            )?;
-            if n == 0 {
-                c.execute(
-                    "INSERT INTO tag_history (target, repo, tag, digest, first_seen, untagged_since)
-                     VALUES (?1, ?2, '', ?3, ?4, ?4)",
-                    params![target, repo, digest, since],
-                )?;
-            }
-            Ok(())
-        })
-    }
-
-    /// Since when `digest` has had no tag at the target (`None`: tagged, or
-    /// never seen losing its tag).
-    pub fn untagged_since(&self, target: &str, repo: &str, digest: &str) -> Result<Option<i64>> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT CASE WHEN COUNT(*) = COUNT(untagged_since) THEN MIN(untagged_since) END
-                 FROM tag_history WHERE target = ?1 AND repo = ?2 AND digest = ?3",
-                params![target, repo, digest],
-                |r| r.get(0),
-            )
-        })
-    }
-
-    /// Forgets a digest's history (after it was deleted).
-    pub fn forget_digest(&self, target: &str, repo: &str, digest: &str) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "DELETE FROM tag_history WHERE target = ?1 AND repo = ?2 AND digest = ?3",
-                params![target, repo, digest],
-            )?;
-            Ok(())
         })
     }
 }

@@ -97,6 +97,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (repo, digest)
     ) WITHOUT ROWID;
     ALTER TABLE deletions ADD COLUMN error TEXT;",
+    // 3: nothing reads blob hints (nothing learned about blobs survives a
+    // run) or the per-digest tag history (retention keeps its own tables).
+    "DROP TABLE target_blobs;
+    DROP TABLE tag_history;",
+    // 4: what a run reported that is not an error (filters selecting 0 of
+    // N tags), for `status`.
+    "ALTER TABLE runs ADD COLUMN warning TEXT;",
 ];
 
 /// The schema version this build writes.

@@ -68,8 +68,10 @@ fn runs_last_success_and_first_start() {
     assert_eq!(st.last_run("r").unwrap().unwrap().started, 200);
     assert_eq!(st.first_run_started("r").unwrap(), Some(100));
     assert_eq!(st.first_run_started("other").unwrap(), None);
-    assert_eq!(st.last_error("r").unwrap().unwrap().1, "boom");
-    assert_eq!(st.rules_with_runs().unwrap(), vec!["r".to_string()]);
+    assert_eq!(
+        st.last_run("r").unwrap().unwrap().last_error.as_deref(),
+        Some("boom")
+    );
     assert_eq!(
         st.prune_runs(1000).unwrap(),
         0,
@@ -147,8 +149,6 @@ fn tag_state_tracks_differences() {
     st.record_tags("r", "h", "a", &[], Some(&["v1".to_string()]), 50)
         .unwrap();
     assert_eq!(st.tag_states("r", "h", "a").unwrap().len(), 1);
-    st.forget_target("h", "a").unwrap();
-    assert!(st.tag_states("r", "h", "a").unwrap().is_empty());
 }
 
 #[test]
@@ -173,46 +173,48 @@ fn uploads_checkpoint_roundtrip() {
 }
 
 #[test]
-fn blob_hints() {
-    let (_d, st) = open();
-    assert!(!st.blob_known("h", "a", "d").unwrap());
-    st.blob_seen("h", "a", "d").unwrap();
-    st.blob_seen("h", "a", "d").unwrap();
-    assert!(st.blob_known("h", "a", "d").unwrap());
-}
-
-#[test]
-fn deletion_journal_and_tag_history() {
+fn deletion_journal_says_what_retention_deleted() {
+    use crate::retention::RetentionState;
     let (_d, st) = open();
     let id = st
-        .journal_deletion("r", "h", "a", "sha256:1", &["v1".into()], "keep_last", 7)
+        .journal_deletion("r", "h", "h/a", "sha256:1", &["v1".into()], "keep_last", 7)
         .unwrap();
     let d = st.deletions("r", 10).unwrap();
     assert_eq!(
         (d[0].status.as_str(), d[0].tags.clone()),
         ("pending", vec!["v1".to_string()])
     );
-    st.mark_deletion_sent(id, true).unwrap();
-    assert_eq!(st.deletions("r", 10).unwrap()[0].status, "done");
-
-    st.observe_tag("h", "a", "v1", "sha256:1", 100).unwrap();
-    st.observe_tag("h", "a", "v1", "sha256:1", 200).unwrap();
-    assert_eq!(
-        st.tag_first_seen("h", "a", "v1", "sha256:1").unwrap(),
-        Some(100)
+    assert!(
+        st.retained_away("r", "h/a").unwrap().is_empty(),
+        "a pending deletion is not known to have happened"
     );
-    assert_eq!(st.untagged_since("h", "a", "sha256:1").unwrap(), None);
-    st.mark_untagged("h", "a", "sha256:1", 300).unwrap();
-    st.mark_untagged("h", "a", "sha256:1", 400).unwrap();
-    assert_eq!(st.untagged_since("h", "a", "sha256:1").unwrap(), Some(300));
-    // Tagged again: no longer untagged.
-    st.observe_tag("h", "a", "v2", "sha256:1", 500).unwrap();
-    assert_eq!(st.untagged_since("h", "a", "sha256:1").unwrap(), None);
-    // A digest never seen tagged can still be marked.
-    st.mark_untagged("h", "a", "sha256:2", 600).unwrap();
-    assert_eq!(st.untagged_since("h", "a", "sha256:2").unwrap(), Some(600));
-    st.forget_digest("h", "a", "sha256:2").unwrap();
-    assert_eq!(st.untagged_since("h", "a", "sha256:2").unwrap(), None);
+    st.journal_done(id, Ok(())).unwrap();
+    assert_eq!(st.deletions("r", 10).unwrap()[0].status, "done");
+    assert_eq!(
+        st.retained_away("r", "h/a").unwrap(),
+        [("v1".to_string(), "sha256:1".to_string())].into()
+    );
+    assert!(st.retained_away("other", "h/a").unwrap().is_empty());
+}
+
+#[test]
+fn read_only_open_reads_and_refuses_writes() {
+    let (dir, st) = open();
+    st.run_started("r", 1).unwrap();
+    assert!(
+        State::open_read_only(&dir.path().join("none"))
+            .unwrap()
+            .is_none()
+    );
+    let ro = State::open_read_only(&dir.path().join("nested/state"))
+        .unwrap()
+        .expect("database exists");
+    assert_eq!(ro.first_run_started("r").unwrap(), Some(1));
+    assert!(
+        ro.run_started("r", 2).is_err(),
+        "a read-only state writes nothing"
+    );
+    assert_eq!(st.first_run_started("r").unwrap(), Some(1));
 }
 
 #[test]

@@ -417,8 +417,13 @@ impl LayoutRepo {
     }
 
     pub async fn list_tags(&self) -> Result<Vec<String>> {
+        Ok(self.tag_listing().await?.unwrap_or_default())
+    }
+
+    /// Every tag; `None` when the directory holds no layout (no `index.json`).
+    pub async fn tag_listing(&self) -> Result<Option<Vec<String>>> {
         let Some(index) = self.read_index().await? else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
         let mut tags: Vec<String> = Vec::new();
         for tag in manifests(&index).iter().filter_map(entry_tag) {
@@ -426,7 +431,7 @@ impl LayoutRepo {
                 tags.push(tag.to_string());
             }
         }
-        Ok(tags)
+        Ok(Some(tags))
     }
 
     pub async fn resolve(&self, reference: &str) -> Result<Option<ManifestHead>> {

@@ -3,8 +3,12 @@
 //! [`remote`] (a registry over HTTP(S)) and [`layout`] (an OCI image-layout
 //! directory). The copy engine above does not know which one it talks to.
 
+mod error;
 pub mod layout;
 pub mod remote;
+pub mod retry;
+
+pub use error::{StreamFault, TransportError, io_is_transient, stream_fault};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,6 +36,10 @@ pub struct RegistryOptions {
     pub requests_per_second: Option<f64>,
     /// Upload chunk size in bytes; 0 = one monolithic PUT.
     pub chunk_size: u64,
+    /// A connection that moves no byte this long is abandoned (and retried).
+    pub read_timeout: std::time::Duration,
+    /// `RateLimit-Remaining` at or below this pauses manifest GETs.
+    pub ratelimit_min: u64,
 }
 
 impl Default for RegistryOptions {
@@ -46,6 +54,8 @@ impl Default for RegistryOptions {
             max_concurrent: 8,
             requests_per_second: None,
             chunk_size: 16 * 1024 * 1024,
+            read_timeout: std::time::Duration::from_secs(30),
+            ratelimit_min: 0,
         }
     }
 }
@@ -56,60 +66,6 @@ pub struct ManifestHead {
     pub digest: Digest,
     pub media_type: String,
     pub size: u64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TransportError {
-    #[error("{registry}: {method} {path} answered {status}: {message}")]
-    Status {
-        registry: String,
-        method: String,
-        path: String,
-        status: u16,
-        message: String,
-    },
-    #[error("{registry}: authentication failed for {scope}: {detail}")]
-    Auth {
-        registry: String,
-        scope: String,
-        detail: String,
-    },
-    #[error("{registry}: {detail}")]
-    Connect { registry: String, detail: String },
-    #[error("{location}: {detail}")]
-    Protocol { location: String, detail: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{location}: {what} failed verification: {detail}")]
-    Integrity {
-        location: String,
-        what: String,
-        detail: String,
-    },
-    #[error("{registry}: refusing {method} {path}: this run may not write (plan or dry run)")]
-    ReadOnly {
-        registry: String,
-        method: String,
-        path: String,
-    },
-    #[error("{location}: interrupted by shutdown: {detail}; the next run resumes it")]
-    Interrupted { location: String, detail: String },
-    #[error("{location}: {what} not found")]
-    NotFound { location: String, what: String },
-}
-
-impl TransportError {
-    /// Whether trying again later may succeed (network trouble, 5xx, 429).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            TransportError::Status { status, .. } => *status == 429 || *status >= 500,
-            TransportError::Connect { .. } => true,
-            _ => false,
-        }
-    }
 }
 
 pub type Result<T, E = TransportError> = std::result::Result<T, E>;
@@ -136,9 +92,30 @@ impl Store {
     }
 
     /// Every tag, in no particular order (pagination followed). A repository
-    /// that does not exist, or whose tag list is `null`, has no tags.
+    /// that does not exist, or whose tag list is `null`, has no tags: right
+    /// for a target, wrong for a source (use [`Store::tag_listing`]).
     pub async fn list_tags(&self) -> Result<Vec<String>> {
-        dispatch!(self, s => s.list_tags().await)
+        Ok(self.tag_listing().await?.unwrap_or_default())
+    }
+
+    /// Every tag, or `None` when the repository does not exist (a registry's
+    /// 404 / `NAME_UNKNOWN`, a directory without `index.json`). A source that
+    /// does not exist is an error, never an empty list (SPEC section 4).
+    pub async fn tag_listing(&self) -> Result<Option<Vec<String>>> {
+        match self {
+            Store::Remote(s) => s.list_tags().await,
+            Store::Layout(s) => s.tag_listing().await,
+        }
+    }
+
+    /// Whether uploads to this store can be checkpointed and continued
+    /// (chunked upload sessions of a registry with a `chunk_size`); the
+    /// chunk size when so.
+    pub fn resumable(&self) -> Option<u64> {
+        match self {
+            Store::Remote(s) => Some(s.registry().chunk_size()).filter(|&c| c > 0),
+            Store::Layout(_) => None,
+        }
     }
 
     /// Digest, media type and size of a tag or digest; `None` when absent.

@@ -1,8 +1,11 @@
 //! Integration tests for regkeeper: real CNCF distribution registries on 127.0.0.1.
 
 mod daemon;
+mod faults;
 mod harness;
+mod plan;
 mod retention;
+mod shards;
 mod store;
 mod support;
 mod sync;

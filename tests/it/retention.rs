@@ -581,22 +581,30 @@ fn dry_run_and_plan_send_no_write_and_match_the_real_prune() {
     assert!(reg.count_since(mark, |r| r.is("GET", PathKind::Manifest)) > 0);
     assert_eq!(tags_of(&reg, REPO), before);
 
-    // Both print {"rules": [{..., "retention": {...}}]}.
-    let planned = |o: &Output| -> BTreeSet<String> {
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        v["rules"][0]["retention"]["repositories"][0]["deletions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| {
-                assert_eq!(d["status"], "planned");
-                assert!(d["reason_text"].as_str().is_some_and(|r| !r.is_empty()));
-                d["digest"].as_str().unwrap().to_string()
-            })
-            .collect()
-    };
-    let from_dry = planned(&dry);
-    let from_plan = planned(&plan);
+    // prune prints {"rules": [{..., "retention": {...}}]}; plan SPEC
+    // section 9's {"dry_run": true, "rules": [{..., "deletions": [...]}]}.
+    let v: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    let from_dry: BTreeSet<String> = v["rules"][0]["retention"]["repositories"][0]["deletions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert_eq!(d["status"], "planned");
+            assert!(d["reason_text"].as_str().is_some_and(|r| !r.is_empty()));
+            d["digest"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let v: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(v["dry_run"], true);
+    let from_plan: BTreeSet<String> = v["rules"][0]["deletions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert!(d["reason"].as_str().is_some_and(|r| !r.is_empty()));
+            d["digest"].as_str().unwrap().to_string()
+        })
+        .collect();
     assert_eq!(from_dry.len(), 4, "3 images + 1 signature: {from_dry:?}");
     assert_eq!(from_dry, from_plan);
 
@@ -611,7 +619,7 @@ fn dry_run_and_plan_send_no_write_and_match_the_real_prune() {
 }
 
 #[test]
-fn sync_applies_retention_after_the_sync_step() {
+fn sync_plans_retention_against_the_target_after_its_copies() {
     let src = Registry::start_plain();
     let dst = Registry::start_plain();
     let mut corpus = Corpus::new();
@@ -631,16 +639,23 @@ fn sync_applies_retention_after_the_sync_step() {
         &[target(&dst, REPO)],
         "match = ['^\\d']\nkeep_last = 2\n",
     );
+    let mark = dst.mark();
     let out = s.run(&["sync"], T0);
     assert_eq!(code(&out), 0);
     assert_eq!(tags_of(&dst, REPO), set(&["1.2.0", "1.3.0"]));
     assert_eq!(src.list_tags(REPO).len(), 4, "the source is never pruned");
-    assert!(
-        stdout(&out).contains("3 deleted"),
-        "1.0.0, 1.1.0 (just copied) and 0.9.0"
-    );
-    // The next sync does not copy back what retention deleted (nor delete
-    // it again): sync and retention do not undo each other.
+    assert!(stdout(&out).contains("1 deleted"), "only 0.9.0");
+    // 1.0.0 and 1.1.0 were never pushed: retention would have deleted them
+    // in the same run (SPEC section 6).
+    let pushed: BTreeSet<String> = dst
+        .requests_since(mark)
+        .iter()
+        .filter(|r| r.is("PUT", PathKind::Manifest))
+        .filter_map(|r| r.reference().map(String::from))
+        .collect();
+    assert_eq!(pushed, ["1.2.0", "1.3.0"].map(String::from).into());
+    // The next sync does nothing (nor does it delete again): sync and
+    // retention do not undo each other.
     let mark = dst.mark();
     let out = s.run(&["sync"], T0 + 60);
     assert_eq!(code(&out), 0);

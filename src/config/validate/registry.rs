@@ -94,6 +94,13 @@ impl Loader<'_, '_> {
             max_concurrent,
             requests_per_second,
             chunk_size,
+            ratelimit_min: self.at_least(raw.ratelimit_min.as_ref(), "ratelimit_min", 0, 0) as u64,
+            read_timeout: raw
+                .read_timeout
+                .as_ref()
+                .and_then(|s| self.duration(s, "read_timeout"))
+                .filter(|d| !d.is_zero())
+                .unwrap_or(defaults.read_timeout),
         }
     }
 

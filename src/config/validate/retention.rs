@@ -115,7 +115,7 @@ impl Loader<'_, '_> {
         }
     }
 
-    fn duration(&mut self, s: &Str, key: &str) -> Option<Duration> {
+    pub(super) fn duration(&mut self, s: &Str, key: &str) -> Option<Duration> {
         humantime::parse_duration(s.get_ref().trim())
             .map_err(|e| {
                 self.d.at(

@@ -2,16 +2,16 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use reqwest::header;
 use reqwest::{Method, StatusCode};
 use url::Url;
 
 use super::auth::Scopes;
+use super::resume;
 use super::send::Req;
 use super::{
-    DOCKER_CONTENT_DIGEST, MAX_MANIFEST, Registry, error_chain, header_str, is_manifest_type,
-    repo_scope, scopes, strip_params,
+    DOCKER_CONTENT_DIGEST, MAX_MANIFEST, Registry, header_str, is_manifest_type, repo_scope,
+    scopes, strip_params,
 };
 use crate::oci::{ByteStream, Digest, MANIFEST_ACCEPT, RawManifest};
 use crate::reference::Location;
@@ -205,6 +205,18 @@ impl RemoteRepo {
     /// download. Returns the offset the stream actually starts at: 0 when the
     /// registry ignored the range and sends the whole blob.
     pub async fn get_blob_from(&self, d: &Digest, offset: u64) -> Result<(ByteStream, u64)> {
+        let (resp, start) = self.open_blob(d, offset).await?;
+        let body = resume::Resuming::new(self.clone(), d.clone(), resp, start);
+        Ok((body.into_stream(), start))
+    }
+
+    /// One GET of the blob from `offset` (Range); the response and the offset
+    /// its body starts at (0 when the registry ignored the range).
+    pub(super) async fn open_blob(
+        &self,
+        d: &Digest,
+        offset: u64,
+    ) -> Result<(reqwest::Response, u64)> {
         let reg = &self.registry;
         let url = self.url(&format!("blobs/{d}"))?;
         let mut req = Req::new(Method::GET, url.clone(), self.pull());
@@ -223,13 +235,7 @@ impl RemoteRepo {
             StatusCode::OK => 0,
             _ => return Err(reg.status_error(&Method::GET, &url, resp).await),
         };
-        let host = reg.host.clone();
-        let stream = resp.bytes_stream().map(move |r| {
-            r.map_err(|e| {
-                std::io::Error::other(format!("{host}: reading blob: {}", error_chain(&e)))
-            })
-        });
-        Ok((Box::pin(stream), start))
+        Ok((resp, start))
     }
 
     pub async fn delete_manifest(&self, d: &Digest) -> Result<()> {

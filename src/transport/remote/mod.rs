@@ -17,8 +17,10 @@
 mod api;
 mod auth;
 mod authz;
+mod limits;
 mod pages;
 mod push;
+mod resume;
 mod send;
 #[cfg(test)]
 mod tests;
@@ -33,7 +35,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use url::Url;
 
 use self::auth::{Challenge, Credentials, Scopes, TokenCache};
@@ -44,11 +45,6 @@ use crate::reference::api_host;
 const MAX_MANIFEST: usize = 4 * 1024 * 1024;
 /// Error bodies are read up to this size for their message.
 const MAX_ERROR_BODY: usize = 64 * 1024;
-/// Attempts of one idempotent request (first try included).
-const MAX_ATTEMPTS: u32 = 4;
-/// A `Retry-After` longer than this is not waited for inside one request: the
-/// error goes up and the rule's next run tries again.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 
 /// One request as seen by an observer (metrics).
@@ -74,6 +70,8 @@ pub struct RegistryStats {
     pub retries: u64,
     /// The last `RateLimit-Remaining` value the registry sent.
     pub rate_limit_remaining: Option<u64>,
+    /// The adaptive concurrency window now.
+    pub concurrency: u64,
 }
 
 /// An open upload session: where to send the next bytes and how many the
@@ -100,8 +98,7 @@ pub struct Registry {
     probed: AtomicBool,
     tokens: TokenCache,
     token_fetch: tokio::sync::Mutex<()>,
-    permits: Arc<Semaphore>,
-    pacer: Option<wire::Pacer>,
+    limits: limits::Limits,
     chunk_size: u64,
     stats: Mutex<RegistryStats>,
     observer: OnceLock<Observer>,
@@ -182,8 +179,9 @@ impl Registry {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("regkeeper/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
-            // per read, not per request: a stalled connection fails, a long blob does not
-            .read_timeout(Duration::from_secs(120))
+            // per read, not per request: a stalled connection fails (and is
+            // retried), a long blob does not
+            .read_timeout(opts.read_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_keepalive(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::limited(10));
@@ -237,8 +235,11 @@ impl Registry {
             probed: AtomicBool::new(false),
             tokens: TokenCache::default(),
             token_fetch: tokio::sync::Mutex::new(()),
-            permits: Arc::new(Semaphore::new(opts.max_concurrent.max(1))),
-            pacer: opts.requests_per_second.and_then(wire::Pacer::new),
+            limits: limits::Limits::new(
+                opts.max_concurrent,
+                opts.requests_per_second,
+                opts.ratelimit_min,
+            ),
             chunk_size: opts.chunk_size,
             stats: Mutex::new(RegistryStats::default()),
             observer: OnceLock::new(),
@@ -252,7 +253,9 @@ impl Registry {
 
     /// A snapshot of this registry's request counters.
     pub fn stats(&self) -> RegistryStats {
-        self.stats.lock().expect("stats poisoned").clone()
+        let mut s = self.stats.lock().expect("stats poisoned").clone();
+        s.concurrency = self.limits.concurrency() as u64;
+        s
     }
 
     /// Upload chunk size in bytes; 0 = monolithic uploads.

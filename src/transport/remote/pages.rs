@@ -16,7 +16,8 @@ struct Listing<'a> {
     scopes: Scopes,
     /// Largest page body accepted.
     limit: usize,
-    /// A 404 means "no items" (a repository that does not exist has no tags).
+    /// A 404 means the list does not exist (`None`: a repository that does
+    /// not exist), rather than an error.
     missing_is_empty: bool,
     /// The member holding the page's items (`tags`, `repositories`);
     /// absent or `null` counts as none.
@@ -25,7 +26,7 @@ struct Listing<'a> {
 
 impl Registry {
     /// Every item of a paginated list, sorted and without duplicates.
-    async fn list_pages(&self, l: Listing<'_>) -> Result<Vec<String>> {
+    async fn list_pages(&self, l: Listing<'_>) -> Result<Option<Vec<String>>> {
         let mut url = l.first;
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -35,7 +36,7 @@ impl Registry {
                 .send(Req::new(Method::GET, url.clone(), l.scopes.clone()))
                 .await?;
             match resp.status() {
-                StatusCode::NOT_FOUND if l.missing_is_empty => return Ok(Vec::new()),
+                StatusCode::NOT_FOUND if l.missing_is_empty => return Ok(None),
                 s if s.is_success() => {}
                 _ => return Err(self.status_error(&Method::GET, &url, resp).await),
             }
@@ -56,7 +57,7 @@ impl Registry {
         }
         out.sort();
         out.dedup();
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// Repositories under `prefix` (catalog API, paginated), relative to it.
@@ -70,7 +71,8 @@ impl Registry {
                 missing_is_empty: false,
                 field: "repositories",
             })
-            .await?;
+            .await?
+            .unwrap_or_default();
         if prefix.is_empty() {
             return Ok(all);
         }
@@ -95,7 +97,9 @@ fn page_items(body: &[u8], field: &str) -> Result<Vec<String>, serde_json::Error
 }
 
 impl RemoteRepo {
-    pub async fn list_tags(&self) -> Result<Vec<String>> {
+    /// Every tag; `None` when the registry says the repository does not
+    /// exist (404, `NAME_UNKNOWN`).
+    pub async fn list_tags(&self) -> Result<Option<Vec<String>>> {
         self.registry
             .list_pages(Listing {
                 first: self.url("tags/list")?,

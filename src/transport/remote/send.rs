@@ -11,11 +11,11 @@ use reqwest::{Method, StatusCode};
 use url::Url;
 
 use super::auth::{self, Challenge, Scopes};
-use super::{
-    MAX_ATTEMPTS, MAX_ERROR_BODY, MAX_RETRY_AFTER, Registry, RequestEvent, error_chain, header_str,
-    scope_covered, wire,
-};
+use super::limits::OverBudget;
+use super::{MAX_ERROR_BODY, Registry, RequestEvent, error_chain, header_str, scope_covered, wire};
 use crate::oci::ByteStream;
+use crate::secret::Secret;
+use crate::transport::retry;
 use crate::transport::{Result, TransportError};
 
 /// A request body: bytes can be sent again (retries, auth), a stream only once.
@@ -99,158 +99,184 @@ impl Registry {
     }
 
     /// Sends one request: refuses writes in read-only mode, authenticates
-    /// (learning the scheme from a 401 and retrying once), limits concurrency
-    /// and rate, retries idempotent requests on 5xx/429/connection errors.
-    /// Returns any response that is not one of those; the caller judges it.
+    /// (learning the scheme from a 401 and retrying once), waits for the
+    /// host's limits, and retries with the one policy: a replayable
+    /// idempotent request on any transient failure (5xx, 429, reset,
+    /// timeout), any replayable request on a 429/503 refusal. A streamed
+    /// body cannot be sent again; its caller retries (the copier).
+    /// Returns any other response; the caller judges it.
     pub(super) async fn send(&self, mut req: Req) -> Result<reqwest::Response> {
-        let path = wire::display_path(&req.url);
         if self.read_only && !matches!(req.method, Method::GET | Method::HEAD) {
             return Err(TransportError::ReadOnly {
                 registry: self.host.clone(),
                 method: req.method.to_string(),
-                path,
+                path: wire::display_path(&req.url),
             });
         }
         if !req.replayable() {
             self.ensure_challenge().await?;
         }
-        let mut attempt: u32 = 0;
-        let mut auth_retried = false;
+        let mut delays = retry::delays();
         loop {
-            attempt += 1;
-            let authz = self.authorization(&req.scopes).await?;
-            let mut rb = self
-                .client
-                .request(req.method.clone(), req.url.clone())
-                .headers(req.headers.clone());
-            if let Some(a) = &authz {
-                let mut v =
-                    HeaderValue::from_str(a.expose()).map_err(|_| TransportError::Auth {
-                        registry: self.host.clone(),
-                        scope: auth::scope_key(&req.scopes),
-                        detail: "credentials contain characters not allowed in a header".into(),
-                    })?;
-                v.set_sensitive(true);
-                rb = rb.header(header::AUTHORIZATION, v);
-            }
-            rb = match &mut req.body {
-                ReqBody::Empty => rb,
-                ReqBody::Bytes(b) => rb.body(b.clone()),
-                ReqBody::Stream(s, len) => match s.take() {
-                    Some(body) => rb.header(header::CONTENT_LENGTH, *len).body(body),
-                    None => {
-                        return Err(self.protocol(&req.url, "upload body cannot be sent twice"));
-                    }
-                },
-            };
-            if let Some(p) = &self.pacer {
-                p.wait().await;
-            }
-            let permit = self
-                .permits
-                .acquire()
-                .await
-                .expect("semaphore never closed");
-            let started = Instant::now();
-            let result = rb.send().await;
-            // Held until the response head (an upload's body has been sent by
-            // then), not while a downloaded body streams: a copy between two
-            // repositories of one registry holds a GET body open while its
-            // PUT needs a permit, which would deadlock at the limit.
-            drop(permit);
-            let took = started.elapsed();
-            self.record(&req.method, result.as_ref().ok(), took);
-            let resp = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    let err = self.connect_error(&req.method, &req.url, e);
-                    let tls = matches!(&err, TransportError::Connect { detail, .. } if detail.contains("certificate"));
-                    tracing::debug!(registry = %self.host, method = %req.method, path, attempt, "request failed: {err}");
-                    if req.idempotent && !tls && attempt < MAX_ATTEMPTS {
-                        self.backoff(attempt, None).await;
-                        continue;
-                    }
-                    return Err(err);
-                }
-            };
-            let status = resp.status();
-            tracing::debug!(registry = %self.host, method = %req.method, path, status = status.as_u16(),
-                ms = took.as_millis() as u64, "request");
-            if status == StatusCode::UNAUTHORIZED {
-                let challenge = auth::parse_challenges(
-                    resp.headers()
-                        .get_all(header::WWW_AUTHENTICATE)
-                        .iter()
-                        .filter_map(|v| v.to_str().ok()),
-                );
-                let sent_bearer = authz
-                    .as_ref()
-                    .is_some_and(|a| a.expose().starts_with("Bearer "));
-                let retry = match &challenge {
-                    None => false,
-                    Some(Challenge::Basic) => {
-                        authz.is_none() && !self.credentials().await?.is_anonymous()
-                    }
-                    // no token yet, a stale one, or Basic sent where Bearer is wanted
-                    Some(Challenge::Bearer { .. }) => true,
+            let outcome = self.attempt(&mut req).await;
+            let retry = req.replayable()
+                && match &outcome {
+                    // refused before it was processed: safe to send again
+                    // whatever the method (a POST opens no session then)
+                    Ok(resp) if refused(resp.status()) => true,
+                    Ok(resp) => req.idempotent && transient_status(resp.status()),
+                    Err(e) => req.idempotent && e.is_transient(),
                 };
-                if let Some(ch) = challenge {
-                    if let Challenge::Bearer {
-                        scope: Some(wanted),
-                        ..
-                    } = &ch
-                    {
-                        // The registry names the scope it wants; ask for it too.
-                        for s in wanted.split(' ').filter(|s| !s.is_empty()) {
-                            if !scope_covered(&req.scopes, s) {
-                                req.scopes.insert(s.to_string());
-                            }
-                        }
-                    }
-                    let learned = match ch {
-                        Challenge::Bearer { realm, service, .. } => Challenge::Bearer {
-                            realm,
-                            service,
-                            scope: None,
-                        },
-                        b => b,
-                    };
-                    *self.challenge.write().expect("challenge poisoned") = Some(learned);
-                }
-                if sent_bearer {
-                    self.tokens.invalidate(&auth::scope_key(&req.scopes));
-                }
-                if retry && !auth_retried && req.replayable() {
-                    auth_retried = true;
-                    attempt -= 1;
-                    continue;
-                }
-                return Err(self.status_error(&req.method, &req.url, resp).await);
+            if !retry {
+                return outcome;
             }
-            let transient = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-            if transient && req.idempotent && attempt < MAX_ATTEMPTS {
-                let after = wire::retry_after(header_str(&resp, "retry-after"));
-                if after.is_none_or(|d| d <= MAX_RETRY_AFTER) {
-                    tracing::debug!(registry = %self.host, method = %req.method, path, status = status.as_u16(), attempt, "retrying");
-                    self.stats.lock().expect("stats poisoned").retries += 1;
-                    self.backoff(attempt, after).await;
-                    continue;
-                }
-            }
-            return Ok(resp);
+            let Some(delay) = delays.next() else {
+                return outcome;
+            };
+            let why = match &outcome {
+                Ok(r) => r.status().as_u16().to_string(),
+                Err(e) => e.to_string(),
+            };
+            tracing::debug!(registry = %self.host, method = %req.method, path = %wire::display_path(&req.url),
+                why, delay_ms = delay.as_millis() as u64, "retrying");
+            self.stats.lock().expect("stats poisoned").retries += 1;
+            drop(outcome);
+            tokio::time::sleep(delay).await;
         }
     }
 
-    pub(super) async fn backoff(&self, attempt: u32, retry_after: Option<Duration>) {
-        let d = retry_after.unwrap_or_else(|| {
-            let base = Duration::from_millis(250) * 2u32.pow(attempt.saturating_sub(1).min(5));
-            // a little jitter so parallel retries do not arrive together
-            let jitter = Duration::from_millis(u64::from(
-                Instant::now().elapsed().subsec_nanos() % 100 + (attempt * 37 % 50),
-            ));
-            (base + jitter).min(Duration::from_secs(8))
-        });
-        tokio::time::sleep(d).await;
+    /// One try, plus one more when a 401 taught a new challenge or scope.
+    async fn attempt(&self, req: &mut Req) -> Result<reqwest::Response> {
+        let mut auth_retried = false;
+        loop {
+            let authz = self.authorization(&req.scopes).await?;
+            let rb = self.builder(req, authz.as_ref())?;
+            let resp = self.dispatch(req, rb).await?;
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                return Ok(resp);
+            }
+            let retry = self.learn_challenge(req, &resp, authz.as_ref()).await?;
+            if retry && !auth_retried && req.replayable() {
+                auth_retried = true;
+                continue;
+            }
+            return Err(self.status_error(&req.method, &req.url, resp).await);
+        }
+    }
+
+    fn builder(&self, req: &mut Req, authz: Option<&Secret>) -> Result<reqwest::RequestBuilder> {
+        let mut rb = self
+            .client
+            .request(req.method.clone(), req.url.clone())
+            .headers(req.headers.clone());
+        if let Some(a) = authz {
+            let mut v = HeaderValue::from_str(a.expose()).map_err(|_| TransportError::Auth {
+                registry: self.host.clone(),
+                scope: auth::scope_key(&req.scopes),
+                detail: "credentials contain characters not allowed in a header".into(),
+            })?;
+            v.set_sensitive(true);
+            rb = rb.header(header::AUTHORIZATION, v);
+        }
+        Ok(match &mut req.body {
+            ReqBody::Empty => rb,
+            ReqBody::Bytes(b) => rb.body(b.clone()),
+            ReqBody::Stream(s, len) => match s.take() {
+                Some(body) => rb.header(header::CONTENT_LENGTH, *len).body(body),
+                None => {
+                    return Err(self.protocol(&req.url, "upload body cannot be sent twice"));
+                }
+            },
+        })
+    }
+
+    /// Sends through the host's limits and counts the request.
+    async fn dispatch(&self, req: &Req, rb: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let manifest_get = req.method == Method::GET && req.url.path().contains("/manifests/");
+        let permit = self
+            .limits
+            .admit(manifest_get)
+            .await
+            .map_err(|o| self.over_budget(&o))?;
+        let started = Instant::now();
+        let result = rb.send().await;
+        // Held until the response head (an upload's body has been sent by
+        // then), not while a downloaded body streams: a copy between two
+        // repositories of one registry holds a GET body open while its
+        // PUT needs a permit, which would deadlock at the limit.
+        drop(permit);
+        let took = started.elapsed();
+        self.record(&req.method, result.as_ref().ok(), took);
+        let resp = result.map_err(|e| {
+            let err = self.connect_error(&req.method, &req.url, e);
+            tracing::debug!(registry = %self.host, method = %req.method, path = %wire::display_path(&req.url), "request failed: {err}");
+            err
+        })?;
+        self.limits.observe(resp.status(), resp.headers());
+        tracing::debug!(registry = %self.host, method = %req.method, path = %wire::display_path(&req.url),
+            status = resp.status().as_u16(), ms = took.as_millis() as u64, "request");
+        Ok(resp)
+    }
+
+    fn over_budget(&self, o: &OverBudget) -> TransportError {
+        let what = if o.manifests_only {
+            "RateLimit-Remaining reached ratelimit_min; manifest GETs are paused"
+        } else {
+            "the registry asked (Retry-After) for a pause"
+        };
+        TransportError::Budget {
+            registry: self.host.clone(),
+            detail: format!("{what} for {} s more", o.wait.as_secs()),
+        }
+    }
+
+    /// Learns the scheme and scopes a 401 asks for; whether to try again.
+    async fn learn_challenge(
+        &self,
+        req: &mut Req,
+        resp: &reqwest::Response,
+        authz: Option<&Secret>,
+    ) -> Result<bool> {
+        let challenge = auth::parse_challenges(
+            resp.headers()
+                .get_all(header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        let sent_bearer = authz.is_some_and(|a| a.expose().starts_with("Bearer "));
+        let retry = match &challenge {
+            None => false,
+            Some(Challenge::Basic) => authz.is_none() && !self.credentials().await?.is_anonymous(),
+            // no token yet, a stale one, or Basic sent where Bearer is wanted
+            Some(Challenge::Bearer { .. }) => true,
+        };
+        if let Some(ch) = challenge {
+            if let Challenge::Bearer {
+                scope: Some(wanted),
+                ..
+            } = &ch
+            {
+                // The registry names the scope it wants; ask for it too.
+                for s in wanted.split(' ').filter(|s| !s.is_empty()) {
+                    if !scope_covered(&req.scopes, s) {
+                        req.scopes.insert(s.to_string());
+                    }
+                }
+            }
+            let learned = match ch {
+                Challenge::Bearer { realm, service, .. } => Challenge::Bearer {
+                    realm,
+                    service,
+                    scope: None,
+                },
+                b => b,
+            };
+            *self.challenge.write().expect("challenge poisoned") = Some(learned);
+        }
+        if sent_bearer {
+            self.tokens.invalidate(&auth::scope_key(&req.scopes));
+        }
+        Ok(retry)
     }
 
     pub(super) fn connect_error(
@@ -264,6 +290,11 @@ impl Registry {
         let e = e.without_url();
         let chain = error_chain(&e);
         let lower = chain.to_ascii_lowercase();
+        let tls = lower.contains("certificate")
+            || lower.contains("unknownissuer")
+            || lower.contains("invalidcontenttype")
+            || lower.contains("corrupt message")
+            || lower.contains("wrong version number");
         let hint = if lower.contains("certificate") || lower.contains("unknownissuer") {
             format!(
                 " (certificate verify failed: set ca_file for [registries.\"{}\"], or insecure_skip_verify = true)",
@@ -284,9 +315,13 @@ impl Registry {
         } else {
             String::new()
         };
-        TransportError::Connect {
-            registry: self.host.clone(),
-            detail: format!("{method} {}: {chain}{hint}", url.path()),
+        let registry = self.host.clone();
+        let detail = format!("{method} {}: {chain}{hint}", url.path());
+        if tls {
+            // the same handshake fails the same way: not worth a retry
+            TransportError::Tls { registry, detail }
+        } else {
+            TransportError::Connect { registry, detail }
         }
     }
 
@@ -346,6 +381,16 @@ impl Registry {
         }
         Ok(out.freeze())
     }
+}
+
+/// 429 and 503: the registry declined the request without acting on it.
+fn refused(s: StatusCode) -> bool {
+    s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::SERVICE_UNAVAILABLE
+}
+
+/// Whether a response says "try again later".
+fn transient_status(s: StatusCode) -> bool {
+    s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error()
 }
 
 pub(super) async fn read_limited(

@@ -1,8 +1,7 @@
 //! Small pure pieces of the registry HTTP protocol: `Link` pagination,
-//! `Location` resolution, OCI error bodies, `Retry-After`, request pacing.
+//! `Location` resolution, OCI error bodies, `Retry-After`, `RateLimit-Remaining`.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use url::Url;
 
@@ -112,47 +111,19 @@ pub(crate) fn retry_after(value: Option<&str>) -> Option<Duration> {
 
 /// `RateLimit-Remaining: 76;w=21600` (Docker Hub) or a bare number.
 pub(crate) fn rate_limit_remaining(value: &str) -> Option<u64> {
-    value.split([';', ',']).next()?.trim().parse().ok()
+    rate_limit(value).map(|(n, _)| n)
 }
 
-/// Paces requests to a sustained rate, allowing a burst of one second's worth
-/// (GCRA: each request reserves the next slot on a virtual schedule).
-#[derive(Debug)]
-pub(crate) struct Pacer {
-    interval: Duration,
-    tolerance: Duration,
-    next: Mutex<Option<Instant>>,
-}
-
-impl Pacer {
-    pub(crate) fn new(per_second: f64) -> Option<Pacer> {
-        if !(per_second.is_finite() && per_second > 0.0) {
-            return None;
-        }
-        let interval = Duration::from_secs_f64(1.0 / per_second);
-        let burst = per_second.ceil().max(1.0) as u32;
-        Some(Pacer {
-            interval,
-            tolerance: interval * (burst - 1),
-            next: Mutex::new(None),
-        })
-    }
-
-    /// How long the caller must wait before sending; reserves its slot.
-    pub(crate) fn reserve(&self, now: Instant) -> Duration {
-        let mut next = self.next.lock().expect("pacer poisoned");
-        let tat = next.map_or(now, |t| t.max(now));
-        *next = Some(tat + self.interval);
-        tat.saturating_duration_since(now)
-            .saturating_sub(self.tolerance)
-    }
-
-    pub(crate) async fn wait(&self) {
-        let d = self.reserve(Instant::now());
-        if !d.is_zero() {
-            tokio::time::sleep(d).await;
-        }
-    }
+/// `RateLimit-Remaining` as (remaining, window): `76;w=21600` is 76
+/// requests left in a window of 21600 s.
+pub(crate) fn rate_limit(value: &str) -> Option<(u64, Option<Duration>)> {
+    let mut parts = value.split([';', ',']);
+    let n = parts.next()?.trim().parse().ok()?;
+    let window = parts
+        .filter_map(|p| p.trim().strip_prefix("w="))
+        .find_map(|w| w.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    Some((n, window))
 }
 
 #[cfg(test)]
@@ -218,19 +189,10 @@ mod tests {
         assert_eq!(retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT")), None);
         assert_eq!(rate_limit_remaining("76;w=21600"), Some(76));
         assert_eq!(rate_limit_remaining("5"), Some(5));
-    }
-
-    #[test]
-    fn pacer_allows_burst_then_spaces() {
-        let p = Pacer::new(2.0).unwrap();
-        let t0 = Instant::now();
-        assert_eq!(p.reserve(t0), Duration::ZERO);
-        assert_eq!(p.reserve(t0), Duration::ZERO);
-        assert_eq!(p.reserve(t0), Duration::from_millis(500));
-        assert_eq!(p.reserve(t0), Duration::from_millis(1000));
-        assert!(Pacer::new(0.0).is_none());
-        let p = Pacer::new(0.5).unwrap();
-        assert_eq!(p.reserve(t0), Duration::ZERO);
-        assert_eq!(p.reserve(t0), Duration::from_secs(2));
+        assert_eq!(
+            rate_limit("76;w=21600"),
+            Some((76, Some(Duration::from_secs(21600))))
+        );
+        assert_eq!(rate_limit("3"), Some((3, None)));
     }
 }

@@ -10,6 +10,7 @@
 pub mod accesslog;
 pub mod corpus;
 pub mod http;
+pub mod httpfault;
 pub mod proxy;
 pub mod registry;
 pub mod skopeo;
@@ -19,6 +20,7 @@ pub mod token;
 pub use accesslog::{LoggedRequest, Mark, PathKind};
 pub use corpus::{Corpus, Descriptor, Image, ImageSpec, Index, LayerSpec, layer, sha256_digest};
 pub use http::HttpResponse;
+pub use httpfault::{Cut, Faults, HttpFaultProxy, Record, StatusFault, inside_announced_windows};
 pub use proxy::FaultProxy;
 pub use registry::{Auth, Registry, RegistryBuilder};
 pub use skopeo::{

@@ -1,0 +1,27 @@
+//! `regkeeper run`: the daemon (schedules, metrics, reload, orderly stop).
+
+use super::{CliError, EXIT_OK, Globals};
+
+pub(crate) async fn run(g: &Globals) -> Result<u8, CliError> {
+    let path = g.config_path();
+    let config = super::load_config(&path)?;
+    super::init_logging(config.daemon.log_format, false);
+    let shard = g.shard(&config)?;
+    let _lock = super::lock_state(&config)?;
+    match regkeeper::daemon::run(config, path, shard).await {
+        Ok(()) => Ok(EXIT_OK),
+        Err(e @ regkeeper::daemon::DaemonError::State(_)) => {
+            tracing::error!("{e}");
+            Err(CliError::State(e.to_string()))
+        }
+        // The address is in the config: fixing it is a config change (exit 2).
+        Err(e @ regkeeper::daemon::DaemonError::Listen { .. }) => {
+            tracing::error!("{e}");
+            Err(CliError::Usage(format!("error: {e}")))
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            Err(CliError::Failed(e.into()))
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! What `sync` and `plan` print: the document of SPEC section 9 (`--json`),
+//! the same for both, in a stable order (rules, then targets, then tags,
+//! sorted), and its text form with sizes in human units.
+
+use serde::Serialize;
+
+use regkeeper::engine::{ImageReport, RuleReport};
+use regkeeper::retention::{DeletionStatus, KeepReason, RetentionReport};
+
+/// Bytes in human units (`12.1 MiB`).
+pub(crate) fn human(bytes: u64) -> String {
+    bytesize::ByteSize(bytes).display().iec().to_string()
+}
+
+#[derive(Serialize, PartialEq, Eq, PartialOrd, Ord)]
+struct Copy {
+    target: String,
+    tag: String,
+    digest: String,
+    /// `create` or `update`.
+    action: &'static str,
+    /// What would be transferred (plan); not counted per image by sync.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blobs: Option<u64>,
+    source: String,
+}
+
+#[derive(Serialize, PartialEq, Eq, PartialOrd, Ord)]
+struct Deletion {
+    target: String,
+    digest: String,
+    tags: Vec<String>,
+    reason: String,
+}
+
+#[derive(Serialize, PartialEq, Eq, PartialOrd, Ord)]
+struct Kept {
+    target: String,
+    tag: String,
+    reason: String,
+}
+
+#[derive(Serialize, PartialEq, Eq, PartialOrd, Ord)]
+struct Error {
+    target: String,
+    what: String,
+    error: String,
+}
+
+#[derive(Serialize)]
+struct Rule {
+    rule: String,
+    result: &'static str,
+    copies: Vec<Copy>,
+    deletions: Vec<Deletion>,
+    kept: Vec<Kept>,
+    errors: Vec<Error>,
+    warnings: Vec<String>,
+    /// With `--shard`, for a `/*` rule: the source repositories this shard owns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shard_repositories: Option<Vec<String>>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Document {
+    dry_run: bool,
+    /// With `--shard`: which shard this is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) shard: Option<regkeeper::shard::Shard>,
+    rules: Vec<Rule>,
+}
+
+pub(crate) fn document(dry_run: bool, reports: &[RuleReport]) -> Document {
+    let mut rules: Vec<Rule> = reports.iter().map(rule).collect();
+    rules.sort_by(|a, b| a.rule.cmp(&b.rule));
+    Document {
+        dry_run,
+        shard: None,
+        rules,
+    }
+}
+
+fn rule(r: &RuleReport) -> Rule {
+    let mut copies: Vec<Copy> = r.images.iter().filter_map(|i| copy(r.dry_run, i)).collect();
+    let mut errors: Vec<Error> = r
+        .errors
+        .iter()
+        .map(|e| Error {
+            target: e.target.clone(),
+            what: e.what.clone(),
+            error: e.error.clone(),
+        })
+        .collect();
+    errors.extend(r.images.iter().filter_map(|i| {
+        Some(Error {
+            target: i.target.clone(),
+            what: format!("copying {}:{}", i.source, i.tag),
+            error: i.error.clone()?,
+        })
+    }));
+    let (mut deletions, mut kept) = (Vec::new(), Vec::new());
+    if let Some(ret) = &r.retention {
+        retention(ret, &mut deletions, &mut kept, &mut errors);
+    }
+    copies.sort();
+    deletions.sort();
+    kept.sort();
+    errors.sort();
+    Rule {
+        rule: r.rule.clone(),
+        result: r.result.as_str(),
+        copies,
+        deletions,
+        kept,
+        errors,
+        warnings: r.warnings.clone(),
+        shard_repositories: r.shard_repositories.clone(),
+    }
+}
+
+/// A copy that was made (sync) or would be (plan).
+fn copy(dry_run: bool, i: &ImageReport) -> Option<Copy> {
+    let action = match &i.action {
+        regkeeper::plan::TargetAction::Create => "create",
+        regkeeper::plan::TargetAction::Update { .. } => "update",
+        _ => return None,
+    };
+    if !dry_run && i.error.is_some() {
+        return None;
+    }
+    Some(Copy {
+        target: i.target.clone(),
+        tag: i.tag.clone(),
+        digest: i.digest.to_string(),
+        action,
+        bytes: i.cost.map(|c| c.bytes_to_copy),
+        blobs: i.cost.map(|c| c.blobs_to_copy),
+        source: i.source.clone(),
+    })
+}
+
+/// Deletions done (sync) or that will be sent (plan: not refused), kept
+/// tags with why, and refusals as errors.
+fn retention(
+    ret: &RetentionReport,
+    deletions: &mut Vec<Deletion>,
+    kept: &mut Vec<Kept>,
+    errors: &mut Vec<Error>,
+) {
+    for repo in &ret.repositories {
+        for d in &repo.deletions {
+            let counts = match d.status {
+                DeletionStatus::Deleted => true,
+                DeletionStatus::Planned => ret.dry_run && repo.refused.is_none(),
+                _ => false,
+            };
+            if counts {
+                deletions.push(Deletion {
+                    target: repo.repository.clone(),
+                    digest: d.deletion.digest.to_string(),
+                    tags: d.deletion.tags.clone(),
+                    reason: d.reason_text.clone(),
+                });
+            }
+            if let DeletionStatus::Failed { error } = &d.status {
+                errors.push(Error {
+                    target: repo.repository.clone(),
+                    what: format!("deleting {}", d.deletion.digest),
+                    error: error.clone(),
+                });
+            }
+        }
+        for k in &repo.kept {
+            if let Some(tag) = &k.tag {
+                kept.push(Kept {
+                    target: repo.repository.clone(),
+                    tag: tag.clone(),
+                    reason: k.reason.to_string(),
+                });
+            }
+        }
+        if let Some(why) = &repo.refused {
+            errors.push(Error {
+                target: repo.repository.clone(),
+                what: "retention refused".into(),
+                error: why.clone(),
+            });
+        }
+    }
+    for e in &ret.errors {
+        errors.push(Error {
+            target: String::new(),
+            what: "retention".into(),
+            error: e.clone(),
+        });
+    }
+}
+
+/// The text form of a plan, in the document's order.
+pub(crate) fn print_plan(doc: &Document) {
+    for r in &doc.rules {
+        println!("rule {}: {}", r.rule, r.result);
+        if let Some(repos) = &r.shard_repositories {
+            println!(
+                "  this shard's repositories ({}): {}",
+                repos.len(),
+                repos.join(", ")
+            );
+        }
+        for w in &r.warnings {
+            println!("  WARNING {w}");
+        }
+        let mut bytes = 0;
+        for c in &r.copies {
+            let cost = match (c.bytes, c.blobs) {
+                (Some(b), Some(n)) => {
+                    bytes += b;
+                    format!(" ({n} blob(s), {} to copy)", human(b))
+                }
+                _ => String::new(),
+            };
+            println!(
+                "  {} {}:{} -> {} {}{cost}",
+                c.action,
+                c.source,
+                c.tag,
+                c.target,
+                short(&c.digest)
+            );
+        }
+        for d in &r.deletions {
+            println!(
+                "  delete {} {} [{}]: {}",
+                d.target,
+                short(&d.digest),
+                d.tags.join(", "),
+                d.reason
+            );
+        }
+        for e in &r.errors {
+            println!("  ERROR {}: {}: {}", e.target, e.what, e.error);
+        }
+        println!(
+            "  {} to copy ({}), {} to delete",
+            r.copies.len(),
+            human(bytes),
+            r.deletions.len()
+        );
+    }
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..19).unwrap_or(digest)
+}
+
+/// Retention in text: each deletion with its reason, each kept tag with why.
+pub(crate) fn print_retention(rule: &str, r: &RetentionReport) {
+    println!(
+        "rule {rule}: retention{}",
+        if r.dry_run { " (dry run)" } else { "" }
+    );
+    for repo in &r.repositories {
+        println!("  {}:", repo.repository);
+        for d in &repo.deletions {
+            let tags = if d.deletion.tags.is_empty() {
+                "untagged".to_string()
+            } else {
+                d.deletion.tags.join(", ")
+            };
+            let status = match &d.status {
+                DeletionStatus::Planned => "would delete".to_string(),
+                DeletionStatus::Deleted => "deleted".to_string(),
+                DeletionStatus::Failed { error } => format!("FAILED to delete ({error})"),
+                DeletionStatus::Skipped => "not deleted (an earlier deletion failed)".to_string(),
+            };
+            println!(
+                "    {status} {} [{tags}]: {}",
+                d.deletion.digest, d.reason_text
+            );
+        }
+        let mut unmatched = 0;
+        for k in &repo.kept {
+            if k.reason == KeepReason::NotMatched {
+                unmatched += 1;
+                continue;
+            }
+            match &k.tag {
+                Some(t) => println!("    keep {t} ({}): {}", k.digest.short(), k.reason),
+                None => println!("    keep untagged {}: {}", k.digest, k.reason),
+            }
+        }
+        if unmatched > 0 {
+            println!("    keep {unmatched} tag(s) not matched by retention.match");
+        }
+        if let Some(why) = &repo.refused {
+            println!("    REFUSED: {why}");
+        }
+    }
+    for e in &r.errors {
+        println!("  ERROR {e}");
+    }
+    println!(
+        "  {} deleted, {} planned, {} failed{}",
+        r.deleted,
+        r.planned,
+        r.failed,
+        if r.refused {
+            ", refused (see above)"
+        } else {
+            ""
+        }
+    );
+}
+
+/// One line per rule after a sync, then its failures.
+pub(crate) fn print_sync_summary(r: &RuleReport) {
+    println!(
+        "rule {}: {} in {:.1}s: {} repositories, {} tag(s) copied, {} in sync, {} failed{}; {} blob(s) copied, {} mounted, {} present, {} manifest(s) pushed, {}",
+        r.rule,
+        r.result.as_str(),
+        r.duration_seconds,
+        r.repositories,
+        r.tags_copied,
+        r.tags_in_sync,
+        r.tags_failed,
+        if r.tags_kept_immutable > 0 {
+            format!(", {} kept (immutable)", r.tags_kept_immutable)
+        } else {
+            String::new()
+        },
+        r.totals.blobs_copied,
+        r.totals.blobs_mounted,
+        r.totals.blobs_skipped,
+        r.totals.manifests_pushed,
+        human(r.totals.bytes_written),
+    );
+    for w in &r.warnings {
+        println!("  WARNING {w}");
+    }
+    for image in r.images.iter().filter(|i| i.error.is_some()) {
+        println!(
+            "  FAILED {}:{} -> {}: {}",
+            image.source,
+            image.tag,
+            image.target,
+            image.error.as_deref().unwrap_or("")
+        );
+    }
+    for e in &r.errors {
+        println!("  FAILED {e}");
+    }
+}

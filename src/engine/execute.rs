@@ -1,0 +1,169 @@
+//! Stage 3: carries out the copies of a run plan. Two executors over the
+//! same plan: Apply (`sync`: blobs, manifests, tags; then the state learns
+//! what was seen and done) and Estimate (`plan`: HEADs only on read-only
+//! transports, counting what a copy would transfer). Neither decides
+//! anything: what to copy where is the plan's.
+
+use futures_util::StreamExt;
+use tracing::Instrument;
+
+use super::Engine;
+use super::copy;
+use super::inventory::RepoInventory;
+use super::report::ImageReport;
+use crate::config::Rule;
+use crate::plan::{TagPlan, TargetAction};
+use crate::state::TagObservation;
+use crate::transport::Store;
+
+/// Images of one repository copied at once (each bounded further by the
+/// global transfer limit).
+const IMAGES_IN_PARALLEL: usize = 4;
+
+impl Engine {
+    /// Carries out one repository pair's copy plans: ordinary tags first (in
+    /// parallel), then referrers, after their subjects. One report per tag
+    /// and target.
+    pub(crate) async fn execute_copies(
+        &self,
+        rule: &Rule,
+        repo: &RepoInventory,
+        plans: Vec<TagPlan>,
+    ) -> Vec<ImageReport> {
+        let mut images = Vec::new();
+        let (ordinary, referrers): (Vec<TagPlan>, Vec<TagPlan>) =
+            plans.into_iter().partition(|p| !p.referrer);
+        for group in [ordinary, referrers] {
+            let results = futures_util::stream::iter(group)
+                .map(|plan| {
+                    let span = tracing::info_span!("image", tag = %plan.tag, digest = %plan.digest.short());
+                    self.execute_tag(repo, plan).instrument(span)
+                })
+                .buffer_unordered(IMAGES_IN_PARALLEL)
+                .collect::<Vec<_>>()
+                .await;
+            images.extend(results.into_iter().flatten());
+        }
+        if !self.dry_run {
+            self.record_tags(rule, repo, &images);
+        }
+        images
+    }
+
+    /// Copies one tag to the targets whose action says so (or, estimating,
+    /// counts what that would take).
+    async fn execute_tag(&self, repo: &RepoInventory, plan: TagPlan) -> Vec<ImageReport> {
+        let source = &repo.source;
+        let mut reports: Vec<ImageReport> = plan
+            .targets
+            .iter()
+            .map(|(loc, action)| ImageReport {
+                source: source.location().to_string(),
+                target: loc.to_string(),
+                tag: plan.tag.clone(),
+                digest: plan.digest.clone(),
+                action: action.clone(),
+                cost: None,
+                error: None,
+            })
+            .collect();
+        let needing: Vec<usize> = (0..plan.targets.len())
+            .filter(|&i| plan.targets[i].1.needs_copy())
+            .collect();
+        if needing.is_empty() {
+            return reports;
+        }
+        let fail_all = |reports: &mut Vec<ImageReport>, msg: String| {
+            for &i in &needing {
+                reports[i].error = Some(msg.clone());
+            }
+        };
+        if self.copier.stop.is_cancelled() {
+            fail_all(
+                &mut reports,
+                "not started: shutting down; the next run copies it".into(),
+            );
+            return reports;
+        }
+        let Some(root) = repo.manifests.get(&plan.tag).cloned() else {
+            fail_all(
+                &mut reports,
+                "the inventory holds no manifest for it".into(),
+            );
+            return reports;
+        };
+        let tree = match copy::expand(source, root).await {
+            Ok(t) => t,
+            Err(e) => {
+                fail_all(&mut reports, e.to_string());
+                return reports;
+            }
+        };
+        let targets: Vec<Store> = needing
+            .iter()
+            .map(|&i| repo.targets[i].store.clone())
+            .collect();
+        if self.dry_run {
+            for (&i, target) in needing.iter().zip(&targets) {
+                match self.copier.dry_run_cost(&tree, target).await {
+                    Ok(cost) => reports[i].cost = Some(cost),
+                    Err(e) => reports[i].error = Some(e.to_string()),
+                }
+            }
+            return reports;
+        }
+        let results = self
+            .copier
+            .copy_tree(source, &tree, Some(&plan.tag), &targets)
+            .await;
+        for ((&i, target), result) in needing.iter().zip(&targets).zip(results) {
+            match result {
+                Ok(()) => tracing::info!(target = %target.location(), "copied"),
+                Err(e) => {
+                    tracing::warn!(target = %target.location(), error = %e, "copy failed");
+                    reports[i].error = Some(e.to_string());
+                }
+            }
+        }
+        reports
+    }
+
+    /// Records what this run saw and did per tag and target, so the next
+    /// run may spare requests and `tags_pending` counts what is still
+    /// different.
+    fn record_tags(&self, rule: &Rule, repo: &RepoInventory, images: &[ImageReport]) {
+        let Some(state) = &self.state else {
+            return;
+        };
+        let now = self.now();
+        for target in &repo.targets {
+            let name = target.store.location().to_string();
+            let mut seen = Vec::new();
+            for image in images.iter().filter(|im| im.target == name) {
+                let (target_digest, verified_now) = match (&image.action, &image.error) {
+                    (TargetAction::KeepImmutable { .. }, _)
+                    | (TargetAction::DeletedByRetention, _)
+                    | (TargetAction::DroppedByRetention, _) => continue,
+                    (TargetAction::InSync, _) => (
+                        Some(image.digest.as_str()),
+                        !target.hinted.contains(&image.tag),
+                    ),
+                    (_, None) => (Some(image.digest.as_str()), true),
+                    (TargetAction::Create, Some(_)) => (None, true),
+                    (TargetAction::Update { from }, Some(_)) => (Some(from.as_str()), true),
+                };
+                seen.push(TagObservation {
+                    tag: &image.tag,
+                    source_digest: image.digest.as_str(),
+                    target_digest,
+                    verified_now,
+                });
+            }
+            let (t, r) = copy::state_key(target.store.location());
+            let considered = Some(&repo.considered[..]);
+            if let Err(e) = state.record_tags(&rule.name, &t, &r, &seen, considered, now) {
+                tracing::warn!(error = %e, "cannot record tag state");
+            }
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! Stage 1, read-only: what the source and each target hold for a rule
+//! (tag lists, digests, the root manifests a copy needs) and what the state
+//! knows (target digests confirmed recently, what this rule's retention
+//! deleted), read in as data. Nothing here writes anywhere, so `plan` and
+//! `sync` run the same inventory.
+
+use std::collections::{HashMap, HashSet};
+
+use futures_util::StreamExt;
+use tracing::Instrument;
+
+use super::report::RunError;
+use super::{Engine, REVERIFY_AFTER_SECS};
+use crate::config::Rule;
+use crate::filter::select_tags;
+use crate::oci::{Digest, Platform, RawManifest, is_index};
+use crate::plan::{SourceTag, referrer_subject};
+use crate::reference::Location;
+use crate::state::TagState;
+use crate::transport::Store;
+
+/// Repositories of a `/*` rule inventoried at once.
+const REPOS_IN_PARALLEL: usize = 16;
+/// Tags of one repository resolved at once.
+const TAGS_IN_PARALLEL: usize = 8;
+
+/// What one rule's source and targets hold.
+pub(crate) struct RuleInventory {
+    pub repos: Vec<RepoInventory>,
+    /// Failures that concern the whole rule (listing the repositories under a
+    /// `/*` source): nothing of the rule may be deleted then.
+    pub errors: Vec<RunError>,
+}
+
+/// One source repository and its targets.
+pub(crate) struct RepoInventory {
+    pub source: Store,
+    /// Every tag of the source; `None` when it could not be listed (it does
+    /// not exist, or the request failed; `errors` says why).
+    pub source_tags: Option<Vec<String>>,
+    /// How many tags the filters selected.
+    pub selected: usize,
+    /// Targets whose tag list could not be read (their tags are pending).
+    pub unreadable_targets: usize,
+    /// The selected tags and their referrers, resolved (newest first, then
+    /// referrers).
+    pub tags: Vec<SourceTag>,
+    /// Root manifests (after platform filtering) of tags that some target
+    /// lacks or holds at another digest: what a copy starts from.
+    pub manifests: HashMap<String, RawManifest>,
+    pub targets: Vec<TargetInventory>,
+    /// Every tag this run considered (selected and referrers).
+    pub considered: Vec<String>,
+    pub errors: Vec<RunError>,
+}
+
+pub(crate) struct TargetInventory {
+    pub store: Store,
+    /// Every tag the target lists (none: empty or absent).
+    pub listed: HashSet<String>,
+    /// Digest per tag of interest; a tag missing here is absent.
+    pub digests: HashMap<String, Digest>,
+    /// Tags whose digest came from the state, not from a request.
+    pub hinted: HashSet<String>,
+    /// (tag, digest) pairs this rule's retention deleted here (journal).
+    pub retained_away: HashSet<(String, Digest)>,
+}
+
+/// A tag's digests at the source and at each target.
+struct Resolved {
+    tag: String,
+    digest: Digest,
+    manifest: Option<RawManifest>,
+    at_targets: Vec<Option<Digest>>,
+    hinted: Vec<usize>,
+}
+
+impl Engine {
+    /// The repository pairs of a rule (one, or every repository under a `/*`
+    /// source) and what each holds.
+    pub(crate) async fn inventory(&self, rule: &Rule) -> RuleInventory {
+        let mut inv = RuleInventory {
+            repos: Vec::new(),
+            errors: Vec::new(),
+        };
+        let Some(source) = &rule.source else {
+            return inv; // cleanup-only rule
+        };
+        let pairs: Vec<(Location, Vec<Location>)> = if source.wildcard {
+            match self.transports.list_repositories(&source.location).await {
+                Ok(repos) => repos
+                    .into_iter()
+                    .filter(|rel| self.shard.owns_repository(&rule.name, rel))
+                    .map(|rel| {
+                        let targets = rule.targets.iter().map(|t| t.location.join(&rel)).collect();
+                        (source.location.join(&rel), targets)
+                    })
+                    .collect(),
+                Err(e) => {
+                    inv.errors
+                        .push(RunError::new(source, "listing repositories", e));
+                    Vec::new()
+                }
+            }
+        } else {
+            let targets = rule.targets.iter().map(|t| t.location.clone()).collect();
+            vec![(source.location.clone(), targets)]
+        };
+        tracing::info!(repositories = pairs.len(), "inventory");
+        let repos = futures_util::stream::iter(pairs)
+            .map(|(src, targets)| {
+                let span = tracing::info_span!("repo", source = %src);
+                self.inventory_repo(rule, src, targets).instrument(span)
+            })
+            .buffer_unordered(REPOS_IN_PARALLEL)
+            .collect::<Vec<_>>()
+            .await;
+        for repo in repos {
+            match repo {
+                Ok(r) => inv.repos.push(r),
+                Err(e) => inv.errors.push(e),
+            }
+        }
+        inv.repos.sort_by_key(|r| r.source.location().to_string());
+        inv
+    }
+
+    /// One repository pair; an error only when the source cannot be opened.
+    async fn inventory_repo(
+        &self,
+        rule: &Rule,
+        src: Location,
+        target_locs: Vec<Location>,
+    ) -> Result<RepoInventory, RunError> {
+        let source = self
+            .transports
+            .open(&src)
+            .map_err(|e| RunError::new(&src, "opening the source", e))?;
+        let mut repo = RepoInventory {
+            source,
+            source_tags: None,
+            selected: 0,
+            unreadable_targets: 0,
+            tags: Vec::new(),
+            manifests: HashMap::new(),
+            targets: Vec::new(),
+            considered: Vec::new(),
+            errors: Vec::new(),
+        };
+        let (listing, targets) = tokio::join!(
+            repo.source.tag_listing(),
+            self.list_targets(rule, &target_locs)
+        );
+        let all_tags = match listing {
+            Ok(Some(tags)) => tags,
+            Ok(None) => {
+                let e = RunError::new(
+                    &src,
+                    "listing tags",
+                    "the source repository does not exist (404 / NAME_UNKNOWN, or no oci: layout there); nothing is copied or deleted for it",
+                );
+                tracing::error!(error = %e.error, "source missing");
+                repo.errors.push(e);
+                return Ok(repo);
+            }
+            Err(e) => {
+                repo.errors.push(RunError::new(&src, "listing tags", e));
+                return Ok(repo);
+            }
+        };
+        let (targets, errors) = targets;
+        repo.unreadable_targets = errors.len();
+        repo.errors.extend(errors);
+        repo.targets = targets;
+        let selected = select_tags(&rule.tags, &all_tags);
+        repo.selected = selected.len();
+        repo.source_tags = Some(all_tags.clone());
+        if repo.targets.is_empty() {
+            return Ok(repo);
+        }
+        self.resolve_tags(rule, &mut repo, &selected, false).await;
+        repo.considered = selected.clone();
+        if rule.referrers {
+            let subjects: HashSet<String> =
+                repo.tags.iter().map(|t| t.digest.to_string()).collect();
+            let referrer_tags: Vec<String> = all_tags
+                .iter()
+                .filter(|t| referrer_subject(t).is_some_and(|s| subjects.contains(&s)))
+                .filter(|t| !selected.contains(t))
+                .cloned()
+                .collect();
+            repo.considered.extend(referrer_tags.iter().cloned());
+            self.resolve_tags(rule, &mut repo, &referrer_tags, true)
+                .await;
+        }
+        Ok(repo)
+    }
+
+    /// Tag lists of every target at once, with the state's beliefs about
+    /// each. A target that does not exist lists no tags.
+    async fn list_targets(
+        &self,
+        rule: &Rule,
+        locs: &[Location],
+    ) -> (Vec<TargetInventory>, Vec<RunError>) {
+        let listings = futures_util::future::join_all(locs.iter().map(|loc| async move {
+            let store = self.transports.open(loc)?;
+            let tags = store.list_tags().await?;
+            Ok::<_, crate::transport::TransportError>((store, tags))
+        }))
+        .await;
+        let mut targets = Vec::new();
+        let mut errors = Vec::new();
+        for (loc, listing) in locs.iter().zip(listings) {
+            match listing {
+                Ok((store, tags)) => targets.push(TargetInventory {
+                    retained_away: self.retained_away(rule, loc),
+                    listed: tags.into_iter().collect(),
+                    digests: HashMap::new(),
+                    hinted: HashSet::new(),
+                    store,
+                }),
+                Err(e) => errors.push(RunError::new(loc, "listing tags", e)),
+            }
+        }
+        (targets, errors)
+    }
+
+    /// Resolves `tags` at the source and at each target. A tag a target lacks
+    /// (by its tag list) is certainly copied, so its source manifest is
+    /// fetched right away (one GET instead of HEAD then GET); a tag a target
+    /// holds at another digest gets its manifest fetched afterwards.
+    async fn resolve_tags(
+        &self,
+        rule: &Rule,
+        repo: &mut RepoInventory,
+        tags: &[String],
+        referrer: bool,
+    ) {
+        let platforms: &[Platform] = if referrer { &[] } else { &rule.platforms };
+        let hints: Vec<HashMap<String, TagState>> = repo
+            .targets
+            .iter()
+            .map(|t| self.load_hints(rule, t.store.location()))
+            .collect();
+        let ctx = ResolveCtx {
+            source: &repo.source,
+            targets: &repo.targets,
+            hints: &hints,
+            platforms,
+            now: self.now(),
+        };
+        let results = futures_util::stream::iter(tags.iter().cloned())
+            .map(|tag| ctx.resolve(tag))
+            .buffer_unordered(TAGS_IN_PARALLEL)
+            .collect::<Vec<_>>()
+            .await;
+        let mut resolved = Vec::new();
+        for r in results {
+            match r {
+                Ok(Some(r)) => resolved.push(r),
+                Ok(None) => {}
+                Err((tag, e)) => repo.errors.push(RunError::new(
+                    repo.source.location(),
+                    &format!("resolving tag {tag}"),
+                    e,
+                )),
+            }
+        }
+        // Keep the selection order (newest first).
+        let order: HashMap<&String, usize> = tags.iter().enumerate().map(|(i, t)| (t, i)).collect();
+        resolved.sort_by_key(|r| order.get(&r.tag).copied().unwrap_or(usize::MAX));
+        for r in resolved {
+            self.fold_resolved(repo, r, referrer, platforms).await;
+        }
+    }
+
+    async fn fold_resolved(
+        &self,
+        repo: &mut RepoInventory,
+        r: Resolved,
+        referrer: bool,
+        platforms: &[Platform],
+    ) {
+        let differs = r.at_targets.iter().any(|d| d.as_ref() != Some(&r.digest));
+        let mut manifest = r.manifest;
+        if differs && manifest.is_none() {
+            match resolve_source(&repo.source, &r.tag, true, platforms).await {
+                Ok(Some((d, Some(m)))) if d == r.digest => manifest = Some(m),
+                Ok(_) => repo.errors.push(RunError::new(
+                    repo.source.location(),
+                    &format!("reading tag {}", r.tag),
+                    "the source tag moved or vanished during the inventory; the next run copies it",
+                )),
+                Err((_, e)) => repo.errors.push(RunError::new(
+                    repo.source.location(),
+                    &format!("reading tag {}", r.tag),
+                    e,
+                )),
+            }
+            if manifest.is_none() {
+                return;
+            }
+        }
+        for (i, (t, d)) in repo.targets.iter_mut().zip(r.at_targets).enumerate() {
+            if let Some(d) = d {
+                t.digests.insert(r.tag.clone(), d);
+            }
+            if r.hinted.contains(&i) {
+                t.hinted.insert(r.tag.clone());
+            }
+        }
+        if let Some(m) = manifest {
+            repo.manifests.insert(r.tag.clone(), m);
+        }
+        repo.tags.push(SourceTag {
+            tag: r.tag,
+            digest: r.digest,
+            referrer,
+        });
+    }
+
+    /// What the state believes about one target repository (empty without
+    /// a state, or when it cannot be read: then every tag is asked).
+    fn load_hints(&self, rule: &Rule, target: &Location) -> HashMap<String, TagState> {
+        let Some(state) = &self.state else {
+            return HashMap::new();
+        };
+        let (t, repo) = super::copy::state_key(target);
+        state.tag_states(&rule.name, &t, &repo).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read tag hints; asking the target");
+            HashMap::new()
+        })
+    }
+
+    /// What this rule's retention deleted at `target` (journal, DELETE done).
+    fn retained_away(&self, rule: &Rule, target: &Location) -> HashSet<(String, Digest)> {
+        let (Some(state), Some(_)) = (&self.state, &rule.retention) else {
+            return HashSet::new();
+        };
+        match state.retained_away(&rule.name, &target.to_string()) {
+            Ok(pairs) => pairs
+                .into_iter()
+                .filter_map(|(t, d)| Some((t, Digest::parse(&d).ok()?)))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the retention journal");
+                HashSet::new()
+            }
+        }
+    }
+}
+
+/// What resolving one tag needs.
+struct ResolveCtx<'a> {
+    source: &'a Store,
+    targets: &'a [TargetInventory],
+    hints: &'a [HashMap<String, TagState>],
+    platforms: &'a [Platform],
+    now: i64,
+}
+
+impl ResolveCtx<'_> {
+    /// A target digest the state confirmed recently; used only if the
+    /// source still has that digest.
+    fn hint(&self, i: usize, tag: &str) -> Option<String> {
+        self.hints[i]
+            .get(tag)
+            .filter(|h| self.now - h.verified < REVERIFY_AFTER_SECS)
+            .and_then(|h| h.target_digest.clone())
+    }
+
+    async fn resolve(&self, tag: String) -> Result<Option<Resolved>, (String, String)> {
+        let lists = |i: usize| self.targets[i].listed.contains(&tag);
+        let missing_somewhere = (0..self.targets.len()).any(|i| !lists(i));
+        // The source and every target that lists the tag (and has no usable
+        // hint), asked at once.
+        let at_targets =
+            futures_util::future::join_all(self.targets.iter().enumerate().map(|(i, target)| {
+                let tag = &tag;
+                let skip = !lists(i) || self.hint(i, tag).is_some();
+                async move {
+                    if skip {
+                        return Ok(None);
+                    }
+                    let head = target.store.resolve(tag).await;
+                    head.map(|h| h.map(|h| h.digest))
+                        .map_err(|e| (tag.clone(), e.to_string()))
+                }
+            }));
+        let (source, at_targets) = tokio::join!(
+            resolve_source(self.source, &tag, missing_somewhere, self.platforms),
+            at_targets
+        );
+        let Some((digest, manifest)) = source? else {
+            return Ok(None);
+        };
+        let mut at_targets = at_targets.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let mut hinted = Vec::new();
+        for (i, target) in self.targets.iter().enumerate() {
+            let Some(believed) = self.hint(i, &tag).filter(|_| lists(i)) else {
+                continue;
+            };
+            if believed == digest.as_str() {
+                // Listed, and the registry confirmed recently that it points
+                // at what the source has now.
+                at_targets[i] = Some(digest.clone());
+                hinted.push(i);
+            } else {
+                // The source moved: ask the target what it has.
+                let head = target.store.resolve(&tag).await;
+                at_targets[i] = head
+                    .map_err(|e| (tag.clone(), e.to_string()))?
+                    .map(|h| h.digest);
+            }
+        }
+        Ok(Some(Resolved {
+            tag,
+            digest,
+            manifest,
+            at_targets,
+            hinted,
+        }))
+    }
+}
+
+/// The digest the targets should hold for `reference`, and the manifest when
+/// it had to be fetched (`fetch`, or an index to filter by platform).
+pub(crate) async fn resolve_source(
+    source: &Store,
+    reference: &str,
+    fetch: bool,
+    platforms: &[Platform],
+) -> Result<Option<(Digest, Option<RawManifest>)>, (String, String)> {
+    let err = |e: String| (reference.to_string(), e);
+    let raw = if fetch {
+        match source
+            .get_manifest(reference)
+            .await
+            .map_err(|e| err(e.to_string()))?
+        {
+            Some(m) => m,
+            None => return Ok(None),
+        }
+    } else {
+        let Some(head) = source
+            .resolve(reference)
+            .await
+            .map_err(|e| err(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        if platforms.is_empty() || !is_index(&head.media_type) {
+            return Ok(Some((head.digest, None)));
+        }
+        match source
+            .get_manifest(head.digest.as_str())
+            .await
+            .map_err(|e| err(e.to_string()))?
+        {
+            Some(m) => m,
+            None => return Ok(None),
+        }
+    };
+    let filtered = super::copy::filter_index(&raw, platforms)
+        .map_err(|e| err(format!("index {}: {e}", raw.digest)))?;
+    match filtered {
+        Some(m) => Ok(Some((m.digest.clone(), Some(m)))),
+        None => Err(err(format!(
+            "none of the platforms {} is in the index",
+            platforms
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}

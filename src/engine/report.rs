@@ -1,0 +1,178 @@
+//! What a rule run did (or, for `plan`, would do): the report every command
+//! prints, the daemon records, and the metrics read. Plain data.
+
+use serde::Serialize;
+
+use super::copy::{CopyTotals, DryRunCost};
+use crate::oci::Digest;
+use crate::plan::TargetAction;
+use crate::retention::RetentionReport;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunResult {
+    Success,
+    Partial,
+    Failed,
+}
+
+impl RunResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunResult::Success => "success",
+            RunResult::Partial => "partial",
+            RunResult::Failed => "failed",
+        }
+    }
+}
+
+/// A failure not tied to one copy: a repository that could not be listed, a
+/// source that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunError {
+    /// The repository concerned (source or target), as written.
+    pub target: String,
+    /// What was being done, e.g. `listing tags`.
+    pub what: String,
+    pub error: String,
+}
+
+impl RunError {
+    pub(crate) fn new(target: impl ToString, what: &str, error: impl ToString) -> Self {
+        RunError {
+            target: target.to_string(),
+            what: what.to_string(),
+            error: error.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.target, self.what, self.error)
+    }
+}
+
+/// One decision about one tag at one target, with what it cost or would cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageReport {
+    pub source: String,
+    pub target: String,
+    pub tag: String,
+    pub digest: Digest,
+    #[serde(flatten)]
+    pub action: TargetAction,
+    /// For `plan`: what the copy would transfer to this target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<DryRunCost>,
+    /// Set when this copy failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleReport {
+    pub rule: String,
+    pub result: RunResult,
+    /// Whether this is a plan (nothing was done) or what a sync did.
+    pub dry_run: bool,
+    pub started_unix: u64,
+    pub duration_seconds: f64,
+    pub repositories: usize,
+    /// Source tags the filters selected, over all repositories
+    /// (`regkeeper_rule_tags_selected`).
+    pub tags_selected: usize,
+    pub tags_in_sync: usize,
+    pub tags_copied: usize,
+    pub tags_failed: usize,
+    /// Selected source tags not compared with a target because the target
+    /// could not be read, counted per target (`regkeeper_rule_tags_pending`).
+    pub tags_unreachable: usize,
+    /// Copies that an `immutable` rule declined.
+    pub tags_kept_immutable: usize,
+    pub totals: CopyTotals,
+    /// Everything that was (or would be) done, and every failure.
+    pub images: Vec<ImageReport>,
+    /// Failures not tied to one image (listing a repository, say).
+    pub errors: Vec<RunError>,
+    /// Things an operator should know that are not failures (filters that
+    /// select nothing).
+    pub warnings: Vec<String>,
+    /// Manifests deleted by retention in this run (`regkeeper_retention_deleted_total`).
+    pub retention_deleted: usize,
+    /// The retention step, for rules that have one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionReport>,
+    /// With `--shard`, for a `/*` rule: the source repositories this shard owns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_repositories: Option<Vec<String>>,
+}
+
+impl RuleReport {
+    pub(crate) fn new(rule: &str, dry_run: bool) -> Self {
+        RuleReport {
+            rule: rule.to_string(),
+            result: RunResult::Success,
+            dry_run,
+            started_unix: 0,
+            duration_seconds: 0.0,
+            repositories: 0,
+            tags_selected: 0,
+            tags_in_sync: 0,
+            tags_copied: 0,
+            tags_failed: 0,
+            tags_unreachable: 0,
+            tags_kept_immutable: 0,
+            totals: CopyTotals::default(),
+            images: Vec::new(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            retention_deleted: 0,
+            retention: None,
+            shard_repositories: None,
+        }
+    }
+
+    pub fn pending_bytes(&self) -> u64 {
+        self.images
+            .iter()
+            .filter_map(|i| i.cost)
+            .map(|c| c.bytes_to_copy)
+            .sum()
+    }
+
+    /// Counts the images by outcome and sets the result of the copy step.
+    pub(crate) fn tally(&mut self) {
+        for image in &self.images {
+            match (&image.action, &image.error) {
+                (_, Some(_)) => self.tags_failed += 1,
+                (TargetAction::KeepImmutable { .. }, None) => self.tags_kept_immutable += 1,
+                (a, None) if a.needs_copy() => self.tags_copied += 1,
+                (_, None) => self.tags_in_sync += 1,
+            }
+        }
+        let ok = self.tags_in_sync + self.tags_copied + self.tags_kept_immutable;
+        self.result = if self.tags_failed == 0 && self.errors.is_empty() {
+            RunResult::Success
+        } else if ok > 0 {
+            RunResult::Partial
+        } else {
+            RunResult::Failed
+        };
+    }
+
+    /// Folds the retention step in: its deletions count, and a retention
+    /// that failed or refused makes the run partial (or failed, for a
+    /// cleanup-only rule that deleted nothing).
+    pub(crate) fn add_retention(&mut self, retention: RetentionReport, cleanup_only: bool) {
+        self.retention_deleted = retention.deleted;
+        if !retention.ok() {
+            self.result = match self.result {
+                RunResult::Success if cleanup_only && retention.deleted == 0 => RunResult::Failed,
+                RunResult::Success => RunResult::Partial,
+                other => other,
+            };
+        }
+        self.retention = Some(retention);
+    }
+}

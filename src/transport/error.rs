@@ -1,0 +1,157 @@
+//! What can go wrong talking to a store, and whether trying again may help.
+//!
+//! The transient/permanent kind must survive every layer between the failure
+//! and the one retry policy (`remote::retry`): a blob stream carries its
+//! failure as an `io::Error` (the stream type both transports share), so
+//! the kind travels inside it as a [`StreamFault`].
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("{registry}: {method} {path} answered {status}: {message}")]
+    Status {
+        registry: String,
+        method: String,
+        path: String,
+        status: u16,
+        message: String,
+    },
+    #[error("{registry}: authentication failed for {scope}: {detail}")]
+    Auth {
+        registry: String,
+        scope: String,
+        detail: String,
+    },
+    /// No response: refused, reset, timed out, stalled past `read_timeout`.
+    #[error("{registry}: {detail}")]
+    Connect { registry: String, detail: String },
+    /// The TLS handshake failed (certificate not trusted, not TLS): trying
+    /// again gives the same answer.
+    #[error("{registry}: {detail}")]
+    Tls { registry: String, detail: String },
+    #[error("{location}: {detail}")]
+    Protocol { location: String, detail: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A blob stream failed part-way (the source's body cut or stalled, a
+    /// digest mismatch): `transient` says whether reading it again may help.
+    #[error("{location}: {detail}")]
+    Stream {
+        location: String,
+        detail: String,
+        transient: bool,
+    },
+    #[error("{location}: {what} failed verification: {detail}")]
+    Integrity {
+        location: String,
+        what: String,
+        detail: String,
+    },
+    #[error("{registry}: refusing {method} {path}: this run may not write (plan or dry run)")]
+    ReadOnly {
+        registry: String,
+        method: String,
+        path: String,
+    },
+    #[error("{location}: interrupted by shutdown: {detail}; the next run resumes it")]
+    Interrupted { location: String, detail: String },
+    #[error("{location}: {what} not found")]
+    NotFound { location: String, what: String },
+    /// The registry's rate-limit budget (RateLimit-Remaining, Retry-After)
+    /// does not let this run finish; the next run continues.
+    #[error("{registry}: rate-limit budget exhausted: {detail}; the next run continues")]
+    Budget { registry: String, detail: String },
+}
+
+impl TransportError {
+    /// Whether trying again later in this run may succeed (reset, timeout,
+    /// stall, 5xx, 429).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TransportError::Status { status, .. } => *status == 429 || *status >= 500,
+            TransportError::Connect { .. } => true,
+            TransportError::Stream { transient, .. } => *transient,
+            TransportError::Io { source, .. } => io_is_transient(source),
+            _ => false,
+        }
+    }
+
+    /// The same failure, for another consumer of one shared stream (the
+    /// fan-out reports one source failure to every target), kind kept.
+    pub fn shared(&self, location: &str) -> TransportError {
+        TransportError::Stream {
+            location: location.to_string(),
+            detail: self.to_string(),
+            transient: self.is_transient(),
+        }
+    }
+}
+
+/// Why a blob stream failed, inside its `io::Error`.
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}")]
+pub struct StreamFault {
+    pub transient: bool,
+    pub detail: String,
+}
+
+/// An `io::Error` for a blob stream that remembers whether it is transient.
+pub fn stream_fault(transient: bool, detail: impl Into<String>) -> std::io::Error {
+    let kind = if transient {
+        std::io::ErrorKind::ConnectionReset
+    } else {
+        std::io::ErrorKind::InvalidData
+    };
+    std::io::Error::new(
+        kind,
+        StreamFault {
+            transient,
+            detail: detail.into(),
+        },
+    )
+}
+
+/// Whether a stream's `io::Error` is worth another attempt: a [`StreamFault`]
+/// says so itself; otherwise the kinds a dropped connection produces.
+pub fn io_is_transient(e: &std::io::Error) -> bool {
+    if let Some(f) = e.get_ref().and_then(|i| i.downcast_ref::<StreamFault>()) {
+        return f.transient;
+    }
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionReset | ConnectionAborted | BrokenPipe | TimedOut
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_survive_wrapping() {
+        let cut = stream_fault(true, "body cut after 10 bytes");
+        assert!(io_is_transient(&cut));
+        let e = TransportError::Io {
+            path: "x".into(),
+            source: cut,
+        };
+        assert!(e.is_transient());
+        assert!(e.shared("src").is_transient());
+        let bad = stream_fault(false, "digest mismatch");
+        assert!(!io_is_transient(&bad));
+        assert!(!io_is_transient(&std::io::Error::other("disk full")));
+        let e = TransportError::Status {
+            registry: "r".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            status: 404,
+            message: String::new(),
+        };
+        assert!(!e.shared("src").is_transient());
+    }
+}
