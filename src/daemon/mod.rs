@@ -274,4 +274,3 @@ fn open_state(config: &Config) -> Result<State, DaemonError> {
     }
     Ok(state)
 }
-

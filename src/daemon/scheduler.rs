@@ -20,8 +20,7 @@ use tracing::Instrument;
 
 use super::{
     DaemonError, SHUTDOWN_GRACE, init_registries, log_warnings, notify, restore_rule_metrics,
-    restrict_to_shard, shard_of,
-    run_rule, schedule, transports, unix_now,
+    restrict_to_shard, run_rule, schedule, shard_of, transports, unix_now,
 };
 use crate::config::{self, Config, Rule};
 use crate::engine::Engine;
