@@ -8,7 +8,7 @@ use crate::config::TagFilter;
 /// Reads a tag as a version, leniently: a leading `v` is dropped and missing
 /// minor or patch numbers count as 0 (`3.19` is 3.19.0), because image tags
 /// rarely carry all three.
-pub fn parse_version(tag: &str) -> Option<semver::Version> {
+pub(crate) fn parse_version(tag: &str) -> Option<semver::Version> {
     let t = tag.strip_prefix('v').unwrap_or(tag);
     if let Ok(v) = semver::Version::parse(t) {
         return Some(v);
@@ -34,7 +34,7 @@ pub fn parse_version(tag: &str) -> Option<semver::Version> {
 
 /// Orders tags newest first: versions by semver precedence, then tags that
 /// are not versions by name (they sort after every version).
-pub fn newest_first(a: &str, b: &str) -> Ordering {
+pub(crate) fn newest_first(a: &str, b: &str) -> Ordering {
     match (parse_version(a), parse_version(b)) {
         (Some(va), Some(vb)) => vb.cmp(&va).then_with(|| a.cmp(b)),
         (Some(_), None) => Ordering::Less,
@@ -44,7 +44,7 @@ pub fn newest_first(a: &str, b: &str) -> Ordering {
 }
 
 /// The tags a rule mirrors, newest first.
-pub fn select_tags(filter: &TagFilter, tags: &[String]) -> Vec<String> {
+pub(crate) fn select_tags(filter: &TagFilter, tags: &[String]) -> Vec<String> {
     let mut out: Vec<String> = tags
         .iter()
         .filter(|t| filter.include.is_empty() || filter.include.iter().any(|r| r.is_match(t)))

@@ -12,7 +12,7 @@ use crate::reference::Location;
 /// One selected source tag and the digest the targets should end up holding
 /// (after platform filtering, which may produce a new index).
 #[derive(Clone, Debug)]
-pub struct SourceTag {
+pub(crate) struct SourceTag {
     pub tag: String,
     pub digest: Digest,
     /// A referrer in the `sha256-<hex>[.sig|.att|.sbom]` tag schema: copied
@@ -23,7 +23,7 @@ pub struct SourceTag {
 /// What one target holds for the tags of interest. A tag missing from
 /// `digests` is absent at the target.
 #[derive(Clone, Debug)]
-pub struct TargetTags {
+pub(crate) struct TargetTags {
     pub location: Location,
     pub digests: HashMap<String, Digest>,
 }
@@ -54,7 +54,7 @@ impl TargetAction {
 }
 
 #[derive(Clone, Debug)]
-pub struct TagPlan {
+pub(crate) struct TagPlan {
     pub tag: String,
     pub digest: Digest,
     pub referrer: bool,
@@ -62,15 +62,13 @@ pub struct TagPlan {
     pub targets: Vec<(Location, TargetAction)>,
 }
 
-impl TagPlan {
-    pub fn needs_copy(&self) -> bool {
-        self.targets.iter().any(|(_, a)| a.needs_copy())
-    }
-}
-
 /// Decides, for each source tag and target, what to do. Ordinary tags come
 /// before referrer tags, so that a signature is never pushed before its subject.
-pub fn plan_tags(tags: &[SourceTag], targets: &[TargetTags], immutable: bool) -> Vec<TagPlan> {
+pub(crate) fn plan_tags(
+    tags: &[SourceTag],
+    targets: &[TargetTags],
+    immutable: bool,
+) -> Vec<TagPlan> {
     let mut plans: Vec<TagPlan> = tags
         .iter()
         .map(|t| TagPlan {
@@ -99,7 +97,7 @@ pub fn plan_tags(tags: &[SourceTag], targets: &[TargetTags], immutable: bool) ->
 }
 
 /// Whether a tag names a referrer in the tag schema, and of which digest.
-pub fn referrer_subject(tag: &str) -> Option<String> {
+pub(crate) fn referrer_subject(tag: &str) -> Option<String> {
     let rest = tag.strip_prefix("sha256-")?;
     let (hex, suffix) = match rest.split_once('.') {
         Some((h, s)) => (h, Some(s)),
@@ -161,7 +159,11 @@ mod tests {
         assert_eq!(plans[0].targets[0].1, TargetAction::InSync);
         assert_eq!(plans[0].targets[1].1, TargetAction::Create);
         assert_eq!(plans[1].targets[1].1, TargetAction::Update { from: d('c') });
-        assert!(!plans.iter().all(|p| !p.needs_copy()));
+        assert!(
+            plans
+                .iter()
+                .any(|p| p.targets.iter().any(|(_, a)| a.needs_copy()))
+        );
 
         let plans = plan_tags(&tags, &[t1, t2], true);
         assert_eq!(

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use regkeeper::config::{self, Config, LogFormat, Rule};
-use regkeeper::retention::{Pruner, ReadOnly, RetentionState, Unix};
+use regkeeper::retention::{Pruner, Unix};
 use regkeeper::shard::Shard;
 use regkeeper::state::State;
 use regkeeper::transport::Transports;
@@ -299,13 +299,7 @@ fn open_state_read_only(config: &Config) -> Result<Option<State>, CliError> {
     State::open_read_only(&config.daemon.state_dir).map_err(|e| CliError::State(e.to_string()))
 }
 
-/// The one place a Pruner is built for a command: a real run journals in the
-/// state; a dry run reads it (when there is one) and writes nothing.
+/// A command's pruner (`Pruner::for_run`, as the daemon's).
 fn pruner(transports: &Arc<Transports>, state: Option<&State>, dry_run: bool, now: Unix) -> Pruner {
-    let state: Arc<dyn RetentionState> = match state {
-        Some(s) if !dry_run => Arc::new(s.clone()),
-        Some(s) => Arc::new(ReadOnly(Arc::new(s.clone()))),
-        None => Arc::new(ReadOnly(Arc::new(regkeeper::retention::NoState))),
-    };
-    Pruner::new(transports.clone(), state, dry_run, now)
+    Pruner::for_run(transports, state, dry_run, now)
 }

@@ -19,7 +19,8 @@ struct Copy {
     digest: String,
     /// `create` or `update`.
     action: &'static str,
-    /// What would be transferred (plan); not counted per image by sync.
+    /// What would be (plan) or was (sync) transferred; a sync that streamed
+    /// the image to several targets at once does not split it per target.
     #[serde(skip_serializing_if = "Option::is_none")]
     bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -413,9 +413,9 @@ fn spawn_run(tasks: &mut JoinSet<()>, run: RunContext, guard: RunningGuard) {
                 // Retention runs after the sync step, on the same
                 // transports, its journal in the state database.
                 let pruner = rule.retention.as_ref().map(|_| {
-                    crate::retention::Pruner::new(
-                        engine.transports().clone(),
-                        Arc::new(state.clone()),
+                    crate::retention::Pruner::for_run(
+                        engine.transports(),
+                        Some(&state),
                         false,
                         unix_now() as i64,
                     )

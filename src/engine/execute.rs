@@ -4,11 +4,13 @@
 //! transports, counting what a copy would transfer). Neither decides
 //! anything: what to copy where is the plan's.
 
+use std::sync::Arc;
+
 use futures_util::StreamExt;
 use tracing::Instrument;
 
 use super::Engine;
-use super::copy;
+use super::copy::{self, Copier, CopyStats, DryRunCost};
 use super::inventory::RepoInventory;
 use super::report::ImageReport;
 use crate::config::Rule;
@@ -112,10 +114,30 @@ impl Engine {
             }
             return reports;
         }
-        let results = self
-            .copier
+        // A view of the run's copier with counters of this image's own, so
+        // what one copy sent can be told (exactly when one target needs it;
+        // a blob streamed to several targets is not split between them).
+        let copier = Copier {
+            stats: Arc::new(CopyStats::default()),
+            tracker: self.copier.tracker.clone(),
+            transfers: self.copier.transfers.clone(),
+            on_bytes: self.copier.on_bytes.clone(),
+            checkpoints: self.copier.checkpoints.clone(),
+            stop: self.copier.stop.clone(),
+        };
+        let results = copier
             .copy_tree(source, &tree, Some(&plan.tag), &targets)
             .await;
+        let sent = copier.stats.totals();
+        self.add_totals(&sent);
+        if let [i] = needing[..] {
+            reports[i].cost = Some(DryRunCost {
+                blobs_to_copy: sent.blobs_copied,
+                bytes_to_copy: sent.bytes_written,
+                blobs_to_mount: sent.blobs_mounted,
+                blobs_present: sent.blobs_skipped,
+            });
+        }
         for ((&i, target), result) in needing.iter().zip(&targets).zip(results) {
             match result {
                 Ok(()) => tracing::info!(target = %target.location(), "copied"),

@@ -159,7 +159,7 @@ impl Engine {
     }
 
     /// Keeps the engine-wide counters (progress, `copy`) whole.
-    fn add_totals(&self, t: &CopyTotals) {
+    pub(crate) fn add_totals(&self, t: &CopyTotals) {
         let s = &self.copier.stats;
         for (counter, n) in [
             (&s.bytes_read, t.bytes_read),

@@ -62,7 +62,8 @@ pub struct ImageReport {
     pub digest: Digest,
     #[serde(flatten)]
     pub action: TargetAction,
-    /// For `plan`: what the copy would transfer to this target.
+    /// `plan`: what the copy would transfer to this target; `sync`: what it
+    /// transferred, when this was the only target that needed the image.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<DryRunCost>,
     /// Set when this copy failed.
@@ -131,14 +132,6 @@ impl RuleReport {
             retention: None,
             shard_repositories: None,
         }
-    }
-
-    pub fn pending_bytes(&self) -> u64 {
-        self.images
-            .iter()
-            .filter_map(|i| i.cost)
-            .map(|c| c.bytes_to_copy)
-            .sum()
     }
 
     /// Counts the images by outcome and sets the result of the copy step.

@@ -122,8 +122,21 @@ impl Pruner {
         self
     }
 
-    pub fn dry_run(&self) -> bool {
-        self.dry_run
+    /// The one way a run builds its pruner: a real run journals in `state`;
+    /// a dry run only reads it (when there is one) and writes nothing.
+    pub fn for_run(
+        transports: &Arc<Transports>,
+        state: Option<&crate::state::State>,
+        dry_run: bool,
+        now: Unix,
+    ) -> Self {
+        use super::state::{NoState, ReadOnly};
+        let state: Arc<dyn RetentionState> = match state {
+            Some(s) if !dry_run => Arc::new(s.clone()),
+            Some(s) => Arc::new(ReadOnly(Arc::new(s.clone()))),
+            None => Arc::new(ReadOnly(Arc::new(NoState))),
+        };
+        Pruner::new(transports.clone(), state, dry_run, now)
     }
 
     pub fn now(&self) -> Unix {

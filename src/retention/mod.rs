@@ -8,8 +8,10 @@
 //! - [`execute`]: sends the deletions (journaled first) and writes the state.
 
 pub mod execute;
+mod graph;
 pub mod plan;
 pub mod read;
+mod reasons;
 pub mod state;
 
 pub use execute::{

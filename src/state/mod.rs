@@ -275,7 +275,7 @@ impl State {
     // ---- runs ---------------------------------------------------------
 
     /// Records the start of a run; returns its id.
-    pub fn run_started(&self, rule: &str, started: i64) -> Result<i64> {
+    pub(crate) fn run_started(&self, rule: &str, started: i64) -> Result<i64> {
         self.with(|c| {
             c.execute(
                 "INSERT INTO runs (rule, started) VALUES (?1, ?2)",
@@ -286,7 +286,7 @@ impl State {
     }
 
     /// Records how a run ended.
-    pub fn run_finished(&self, id: i64, r: &RunRecord) -> Result<()> {
+    pub(crate) fn run_finished(&self, id: i64, r: &RunRecord) -> Result<()> {
         self.with(|c| {
             c.execute(
                 "UPDATE runs SET finished = ?2, result = ?3, tags_copied = ?4, tags_in_sync = ?5,
@@ -316,17 +316,17 @@ impl State {
     }
 
     /// The most recent run of `rule` (finished or not).
-    pub fn last_run(&self, rule: &str) -> Result<Option<RunRecord>> {
+    pub(crate) fn last_run(&self, rule: &str) -> Result<Option<RunRecord>> {
         self.run_where(rule, "1")
     }
 
     /// The most recent run that left every target in step.
-    pub fn last_success(&self, rule: &str) -> Result<Option<RunRecord>> {
+    pub(crate) fn last_success(&self, rule: &str) -> Result<Option<RunRecord>> {
         self.run_where(rule, "result = 'success'")
     }
 
     /// The start of the first run ever recorded for `rule`.
-    pub fn first_run_started(&self, rule: &str) -> Result<Option<i64>> {
+    pub(crate) fn first_run_started(&self, rule: &str) -> Result<Option<i64>> {
         self.with(|c| {
             c.query_row(
                 "SELECT MIN(started) FROM runs WHERE rule = ?1",
@@ -370,7 +370,7 @@ impl State {
 
     /// Deletes runs older than `before` except each rule's latest run and
     /// latest success (lag must survive).
-    pub fn prune_runs(&self, before: i64) -> Result<usize> {
+    pub(crate) fn prune_runs(&self, before: i64) -> Result<usize> {
         self.with(|c| {
             c.execute(
                 "DELETE FROM runs WHERE started < ?1
@@ -385,7 +385,7 @@ impl State {
     // ---- tag_state ----------------------------------------------------
 
     /// Everything known about the tags of one rule at one target repository.
-    pub fn tag_states(
+    pub(crate) fn tag_states(
         &self,
         rule: &str,
         target: &str,
@@ -415,7 +415,7 @@ impl State {
     /// Records what one run saw for the tags of one target repository, and
     /// forgets tags that are no longer selected at the source (`keep` lists
     /// every tag still selected; `None` keeps all). One transaction.
-    pub fn record_tags(
+    pub(crate) fn record_tags(
         &self,
         rule: &str,
         target: &str,
@@ -480,7 +480,7 @@ impl State {
     }
 
     /// Differences seen but not yet copied, for one rule.
-    pub fn tags_pending(&self, rule: &str) -> Result<i64> {
+    pub(crate) fn tags_pending(&self, rule: &str) -> Result<i64> {
         self.with(|c| {
             c.query_row(
                 "SELECT COUNT(*) FROM tag_state WHERE rule = ?1 AND diff_first_seen IS NOT NULL",
@@ -490,21 +490,10 @@ impl State {
         })
     }
 
-    /// The oldest difference still pending for a rule.
-    pub fn oldest_pending(&self, rule: &str) -> Result<Option<i64>> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT MIN(diff_first_seen) FROM tag_state WHERE rule = ?1",
-                params![rule],
-                |r| r.get(0),
-            )
-        })
-    }
-
     // ---- uploads --------------------------------------------------------
 
     /// Commits an upload checkpoint (after an acknowledged chunk).
-    pub fn save_upload(&self, cp: &UploadCheckpoint) -> Result<()> {
+    pub(crate) fn save_upload(&self, cp: &UploadCheckpoint) -> Result<()> {
         self.with(|c| {
             c.prepare(
                 "INSERT INTO uploads (target, repo, digest, session_url, offset, hash_state, updated)
@@ -525,7 +514,7 @@ impl State {
         })
     }
 
-    pub fn upload(
+    pub(crate) fn upload(
         &self,
         target: &str,
         repo: &str,
@@ -541,7 +530,7 @@ impl State {
         })
     }
 
-    pub fn remove_upload(&self, target: &str, repo: &str, digest: &str) -> Result<()> {
+    pub(crate) fn remove_upload(&self, target: &str, repo: &str, digest: &str) -> Result<()> {
         self.with(|c| {
             c.prepare("DELETE FROM uploads WHERE target = ?1 AND repo = ?2 AND digest = ?3")?
                 .execute(params![target, repo, digest])?;
@@ -565,7 +554,7 @@ impl State {
 
     /// Journals a deletion *before* it is sent; returns its id.
     #[allow(clippy::too_many_arguments)]
-    pub fn journal_deletion(
+    pub(crate) fn journal_deletion(
         &self,
         rule: &str,
         target: &str,
@@ -590,7 +579,7 @@ impl State {
     /// location as written) with a DELETE that went through: (tag, digest)
     /// pairs. Read by the inventory, so that sync does not copy back what its
     /// own retention deleted.
-    pub fn retained_away(
+    pub(crate) fn retained_away(
         &self,
         rule: &str,
         repo: &str,
@@ -616,7 +605,7 @@ impl State {
     }
 
     /// The latest `limit` journal entries of a rule, newest first.
-    pub fn deletions(&self, rule: &str, limit: usize) -> Result<Vec<Deletion>> {
+    pub(crate) fn deletions(&self, rule: &str, limit: usize) -> Result<Vec<Deletion>> {
         self.with(|c| {
             c.prepare(
                 "SELECT id, rule, target, repo, digest, tags, reason, time, status FROM deletions

@@ -62,6 +62,16 @@ fn plan_then_sync(
     assert_eq!(sync["dry_run"], false);
     let planned = sets(&plan);
     assert_eq!(planned, sets(&sync), "plan == sync");
+    eprintln!(
+        "PLAN == SYNC: {} copies, {} deletions: {planned:?}",
+        planned.0.len(),
+        planned.1.len()
+    );
+    // Bytes: what the plan estimated is what the sync sent (where the sync
+    // can tell per copy: one target needed it).
+    if let (Some(p), Some(s)) = (total_bytes(&plan), total_bytes(&sync)) {
+        assert_eq!(p, s, "bytes planned == bytes sent");
+    }
 
     let again = json(&regkeeper(dir, config, &["plan", "--json"]));
     assert_eq!(sets(&again), Default::default(), "a second plan is empty");
@@ -81,6 +91,16 @@ fn plan_then_sync(
         );
     }
     planned
+}
+
+/// The sum of the copies' `bytes`, when every copy has them.
+fn total_bytes(doc: &Value) -> Option<u64> {
+    doc["rules"]
+        .as_array()?
+        .iter()
+        .flat_map(|r| r["copies"].as_array().into_iter().flatten())
+        .map(|c| c["bytes"].as_u64())
+        .sum()
 }
 
 fn index_json(layout: &Path) -> Vec<u8> {
