@@ -4,12 +4,21 @@
 # layers, one two-platform index), mirrors them with `regkeeper sync`, then
 # checks every target tag with skopeo and runs the sync again (a no-op).
 #
-#   examples/demo.sh            # needs docker-registry and skopeo (scripts/test.sh installs them)
+#   examples/demo.sh     # installs docker-registry, skopeo, curl, python3 with apt-get when missing
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for cmd in docker-registry skopeo python3; do
-    command -v "$cmd" >/dev/null || { echo "demo: $cmd is missing (apt-get install -y docker-registry skopeo)"; exit 2; }
+# Debian package per command the demo runs.
+need=()
+for pair in docker-registry:docker-registry skopeo:skopeo curl:curl python3:python3; do
+    cmd=${pair%%:*}; pkg=${pair#*:}
+    command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/bin/$cmd" ] || need+=("$pkg")
 done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "demo: installing ${need[*]}"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
 
 work=$(mktemp -d /tmp/regkeeper-demo.XXXXXX)
 # Registries are started inside $(...) subshells, so their PIDs go to files.

@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Runs every test regkeeper has, on a fresh Debian machine too: installs the
-# real registry and skopeo the tests start and check with, when missing.
+# Runs every test regkeeper has, on a fresh Debian machine too: installs what
+# the tests start and check with when missing (the real registry, skopeo, and
+# systemd-nspawn for the test that boots a real systemd), builds the release
+# binary that test binds into its container, then fmt, clippy and the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
+# systemd (PID 1 of the container) and systemd-nspawn; util-linux has
+# unshare and nsenter.
+[ -x /lib/systemd/systemd ] || need+=(systemd)
+command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}"
     SUDO=""
@@ -17,4 +24,6 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# tests/it/systemd.rs runs the release binary under a real systemd.
+cargo build --release --locked
 cargo test --all-targets --locked

@@ -42,6 +42,7 @@ pub struct Metrics {
     request_duration: HistogramVec,
     throttled: IntCounterVec,
     rate_limit_remaining: IntGaugeVec,
+    reloads: IntCounterVec,
     concurrency: IntGaugeVec,
     /// Per rule: unix time (seconds, fractional) the lag is measured from.
     lag_basis: Mutex<HashMap<String, f64>>,
@@ -180,6 +181,13 @@ impl Metrics {
                 ),
                 &["registry"]
             )?),
+            reloads: reg!(IntCounterVec::new(
+                Opts::new(
+                    "regkeeper_config_reloads_total",
+                    "SIGHUP reloads by result: success, or failed (invalid file; the old rules keep running)"
+                ),
+                &["result"]
+            )?),
             concurrency: reg!(IntGaugeVec::new(
                 Opts::new(
                     "regkeeper_registry_concurrency",
@@ -197,6 +205,9 @@ impl Metrics {
         )?;
         m.registry.register(Box::new(build.clone()))?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for result in ["success", "failed"] {
+            m.reloads.with_label_values(&[result]);
+        }
         Ok(Arc::new(m))
     }
 
@@ -275,6 +286,18 @@ impl Metrics {
         self.manifests.with_label_values(&[rule]);
         self.retention_deleted.with_label_values(&[rule]);
         self.runs_skipped.with_label_values(&[rule]);
+    }
+
+    /// Makes a registry host known: its throttling counter exists at 0 from
+    /// start-up, so dashboards show 0 rather than "No data" before a 429.
+    pub fn init_registry(&self, host: &str) {
+        self.throttled.with_label_values(&[host]);
+    }
+
+    /// Counts a SIGHUP reload.
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failed" };
+        self.reloads.with_label_values(&[result]).inc();
     }
 
     /// Drops every series of a rule that was removed from the config.
@@ -411,6 +434,7 @@ mod tests {
             "regkeeper_registry_request_duration_seconds_bucket",
             "regkeeper_registry_throttled_total{registry=\"127.0.0.1:5000\"} 1",
             "regkeeper_build_info{version=",
+            "regkeeper_config_reloads_total{result=\"failed\"} 0",
             "# TYPE regkeeper_rule_run_duration_seconds histogram",
             "# TYPE regkeeper_rule_last_success_timestamp_seconds gauge",
             "# TYPE regkeeper_rule_last_run_timestamp_seconds gauge",
@@ -418,6 +442,11 @@ mod tests {
             assert!(text.contains(name), "{name} missing in:\n{text}");
         }
         assert!(m.lag_seconds("r").unwrap() >= 30.0);
+        m.init_registry("ghcr.io");
+        m.reload(false);
+        let text = m.render().unwrap();
+        assert!(text.contains("regkeeper_registry_throttled_total{registry=\"ghcr.io\"} 0"));
+        assert!(text.contains("regkeeper_config_reloads_total{result=\"failed\"} 1"));
         m.shard_info(crate::shard::Shard { index: 1, count: 3 })
             .unwrap();
         let text = m.render().unwrap();

@@ -139,16 +139,38 @@ fn valid_tag(tag: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
+/// One path component as the distribution spec allows it: lowercase
+/// alphanumerics, separated by one `.`, one or two `_`, or any number of `-`
+/// (so `a_-_b` is refused here rather than by the registry with a bare 404).
 fn valid_repo_component(c: &str) -> bool {
-    // lowercase alphanumerics separated by '.', '_', '__' or '-'+
-    let b = c.as_bytes();
-    !b.is_empty()
-        && b[0].is_ascii_lowercase() | b[0].is_ascii_digit()
-        && b.last()
-            .is_some_and(|l| l.is_ascii_lowercase() || l.is_ascii_digit())
-        && b.iter().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
-        })
+    static COMPONENT: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$").expect("component regex")
+    });
+    COMPONENT.is_match(c)
+}
+
+/// The distribution spec's limit on `host/name` (clients and registries
+/// refuse longer names).
+const MAX_NAME_LEN: usize = 255;
+
+/// `docker://` (skopeo's transport prefix) names a registry reference.
+fn strip_transport(input: &str) -> Result<&str, ReferenceError> {
+    let s = input.trim();
+    if s.starts_with("oci:") {
+        return Ok(s);
+    }
+    if let Some(rest) = s.strip_prefix("docker://") {
+        return Ok(rest);
+    }
+    if let Some((scheme, _)) = s.split_once("://") {
+        return Err(bad(
+            input,
+            format!(
+                "{scheme}:// is not a transport regkeeper knows; write host/repo (docker:// is accepted) or oci:DIR"
+            ),
+        ));
+    }
+    Ok(s)
 }
 
 /// Splits `name[:tag][@digest]` where name may hold a `host:port`.
@@ -202,7 +224,17 @@ fn parse_registry_name(input: &str, name: &str) -> Result<Location, ReferenceErr
             return Err(bad(
                 input,
                 format!(
-                    "repository path component {c:?} must be lowercase letters, digits and . _ -"
+                    "repository path component {c:?} is not allowed: lowercase letters and digits, \
+                     separated by one '.', one or two '_', or '-'s (e.g. \"my-app\", \"team/app_v2\")"
+                ),
+            ));
+        }
+        let len = host.len() + 1 + repo.len();
+        if len > MAX_NAME_LEN {
+            return Err(bad(
+                input,
+                format!(
+                    "the name is {len} characters long; registries accept at most {MAX_NAME_LEN} (host/repository)"
                 ),
             ));
         }
@@ -213,7 +245,7 @@ fn parse_registry_name(input: &str, name: &str) -> Result<Location, ReferenceErr
 impl ImageRef {
     /// Parses an image reference (`copy`'s SRC and DST).
     pub fn parse(input: &str) -> Result<ImageRef, ReferenceError> {
-        let s = input.trim();
+        let s = strip_transport(input)?;
         if let Some(rest) = s.strip_prefix("oci:") {
             if rest.is_empty() {
                 return Err(bad(input, "oci: needs a directory"));
@@ -245,7 +277,7 @@ impl RepoSpec {
     /// Parses a rule's `source` or one of its `targets`: no tag or digest; a
     /// trailing `/*` selects every repository under the prefix.
     pub fn parse(input: &str) -> Result<RepoSpec, ReferenceError> {
-        let s = input.trim();
+        let s = strip_transport(input)?;
         let (s, wildcard) = match s.strip_suffix("/*") {
             Some(p) => (p, true),
             None => (s, false),
@@ -349,9 +381,40 @@ mod tests {
             "host.io/a:bad tag",
             "a@sha256:12",
             "oci:",
+            "127.0.0.1:5000/a_-_b",
+            "127.0.0.1:5000/a__-b",
+            "127.0.0.1:5000/-a",
+            "127.0.0.1:5000/a.",
+            "127.0.0.1:5000/a..b",
+            "https://127.0.0.1:5000/a",
         ] {
             assert!(ImageRef::parse(input).is_err(), "{input}");
         }
+    }
+
+    #[test]
+    fn names_the_distribution_spec_allows() {
+        for ok in ["a-b", "a--b", "a__b", "a_b", "a.b", "team/app_v2", "x0/9y"] {
+            assert!(
+                RepoSpec::parse(&format!("127.0.0.1:5000/{ok}")).is_ok(),
+                "{ok}"
+            );
+        }
+        let long = format!("127.0.0.1:5000/{}", "a".repeat(250));
+        let e = RepoSpec::parse(&long).unwrap_err();
+        assert!(e.reason.contains("at most 255"), "{e}");
+        let fits = format!("127.0.0.1:5000/{}", "a".repeat(255 - 15));
+        assert!(RepoSpec::parse(&fits).is_ok());
+    }
+
+    #[test]
+    fn docker_transport_prefix() {
+        let r = ImageRef::parse("docker://127.0.0.1:5000/a/b:v1").unwrap();
+        assert_eq!(r.location, reg("127.0.0.1:5000", "a/b"));
+        let s = RepoSpec::parse("docker://docker.io/alpine").unwrap();
+        assert_eq!(s.location, reg("docker.io", "library/alpine"));
+        let e = ImageRef::parse("containers-storage://x").unwrap_err();
+        assert!(e.reason.contains("docker:// is accepted"), "{e}");
     }
 
     #[test]

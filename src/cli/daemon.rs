@@ -14,6 +14,11 @@ pub(crate) async fn run(g: &Globals) -> Result<u8, CliError> {
             tracing::error!("{e}");
             Err(CliError::State(e.to_string()))
         }
+        // The address is in the config: fixing it is a config change (exit 2).
+        Err(e @ regkeeper::daemon::DaemonError::Listen { .. }) => {
+            tracing::error!("{e}");
+            Err(CliError::Usage(format!("error: {e}")))
+        }
         Err(e) => {
             tracing::error!("{e}");
             Err(CliError::Failed(e.into()))

@@ -223,7 +223,17 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
 }
 
 fn load_config(path: &Path) -> Result<Config, CliError> {
-    config::load(path).map_err(|e| CliError::Usage(e.to_string()))
+    load_config_with(path, config::Secrets::All)
+}
+
+/// `load_config`, reading only the secrets `secrets` says (`check` and
+/// `status` run in a shell without the service's); prints the warnings.
+fn load_config_with(path: &Path, secrets: config::Secrets) -> Result<Config, CliError> {
+    let config = config::load_with(path, secrets).map_err(|e| CliError::Usage(e.to_string()))?;
+    for w in &config.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(config)
 }
 
 fn select_rules(config: &Config, names: &[String]) -> Result<Vec<Rule>, CliError> {

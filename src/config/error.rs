@@ -75,6 +75,9 @@ pub(crate) struct Diags<'a> {
     file: &'a Path,
     text: &'a str,
     list: Vec<Diagnostic>,
+    /// Problems that do not make the file invalid (e.g. a world-readable
+    /// password file); kept in [`super::Config::warnings`].
+    warnings: Vec<Diagnostic>,
 }
 
 impl<'a> Diags<'a> {
@@ -83,17 +86,32 @@ impl<'a> Diags<'a> {
             file,
             text,
             list: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn diagnostic(&self, span: Range<usize>, message: String) -> Diagnostic {
+        let (line, column) = line_column(self.text, span.start);
+        Diagnostic {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            message,
         }
     }
 
     pub(crate) fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
-        let (line, column) = line_column(self.text, span.start);
-        self.list.push(Diagnostic {
-            file: self.file.to_path_buf(),
-            line,
-            column,
-            message: message.into(),
-        });
+        let d = self.diagnostic(span, message.into());
+        self.list.push(d);
+    }
+
+    pub(crate) fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let d = self.diagnostic(span, message.into());
+        self.warnings.push(d);
+    }
+
+    pub(crate) fn take_warnings(&mut self) -> Vec<Diagnostic> {
+        std::mem::take(&mut self.warnings)
     }
 
     pub(crate) fn is_empty(&self) -> bool {

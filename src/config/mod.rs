@@ -9,9 +9,11 @@ mod validate;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ops;
 
 pub use error::{ConfigError, Diagnostic};
-pub use validate::{load, parse};
+pub use validate::{Secrets, load, load_with, parse};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -43,6 +45,9 @@ pub struct Config {
     pub registries: BTreeMap<String, RegistryOptions>,
     /// In file order; names are unique.
     pub rules: Vec<Rule>,
+    /// What is not wrong enough to refuse the file (e.g. a world-readable
+    /// password file); commands print them, the daemon logs them.
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl Config {
@@ -54,7 +59,11 @@ impl Config {
 
 #[derive(Debug, Clone)]
 pub struct Daemon {
+    /// Absolute (relative paths in the file start at its directory).
     pub state_dir: PathBuf,
+    /// Whether the file names `state_dir` (else it is the default, which the
+    /// daemon says at start-up).
+    pub state_dir_given: bool,
     /// `None` when `listen = ""`.
     pub listen: Option<SocketAddr>,
     pub max_concurrent_transfers: usize,

@@ -26,6 +26,7 @@ pub(crate) struct RawRegistry {
     pub username: Option<Str>,
     pub password_file: Option<Str>,
     pub password_env: Option<Str>,
+    pub password_credential: Option<Str>,
     pub docker_config: Option<Str>,
     pub ca_file: Option<Str>,
     pub insecure_skip_verify: Option<bool>,

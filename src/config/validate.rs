@@ -8,7 +8,14 @@
 //! (unknown, or of the wrong type) is reported, dropped and the section tried
 //! again, so several such keys are all reported too.
 
-use std::collections::{BTreeMap, HashMap};
+mod paths;
+mod registry;
+mod retention;
+mod rule;
+mod secrets;
+
+pub use secrets::Secrets;
+
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -20,15 +27,11 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::error::{ConfigError, Diags};
-use super::raw::{
-    Int, RULE_ONLY_KEYS, RawDaemon, RawDefaults, RawRegistry, RawRetention, RawRule, RawTags, Str,
-};
+use super::raw::{Int, RULE_ONLY_KEYS, RawDaemon, RawDefaults, RawTags, Str};
 use super::schedule::parse_schedule;
-use super::{Config, Daemon, LogFormat, OrderBy, Retention, Rule, Schedule, TagFilter};
+use super::{Config, Daemon, LogFormat, Schedule};
 use crate::oci::Platform;
-use crate::reference::RepoSpec;
-use crate::secret::Secret;
-use crate::transport::RegistryOptions;
+use crate::reference::{Location, RepoSpec};
 
 const TOP_KEYS: &[&str] = &["version", "daemon", "defaults", "registries", "rule"];
 const DEFAULT_STATE_DIR: &str = "/var/lib/regkeeper";
@@ -36,8 +39,14 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:9469";
 const DEFAULT_SCHEDULE: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_MAX_DELETIONS: usize = 50;
 
-/// Reads and validates the configuration file at `path`.
+/// Reads and validates the configuration file at `path`, secrets included.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with(path, Secrets::All)
+}
+
+/// Reads and validates the configuration file at `path`, reading the
+/// secrets `secrets` says.
+pub fn load_with(path: &Path, secrets: Secrets) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError::whole_file(
             path,
@@ -46,13 +55,49 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             ),
         )
     })?;
-    parse(&text, path)
+    parse_with(&text, path, secrets, credentials_dir())
+}
+
+/// systemd's `$CREDENTIALS_DIRECTORY` (set for units with `LoadCredential=`).
+fn credentials_dir() -> Option<PathBuf> {
+    std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from)
 }
 
 /// Validates configuration text; `path` is used in diagnostics and kept in
-/// [`Config::path`]. Password files named in it are read; relative paths in
-/// it are relative to the current directory, and `~/` means `$HOME`.
+/// [`Config::path`]. Secrets named in it are read; relative paths in it are
+/// relative to the directory of `path`, and `~/` means `$HOME`.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    parse_with(text, path, Secrets::All, credentials_dir())
+}
+
+/// `parse` with the secrets and credentials directory given (the process
+/// environment cannot be changed safely in tests).
+#[cfg(test)]
+pub(crate) fn parse_for_test(
+    text: &str,
+    secrets: Secrets,
+    credentials: Option<&Path>,
+) -> Result<Config, ConfigError> {
+    parse_with(
+        text,
+        Path::new("test.toml"),
+        secrets,
+        credentials.map(Path::to_path_buf),
+    )
+}
+
+fn parse_with(
+    text: &str,
+    path: &Path,
+    secrets: Secrets,
+    credentials: Option<PathBuf>,
+) -> Result<Config, ConfigError> {
+    if text.trim().is_empty() {
+        return Err(ConfigError::whole_file(
+            path,
+            "the configuration file is empty; start from config.example.toml (it needs at least version = 1 and one [[rule]])",
+        ));
+    }
     let mut diags = Diags::new(path, text);
     let (root, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
@@ -66,8 +111,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
         return Err(diags.into_error());
     }
-    let config = Loader { d: &mut diags }.root(root.into_inner(), path);
+    let mut config = Loader {
+        d: &mut diags,
+        base: paths::base_dir(path),
+        secrets,
+        credentials,
+    }
+    .root(root.into_inner(), path);
     if diags.is_empty() {
+        config.warnings = diags.take_warnings();
         Ok(config)
     } else {
         Err(diags.into_error())
@@ -109,6 +161,11 @@ impl Common {
 /// result away when anything was reported.
 struct Loader<'a, 'b> {
     d: &'a mut Diags<'b>,
+    /// Where relative paths start: the configuration file's directory.
+    base: PathBuf,
+    secrets: Secrets,
+    /// `$CREDENTIALS_DIRECTORY`, for `password_credential`.
+    credentials: Option<PathBuf>,
 }
 
 impl Loader<'_, '_> {
@@ -117,9 +174,13 @@ impl Loader<'_, '_> {
         let mut defaults = None;
         let mut registries = None;
         let mut rules = None;
+        let mut version = false;
         for (key, value) in table {
             match key.get_ref().as_ref() {
-                "version" => self.version(value),
+                "version" => {
+                    version = true;
+                    self.version(value);
+                }
                 "daemon" => daemon = self.section::<RawDaemon>(value, "[daemon]").0,
                 "defaults" => defaults = self.section::<RawDefaults>(value, "[defaults]").0,
                 "registries" => registries = Some(value),
@@ -133,6 +194,12 @@ impl Loader<'_, '_> {
                 }
             }
         }
+        if !version {
+            self.d.at(
+                0..0,
+                "the file has no `version`; add version = 1 as its first line",
+            );
+        }
         let daemon = self.daemon(daemon);
         let defaults = self.common(defaults.unwrap_or_default());
         let registries = registries.map(|v| self.registries(v)).unwrap_or_default();
@@ -142,7 +209,24 @@ impl Loader<'_, '_> {
             daemon,
             registries,
             rules,
+            warnings: Vec::new(),
         }
+    }
+
+    /// A path as written in the file, resolved (see `paths`).
+    fn path(&self, s: &str) -> PathBuf {
+        paths::resolve(&self.base, s)
+    }
+
+    /// A source or target; a relative `oci:` directory starts at the file's
+    /// directory.
+    fn repo_spec(&self, s: &str) -> Result<RepoSpec, crate::reference::ReferenceError> {
+        let mut spec = RepoSpec::parse(s)?;
+        if let Location::Layout { path } = &spec.location {
+            let resolved = self.path(&path.to_string_lossy());
+            spec.location = Location::Layout { path: resolved };
+        }
+        Ok(spec)
     }
 
     /// Deserializes one section. Each key serde rejects is reported and
@@ -249,9 +333,10 @@ impl Loader<'_, '_> {
                 );
                 PathBuf::from(DEFAULT_STATE_DIR)
             }
-            Some(s) => expand_home(s.get_ref()),
+            Some(s) => self.path(s.get_ref()),
             None => PathBuf::from(DEFAULT_STATE_DIR),
         };
+        let state_dir_given = raw.state_dir.is_some();
         let listen = match &raw.listen {
             Some(s) if s.get_ref().is_empty() => None,
             Some(s) => match s.get_ref().trim().parse::<SocketAddr>() {
@@ -306,6 +391,7 @@ impl Loader<'_, '_> {
         });
         Daemon {
             state_dir,
+            state_dir_given,
             listen,
             max_concurrent_transfers,
             log_format,
@@ -330,202 +416,6 @@ impl Loader<'_, '_> {
             }
             Some(v) => usize::try_from(*v.get_ref()).unwrap_or(usize::MAX),
         }
-    }
-
-    fn registries(&mut self, value: Spanned<DeValue<'_>>) -> BTreeMap<String, RegistryOptions> {
-        let span = value.span();
-        let DeValue::Table(table) = value.into_inner() else {
-            self.d.at(
-                span,
-                "`registries` must be a table of per-host tables, e.g. [registries.\"ghcr.io\"]",
-            );
-            return BTreeMap::new();
-        };
-        let mut out = BTreeMap::new();
-        for (host, value) in table {
-            let host_span = host.span();
-            let host = host.into_inner().into_owned();
-            if let Some(problem) = host_problem(&host) {
-                self.d.at(
-                    host_span,
-                    format!("registry key {host:?} {problem}; write the host as in references, e.g. \"ghcr.io\" or \"127.0.0.1:5000\""),
-                );
-            }
-            let section = format!("[registries.{host:?}]");
-            let (raw, _) = self.section::<RawRegistry>(value, &section);
-            if let Some(raw) = raw {
-                let opts = self.registry(raw, &section);
-                out.insert(host, opts);
-            }
-        }
-        out
-    }
-
-    fn registry(&mut self, raw: RawRegistry, section: &str) -> RegistryOptions {
-        let defaults = RegistryOptions::default();
-        let mut password = None;
-        match (&raw.password_file, &raw.password_env) {
-            (Some(file), Some(env)) => {
-                self.d.at(
-                    env.span(),
-                    format!(
-                        "{section} sets both password_file (line {}) and password_env; keep one",
-                        self.d.line_of(file.span().start)
-                    ),
-                );
-            }
-            (Some(file), None) => password = self.password_file(file),
-            (None, Some(env)) => password = self.password_env(env),
-            (None, None) => {}
-        }
-        let password_key = raw.password_file.as_ref().or(raw.password_env.as_ref());
-        match (&raw.username, password_key) {
-            (None, Some(key)) => self.d.at(
-                key.span(),
-                format!("{section} has a password but no username; add username = \"...\""),
-            ),
-            (Some(user), None) => self.d.at(
-                user.span(),
-                format!(
-                    "{section} has a username but no password; add password_file or password_env"
-                ),
-            ),
-            _ => {}
-        }
-        let docker_config = raw
-            .docker_config
-            .as_ref()
-            .map(|s| self.existing_file(s, "docker_config"));
-        let ca_file = raw
-            .ca_file
-            .as_ref()
-            .map(|s| self.existing_file(s, "ca_file"));
-        let max_concurrent = self.at_least(
-            raw.max_concurrent.as_ref(),
-            "max_concurrent",
-            1,
-            defaults.max_concurrent,
-        );
-        let requests_per_second = raw.requests_per_second.as_ref().and_then(|r| {
-            let v = *r.get_ref();
-            if v.is_finite() && v > 0.0 {
-                Some(v)
-            } else {
-                self.d.at(
-                    r.span(),
-                    format!(
-                        "requests_per_second = {v} must be a number above 0; leave it out for no limit"
-                    ),
-                );
-                None
-            }
-        });
-        let chunk_size = match &raw.chunk_size {
-            None => defaults.chunk_size,
-            Some(v) => match chunk_size(v.get_ref()) {
-                Ok(n) => n,
-                Err(msg) => {
-                    self.d.at(v.span(), msg);
-                    defaults.chunk_size
-                }
-            },
-        };
-        RegistryOptions {
-            username: raw.username.map(Spanned::into_inner),
-            password,
-            docker_config,
-            ca_file,
-            insecure_skip_verify: raw.insecure_skip_verify.unwrap_or(false),
-            plain_http: raw.plain_http.unwrap_or(false),
-            max_concurrent,
-            requests_per_second,
-            chunk_size,
-            ratelimit_min: self.at_least(raw.ratelimit_min.as_ref(), "ratelimit_min", 0, 0) as u64,
-            read_timeout: raw
-                .read_timeout
-                .as_ref()
-                .and_then(|s| self.duration(s, "read_timeout"))
-                .filter(|d| !d.is_zero())
-                .unwrap_or(defaults.read_timeout),
-        }
-    }
-
-    fn password_file(&mut self, file: &Str) -> Option<Secret> {
-        self.secret_file(file, "password_file")
-    }
-
-    /// A secret read from a file (`key` names the setting in errors).
-    fn secret_file(&mut self, file: &Str, key: &str) -> Option<Secret> {
-        let path = expand_home(file.get_ref());
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                // Files written by `echo` or an editor end in a newline that
-                // is not part of the password.
-                let secret = text.trim_end_matches(['\n', '\r']);
-                if secret.is_empty() {
-                    self.d
-                        .at(file.span(), format!("{key} {} is empty", path.display()));
-                    return None;
-                }
-                Some(Secret::new(secret))
-            }
-            Err(e) => {
-                self.d.at(
-                    file.span(),
-                    format!(
-                        "cannot read {key} {}: {e}; create it or correct the path",
-                        path.display()
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    fn password_env(&mut self, env: &Str) -> Option<Secret> {
-        let name = env.get_ref();
-        match std::env::var(name) {
-            Ok(v) if v.is_empty() => {
-                self.d.at(
-                    env.span(),
-                    format!("password_env: environment variable {name} is empty"),
-                );
-                None
-            }
-            Ok(v) => Some(Secret::new(v)),
-            Err(std::env::VarError::NotPresent) => {
-                self.d.at(
-                    env.span(),
-                    format!(
-                        "password_env: environment variable {name} is not set; set it in the service's environment"
-                    ),
-                );
-                None
-            }
-            Err(std::env::VarError::NotUnicode(_)) => {
-                self.d.at(
-                    env.span(),
-                    format!("password_env: environment variable {name} is not valid UTF-8"),
-                );
-                None
-            }
-        }
-    }
-
-    /// A path that must name a readable file now (rather than fail at the first sync).
-    fn existing_file(&mut self, s: &Str, key: &str) -> PathBuf {
-        let path = expand_home(s.get_ref());
-        match std::fs::metadata(&path) {
-            Ok(m) if m.is_file() => {}
-            Ok(_) => self
-                .d
-                .at(s.span(), format!("{key} {} is not a file", path.display())),
-            Err(e) => self.d.at(
-                s.span(),
-                format!("cannot read {key} {}: {e}", path.display()),
-            ),
-        }
-        path
     }
 
     fn common(&mut self, raw: RawDefaults) -> Common {
@@ -604,313 +494,6 @@ impl Loader<'_, '_> {
             })
             .collect()
     }
-
-    fn rules(&mut self, value: Spanned<DeValue<'_>>, defaults: &Common) -> Vec<Rule> {
-        let span = value.span();
-        let items: Vec<Spanned<DeValue<'_>>> = match value.into_inner() {
-            DeValue::Array(a) => a.iter().cloned().collect(),
-            DeValue::Table(_) => {
-                self.d.at(
-                    span,
-                    "`rule` must be an array of tables: write each rule under [[rule]] (double brackets)",
-                );
-                return Vec::new();
-            }
-            _ => {
-                self.d.at(
-                    span,
-                    "`rule` must be an array of tables, each under [[rule]]",
-                );
-                return Vec::new();
-            }
-        };
-        // Name -> offset of the first rule that uses it.
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        let mut out = Vec::new();
-        for item in items {
-            let span = item.span();
-            let (raw, dropped) = self.section::<RawRule>(item, "[[rule]]");
-            if let Some(raw) = raw {
-                out.push(self.rule(span, raw, &dropped, defaults, &mut seen));
-            }
-        }
-        out
-    }
-
-    fn rule(
-        &mut self,
-        span: Range<usize>,
-        mut raw: RawRule,
-        dropped: &[String],
-        defaults: &Common,
-        seen: &mut HashMap<String, usize>,
-    ) -> Rule {
-        let name = match &raw.name {
-            None => {
-                if !dropped.iter().any(|k| k == "name") {
-                    self.d.at(
-                        span.clone(),
-                        "this [[rule]] has no name; add name = \"...\" ([a-z0-9_-]+, unique)",
-                    );
-                }
-                String::new()
-            }
-            Some(n) => {
-                let name = n.get_ref().clone();
-                if !valid_rule_name(&name) {
-                    self.d.at(
-                        n.span(),
-                        format!(
-                            "rule name {name:?} is not valid: use lowercase letters, digits, '_' and '-' only (it becomes a metrics label)"
-                        ),
-                    );
-                } else if let Some(&first) = seen.get(&name) {
-                    self.d.at(
-                        n.span(),
-                        format!(
-                            "duplicate rule name {name:?}: line {} already uses it; rule names must be unique",
-                            self.d.line_of(first)
-                        ),
-                    );
-                } else {
-                    seen.insert(name.clone(), n.span().start);
-                }
-                name
-            }
-        };
-        let label = if name.is_empty() {
-            "this rule".to_string()
-        } else {
-            format!("rule {name:?}")
-        };
-
-        let source = raw.source.as_ref().and_then(|s| {
-            RepoSpec::parse(s.get_ref())
-                .map_err(|e| self.d.at(s.span(), format!("source: {e}")))
-                .ok()
-        });
-        let targets = self.targets(&raw, source.as_ref(), &label, span.clone(), dropped);
-
-        let common = self.common(raw.take_common()).or(defaults);
-        let retention = raw
-            .retention
-            .take()
-            .map(|r| self.retention(r, raw.source.is_some(), &label, dropped));
-        let meant_either = dropped.iter().any(|k| k == "source" || k == "retention");
-        if raw.source.is_none() && retention.is_none() && !meant_either {
-            self.d.at(
-                span,
-                format!(
-                    "{label} has neither source nor retention: nothing to do; add source = \"...\" to mirror, or a [rule.retention] table to clean up"
-                ),
-            );
-        }
-        Rule {
-            name,
-            source,
-            targets,
-            schedule: common.schedule.unwrap_or(Schedule::Every(DEFAULT_SCHEDULE)),
-            tags: TagFilter {
-                include: common.include.unwrap_or_default(),
-                exclude: common.exclude.unwrap_or_default(),
-                semver: common.semver,
-                latest: common.latest,
-            },
-            platforms: common.platforms.unwrap_or_default(),
-            referrers: common.referrers.unwrap_or(true),
-            immutable: common.immutable.unwrap_or(false),
-            retention,
-        }
-    }
-
-    fn targets(
-        &mut self,
-        raw: &RawRule,
-        source: Option<&RepoSpec>,
-        label: &str,
-        rule_span: Range<usize>,
-        dropped: &[String],
-    ) -> Vec<RepoSpec> {
-        let Some(list) = &raw.targets else {
-            if !dropped.iter().any(|k| k == "targets") {
-                self.d.at(
-                    rule_span,
-                    format!("{label} has no targets; add targets = [\"registry.example.com/mirror/repo\"]"),
-                );
-            }
-            return Vec::new();
-        };
-        if list.get_ref().is_empty() {
-            self.d.at(
-                list.span(),
-                format!("{label} has an empty targets list; name at least one target"),
-            );
-            return Vec::new();
-        }
-        let mut out: Vec<RepoSpec> = Vec::new();
-        for t in list.get_ref() {
-            let spec = match RepoSpec::parse(t.get_ref()) {
-                Ok(spec) => spec,
-                Err(e) => {
-                    self.d.at(t.span(), format!("target: {e}"));
-                    continue;
-                }
-            };
-            if let Some(src) = source {
-                if src.wildcard && !spec.wildcard {
-                    self.d.at(
-                        t.span(),
-                        format!(
-                            "target {:?} must end in /* because the source {src} does: each source repository is mirrored under the target prefix",
-                            t.get_ref()
-                        ),
-                    );
-                } else if !src.wildcard && spec.wildcard {
-                    self.d.at(
-                        t.span(),
-                        format!(
-                            "target {:?} ends in /* but the source {src} is one repository; name one target repository, or end the source in /* too",
-                            t.get_ref()
-                        ),
-                    );
-                } else if *src == spec {
-                    self.d.at(
-                        t.span(),
-                        format!("target {:?} is the source itself", t.get_ref()),
-                    );
-                }
-            }
-            if out.contains(&spec) {
-                self.d.at(
-                    t.span(),
-                    format!("target {:?} is listed twice", t.get_ref()),
-                );
-                continue;
-            }
-            out.push(spec);
-        }
-        out
-    }
-
-    fn retention(
-        &mut self,
-        raw: Spanned<RawRetention>,
-        has_source: bool,
-        label: &str,
-        dropped: &[String],
-    ) -> Retention {
-        let meant = |key: &str| dropped.iter().any(|k| *k == format!("retention.{key}"));
-        let span = raw.span();
-        let raw = raw.into_inner();
-        let match_tags = match &raw.match_tags {
-            Some(list) => self.regexes(list, "retention.match"),
-            None if meant("match") => Vec::new(),
-            None => {
-                self.d.at(
-                    span.clone(),
-                    format!(
-                        "the retention of {label} has no `match`: list the regexes of the tags it may delete, e.g. match = ['^v\\d+\\.\\d+\\.\\d+$']"
-                    ),
-                );
-                Vec::new()
-            }
-        };
-        let keep_last = raw
-            .keep_last
-            .as_ref()
-            .map(|n| self.at_least(Some(n), "keep_last", 0, 0));
-        let order_by = match &raw.order_by {
-            None => OrderBy::Semver,
-            Some(s) => match s.get_ref().as_str() {
-                "semver" => OrderBy::Semver,
-                "created" => OrderBy::Created,
-                "first_seen" => OrderBy::FirstSeen,
-                other => {
-                    self.d.at(
-                        s.span(),
-                        format!(
-                            "order_by = {other:?} is not known; use \"semver\", \"created\" or \"first_seen\""
-                        ),
-                    );
-                    OrderBy::Semver
-                }
-            },
-        };
-        let older_than = raw
-            .older_than
-            .as_ref()
-            .and_then(|s| self.duration(s, "older_than"));
-        let untagged_older_than = raw
-            .untagged_older_than
-            .as_ref()
-            .and_then(|s| self.duration(s, "untagged_older_than"));
-        let protect = raw
-            .protect
-            .as_ref()
-            .map(|l| self.regexes(l, "retention.protect"))
-            .unwrap_or_default();
-        let delete_removed_at_source = raw
-            .delete_removed_at_source
-            .as_ref()
-            .is_some_and(|b| *b.get_ref());
-        if delete_removed_at_source && !has_source {
-            let b = raw.delete_removed_at_source.as_ref().expect("set");
-            self.d.at(
-                b.span(),
-                format!("delete_removed_at_source needs a source, and {label} has none"),
-            );
-        }
-        let max_deletions_per_run = self.at_least(
-            raw.max_deletions_per_run.as_ref(),
-            "max_deletions_per_run",
-            1,
-            DEFAULT_MAX_DELETIONS,
-        );
-        if raw.keep_last.is_none()
-            && raw.older_than.is_none()
-            && raw.untagged_older_than.is_none()
-            && !delete_removed_at_source
-            && ![
-                "keep_last",
-                "older_than",
-                "untagged_older_than",
-                "delete_removed_at_source",
-            ]
-            .iter()
-            .any(|k| meant(k))
-        {
-            self.d.at(
-                span,
-                format!(
-                    "the retention of {label} deletes nothing: set keep_last, older_than, untagged_older_than or delete_removed_at_source"
-                ),
-            );
-        }
-        Retention {
-            match_tags,
-            keep_last,
-            order_by,
-            older_than,
-            protect,
-            untagged_older_than,
-            delete_removed_at_source,
-            max_deletions_per_run,
-        }
-    }
-
-    fn duration(&mut self, s: &Str, key: &str) -> Option<Duration> {
-        humantime::parse_duration(s.get_ref().trim())
-            .map_err(|e| {
-                self.d.at(
-                    s.span(),
-                    format!(
-                        "{key} = {:?} is not a duration: {e}; write e.g. \"90d\", \"12h\" or \"1h30m\"",
-                        s.get_ref()
-                    ),
-                )
-            })
-            .ok()
-    }
 }
 
 /// Removes from a table the key that the error at byte `at` is about (the
@@ -958,46 +541,10 @@ fn hint(name: &str, candidates: &[&str]) -> String {
 fn closest<'c>(name: &str, candidates: &[&'c str]) -> Option<&'c str> {
     candidates
         .iter()
-        .map(|c| (edit_distance(name, c), *c))
+        .map(|c| (strsim::levenshtein(name, c), *c))
         .min_by_key(|(d, _)| *d)
         .filter(|(d, _)| *d <= 2.max(name.chars().count() / 3))
         .map(|(_, c)| c)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-fn valid_rule_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
-/// What is wrong with a `[registries."..."]` key, if anything.
-fn host_problem(host: &str) -> Option<&'static str> {
-    if host.is_empty() {
-        Some("is empty")
-    } else if host.contains("://") {
-        Some("is a URL, not a host")
-    } else if host.contains('/') {
-        Some("contains a path")
-    } else if host.chars().any(char::is_whitespace) {
-        Some("contains whitespace")
-    } else {
-        None
-    }
 }
 
 /// The one-line reason from a regex error (its Display spans several lines
@@ -1008,52 +555,4 @@ fn regex_reason(e: &regex::Error) -> String {
         .rev()
         .find_map(|l| l.trim().strip_prefix("error: "))
         .map_or_else(|| text.replace('\n', " "), str::to_string)
-}
-
-/// `~` and `~/...` mean the home directory; anything else is taken as written.
-fn expand_home(s: &str) -> PathBuf {
-    let rest = if s == "~" {
-        Some("")
-    } else {
-        s.strip_prefix("~/")
-    };
-    match (rest, std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
-        _ => PathBuf::from(s),
-    }
-}
-
-/// A chunk size: bytes as an integer, or a string such as "16MiB", "512KiB",
-/// "1GB" or "0" (0 = one monolithic PUT).
-fn chunk_size(v: &toml::Value) -> Result<u64, String> {
-    const HOW: &str =
-        "write e.g. \"16MiB\", \"512KiB\", \"1GB\", or \"0\" for one monolithic upload";
-    match v {
-        toml::Value::Integer(n) => {
-            u64::try_from(*n).map_err(|_| format!("chunk_size = {n} is negative; {HOW}"))
-        }
-        toml::Value::String(s) => {
-            let t = s.trim();
-            let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-            let (num, unit) = t.split_at(digits);
-            let bad = || format!("chunk_size = {s:?} is not a size; {HOW}");
-            let num: u64 = num.parse().map_err(|_| bad())?;
-            let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-                "" | "b" => 1,
-                "kb" => 1000,
-                "mb" => 1000 * 1000,
-                "gb" => 1000 * 1000 * 1000,
-                "kib" => 1 << 10,
-                "mib" => 1 << 20,
-                "gib" => 1 << 30,
-                _ => return Err(bad()),
-            };
-            num.checked_mul(factor)
-                .ok_or_else(|| format!("chunk_size = {s:?} is too large"))
-        }
-        other => Err(format!(
-            "chunk_size must be a string or an integer, not a {}; {HOW}",
-            other.type_str()
-        )),
-    }
 }

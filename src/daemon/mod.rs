@@ -7,20 +7,19 @@
 mod events;
 pub mod http;
 pub mod schedule;
+mod scheduler;
 pub mod status;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use tokio::signal::unix::{SignalKind, signal};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
-use crate::config::{self, Config, Rule};
+use scheduler::{Scheduler, Signals};
+
+use crate::config::{Config, Rule};
 use crate::engine::{Engine, RuleReport};
 use crate::metrics::{Metrics, MetricsError};
 use crate::shard::{Shard, ShardSpec};
@@ -95,7 +94,7 @@ pub async fn run_rule(
                 .map(|e| format!("{}:{} -> {}: {e}", i.source, i.tag, i.target))
         })
     });
-    let mut pending = report.tags_failed as i64;
+    let mut pending = (report.tags_failed + report.tags_unreachable) as i64;
     if let (Some(s), Some(id)) = (state, id) {
         let t = &report.totals;
         let rec = RunRecord {
@@ -119,8 +118,10 @@ pub async fn run_rule(
         if let Err(e) = s.run_finished(id, &rec) {
             tracing::warn!(rule = %rule.name, error = %e, "cannot record the run result");
         }
+        // Tags of a target that could not be read are pending too: the
+        // state has no row for them.
         match s.tags_pending(&rule.name) {
-            Ok(n) => pending = n,
+            Ok(n) => pending = n + report.tags_unreachable as i64,
             Err(e) => tracing::warn!(rule = %rule.name, error = %e, "cannot count pending tags"),
         }
     }
@@ -156,91 +157,26 @@ fn restore_rule_metrics(state: &State, metrics: &Metrics, rule: &str, daemon_sta
     metrics.init_rule(rule, basis, last_success, last_run, pending);
 }
 
-/// One scheduled rule.
-struct Slot {
-    rule: Arc<Rule>,
-    /// The next fire; `None` when the schedule has no future time.
-    next: Option<Instant>,
-    running: Arc<AtomicBool>,
-}
-
-/// Marks a rule as running until dropped.
-struct RunningGuard(Arc<AtomicBool>);
-
-impl Drop for RunningGuard {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
-    }
-}
-
-impl Slot {
-    fn new(rule: Arc<Rule>, first: Instant) -> Self {
-        Slot {
-            rule,
-            next: Some(first),
-            running: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    /// Claims the rule for one run; `None` while a run is still going (the
-    /// fire is skipped: a rule never overlaps itself).
-    fn try_start(&self) -> Option<RunningGuard> {
-        self.running
-            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-            .ok()
-            .map(|_| RunningGuard(self.running.clone()))
-    }
-
-    /// Sets the next fire after one at `fired` (monotonic) / `fired_wall`.
-    fn schedule_next(&mut self, fired: Instant) {
-        let now_wall = SystemTime::now();
-        let now = Instant::now();
-        let bound = schedule::jitter_bound(&self.rule.schedule, now_wall);
-        self.next = match &self.rule.schedule {
-            // A fixed interval from the previous fire; after a long stall,
-            // from now (no burst of catch-up runs).
-            config::Schedule::Every(d) => {
-                let due = fired + *d;
-                Some(if due <= now { now + *d } else { due } + schedule::jitter(bound))
+/// Every registry host the config names (sections, sources, targets).
+fn init_registries(config: &Config, metrics: &Metrics) {
+    let mut hosts: std::collections::BTreeSet<&str> =
+        config.registries.keys().map(String::as_str).collect();
+    for rule in &config.rules {
+        for spec in rule.source.iter().chain(&rule.targets) {
+            if let crate::reference::Location::Registry { host, .. } = &spec.location {
+                hosts.insert(host);
             }
-            sched => schedule::next_after(sched, now_wall).map(|t| {
-                let wait = t.duration_since(now_wall).unwrap_or_default();
-                now + wait + schedule::jitter(bound)
-            }),
-        };
-    }
-}
-
-/// Everything a run needs, swapped as a whole on reload.
-struct Generation {
-    config: Config,
-    engine: Arc<Engine>,
-}
-
-fn build_generation(
-    config: Config,
-    state: &State,
-    metrics: &Arc<Metrics>,
-    stop: &CancellationToken,
-    previous: Option<&Generation>,
-) -> Generation {
-    let tr = transports(&config, false);
-    tr.set_observer(metrics.observer());
-    metrics.watch_transports(tr.clone());
-    let mut engine = Engine::new(tr, config.daemon.max_concurrent_transfers, false)
-        .with_state(state.clone())
-        .with_stop(stop.clone())
-        .with_shard(shard_of(&config));
-    if let Some(prev) = previous {
-        // Runs of the old generation may still be going: share their limit
-        // so both together stay within it.
-        if prev.config.daemon.max_concurrent_transfers == config.daemon.max_concurrent_transfers {
-            engine = engine.with_transfer_limit(prev.engine.transfer_limit());
         }
     }
-    Generation {
-        config,
-        engine: Arc::new(engine),
+    for host in hosts {
+        metrics.init_registry(host);
+    }
+}
+
+/// What the config loader found suspicious but not invalid.
+fn log_warnings(config: &Config) {
+    for w in &config.warnings {
+        tracing::warn!(file = %w.file.display(), line = w.line, "{}", w.message);
     }
 }
 
@@ -278,14 +214,7 @@ pub async fn run(
     restrict_to_shard(&mut config, shard);
     tracing::info!(%shard, rules = config.rules.len(), "shard");
     let ready = Arc::new(AtomicBool::new(false));
-    let stop = CancellationToken::new();
-
-    // Signals first: a SIGTERM during start-up is not lost.
-    let sig = |kind, what| signal(kind).map_err(|source| DaemonError::Signal { what, source });
-    let mut hup = sig(SignalKind::hangup(), "SIGHUP")?;
-    let mut term = sig(SignalKind::terminate(), "SIGTERM")?;
-    let mut int = sig(SignalKind::interrupt(), "SIGINT")?;
-
+    let mut signals = Signals::install()?;
     // Event endpoints (SPEC section 10) only with a webhook token.
     let events = match &config.daemon.webhook_token {
         Some(token) => Some(events::Hub::new(
@@ -315,177 +244,21 @@ pub async fn run(
         }
         None => None,
     };
-
-    let state = State::open(&config.daemon.state_dir)?;
-    tracing::info!(path = %state.path().display(), "state database open");
-    let uploads = state.uploads().unwrap_or_default();
-    if !uploads.is_empty() {
-        tracing::info!(
-            count = uploads.len(),
-            "unfinished uploads from an earlier run; they resume when their rules run"
-        );
-    }
+    // (The config's warnings were printed by the command that loaded it.)
+    let state = open_state(&config)?;
     for rule in &config.rules {
         restore_rule_metrics(&state, &metrics, &rule.name, daemon_start);
     }
-    let mut generation = build_generation(config, &state, &metrics, &stop, None);
-    let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
-    let now = Instant::now();
-    for rule in &generation.config.rules {
-        let bound = schedule::jitter_bound(&rule.schedule, SystemTime::now());
-        slots.insert(
-            rule.name.clone(),
-            Slot::new(Arc::new(rule.clone()), now + schedule::jitter(bound)),
-        );
-    }
+    init_registries(&config, &metrics);
+    let mut scheduler = Scheduler::new(config, config_path, state, metrics, events);
     ready.store(true, Ordering::SeqCst);
     notify(&[sd_notify::NotifyState::Ready]);
-    tracing::info!(rules = slots.len(), "regkeeper running");
+    tracing::info!(rules = scheduler.rules(), "regkeeper running");
 
-    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
-    let mut next_watchdog = Instant::now();
-    let mut tasks: JoinSet<()> = JoinSet::new();
-    let mut next_prune = Instant::now();
+    scheduler.run(&mut signals).await;
 
-    loop {
-        let now = Instant::now();
-        if let Some(every) = watchdog {
-            if now >= next_watchdog {
-                notify(&[sd_notify::NotifyState::Watchdog]);
-                next_watchdog = now + every;
-            }
-        }
-        // Run history older than RUN_HISTORY is dropped (each rule keeps its
-        // first run, last run and last success, which lag depends on).
-        if now >= next_prune {
-            let before = crate::state::now_unix() - RUN_HISTORY.as_secs() as i64;
-            match state.prune_runs(before) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(deleted = n, "old run records pruned"),
-                Err(e) => tracing::warn!(error = %e, "cannot prune old run records"),
-            }
-            next_prune = now + Duration::from_secs(3600);
-        }
-        // Fire what is due.
-        for slot in slots.values_mut() {
-            let Some(due) = slot.next else { continue };
-            if due > now {
-                continue;
-            }
-            match slot.try_start() {
-                None => {
-                    tracing::warn!(rule = %slot.rule.name, "previous run still going; this fire is skipped");
-                    metrics.run_skipped(&slot.rule.name);
-                }
-                Some(guard) => {
-                    let engine = generation.engine.clone();
-                    let rule = slot.rule.clone();
-                    let st = state.clone();
-                    let m = metrics.clone();
-                    let shard = shard_of(&generation.config);
-                    let span = tracing::info_span!("run", rule = %rule.name);
-                    let handle = tokio::runtime::Handle::current();
-                    // The engine's future borrows across `buffer_unordered`
-                    // closures, which rustc cannot prove `Send` for every
-                    // lifetime; driving it on a blocking-pool thread needs no
-                    // `Send` and keeps the scheduler loop free.
-                    tasks.spawn_blocking(move || {
-                        let _guard = guard;
-                        handle.block_on(
-                            async move {
-                                // Retention runs after the sync step, on the same
-                                // transports, its journal in the state database.
-                                let pruner = rule.retention.as_ref().map(|_| {
-                                    crate::retention::Pruner::for_run(
-                                        engine.transports(),
-                                        Some(&st),
-                                        false,
-                                        unix_now() as i64,
-                                    )
-                                    .with_shard(shard)
-                                });
-                                run_rule(&engine, Some(&st), Some(&m), &rule, pruner.as_ref())
-                                    .await;
-                            }
-                            .instrument(span),
-                        );
-                    });
-                }
-            }
-            slot.schedule_next(due);
-        }
-        // Passes asked for by events whose rule is idle.
-        if let Some(hub) = &events {
-            hub.dispatch(
-                &slots,
-                events::Launch {
-                    tasks: &mut tasks,
-                    engine: &generation.engine,
-                    state: &state,
-                    metrics: &metrics,
-                    shard: shard_of(&generation.config),
-                },
-            );
-        }
-        let mut wake = slots
-            .values()
-            .filter_map(|s| s.next)
-            .min()
-            .unwrap_or(now + Duration::from_secs(60));
-        if let Some(t) = events.as_ref().and_then(|h| h.next_due(now)) {
-            wake = wake.min(t);
-        }
-        if watchdog.is_some() {
-            wake = wake.min(next_watchdog);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep_until(wake.into()) => {}
-            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(e) = joined {
-                    if e.is_panic() {
-                        tracing::error!(error = %e, "a rule run panicked");
-                    }
-                }
-            }
-            _ = async {
-                match &events {
-                    Some(h) => h.woken().await,
-                    None => std::future::pending().await,
-                }
-            } => {}
-            _ = hup.recv() => {
-                reload(&config_path, &mut generation, &mut slots, &state, &metrics, &stop, daemon_start);
-                if let Some(h) = &events {
-                    h.set_rules(&generation.config.rules);
-                }
-            }
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
-        }
-    }
-
-    // Stop taking work; chunked uploads finish the chunk in flight and keep
-    // their checkpoint; every checkpoint is already committed.
     notify(&[sd_notify::NotifyState::Stopping]);
-    stop.cancel();
-    let deadline = Instant::now() + SHUTDOWN_GRACE;
-    let running = tasks.len();
-    if running > 0 {
-        tracing::info!(running, "waiting for runs to stop");
-    }
-    while !tasks.is_empty() {
-        match tokio::time::timeout_at(deadline.into(), tasks.join_next()).await {
-            Ok(_) => {}
-            Err(_) => {
-                tracing::warn!(
-                    running = tasks.len(),
-                    "runs did not stop in time; exiting (interrupted uploads restart or resume on the next run)"
-                );
-                tasks.abort_all();
-                break;
-            }
-        }
-    }
+    scheduler.drain().await;
     http_stop.cancel();
     if let Some(s) = server {
         let _ = tokio::time::timeout(Duration::from_secs(1), s).await;
@@ -494,127 +267,24 @@ pub async fn run(
     Ok(())
 }
 
-/// SIGHUP: validate the file; keep everything when it is invalid, else add,
-/// change and remove rules (runs in progress finish with their old rule).
-fn reload(
-    path: &std::path::Path,
-    generation: &mut Generation,
-    slots: &mut BTreeMap<String, Slot>,
-    state: &State,
-    metrics: &Arc<Metrics>,
-    stop: &CancellationToken,
-    daemon_start: f64,
-) {
-    let mut new = match config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            for d in &e.diagnostics {
-                tracing::error!(path = %path.display(), "{d}");
-            }
-            tracing::error!(path = %path.display(), "reload refused: the configuration is invalid; the previous rules keep running");
-            return;
-        }
-    };
-    if new.daemon.state_dir != generation.config.daemon.state_dir
-        || new.daemon.listen != generation.config.daemon.listen
-        || new.daemon.log_format != generation.config.daemon.log_format
-        || new.daemon.webhook_token != generation.config.daemon.webhook_token
-    {
-        tracing::warn!(
-            "daemon.state_dir, daemon.listen, daemon.log_format and daemon.webhook_token_file take effect at the next restart"
+/// Opens the state database and says where it is (and whether that is the
+/// default, which a config without `state_dir` does not show).
+fn open_state(config: &Config) -> Result<State, DaemonError> {
+    let state = State::open(&config.daemon.state_dir)?;
+    if config.daemon.state_dir_given {
+        tracing::info!(path = %state.path().display(), "state database open");
+    } else {
+        tracing::info!(
+            path = %state.path().display(),
+            "state database open (the config sets no daemon.state_dir; this is the default)"
         );
     }
-    restrict_to_shard(&mut new, shard_of(&generation.config));
-    let now = Instant::now();
-    let (mut added, mut changed, mut removed) = (0, 0, 0);
-    slots.retain(|name, _| {
-        let keep = new.rule(name).is_some();
-        if !keep {
-            metrics.remove_rule(name);
-            removed += 1;
-        }
-        keep
-    });
-    for rule in &new.rules {
-        let arc = Arc::new(rule.clone());
-        match slots.get_mut(&rule.name) {
-            Some(slot) => {
-                let old_schedule = schedule_text(&slot.rule.schedule);
-                if format!("{:?}", slot.rule) != format!("{rule:?}") {
-                    changed += 1;
-                }
-                slot.rule = arc;
-                if schedule_text(&rule.schedule) != old_schedule {
-                    slot.schedule_next(now);
-                }
-            }
-            None => {
-                added += 1;
-                restore_rule_metrics(state, metrics, &rule.name, daemon_start);
-                let bound = schedule::jitter_bound(&rule.schedule, SystemTime::now());
-                slots.insert(
-                    rule.name.clone(),
-                    Slot::new(arc, now + schedule::jitter(bound)),
-                );
-            }
-        }
-    }
-    let next = build_generation(new, state, metrics, stop, Some(generation));
-    *generation = next;
-    tracing::info!(
-        added,
-        changed,
-        removed,
-        rules = slots.len(),
-        "configuration reloaded"
-    );
-}
-
-fn schedule_text(s: &config::Schedule) -> String {
-    match s {
-        config::Schedule::Cron { text, .. } => text.clone(),
-        config::Schedule::Every(d) => format!("@every {d:?}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rule(every: u64) -> Arc<Rule> {
-        let text = format!(
-            "version = 1\n[daemon]\nstate_dir = \"/tmp/x\"\n[[rule]]\nname = \"r\"\nsource = \"oci:/tmp/a\"\ntargets = [\"oci:/tmp/b\"]\nschedule = \"@every {every}s\"\n"
-        );
-        let c = config::parse(&text, std::path::Path::new("t.toml")).expect("valid");
-        Arc::new(c.rules[0].clone())
-    }
-
-    #[test]
-    fn a_rule_never_overlaps_itself() {
-        let slot = Slot::new(rule(2), Instant::now());
-        let g = slot.try_start().expect("first run starts");
-        assert!(
-            slot.try_start().is_none(),
-            "second fire while running is skipped"
-        );
-        drop(g);
-        assert!(
-            slot.try_start().is_some(),
-            "after the run ends, the next fire runs"
+    let uploads = state.uploads().unwrap_or_default();
+    if !uploads.is_empty() {
+        tracing::info!(
+            count = uploads.len(),
+            "unfinished uploads from an earlier run; they resume when their rules run"
         );
     }
-
-    #[test]
-    fn fixed_interval_with_bounded_jitter() {
-        let mut slot = Slot::new(rule(10), Instant::now());
-        let fired = Instant::now();
-        slot.schedule_next(fired);
-        let next = slot.next.unwrap();
-        assert!(next >= fired + Duration::from_secs(10));
-        assert!(next <= fired + Duration::from_secs(11) + Duration::from_millis(50));
-        // After a stall longer than the interval: from now, no catch-up burst.
-        let old = Instant::now() - Duration::from_secs(60);
-        slot.schedule_next(old);
-        assert!(slot.next.unwrap() >= Instant::now() + Duration::from_secs(9));
-    }
+    Ok(state)
 }

@@ -40,6 +40,8 @@ pub(crate) struct RepoInventory {
     pub source_tags: Option<Vec<String>>,
     /// How many tags the filters selected.
     pub selected: usize,
+    /// Targets whose tag list could not be read (their tags are pending).
+    pub unreadable_targets: usize,
     /// The selected tags and their referrers, resolved (newest first, then
     /// referrers).
     pub tags: Vec<SourceTag>,
@@ -138,6 +140,7 @@ impl Engine {
             source,
             source_tags: None,
             selected: 0,
+            unreadable_targets: 0,
             tags: Vec::new(),
             manifests: HashMap::new(),
             targets: Vec::new(),
@@ -166,6 +169,7 @@ impl Engine {
             }
         };
         let (targets, errors) = targets;
+        repo.unreadable_targets = errors.len();
         repo.errors.extend(errors);
         repo.targets = targets;
         let selected = select_tags(&rule.tags, &all_tags);

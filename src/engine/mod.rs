@@ -253,6 +253,7 @@ impl Engine {
         for repo in &inv.repos {
             report.errors.extend(repo.errors.iter().cloned());
             report.tags_selected += repo.selected;
+            report.tags_unreachable += repo.selected * repo.unreadable_targets;
             let listed = repo.source_tags.as_ref().map_or(0, Vec::len);
             if listed > 0 && repo.selected == 0 {
                 report.warnings.push(format!(

@@ -86,6 +86,9 @@ pub struct RuleReport {
     pub tags_in_sync: usize,
     pub tags_copied: usize,
     pub tags_failed: usize,
+    /// Selected source tags not compared with a target because the target
+    /// could not be read, counted per target (`regkeeper_rule_tags_pending`).
+    pub tags_unreachable: usize,
     /// Copies that an `immutable` rule declined.
     pub tags_kept_immutable: usize,
     pub totals: CopyTotals,
@@ -119,6 +122,7 @@ impl RuleReport {
             tags_in_sync: 0,
             tags_copied: 0,
             tags_failed: 0,
+            tags_unreachable: 0,
             tags_kept_immutable: 0,
             totals: CopyTotals::default(),
             images: Vec::new(),

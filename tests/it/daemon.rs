@@ -317,9 +317,18 @@ fn sighup_with_a_broken_config_keeps_the_old_rules_and_a_valid_one_applies() {
         rule("app", &src, &dst, "@every 1s")
     );
     let d = Daemon::start(dir.path(), &body);
+    let daemon_started = Instant::now();
     wait_for("v1 copied", Duration::from_secs(20), || {
         dst.try_digest_of("mirror/app", "v1").as_deref() == Some(v1.digest.as_str())
     });
+    // Series of configured registries exist before any 429.
+    let throttled = format!(
+        "regkeeper_registry_throttled_total{{registry=\"{}\"}}",
+        dst.host()
+    );
+    assert_eq!(d.metric(&throttled), Some(0.0), "{}", d.metrics());
+    let failed_reloads = "regkeeper_config_reloads_total{result=\"failed\"}";
+    assert_eq!(d.metric(failed_reloads), Some(0.0));
     // Broken: unknown key and a bad regex.
     std::fs::write(
         &d.config,
@@ -337,6 +346,11 @@ fn sighup_with_a_broken_config_keeps_the_old_rules_and_a_valid_one_applies() {
         || d.log_text().contains("reload refused"),
     );
     assert!(d.log_text().contains("bogus"), "{}", d.log_text());
+    assert_eq!(
+        d.metric(failed_reloads),
+        Some(1.0),
+        "a failed reload is counted"
+    );
     // The old rule still runs.
     let v2 = small(&mut corpus, "v2");
     corpus.push(&src, "v2", "it/app", "v2");
@@ -344,12 +358,18 @@ fn sighup_with_a_broken_config_keeps_the_old_rules_and_a_valid_one_applies() {
         dst.try_digest_of("mirror/app", "v2").as_deref() == Some(v2.digest.as_str())
     });
     // A valid config that replaces the rule by another one.
+    // "late" never succeeds (no such source repository): its lag shows
+    // where it counts from.
     let other = format!(
-        "{}[[rule]]\nname = \"other\"\nsource = \"{}/it/app\"\ntargets = [\"{}/other/app\"]\nschedule = \"@every 1s\"\n",
+        "{}[[rule]]\nname = \"other\"\nsource = \"{}/it/app\"\ntargets = [\"{}/other/app\"]\nschedule = \"@every 1s\"\n\
+         [[rule]]\nname = \"late\"\nsource = \"{}/it/missing\"\ntargets = [\"{}/late/app\"]\nschedule = \"@every 1h\"\n",
         registries(&[&src, &dst]),
+        src.host(),
+        dst.host(),
         src.host(),
         dst.host()
     );
+    std::thread::sleep(Duration::from_secs(2));
     std::fs::write(&d.config, daemon_config(dir.path(), d.port, &other)).unwrap();
     d.signal("HUP");
     wait_for("rule other runs", Duration::from_secs(20), || {
@@ -358,6 +378,14 @@ fn sighup_with_a_broken_config_keeps_the_old_rules_and_a_valid_one_applies() {
     wait_for("rule app gone from metrics", Duration::from_secs(5), || {
         !d.metrics().contains("rule=\"app\"")
     });
+    let lag = d
+        .metric("regkeeper_rule_sync_lag_seconds{rule=\"late\"}")
+        .expect("lag of a rule added by SIGHUP");
+    let alive = daemon_started.elapsed().as_secs_f64();
+    assert!(
+        lag + 2.0 < alive,
+        "a rule added by SIGHUP counts its lag from the reload: lag {lag}, daemon up {alive}"
+    );
 }
 
 #[test]
@@ -596,5 +624,100 @@ fn daemon_memory_over_many_runs() {
         "{runs} runs in {secs} s; VmRSS every 10 s (KiB): {}; peak VmHWM {} KiB",
         samples.join(" "),
         d.peak_rss_kib()
+    );
+}
+
+/// What new users hit: a `listen` address in use, an empty config file, and
+/// `status`/`check` in a shell without the service's secrets.
+#[test]
+fn operator_mistakes_are_config_errors_and_status_needs_no_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let text = format!(
+        "version = 1\n[daemon]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:{port}\"\n\
+         [registries.\"127.0.0.1:1\"]\nusername = \"u\"\npassword_env = \"REGKEEPER_IT_UNSET_SECRET\"\n\
+         [[rule]]\nname = \"r\"\nsource = \"127.0.0.1:1/a\"\ntargets = [\"oci:out\"]\n"
+    );
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let regkeeper = |args: &[&str], env: Option<(&str, &str)>| {
+        let mut c = Command::new(regkeeper_bin());
+        c.args(args)
+            .arg("-c")
+            .arg(&cfg)
+            .env_remove("REGKEEPER_IT_UNSET_SECRET");
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let out = regkeeper(&["run"], Some(("REGKEEPER_IT_UNSET_SECRET", "pw")));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "listen in use: {err}");
+    assert!(err.contains("cannot listen on 127.0.0.1:"), "{err}");
+    drop(taken);
+
+    // Relative state_dir: next to the config, whatever the working directory.
+    let out = regkeeper(&["status"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "status without the secret: {err}"
+    );
+    assert!(dir.path().join("state/regkeeper.db").is_file());
+    let out = regkeeper(&["check"], None);
+    assert_eq!(out.status.code(), Some(0), "check without the secret");
+    let out = regkeeper(&["sync"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "sync needs it: {err}");
+    assert!(
+        err.contains("REGKEEPER_IT_UNSET_SECRET is not set"),
+        "{err}"
+    );
+
+    std::fs::write(&cfg, "\n").unwrap();
+    let out = regkeeper(&["check"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "an empty file: {err}");
+    assert!(err.contains("is empty"), "{err}");
+}
+
+/// A target that cannot be read has every selected tag pending (the state
+/// has no row for them, so counting rows alone said 0).
+#[test]
+fn tags_of_an_unreachable_target_are_pending() {
+    let src = Registry::start_plain();
+    let mut corpus = Corpus::new();
+    for tag in ["v1", "v2"] {
+        small(&mut corpus, tag);
+        corpus.push(&src, tag, "it/app", tag);
+    }
+    // Nothing listens there.
+    let down = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &format!(
+            "{}[registries.\"{down}\"]\nplain_http = true\n[[rule]]\nname = \"app\"\nsource = \"{}/it/app\"\ntargets = [\"{down}/mirror/app\", \"oci:{}\"]\nschedule = \"@hourly\"\n",
+            registries(&[&src]),
+            src.host(),
+            dir.path().join("layout").display()
+        ),
+    );
+    wait_for("a failed run", Duration::from_secs(20), || {
+        d.metric("regkeeper_rule_runs_total{result=\"failed\",rule=\"app\"}")
+            .unwrap_or(0.0)
+            + d.metric("regkeeper_rule_runs_total{result=\"partial\",rule=\"app\"}")
+                .unwrap_or(0.0)
+            >= 1.0
+    });
+    // The layout target got both tags; the unreachable one has both pending.
+    assert_eq!(
+        d.metric("regkeeper_rule_tags_pending{rule=\"app\"}"),
+        Some(2.0),
+        "{}",
+        d.log_text()
     );
 }

@@ -10,3 +10,4 @@ mod shards;
 mod store;
 mod support;
 mod sync;
+mod systemd;

@@ -11,7 +11,8 @@ use tracing::Instrument;
 
 use super::Hub;
 use super::matcher::{self, Pass};
-use crate::daemon::{Slot, run_rule, unix_now};
+use crate::daemon::scheduler::Slot;
+use crate::daemon::{run_rule, unix_now};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::state::State;

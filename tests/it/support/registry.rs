@@ -190,7 +190,7 @@ pub struct Registry {
     _dir: TempDir,
 }
 
-fn write_htpasswd(path: &Path, user: &str, pass: &str) {
+pub fn write_htpasswd(path: &Path, user: &str, pass: &str) {
     // bcrypt in-process: the registry's htpasswd auth accepts only bcrypt ($2y$/$2b$),
     // and no system tool (apache2-utils) is needed on a fresh machine.
     let hash = bcrypt::hash(pass, 5).expect("bcrypt hash");

@@ -1,0 +1,131 @@
+//! `[rule.retention]`: what a rule may delete, validated.
+
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::super::raw::{RawRetention, Str};
+use super::super::{OrderBy, Retention};
+use super::{DEFAULT_MAX_DELETIONS, Loader};
+
+impl Loader<'_, '_> {
+    pub(super) fn retention(
+        &mut self,
+        raw: Spanned<RawRetention>,
+        has_source: bool,
+        label: &str,
+        dropped: &[String],
+    ) -> Retention {
+        let meant = |key: &str| dropped.iter().any(|k| *k == format!("retention.{key}"));
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let match_tags = match &raw.match_tags {
+            Some(list) => self.regexes(list, "retention.match"),
+            None if meant("match") => Vec::new(),
+            None => {
+                self.d.at(
+                    span.clone(),
+                    format!(
+                        "the retention of {label} has no `match`: list the regexes of the tags it may delete, e.g. match = ['^v\\d+\\.\\d+\\.\\d+$']"
+                    ),
+                );
+                Vec::new()
+            }
+        };
+        let keep_last = raw
+            .keep_last
+            .as_ref()
+            .map(|n| self.at_least(Some(n), "keep_last", 0, 0));
+        let order_by = match &raw.order_by {
+            None => OrderBy::Semver,
+            Some(s) => match s.get_ref().as_str() {
+                "semver" => OrderBy::Semver,
+                "created" => OrderBy::Created,
+                "first_seen" => OrderBy::FirstSeen,
+                other => {
+                    self.d.at(
+                        s.span(),
+                        format!(
+                            "order_by = {other:?} is not known; use \"semver\", \"created\" or \"first_seen\""
+                        ),
+                    );
+                    OrderBy::Semver
+                }
+            },
+        };
+        let older_than = raw
+            .older_than
+            .as_ref()
+            .and_then(|s| self.duration(s, "older_than"));
+        let untagged_older_than = raw
+            .untagged_older_than
+            .as_ref()
+            .and_then(|s| self.duration(s, "untagged_older_than"));
+        let protect = raw
+            .protect
+            .as_ref()
+            .map(|l| self.regexes(l, "retention.protect"))
+            .unwrap_or_default();
+        let delete_removed_at_source = raw
+            .delete_removed_at_source
+            .as_ref()
+            .is_some_and(|b| *b.get_ref());
+        if delete_removed_at_source && !has_source {
+            let b = raw.delete_removed_at_source.as_ref().expect("set");
+            self.d.at(
+                b.span(),
+                format!("delete_removed_at_source needs a source, and {label} has none"),
+            );
+        }
+        let max_deletions_per_run = self.at_least(
+            raw.max_deletions_per_run.as_ref(),
+            "max_deletions_per_run",
+            1,
+            DEFAULT_MAX_DELETIONS,
+        );
+        if raw.keep_last.is_none()
+            && raw.older_than.is_none()
+            && raw.untagged_older_than.is_none()
+            && !delete_removed_at_source
+            && ![
+                "keep_last",
+                "older_than",
+                "untagged_older_than",
+                "delete_removed_at_source",
+            ]
+            .iter()
+            .any(|k| meant(k))
+        {
+            self.d.at(
+                span,
+                format!(
+                    "the retention of {label} deletes nothing: set keep_last, older_than, untagged_older_than or delete_removed_at_source"
+                ),
+            );
+        }
+        Retention {
+            match_tags,
+            keep_last,
+            order_by,
+            older_than,
+            protect,
+            untagged_older_than,
+            delete_removed_at_source,
+            max_deletions_per_run,
+        }
+    }
+
+    pub(super) fn duration(&mut self, s: &Str, key: &str) -> Option<Duration> {
+        humantime::parse_duration(s.get_ref().trim())
+            .map_err(|e| {
+                self.d.at(
+                    s.span(),
+                    format!(
+                        "{key} = {:?} is not a duration: {e}; write e.g. \"90d\", \"12h\" or \"1h30m\"",
+                        s.get_ref()
+                    ),
+                )
+            })
+            .ok()
+    }
+}
