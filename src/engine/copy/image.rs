@@ -1,0 +1,233 @@
+//! Copying one manifest tree to its targets: blobs (skipped, mounted or
+//! transferred, with retries), then child manifests, then the root.
+
+use std::sync::atomic::Ordering;
+
+use futures_util::StreamExt;
+
+use super::tracker::{Claim, OwnerGuard};
+use super::{Copier, CopyError, ImageTree};
+use crate::oci::Descriptor;
+use crate::reference::Location;
+use crate::transport::{Store, TransportError};
+
+/// What a blob needs at one target.
+enum Need {
+    Nothing,
+    Upload(OwnerGuard),
+    /// Another copy is uploading it right now; look again once our own uploads are done.
+    Later,
+}
+
+impl Copier {
+    /// Decides what `target` needs for `blob`: nothing (present, or mounted
+    /// now), or an upload (the guard is held by the caller until it is done).
+    async fn prepare_blob(
+        &self,
+        target: &Store,
+        blob: &Descriptor,
+        wait: bool,
+        first: Option<Claim>,
+    ) -> Result<Need, TransportError> {
+        let loc = target.location();
+        let claim = match first {
+            Some(c) => c,
+            None if wait => self.tracker.claim(loc, &blob.digest).await,
+            None => self.tracker.try_claim(loc, &blob.digest),
+        };
+        match claim {
+            Claim::Busy(_) => Ok(Need::Later),
+            Claim::Present => {
+                self.stats.blobs_skipped.fetch_add(1, Ordering::Relaxed);
+                Ok(Need::Nothing)
+            }
+            Claim::Elsewhere(from, guard) => {
+                if target.mount_blob(&blob.digest, &from).await? {
+                    guard.succeed();
+                    self.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Need::Nothing);
+                }
+                // Not mountable: this task owns it in this repository.
+                self.check_or_upload(target, blob, guard).await
+            }
+            Claim::Owner(guard) => self.check_or_upload(target, blob, guard).await,
+        }
+    }
+
+    async fn check_or_upload(
+        &self,
+        target: &Store,
+        blob: &Descriptor,
+        guard: OwnerGuard,
+    ) -> Result<Need, TransportError> {
+        if target.blob_exists(&blob.digest).await? {
+            guard.succeed();
+            self.stats.blobs_skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(Need::Nothing);
+        }
+        Ok(Need::Upload(guard))
+    }
+
+    /// Copies `tree` to every target in `targets`, tagging it `tag` (or
+    /// pushing it by digest when `tag` is `None`). Returns one result per
+    /// target: a target that failed is never tagged.
+    pub async fn copy_tree<'a>(
+        &'a self,
+        source: &'a Store,
+        tree: &'a ImageTree,
+        tag: Option<&str>,
+        targets: &'a [Store],
+    ) -> Vec<Result<(), CopyError>> {
+        let mut failures: Vec<Vec<String>> = vec![Vec::new(); targets.len()];
+
+        // 1. Blobs: per target, what is needed; then one transfer per blob.
+        let (uploads, later) = self.prepare_all(tree, targets, &mut failures).await;
+        let transfers = futures_util::stream::iter(uploads)
+            .map(|(blob, sinks)| self.upload(source, blob, targets, sinks))
+            .buffer_unordered(4)
+            .collect::<Vec<_>>()
+            .await;
+        for (i, msg) in transfers.into_iter().flatten() {
+            failures[i].push(msg);
+        }
+
+        // Blobs other copies were busy with: our own guards are released now,
+        // so waiting for theirs cannot deadlock.
+        for (blob, i) in later {
+            match self.prepare_blob(&targets[i], blob, true, None).await {
+                Ok(Need::Upload(guard)) => {
+                    let sinks = vec![(i, guard)];
+                    for (i, msg) in self.upload(source, blob, targets, sinks).await {
+                        failures[i].push(msg);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => failures[i].push(format!("blob {}: {e}", blob.digest)),
+            }
+        }
+
+        // 2. Manifests, children first, on each target whose blobs all arrived.
+        let pushes = targets
+            .iter()
+            .zip(failures)
+            .map(|(target, failed)| self.push_manifests(tree, tag, target, failed));
+        futures_util::future::join_all(pushes).await
+    }
+
+    /// What every target needs of every blob of `tree`, claimed in one go per
+    /// blob: the uploads to run (blob, target indexes and their guards) and
+    /// the (blob, target) pairs another copy is busy with. Errors go to
+    /// `failures`.
+    async fn prepare_all<'a>(
+        &self,
+        tree: &'a ImageTree,
+        targets: &[Store],
+        failures: &mut [Vec<String>],
+    ) -> (Vec<Upload<'a>>, Vec<(&'a Descriptor, usize)>) {
+        let prepared = futures_util::stream::iter(tree.blobs.iter())
+            .map(|blob| async move {
+                let mut needs = Vec::with_capacity(targets.len());
+                let locations: Vec<&Location> = targets.iter().map(|t| t.location()).collect();
+                let claims = self.tracker.try_claim_all(&locations, &blob.digest);
+                for (target, claim) in targets.iter().zip(claims) {
+                    needs.push(self.prepare_blob(target, blob, false, Some(claim)).await);
+                }
+                (blob, needs)
+            })
+            .buffer_unordered(4)
+            .collect::<Vec<_>>()
+            .await;
+
+        let mut uploads = Vec::new();
+        let mut later = Vec::new();
+        for (blob, needs) in prepared {
+            let mut sinks = Vec::new();
+            for (i, need) in needs.into_iter().enumerate() {
+                match need {
+                    Ok(Need::Nothing) => {}
+                    Ok(Need::Upload(guard)) => sinks.push((i, guard)),
+                    Ok(Need::Later) => later.push((blob, i)),
+                    Err(e) => failures[i].push(format!("blob {}: {e}", blob.digest)),
+                }
+            }
+            if !sinks.is_empty() {
+                uploads.push((blob, sinks));
+            }
+        }
+        (uploads, later)
+    }
+
+    /// The retry layer of blob uploads: a target whose upload failed
+    /// transiently is tried again (its checkpoint, when the registry still
+    /// accepts the session, continues it; otherwise the blob restarts).
+    /// Source cuts never get here as transient: the source stream resumed
+    /// them itself, and its final failure is permanent. Returns the targets
+    /// that failed for good, with why.
+    async fn upload(
+        &self,
+        source: &Store,
+        blob: &Descriptor,
+        targets: &[Store],
+        sinks: Vec<(usize, OwnerGuard)>,
+    ) -> Vec<(usize, String)> {
+        let mut pending = sinks;
+        let mut errors: Vec<(usize, String)> = Vec::new();
+        let mut delays = crate::transport::retry::delays();
+        while !pending.is_empty() {
+            let stores: Vec<&Store> = pending.iter().map(|(i, _)| &targets[*i]).collect();
+            let results = self.transfer(source, blob, &stores).await;
+            let delay = delays.next();
+            let mut retry = Vec::new();
+            for ((i, guard), result) in pending.into_iter().zip(results) {
+                match result {
+                    Ok(sent) => {
+                        guard.succeed();
+                        self.stats.blobs_copied.fetch_add(1, Ordering::Relaxed);
+                        self.stats.bytes_written.fetch_add(sent, Ordering::Relaxed);
+                    }
+                    Err(e) if e.is_transient() && delay.is_some() => {
+                        tracing::warn!(digest = %blob.digest, target = %targets[i].location(), error = %e, "blob upload failed; retrying");
+                        retry.push((i, guard));
+                    }
+                    Err(e) => errors.push((i, format!("blob {}: {e}", blob.digest))),
+                }
+            }
+            if let (false, Some(d)) = (retry.is_empty(), delay) {
+                tokio::time::sleep(d).await;
+            }
+            pending = retry;
+        }
+        errors
+    }
+
+    /// Pushes the child manifests, then the root under `tag` (or its
+    /// digest), to a target whose blobs all arrived; a target with `failed`
+    /// blobs is left untagged.
+    async fn push_manifests(
+        &self,
+        tree: &ImageTree,
+        tag: Option<&str>,
+        target: &Store,
+        failed: Vec<String>,
+    ) -> Result<(), CopyError> {
+        if let Some(first) = failed.first() {
+            return Err(CopyError::Incomplete {
+                target: target.location().to_string(),
+                missing: failed.len(),
+                first: first.clone(),
+            });
+        }
+        for child in &tree.children {
+            target.put_manifest(child.digest.as_str(), child).await?;
+            self.stats.manifests_pushed.fetch_add(1, Ordering::Relaxed);
+        }
+        let reference = tag.unwrap_or(tree.root.digest.as_str());
+        target.put_manifest(reference, &tree.root).await?;
+        self.stats.manifests_pushed.fetch_add(1, Ordering::Relaxed);
+        self.stats.images_copied.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// One blob to transfer and the targets (index, guard) that need it.
+type Upload<'a> = (&'a Descriptor, Vec<(usize, OwnerGuard)>);
