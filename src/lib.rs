@@ -11,6 +11,7 @@
 //! - [`transport`]: the only code that talks to registries or layout directories.
 //! - [`secret`]: values that are never printed.
 
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod engine;

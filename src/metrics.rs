@@ -50,12 +50,7 @@ pub struct Metrics {
     transports: Mutex<Option<Arc<Transports>>>,
 }
 
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
+use crate::clock::{lag_seconds, now_unix_f64 as now};
 
 impl Metrics {
     pub fn new() -> Result<Arc<Metrics>, MetricsError> {
@@ -378,7 +373,7 @@ impl Metrics {
     /// The current lag of a rule, in seconds.
     pub fn lag_seconds(&self, rule: &str) -> Option<f64> {
         let basis = *self.lag_basis.lock().expect("metrics poisoned").get(rule)?;
-        Some((now() - basis).max(0.0))
+        Some(lag_seconds(now(), basis))
     }
 
     /// The text exposition, with lag and rate-limit gauges brought up to date.
@@ -387,7 +382,7 @@ impl Metrics {
         for (rule, basis) in self.lag_basis.lock().expect("metrics poisoned").iter() {
             self.lag
                 .with_label_values(&[rule.as_str()])
-                .set((t - basis).max(0.0));
+                .set(lag_seconds(t, *basis));
         }
         if let Some(tr) = self.transports.lock().expect("metrics poisoned").as_ref() {
             for (host, stats) in tr.registry_stats() {

@@ -13,7 +13,7 @@ pub mod status;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -59,12 +59,9 @@ pub fn transports(config: &Config, read_only: bool) -> Arc<Transports> {
     Arc::new(Transports::new(options, read_only))
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
+/// The process's one clock (fractional seconds), under the name the daemon's
+/// modules import.
+pub(crate) use crate::clock::now_unix_f64 as unix_now;
 
 /// Runs one rule and records the run in the state and the metrics (either
 /// may be absent). State trouble is logged, never fatal to the run.

@@ -51,7 +51,9 @@ pub fn collect(config: &Config, state: &State) -> Result<Vec<RuleStatus>, StateE
         out.push(RuleStatus {
             rule: rule.name.clone(),
             last_success,
-            lag_seconds: basis.map(|b| (now - b).max(0)),
+            // The same lag as `/metrics` reports, in whole seconds (both ends
+            // are whole, so nothing is rounded away).
+            lag_seconds: basis.map(|b| crate::clock::lag_seconds(now as f64, b as f64) as i64),
             tags_pending: state.tags_pending(&rule.name)?,
             unfinished_uploads,
             last_error: last_run.as_ref().and_then(|r| r.last_error.clone()),

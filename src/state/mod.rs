@@ -20,7 +20,6 @@ pub use lock::{LockError, StateLock};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -71,13 +70,9 @@ pub enum StateError {
 
 pub type Result<T, E = StateError> = std::result::Result<T, E>;
 
-/// Seconds since the Unix epoch.
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+/// Seconds since the Unix epoch: the process's one clock, re-exported here
+/// because state callers have always named it `state::now_unix`.
+pub use crate::clock::now_unix;
 
 /// Handle on the state database; cheap to clone.
 #[derive(Clone)]
