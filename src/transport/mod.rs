@@ -112,8 +112,15 @@ impl Store {
     /// (chunked upload sessions of a registry with a `chunk_size`); the
     /// chunk size when so.
     pub fn resumable(&self) -> Option<u64> {
+        self.resumable_uploads().map(|(_, chunk)| chunk)
+    }
+
+    /// The capability behind [`Self::resumable`]: the repository that takes
+    /// chunked upload sessions (status, cancel, resumable PUT) and its chunk
+    /// size, so callers need not know which kind of store does.
+    pub(crate) fn resumable_uploads(&self) -> Option<(&remote::RemoteRepo, u64)> {
         match self {
-            Store::Remote(s) => Some(s.registry().chunk_size()).filter(|&c| c > 0),
+            Store::Remote(s) => Some((s, s.registry().chunk_size())).filter(|&(_, c)| c > 0),
             Store::Layout(_) => None,
         }
     }

@@ -50,11 +50,11 @@ impl Copier {
             checkpoint: None,
             resume: None,
         };
-        let (Store::Remote(remote), Some(state)) = (sink, &self.checkpoints) else {
+        let (Some((remote, chunk)), Some(state)) = (sink.resumable_uploads(), &self.checkpoints)
+        else {
             return none;
         };
-        let chunk = remote.registry().chunk_size();
-        if chunk == 0 || blob.size <= chunk {
+        if blob.size <= chunk {
             return none;
         }
         let (target, repo) = state_key(sink.location());
@@ -195,8 +195,8 @@ impl Copier {
         snapshots: &Snapshots,
         body: ByteStream,
     ) -> PutFuture<'a> {
-        let (Store::Remote(remote), Some((target, repo)), Some(state)) =
-            (sink, plan.checkpoint, &self.checkpoints)
+        let (Some((remote, _)), Some((target, repo)), Some(state)) =
+            (sink.resumable_uploads(), plan.checkpoint, &self.checkpoints)
         else {
             return Box::pin(sink.put_blob(&blob.digest, blob.size, body));
         };
