@@ -77,6 +77,8 @@ pub struct Engine {
     /// Counters of the runs in progress (each run counts apart, and adds to
     /// the engine's at its end), so that progress can show them live.
     live: Arc<std::sync::Mutex<Vec<Arc<CopyStats>>>>,
+    /// Told the blob count of an image once `copy_image` knows it (progress %).
+    on_total: Option<Arc<dyn Fn(u64) + Send + Sync>>,
 }
 
 impl Engine {
@@ -102,6 +104,7 @@ impl Engine {
             clock: None,
             shard: crate::shard::Shard::WHOLE,
             live: Default::default(),
+            on_total: None,
         }
     }
 
@@ -162,6 +165,12 @@ impl Engine {
         self.copier.on_bytes = Some(f);
     }
 
+    /// Called with the number of blobs `copy_image` will handle (copied,
+    /// mounted or found present), as soon as the image tree is known.
+    pub fn on_total(&mut self, f: Arc<dyn Fn(u64) + Send + Sync>) {
+        self.on_total = Some(f);
+    }
+
     pub fn stats(&self) -> &Arc<CopyStats> {
         &self.copier.stats
     }
@@ -179,6 +188,7 @@ impl Engine {
             clock: self.clock,
             shard: self.shard,
             live: self.live.clone(),
+            on_total: None,
         };
         let stats = run.copier.stats.clone();
         self.live_runs().push(stats.clone());
@@ -356,6 +366,9 @@ impl Engine {
         };
         let digest = root.digest.clone();
         let tree = copy::expand(source, root).await?;
+        if let Some(f) = &self.on_total {
+            f(tree.blobs.len() as u64);
+        }
         let mut results = self
             .copier
             .copy_tree(source, &tree, tag, std::slice::from_ref(target))

@@ -129,3 +129,47 @@ fn missing_oci_source_directory_is_named() {
     );
     assert!(dst.requests().is_empty(), "nothing sent to the registry");
 }
+
+/// The progress total `copy` shows a percentage against: every blob of the
+/// image, and the counters that progress compares with it reach it.
+#[tokio::test]
+async fn copy_image_reports_its_blob_total() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use regkeeper::engine::Engine;
+    use regkeeper::reference::ImageRef;
+    use regkeeper::transport::{RegistryOptions, Transports};
+
+    let src = Registry::start_plain();
+    let dst = Registry::start_plain();
+    let mut corpus = Corpus::new();
+    let spec = ImageSpec::new(&[layer("t1", 30_000), layer("t2", 20_000)]);
+    corpus.image("two", &spec);
+    corpus.push(&src, "two", "cf/total", "v1");
+    let plain = RegistryOptions {
+        plain_http: true,
+        ..Default::default()
+    };
+    let options = [(src.host(), plain.clone()), (dst.host(), plain)];
+    let transports = Arc::new(Transports::new(options.into_iter().collect(), false));
+    let open = |s: String| {
+        transports
+            .open(&ImageRef::parse(&s).unwrap().location)
+            .unwrap()
+    };
+    let source = open(format!("{}/cf/total", src.host()));
+    let target = open(format!("{}/cf/total", dst.host()));
+    let mut engine = Engine::new(transports.clone(), 2, false);
+    let total = Arc::new(AtomicU64::new(0));
+    let t = total.clone();
+    engine.on_total(Arc::new(move |n| t.store(n, Ordering::Relaxed)));
+    engine
+        .copy_image(&source, "v1", &target, Some("v1"), &[])
+        .await
+        .unwrap();
+    // A config and two layers.
+    assert_eq!(total.load(Ordering::Relaxed), 3);
+    let s = engine.live_stats().totals();
+    assert_eq!(s.blobs_copied + s.blobs_mounted + s.blobs_skipped, 3);
+}
