@@ -1,6 +1,7 @@
 //! `regkeeper copy SRC DST`: one image (tag or digest), ad hoc.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -8,8 +9,8 @@ use anyhow::Context;
 use regkeeper::config::LogFormat;
 use regkeeper::engine::Engine;
 use regkeeper::oci::Platform;
-use regkeeper::reference::{ImageRef, Reference};
-use regkeeper::transport::Transports;
+use regkeeper::reference::{ImageRef, Location, Reference};
+use regkeeper::transport::{RegistryOptions, Transports};
 
 use super::{CliError, EXIT_OK, EXIT_PARTIAL, Globals};
 
@@ -35,6 +36,133 @@ fn parse_platforms(platforms: &[String]) -> Result<Vec<Platform>, CliError> {
         .collect()
 }
 
+/// skopeo-style flags saying how to reach each side without a config; they
+/// override that side's host settings from the config when there is one.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct AccessFlags {
+    /// `false`: the source registry speaks plain HTTP or has an unverifiable
+    /// certificate (as skopeo: plain HTTP allowed, verification skipped).
+    #[arg(long, value_name = "BOOL", default_value_t = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    src_tls_verify: bool,
+    /// The same for the destination registry.
+    #[arg(long = "dest-tls-verify", value_name = "BOOL", default_value_t = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    dest_tls_verify: bool,
+    /// A directory whose `*.crt` file is the source registry's CA.
+    #[arg(long, value_name = "DIR")]
+    src_cert_dir: Option<PathBuf>,
+    /// A directory whose `*.crt` file is the destination registry's CA.
+    #[arg(long = "dest-cert-dir", value_name = "DIR")]
+    dest_cert_dir: Option<PathBuf>,
+    /// A docker config.json with the source registry's credentials.
+    #[arg(long, value_name = "FILE")]
+    src_authfile: Option<PathBuf>,
+    /// A docker config.json with the destination registry's credentials.
+    #[arg(long = "dest-authfile", value_name = "FILE")]
+    dest_authfile: Option<PathBuf>,
+}
+
+/// One side's share of [`AccessFlags`].
+struct Side<'a> {
+    flag: &'static str,
+    tls_verify: bool,
+    cert_dir: Option<&'a Path>,
+    authfile: Option<&'a Path>,
+}
+
+impl AccessFlags {
+    fn sides(&self) -> [Side<'_>; 2] {
+        [
+            Side {
+                flag: "src",
+                tls_verify: self.src_tls_verify,
+                cert_dir: self.src_cert_dir.as_deref(),
+                authfile: self.src_authfile.as_deref(),
+            },
+            Side {
+                flag: "dest",
+                tls_verify: self.dest_tls_verify,
+                cert_dir: self.dest_cert_dir.as_deref(),
+                authfile: self.dest_authfile.as_deref(),
+            },
+        ]
+    }
+}
+
+/// The one `*.crt` in `dir` (containers/image's convention for a registry's
+/// CA); regkeeper takes a single `ca_file`, so several are refused rather
+/// than some silently ignored.
+fn ca_in_cert_dir(flag: &str, dir: &Path) -> Result<PathBuf, CliError> {
+    let usage =
+        |why: String| CliError::Usage(format!("error: --{flag}-cert-dir {}: {why}", dir.display()));
+    let entries = std::fs::read_dir(dir).map_err(|e| usage(e.to_string()))?;
+    let mut crts: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "crt") && p.is_file())
+        .collect();
+    crts.sort();
+    match crts.len() {
+        1 => Ok(crts.remove(0)),
+        0 => Err(usage("holds no *.crt file".into())),
+        _ => Err(usage(format!(
+            "holds {} *.crt files; put the CA(s) in one",
+            crts.len()
+        ))),
+    }
+}
+
+/// Applies one side's flags to the options of that side's registry host
+/// (an `oci:` side has no host; its flags are refused as meaningless).
+fn apply_side(
+    options: &mut HashMap<String, RegistryOptions>,
+    location: &Location,
+    side: &Side<'_>,
+) -> Result<(), CliError> {
+    let given = !side.tls_verify || side.cert_dir.is_some() || side.authfile.is_some();
+    let host = match location {
+        Location::Registry { host, .. } => host,
+        Location::Layout { .. } if given => {
+            return Err(CliError::Usage(format!(
+                "error: --{}-* registry flags given for an oci: {} directory",
+                side.flag,
+                if side.flag == "src" {
+                    "source"
+                } else {
+                    "destination"
+                }
+            )));
+        }
+        Location::Layout { .. } => return Ok(()),
+    };
+    let ca = side
+        .cert_dir
+        .map(|d| ca_in_cert_dir(side.flag, d))
+        .transpose()?;
+    if let Some(f) = side.authfile.filter(|f| !f.is_file()) {
+        return Err(CliError::Usage(format!(
+            "error: --{}-authfile {}: no such file",
+            side.flag,
+            f.display()
+        )));
+    }
+    if !given {
+        return Ok(());
+    }
+    let opts = options.entry(host.clone()).or_default();
+    if !side.tls_verify {
+        opts.plain_http = true;
+        opts.insecure_skip_verify = true;
+    }
+    if ca.is_some() {
+        opts.ca_file = ca;
+    }
+    if let Some(f) = side.authfile {
+        opts.docker_config = Some(f.to_path_buf());
+    }
+    Ok(())
+}
+
 /// Registry settings come from the config when there is one; without a
 /// config file (an explicit -c must exist) defaults apply.
 fn optional_config(g: &Globals) -> Result<Option<regkeeper::config::Config>, CliError> {
@@ -44,26 +172,54 @@ fn optional_config(g: &Globals) -> Result<Option<regkeeper::config::Config>, Cli
     wanted.then(|| super::load_config(&path)).transpose()
 }
 
+/// The transports for this copy: the config's registries (if any), with
+/// the command line's per-side flags on top.
+fn build_transports(
+    config: Option<&regkeeper::config::Config>,
+    src: &ImageRef,
+    dst: &ImageRef,
+    access: &AccessFlags,
+) -> Result<Arc<Transports>, CliError> {
+    let mut options: HashMap<String, RegistryOptions> = config
+        .map(|c| c.registries.clone().into_iter().collect())
+        .unwrap_or_default();
+    let [s, d] = access.sides();
+    apply_side(&mut options, &src.location, &s)?;
+    apply_side(&mut options, &dst.location, &d)?;
+    Ok(Arc::new(Transports::new(options, false)))
+}
+
+/// A missing `oci:` source directory is named as such, not left to a
+/// confusing "manifest unknown" later on.
+fn check_layout_source(src: &ImageRef) -> Result<(), CliError> {
+    match &src.location {
+        Location::Layout { path } if !path.is_dir() => Err(CliError::Usage(format!(
+            "error: source {src}: directory {} does not exist",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) async fn run(
     g: &Globals,
     src: &str,
     dst: &str,
     platforms: &[String],
+    access: &AccessFlags,
 ) -> Result<u8, CliError> {
     let (src, dst) = parse_refs(src, dst)?;
     let wanted = parse_platforms(platforms)?;
+    check_layout_source(&src)?;
     let config = optional_config(g)?;
     let format = config
         .as_ref()
         .map_or(LogFormat::Text, |c| c.daemon.log_format);
     super::init_logging(format, g.on_terminal);
-    let (transports, limit) = match &config {
-        Some(c) => (
-            super::transports(c, false),
-            c.daemon.max_concurrent_transfers,
-        ),
-        None => (Arc::new(Transports::new(HashMap::new(), false)), 8),
-    };
+    let transports = build_transports(config.as_ref(), &src, &dst, access)?;
+    let limit = config
+        .as_ref()
+        .map_or(8, |c| c.daemon.max_concurrent_transfers);
     let reference = src
         .reference
         .clone()

@@ -77,6 +77,8 @@ enum Command {
         /// Keep only these platforms (os/arch[/variant]) of a multi-platform image.
         #[arg(long = "platform")]
         platforms: Vec<String>,
+        #[command(flatten)]
+        access: copy::AccessFlags,
     },
     /// Daemon: schedules, metrics, reload (SIGHUP), orderly stop (SIGTERM).
     Run,
@@ -211,7 +213,8 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             src,
             dst,
             platforms,
-        } => copy::run(&g, &src, &dst, &platforms).await,
+            access,
+        } => copy::run(&g, &src, &dst, &platforms, &access).await,
         Command::Run => daemon::run(&g).await,
         Command::Status { json } => status::run(&g, json),
         Command::Prune {

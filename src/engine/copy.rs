@@ -106,6 +106,22 @@ impl CopyStats {
     }
 }
 
+impl CopyTotals {
+    /// Both snapshots added up (progress of several runs at once).
+    pub fn plus(&self, o: &CopyTotals) -> CopyTotals {
+        CopyTotals {
+            bytes_read: self.bytes_read + o.bytes_read,
+            bytes_written: self.bytes_written + o.bytes_written,
+            blobs_copied: self.blobs_copied + o.blobs_copied,
+            blobs_mounted: self.blobs_mounted + o.blobs_mounted,
+            blobs_skipped: self.blobs_skipped + o.blobs_skipped,
+            blobs_resumed: self.blobs_resumed + o.blobs_resumed,
+            manifests_pushed: self.manifests_pushed + o.manifests_pushed,
+            images_copied: self.images_copied + o.images_copied,
+        }
+    }
+}
+
 /// Shared machinery for copying images within one run.
 pub struct Copier {
     pub tracker: Arc<BlobTracker>,

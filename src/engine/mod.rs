@@ -40,6 +40,28 @@ const REPOS_IN_PARALLEL: usize = 4;
 /// once: the tag list is read on every run.
 pub const REVERIFY_AFTER_SECS: i64 = 3600;
 
+fn lock_live(
+    live: &std::sync::Mutex<Vec<Arc<CopyStats>>>,
+) -> std::sync::MutexGuard<'_, Vec<Arc<CopyStats>>> {
+    // A panicked holder leaves a usable list: counters only.
+    live.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// See [`Engine::live_stats`].
+#[derive(Clone)]
+pub struct LiveStats {
+    done: Arc<CopyStats>,
+    live: Arc<std::sync::Mutex<Vec<Arc<CopyStats>>>>,
+}
+
+impl LiveStats {
+    pub fn totals(&self) -> CopyTotals {
+        let runs = lock_live(&self.live);
+        runs.iter()
+            .fold(self.done.totals(), |t, run| t.plus(&run.totals()))
+    }
+}
+
 /// Runs rules against real stores. One per process run: it owns the blob
 /// tracker and the global transfer limit.
 pub struct Engine {
@@ -52,6 +74,11 @@ pub struct Engine {
     clock: Option<i64>,
     /// This instance's share of the repositories of `/*` rules.
     shard: crate::shard::Shard,
+    /// Counters of the runs in progress (each run counts apart, and adds to
+    /// the engine's at its end), so that progress can show them live.
+    live: Arc<std::sync::Mutex<Vec<Arc<CopyStats>>>>,
+    /// Told the blob count of an image once `copy_image` knows it (progress %).
+    on_total: Option<Arc<dyn Fn(u64) + Send + Sync>>,
 }
 
 impl Engine {
@@ -76,6 +103,8 @@ impl Engine {
             state: None,
             clock: None,
             shard: crate::shard::Shard::WHOLE,
+            live: Default::default(),
+            on_total: None,
         }
     }
 
@@ -136,6 +165,12 @@ impl Engine {
         self.copier.on_bytes = Some(f);
     }
 
+    /// Called with the number of blobs `copy_image` will handle (copied,
+    /// mounted or found present), as soon as the image tree is known.
+    pub fn on_total(&mut self, f: Arc<dyn Fn(u64) + Send + Sync>) {
+        self.on_total = Some(f);
+    }
+
     pub fn stats(&self) -> &Arc<CopyStats> {
         &self.copier.stats
     }
@@ -152,10 +187,32 @@ impl Engine {
             state: self.state.clone(),
             clock: self.clock,
             shard: self.shard,
+            live: self.live.clone(),
+            on_total: None,
         };
+        let stats = run.copier.stats.clone();
+        self.live_runs().push(stats.clone());
         let report = run.run_inner(rule, pruner).instrument(span).await;
+        // Out of the live list as the totals move in, under one lock: a
+        // reader sees the run counted exactly once.
+        let mut runs = self.live_runs();
+        runs.retain(|s| !Arc::ptr_eq(s, &stats));
         self.add_totals(&report.totals);
+        drop(runs);
         report
+    }
+
+    fn live_runs(&self) -> std::sync::MutexGuard<'_, Vec<Arc<CopyStats>>> {
+        lock_live(&self.live)
+    }
+
+    /// A handle on the engine's counters plus those of the runs still in
+    /// progress (for a progress display that outlives a borrow).
+    pub fn live_stats(&self) -> LiveStats {
+        LiveStats {
+            done: self.copier.stats.clone(),
+            live: self.live.clone(),
+        }
     }
 
     /// Keeps the engine-wide counters (progress, `copy`) whole.
@@ -309,6 +366,9 @@ impl Engine {
         };
         let digest = root.digest.clone();
         let tree = copy::expand(source, root).await?;
+        if let Some(f) = &self.on_total {
+            f(tree.blobs.len() as u64);
+        }
         let mut results = self
             .copier
             .copy_tree(source, &tree, tag, std::slice::from_ref(target))
@@ -481,5 +541,27 @@ fn totals_since(after: CopyTotals, before: CopyTotals) -> CopyTotals {
         blobs_resumed: after.blobs_resumed - before.blobs_resumed,
         manifests_pushed: after.manifests_pushed - before.manifests_pushed,
         images_copied: after.images_copied - before.images_copied,
+    }
+}
+
+#[cfg(test)]
+mod live_tests {
+    use super::*;
+
+    #[test]
+    fn live_stats_add_runs_in_progress_to_finished_ones() {
+        let engine = Engine::new(Arc::new(Transports::new(HashMap::new(), false)), 1, false);
+        let live = engine.live_stats();
+        engine
+            .copier
+            .stats
+            .images_copied
+            .fetch_add(1, Ordering::Relaxed);
+        let run = Arc::new(CopyStats::default());
+        engine.live_runs().push(run.clone());
+        run.blobs_copied.fetch_add(4, Ordering::Relaxed);
+        run.images_copied.fetch_add(2, Ordering::Relaxed);
+        let t = live.totals();
+        assert_eq!((t.images_copied, t.blobs_copied), (3, 4));
     }
 }
