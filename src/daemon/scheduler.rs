@@ -292,7 +292,8 @@ impl Scheduler {
                         metrics: self.metrics.clone(),
                         shard: shard_of(&self.generation.config),
                     };
-                    spawn_run(&mut self.tasks, run, guard);
+                    let span = tracing::info_span!("run", rule = %run.rule.name);
+                    spawn_run(&mut self.tasks, run, guard, span);
                 }
             }
             slot.schedule_next(due);
@@ -419,16 +420,23 @@ impl Scheduler {
 }
 
 /// What one rule run needs.
-struct RunContext {
-    engine: Arc<Engine>,
-    rule: Arc<Rule>,
-    state: State,
-    metrics: Arc<Metrics>,
-    shard: crate::shard::Shard,
+pub(crate) struct RunContext {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) rule: Arc<Rule>,
+    pub(crate) state: State,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) shard: crate::shard::Shard,
 }
 
-fn spawn_run(tasks: &mut JoinSet<()>, run: RunContext, guard: RunningGuard) {
-    let span = tracing::info_span!("run", rule = %run.rule.name);
+/// Runs `run.rule` (sync, then retention when the rule has one) inside
+/// `span`, holding `guard` until it ends. Scheduled fires and event passes
+/// both start their runs here.
+pub(crate) fn spawn_run(
+    tasks: &mut JoinSet<()>,
+    run: RunContext,
+    guard: RunningGuard,
+    span: tracing::Span,
+) {
     let handle = tokio::runtime::Handle::current();
     // The engine's future borrows across `buffer_unordered` closures, which
     // rustc cannot prove `Send` for every lifetime; driving it on a

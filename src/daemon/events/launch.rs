@@ -7,12 +7,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::task::JoinSet;
-use tracing::Instrument;
 
 use super::Hub;
 use super::matcher::{self, Pass};
-use crate::daemon::scheduler::Slot;
-use crate::daemon::{run_rule, unix_now};
+use crate::daemon::scheduler::{RunContext, Slot, spawn_run};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::state::State;
@@ -53,34 +51,17 @@ impl Hub {
                 _ => None,
             };
             let span = tracing::info_span!("event_pass", rule = %rule.name, ?pass, repository);
-            let engine = launch.engine.clone();
-            let st = launch.state.clone();
-            let m = launch.metrics.clone();
-            let shard = launch.shard;
-            let handle = tokio::runtime::Handle::current();
-            // As for scheduled runs: the engine's future is driven on a
-            // blocking-pool thread (it is not provably `Send`).
-            launch.tasks.spawn_blocking(move || {
-                let _guard = guard;
-                handle.block_on(
-                    async move {
-                        // Only a normal run prunes; `restrict` cleared the
-                        // retention of every other pass.
-                        let pruner = narrowed.retention.as_ref().map(|_| {
-                            crate::retention::Pruner::for_run(
-                                engine.transports(),
-                                Some(&st),
-                                false,
-                                unix_now() as i64,
-                            )
-                            .with_shard(shard)
-                        });
-                        tracing::info!("event pass starting");
-                        run_rule(&engine, Some(&st), Some(&m), &narrowed, pruner.as_ref()).await;
-                    }
-                    .instrument(span),
-                );
-            });
+            tracing::info!(parent: &span, "event pass starting");
+            // Only a normal run prunes: `restrict` cleared the retention of
+            // every other pass, so spawn_run builds no pruner for it.
+            let run = RunContext {
+                engine: launch.engine.clone(),
+                rule: Arc::new(narrowed),
+                state: launch.state.clone(),
+                metrics: launch.metrics.clone(),
+                shard: launch.shard,
+            };
+            spawn_run(launch.tasks, run, guard, span);
         }
     }
 }
