@@ -69,6 +69,10 @@ pub struct ImageReport {
     /// Set when this copy failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A referrer pushed by digest or a fallback index merged (no tag of
+    /// the selection: the state records no tag for it).
+    #[serde(skip)]
+    pub referrer_write: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

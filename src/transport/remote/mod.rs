@@ -20,6 +20,7 @@ mod authz;
 mod limits;
 mod pages;
 mod push;
+pub(crate) mod referrers;
 mod resume;
 mod send;
 #[cfg(test)]
@@ -31,7 +32,7 @@ pub use api::RemoteRepo;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -102,6 +103,9 @@ pub struct Registry {
     chunk_size: u64,
     stats: Mutex<RegistryStats>,
     observer: OnceLock<Observer>,
+    /// Whether the referrers API answers here (`referrers::API_*`), learned
+    /// once per run.
+    referrers_api: AtomicU8,
 }
 
 impl std::fmt::Debug for Registry {
@@ -243,6 +247,7 @@ impl Registry {
             chunk_size: opts.chunk_size,
             stats: Mutex::new(RegistryStats::default()),
             observer: OnceLock::new(),
+            referrers_api: AtomicU8::new(referrers::API_UNKNOWN),
         })
     }
 
