@@ -6,6 +6,7 @@ mod events;
 mod faults;
 mod harness;
 mod plan;
+mod progress;
 mod referrers;
 mod retention;
 mod shards;
