@@ -146,3 +146,129 @@ fn api_to_api_pushes_referrers_by_digest_recursively_and_a_rerun_writes_nothing(
         .collect();
     assert!(writes.is_empty(), "re-run wrote: {writes:?}");
 }
+
+#[test]
+fn api_to_distribution_merges_the_fallback_index_keeping_foreign_entries() {
+    let src = Ferro::start();
+    let dst = Registry::start_plain();
+    let s = seed_api(&src.url(), "app");
+    // Another tool's referrer, already listed in the target's fallback index.
+    let (foreign, _) = push_referrer(&dst.url(), "mirror", &s.image, SIG, b"someone else's");
+    push_fallback_index(&dst.url(), "mirror", &s.image.digest, &[&foreign]);
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = src.regkeeper_registry_toml() + &dst.regkeeper_registry_toml();
+    let cfg = config(
+        dir.path(),
+        &hosts,
+        &format!("{}/app", src.host()),
+        &format!("{}/mirror", dst.host()),
+        "",
+    );
+    run_ok(dir.path(), &cfg, &["sync", "--json"]);
+
+    let fallback = |subject: &Pushed| -> Vec<Value> {
+        let tag = format!("sha256-{}", subject.digest.trim_start_matches("sha256:"));
+        let bytes = manifest_bytes(&dst.url(), "mirror", &tag).expect("fallback index");
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["mediaType"], OCI_INDEX);
+        v["manifests"].as_array().cloned().unwrap()
+    };
+    let listed = fallback(&s.image);
+    assert_eq!(
+        entry_digests(&listed),
+        digests(&[&foreign, &s.sbom, &s.sig]),
+        "the foreign entry is kept, both referrers are added"
+    );
+    assert_eq!(
+        listed[0]["digest"],
+        foreign.digest.as_str(),
+        "foreign entry first, as it was"
+    );
+    assert!(
+        listed.iter().any(|e| e["artifactType"] == SPDX),
+        "entries keep their artifactType: {listed:?}"
+    );
+    assert_eq!(entry_digests(&fallback(&s.sbom)), digests(&[&s.sbom_sig]));
+    for p in [&s.image, &s.sbom, &s.sig, &s.sbom_sig] {
+        assert_eq!(
+            manifest_bytes(&dst.url(), "mirror", &p.digest).as_deref(),
+            Some(&p.bytes[..])
+        );
+    }
+
+    // Nothing changed: the re-run sends no write (the registry's access log).
+    let mark = dst.mark();
+    let again = run_ok(dir.path(), &cfg, &["sync", "--json"]);
+    assert_eq!(copies(&again), BTreeSet::new());
+    assert_eq!(dst.writes_since(mark), vec![], "re-run is a no-op");
+}
+
+#[test]
+fn distribution_fallback_index_and_cosign_tag_reach_an_api_target() {
+    let src = Registry::start_plain();
+    let dst = Ferro::start();
+    let base = src.url();
+    let image = push_image(&base, "app", "v1", "tagged");
+    let (sbom, _) = push_referrer(&base, "app", &image, SPDX, br#"{"spdxVersion":"SPDX-2.3"}"#);
+    push_fallback_index(&base, "app", &image.digest, &[&sbom]);
+    // A cosign signature in its tag schema (no subject).
+    let sig_tag = format!("sha256-{}.sig", image.digest.trim_start_matches("sha256:"));
+    let cosign = push_image(&base, "app", &sig_tag, "cosign-sig");
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = src.regkeeper_registry_toml() + &dst.regkeeper_registry_toml();
+    let cfg = config(
+        dir.path(),
+        &hosts,
+        &format!("{}/app", src.host()),
+        &format!("{}/mirror", dst.host()),
+        "",
+    );
+    run_ok(dir.path(), &cfg, &["sync", "--json"]);
+
+    let listed = referrers(&dst.url(), "mirror", &image.digest);
+    assert_eq!(entry_digests(&listed), digests(&[&sbom]), "{listed:?}");
+    assert_eq!(
+        manifest_bytes(&dst.url(), "mirror", &sbom.digest).as_deref(),
+        Some(&sbom.bytes[..])
+    );
+    let tags: Value =
+        serde_json::from_slice(&get(&dst.url(), "/v2/mirror/tags/list").unwrap().body).unwrap();
+    let tags: BTreeSet<&str> = tags["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        tags,
+        BTreeSet::from(["v1", sig_tag.as_str()]),
+        "the cosign tag comes along; no fallback index at an API target"
+    );
+    assert_eq!(
+        manifest_bytes(&dst.url(), "mirror", &sig_tag).as_deref(),
+        Some(&cosign.bytes[..])
+    );
+    let again = run_ok(dir.path(), &cfg, &["plan", "--json"]);
+    assert_eq!(copies(&again), BTreeSet::new(), "nothing left to do");
+}
+
+#[test]
+fn referrers_artifact_types_limits_what_is_copied() {
+    let src = Ferro::start();
+    let dst = Ferro::start();
+    let s = seed_api(&src.url(), "app");
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = src.regkeeper_registry_toml() + &dst.regkeeper_registry_toml();
+    let cfg = config(
+        dir.path(),
+        &hosts,
+        &format!("{}/app", src.host()),
+        &format!("{}/mirror", dst.host()),
+        &format!("referrers_artifact_types = [\"{SPDX}\"]"),
+    );
+    run_ok(dir.path(), &cfg, &["sync", "--json"]);
+    let listed = referrers(&dst.url(), "mirror", &s.image.digest);
+    assert_eq!(entry_digests(&listed), digests(&[&s.sbom]), "only the SBOM");
+    assert!(referrers(&dst.url(), "mirror", &s.sbom.digest).is_empty());
+    assert!(manifest_bytes(&dst.url(), "mirror", &s.sig.digest).is_none());
+}
