@@ -272,3 +272,58 @@ fn referrers_artifact_types_limits_what_is_copied() {
     assert!(referrers(&dst.url(), "mirror", &s.sbom.digest).is_empty());
     assert!(manifest_bytes(&dst.url(), "mirror", &s.sig.digest).is_none());
 }
+
+#[test]
+fn a_platform_filter_keeps_buildx_attestations_of_kept_platforms() {
+    let src = Registry::start_plain();
+    let dst = Registry::start_plain();
+    let base = src.url();
+    let amd = push_image(&base, "app", "amd", "amd64");
+    let arm = push_image(&base, "app", "arm", "arm64");
+    let att_amd = push_image(&base, "app", "att-amd", "attestation of amd64");
+    let att_arm = push_image(&base, "app", "att-arm", "attestation of arm64");
+    let entry = |p: &Pushed, arch: &str| {
+        let mut e = p.descriptor();
+        e["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+        e
+    };
+    let att = |p: &Pushed, of: &Pushed| {
+        let mut e = p.descriptor();
+        e["platform"] = serde_json::json!({"os": "unknown", "architecture": "unknown"});
+        e["annotations"] = serde_json::json!({
+            "vnd.docker.reference.type": "attestation-manifest",
+            "vnd.docker.reference.digest": of.digest,
+        });
+        e
+    };
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        entry(&amd, "amd64"), entry(&arm, "arm64"), att(&att_amd, &amd), att(&att_arm, &arm)]});
+    put_manifest(
+        &base,
+        "app",
+        "v1",
+        OCI_INDEX,
+        &serde_json::to_vec(&index).unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = src.regkeeper_registry_toml() + &dst.regkeeper_registry_toml();
+    let cfg = config(
+        dir.path(),
+        &hosts,
+        &format!("{}/app", src.host()),
+        &format!("{}/mirror", dst.host()),
+        "platforms = [\"linux/amd64\"]",
+    );
+    run_ok(dir.path(), &cfg, &["sync", "--json"]);
+    let bytes = manifest_bytes(&dst.url(), "mirror", "v1").expect("filtered index");
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    let listed = entry_digests(v["manifests"].as_array().unwrap());
+    assert_eq!(listed, digests(&[&amd, &att_amd]), "{v}");
+    assert_eq!(
+        manifest_bytes(&dst.url(), "mirror", &att_amd.digest).as_deref(),
+        Some(&att_amd.bytes[..]),
+        "the kept platform's attestation is copied"
+    );
+    assert!(manifest_bytes(&dst.url(), "mirror", &att_arm.digest).is_none());
+    assert!(manifest_bytes(&dst.url(), "mirror", &arm.digest).is_none());
+}
