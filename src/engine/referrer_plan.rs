@@ -18,6 +18,9 @@ use crate::plan::{TagPlan, TargetAction, Write};
 pub(crate) struct SourceReferrer {
     pub subject: Digest,
     pub digest: Digest,
+    /// The selected image (tag digest) the chain of subjects starts from: a
+    /// referrer goes only where that image is or arrives.
+    pub root: Digest,
     /// 1 for a referrer of a copied image, 2 for a referrer of such a
     /// referrer, and so on: each level is written after the one before.
     pub depth: u32,
@@ -48,7 +51,31 @@ pub(crate) fn fallback_tag(subject: &Digest) -> String {
 
 /// One push by digest per referrer (to the targets that do not list it),
 /// then per target without the API and subject, the merged fallback index.
-pub(crate) fn plan_referrers(found: &[SourceReferrer], targets: &[TargetFacts]) -> Vec<TagPlan> {
+/// A referrer goes only to targets where its image is or arrives (per
+/// `tags`, the pair's tag plans after retention): not where retention
+/// drops it or an immutable tag keeps another digest.
+pub(crate) fn plan_referrers(
+    found: &[SourceReferrer],
+    targets: &[TargetFacts],
+    tags: &[TagPlan],
+) -> Vec<TagPlan> {
+    let present: Vec<HashSet<&Digest>> = (0..targets.len())
+        .map(|k| {
+            tags.iter()
+                .filter(|p| matches!(p.write, Write::Tag))
+                .filter(|p| {
+                    p.targets
+                        .get(k)
+                        .is_some_and(|(_, a)| a.needs_copy() || *a == TargetAction::InSync)
+                })
+                .map(|p| &p.digest)
+                .collect()
+        })
+        .collect();
+    let found_at = |k: usize| {
+        let here = &present[k];
+        found.iter().filter(move |r| here.contains(&r.root))
+    };
     let listed = |t: &TargetFacts, r: &SourceReferrer| {
         t.referrers
             .listed
@@ -64,8 +91,9 @@ pub(crate) fn plan_referrers(found: &[SourceReferrer], targets: &[TargetFacts]) 
             write: Write::Referrer { depth: r.depth },
             targets: targets
                 .iter()
-                .filter(|t| !t.referrers.unreadable)
-                .map(|t| {
+                .enumerate()
+                .filter(|(k, t)| !t.referrers.unreadable && present[*k].contains(&r.root))
+                .map(|(_, t)| {
                     let action = if listed(t, r) {
                         TargetAction::InSync
                     } else {
@@ -75,14 +103,15 @@ pub(crate) fn plan_referrers(found: &[SourceReferrer], targets: &[TargetFacts]) 
                 })
                 .collect(),
         })
+        .filter(|p: &TagPlan| !p.targets.is_empty())
         .collect();
-    for t in targets
-        .iter()
-        .filter(|t| !t.referrers.api && !t.referrers.unreadable)
-    {
+    for (k, t) in targets.iter().enumerate() {
+        if t.referrers.api || t.referrers.unreadable {
+            continue;
+        }
         let mut subjects: Vec<&Digest> = Vec::new();
         let mut missing: HashMap<&Digest, Vec<&Value>> = HashMap::new();
-        for r in found.iter().filter(|r| !listed(t, r)) {
+        for r in found_at(k).filter(|r| !listed(t, r)) {
             if !missing.contains_key(&r.subject) {
                 subjects.push(&r.subject);
             }
@@ -163,6 +192,7 @@ mod tests {
         SourceReferrer {
             subject: d(subject),
             digest: d(c),
+            root: d(subject),
             depth: 1,
             entry: entry(c),
         }
@@ -180,6 +210,32 @@ mod tests {
         }
     }
 
+    fn image(c: char, action: TargetAction) -> TagPlan {
+        TagPlan {
+            tag: "v1".into(),
+            digest: d(c),
+            referrer: false,
+            write: Write::Tag,
+            targets: vec![(target("t", Default::default()).location, action)],
+        }
+    }
+
+    #[test]
+    fn no_referrer_goes_where_its_image_does_not() {
+        for action in [
+            TargetAction::DroppedByRetention,
+            TargetAction::DeletedByRetention,
+            TargetAction::KeepImmutable { existing: d('e') },
+        ] {
+            let plans = plan_referrers(
+                &[referrer('a', 'b')],
+                &[target("t", Default::default())],
+                &[image('a', action)],
+            );
+            assert!(plans.is_empty(), "{plans:?}");
+        }
+    }
+
     #[test]
     fn api_targets_get_pushes_only_and_listed_ones_are_in_sync() {
         let api = TargetReferrers {
@@ -191,6 +247,7 @@ mod tests {
         let plans = plan_referrers(
             &[referrer('a', 'b'), referrer('a', 'c')],
             &[target("t", api)],
+            &[image('a', TargetAction::Create)],
         );
         assert_eq!(plans.len(), 2, "no fallback index at an API target");
         assert_eq!(plans[0].targets[0].1, TargetAction::InSync);
@@ -207,7 +264,11 @@ mod tests {
             fallback: HashMap::from([(d('a'), foreign.clone())]),
             unreadable: false,
         };
-        let plans = plan_referrers(&[referrer('a', 'b')], &[target("t", no_api.clone())]);
+        let plans = plan_referrers(
+            &[referrer('a', 'b')],
+            &[target("t", no_api.clone())],
+            &[image('a', TargetAction::InSync)],
+        );
         assert_eq!(plans.len(), 2);
         let Write::FallbackIndex(merged) = &plans[1].write else {
             panic!("expected the merged index: {plans:?}")
@@ -231,7 +292,11 @@ mod tests {
         // Everything listed already: nothing is written.
         let mut done = no_api;
         done.listed.get_mut(&d('a')).unwrap().insert(d('b'));
-        let plans = plan_referrers(&[referrer('a', 'b')], &[target("t", done)]);
+        let plans = plan_referrers(
+            &[referrer('a', 'b')],
+            &[target("t", done)],
+            &[image('a', TargetAction::InSync)],
+        );
         assert_eq!(plans.len(), 1);
         assert_eq!(plans[0].targets[0].1, TargetAction::InSync);
     }

@@ -77,19 +77,28 @@ impl Engine {
     }
 }
 
-/// The subjects whose referrers are looked for: every selected tag's digest
-/// and the children of the indexes at hand (those being copied).
-fn subjects(repo: &RepoInventory) -> Vec<Digest> {
-    let mut out: Vec<Digest> = repo.tags.iter().map(|t| t.digest.clone()).collect();
+/// The subjects whose referrers are looked for, each with the selected
+/// image it belongs to: every selected tag's digest and the children of the
+/// indexes at hand (those being copied).
+fn subjects(repo: &RepoInventory) -> Vec<(Digest, Digest)> {
+    let mut out: Vec<(Digest, Digest)> = repo
+        .tags
+        .iter()
+        .map(|t| (t.digest.clone(), t.digest.clone()))
+        .collect();
     for raw in repo.manifests.values() {
         if let Ok((_, Manifest::Index { manifests, .. })) =
             Manifest::parse(&raw.media_type, &raw.bytes)
         {
-            out.extend(manifests.into_iter().map(|d| d.digest));
+            out.extend(
+                manifests
+                    .into_iter()
+                    .map(|d| (d.digest, raw.digest.clone())),
+            );
         }
     }
     let mut seen = HashSet::new();
-    out.retain(|d| seen.insert(d.clone()));
+    out.retain(|(d, _)| seen.insert(d.clone()));
     out
 }
 
@@ -107,13 +116,13 @@ impl Discover<'_> {
     /// level's subjects; a digest seen before is not followed again.
     async fn walk(
         &self,
-        roots: Vec<Digest>,
+        roots: Vec<(Digest, Digest)>,
     ) -> (
         Vec<SourceReferrer>,
         HashMap<Digest, RawManifest>,
         Vec<RunError>,
     ) {
-        let mut visited: HashSet<Digest> = roots.iter().cloned().collect();
+        let mut visited: HashSet<Digest> = roots.iter().map(|(d, _)| d.clone()).collect();
         let mut found = Vec::new();
         let mut manifests = HashMap::new();
         let mut errors = Vec::new();
@@ -121,15 +130,15 @@ impl Discover<'_> {
         let mut depth = 1;
         while !frontier.is_empty() && depth <= MAX_DEPTH {
             let results = futures_util::stream::iter(frontier)
-                .map(|s| async move {
+                .map(|(s, root)| async move {
                     let r = self.referrers_of(&s).await;
-                    (s, r)
+                    (s, root, r)
                 })
                 .buffer_unordered(SUBJECTS_IN_PARALLEL)
                 .collect::<Vec<_>>()
                 .await;
             let mut next = Vec::new();
-            for (subject, result) in results {
+            for (subject, root, result) in results {
                 let list = match result {
                     Ok(l) => l,
                     Err(e) => {
@@ -142,10 +151,11 @@ impl Discover<'_> {
                     if !visited.insert(raw.digest.clone()) {
                         continue; // seen: a cycle or a shared referrer
                     }
-                    next.push(raw.digest.clone());
+                    next.push((raw.digest.clone(), root.clone()));
                     found.push(SourceReferrer {
                         subject: subject.clone(),
                         digest: raw.digest.clone(),
+                        root: root.clone(),
                         depth,
                         entry,
                     });

@@ -88,18 +88,20 @@ pub(crate) fn plan_rule(facts: &RuleFacts<'_>) -> RulePlan {
         .iter()
         .map(|r| plan_copies(r, facts.immutable))
         .collect();
-    let Some(policy) = facts.retention else {
-        return RulePlan {
-            copies,
-            retention: Vec::new(),
-        };
-    };
-    let mut retention: Vec<RepoPlan> = facts
-        .retention_inputs
-        .iter()
-        .map(|input| plan_target(policy, input, &mut copies, facts))
-        .collect();
-    apply_cap(&mut retention, policy.max_deletions_per_run);
+    let mut retention: Vec<RepoPlan> = Vec::new();
+    if let Some(policy) = facts.retention {
+        retention = facts
+            .retention_inputs
+            .iter()
+            .map(|input| plan_target(policy, input, &mut copies, facts))
+            .collect();
+        apply_cap(&mut retention, policy.max_deletions_per_run);
+    }
+    // Referrers last: they follow their images as retention left them.
+    for (plans, repo) in copies.iter_mut().zip(&facts.repos) {
+        let referrers = plan_referrers(&repo.referrers, &repo.targets, plans);
+        plans.extend(referrers);
+    }
     RulePlan { copies, retention }
 }
 
@@ -122,7 +124,6 @@ fn plan_copies(repo: &RepoFacts, immutable: bool) -> Vec<TagPlan> {
             }
         }
     }
-    plans.extend(plan_referrers(&repo.referrers, &repo.targets));
     plans
 }
 

@@ -353,6 +353,7 @@ fn referrers_by_digest_are_planned_after_tags_and_never_count_as_tags_for_retent
         referrers: vec![SourceReferrer {
             subject: d(1),
             digest: d(20),
+            root: d(1),
             depth: 1,
             entry,
         }],

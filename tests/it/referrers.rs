@@ -327,3 +327,59 @@ fn a_platform_filter_keeps_buildx_attestations_of_kept_platforms() {
     assert!(manifest_bytes(&dst.url(), "mirror", &att_arm.digest).is_none());
     assert!(manifest_bytes(&dst.url(), "mirror", &arm.digest).is_none());
 }
+
+#[test]
+fn retention_deletes_api_referrers_before_their_subject_and_keeps_those_of_kept_images() {
+    let src = Ferro::start();
+    let dst = Ferro::start();
+    let base = src.url();
+    let old = push_image(&base, "app", "1.0.0", "old");
+    let (old_sbom, _) = push_referrer(&base, "app", &old, SPDX, b"sbom of the old one");
+    let new = push_image(&base, "app", "2.0.0", "new");
+    let (new_sbom, _) = push_referrer(&base, "app", &new, SPDX, b"sbom of the new one");
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = src.regkeeper_registry_toml() + &dst.regkeeper_registry_toml();
+    let rule = format!(
+        "[[rule]]\nname = \"r\"\nsource = \"{}/app\"\ntargets = [\"{}/mirror\"]\n",
+        src.host(),
+        dst.host()
+    );
+    let head = format!(
+        "version = 1\n[daemon]\nstate_dir = {:?}\nlisten = \"\"\n{hosts}\n",
+        dir.path().join("state").display().to_string()
+    );
+    run_ok(dir.path(), &format!("{head}{rule}"), &["sync", "--json"]);
+    let at = |d: &Pushed| manifest_bytes(&dst.url(), "mirror", &d.digest).is_some();
+    assert!(at(&old) && at(&old_sbom) && at(&new) && at(&new_sbom));
+
+    let retention = "[rule.retention]\nmatch = ['^\\d+\\.\\d+\\.\\d+$']\nkeep_last = 1\n";
+    let doc = run_ok(
+        dir.path(),
+        &format!("{head}{rule}{retention}"),
+        &["sync", "--json"],
+    );
+    let deleted: BTreeSet<String> = doc["rules"][0]["deletions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["digest"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(deleted, digests(&[&old, &old_sbom]), "{doc}");
+    assert!(
+        !at(&old) && !at(&old_sbom),
+        "the old image and its SBOM are gone"
+    );
+    assert!(at(&new) && at(&new_sbom), "the kept image keeps its SBOM");
+    assert_eq!(
+        entry_digests(&referrers(&dst.url(), "mirror", &new.digest)),
+        digests(&[&new_sbom])
+    );
+    // And the dropped image's SBOM is not copied back.
+    let again = run_ok(
+        dir.path(),
+        &format!("{head}{rule}{retention}"),
+        &["sync", "--json"],
+    );
+    assert_eq!(copies(&again), BTreeSet::new(), "{again}");
+    assert!(!at(&old_sbom));
+}
