@@ -76,6 +76,7 @@ impl Engine {
                 cost: None,
                 error: None,
                 referrer_write: !matches!(plan.write, Write::Tag),
+                pushed_by_digest: matches!(plan.write, Write::Referrer { .. }),
             })
             .collect();
         let needing: Vec<usize> = (0..plan.targets.len())

@@ -55,6 +55,7 @@ pub(super) fn hold_back(
                 cost: None,
                 error: Some("not written: a referrer it lists could not be copied here".into()),
                 referrer_write: true,
+                pushed_by_digest: false,
             });
         }
         if !kept.is_empty() {

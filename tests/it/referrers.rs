@@ -383,3 +383,47 @@ fn retention_deletes_api_referrers_before_their_subject_and_keeps_those_of_kept_
     assert_eq!(copies(&again), BTreeSet::new(), "{again}");
     assert!(!at(&old_sbom));
 }
+
+#[test]
+fn api_to_layout_writes_a_fallback_index_and_a_rerun_leaves_it_alone() {
+    let src = Ferro::start();
+    let s = seed_api(&src.url(), "app");
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let cfg = config(
+        dir.path(),
+        &src.regkeeper_registry_toml(),
+        &format!("{}/app", src.host()),
+        &format!("oci:{}", layout.display()),
+        "",
+    );
+    run_ok(dir.path(), &cfg, &["sync", "--json"]);
+    // skopeo reads the layout's fallback index by its tag.
+    let tag = format!("sha256-{}", s.image.digest.trim_start_matches("sha256:"));
+    let out = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .output()
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let raw = out.stdout;
+    let v: Value = serde_json::from_slice(&raw).expect("fallback index");
+    assert_eq!(
+        entry_digests(v["manifests"].as_array().unwrap()),
+        digests(&[&s.sbom, &s.sig])
+    );
+    for p in [&s.image, &s.sbom, &s.sig, &s.sbom_sig] {
+        let blob = layout
+            .join("blobs/sha256")
+            .join(p.digest.trim_start_matches("sha256:"));
+        assert_eq!(std::fs::read(&blob).ok().as_deref(), Some(&p.bytes[..]));
+    }
+    let index = std::fs::read(layout.join("index.json")).unwrap();
+    let again = run_ok(dir.path(), &cfg, &["sync", "--json"]);
+    assert_eq!(copies(&again), BTreeSet::new());
+    assert_eq!(std::fs::read(layout.join("index.json")).unwrap(), index);
+}
