@@ -3,8 +3,8 @@
 //! elsewhere, otherwise stream once from the source to every target that
 //! lacks it), then child manifests, then the root manifest and its tag.
 //!
-//! Split by concern: `tracker.rs` (what each target registry holds within a
-//! run), `tree.rs` (reading the tree at the source), `transfer.rs` (one blob
+//! Split by concern: `tracker.rs` (what each target registry holds, shared
+//! by every run of the engine), `tree.rs` (reading the tree at the source), `transfer.rs` (one blob
 //! streamed to several targets, resumable uploads), `image.rs` (one tree
 //! copied to its targets); this file holds the copier, errors and counters.
 
@@ -15,6 +15,7 @@ mod tree;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -122,9 +123,19 @@ impl CopyTotals {
     }
 }
 
+/// How long the tracker keeps what it learned about a blob's whereabouts
+/// (as a mount source only, see [`BlobTracker`]): long enough for rules
+/// scheduled apart during a day to mount from each other, short enough to
+/// bound a daemon's memory by its recent copies.
+const TRACKER_MEMORY: Duration = Duration::from_secs(24 * 3600);
+
 /// Shared machinery for copying images within one run.
 pub struct Copier {
+    /// The engine's one tracker: shared by every run.
     pub tracker: Arc<BlobTracker>,
+    /// When this run started: what the tracker learned since then is
+    /// trusted as is; older knowledge is only a mount source.
+    pub since: Instant,
     pub stats: Arc<CopyStats>,
     /// Blob transfers in flight, all rules together.
     pub transfers: Arc<Semaphore>,
@@ -148,13 +159,29 @@ pub struct DryRunCost {
 }
 
 impl Copier {
-    /// A copier for one run: its own blob tracker (nothing learned in an
-    /// earlier run survives, so a wiped target is noticed) and its own
-    /// counters (concurrent runs of other rules do not mix in), sharing the
-    /// global transfer limit, checkpoints and stop signal.
+    /// A copier for one run: the engine's blob tracker, read with this
+    /// run's start as the line between trusted and checked knowledge (so a
+    /// target wiped between runs is noticed), its own counters (concurrent
+    /// runs of other rules do not mix in), sharing the global transfer
+    /// limit, checkpoints and stop signal.
     pub fn for_run(&self) -> Copier {
+        let since = Instant::now();
+        if let Some(cutoff) = since.checked_sub(TRACKER_MEMORY) {
+            self.tracker.forget_before(cutoff);
+        }
+        tracing::debug!(known = self.tracker.known(), "blob tracker");
         Copier {
-            tracker: Default::default(),
+            since,
+            ..self.view()
+        }
+    }
+
+    /// The same run's copier with counters of its own (what one image's
+    /// copy did can then be told apart).
+    pub fn view(&self) -> Copier {
+        Copier {
+            tracker: self.tracker.clone(),
+            since: self.since,
             stats: Arc::new(CopyStats::default()),
             transfers: self.transfers.clone(),
             on_bytes: self.on_bytes.clone(),
@@ -172,7 +199,11 @@ impl Copier {
     ) -> Result<DryRunCost, TransportError> {
         let mut cost = DryRunCost::default();
         for blob in &tree.blobs {
-            match self.tracker.claim(target.location(), &blob.digest).await {
+            match self
+                .tracker
+                .claim(target.location(), &blob.digest, self.since)
+                .await
+            {
                 Claim::Present => cost.blobs_present += 1,
                 Claim::Busy(_) => unreachable!("claim waits"),
                 Claim::Elsewhere(_, guard) => {

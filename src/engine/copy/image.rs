@@ -32,8 +32,8 @@ impl Copier {
         let loc = target.location();
         let claim = match first {
             Some(c) => c,
-            None if wait => self.tracker.claim(loc, &blob.digest).await,
-            None => self.tracker.try_claim(loc, &blob.digest),
+            None if wait => self.tracker.claim(loc, &blob.digest, self.since).await,
+            None => self.tracker.try_claim(loc, &blob.digest, self.since),
         };
         match claim {
             Claim::Busy(_) => Ok(Need::Later),
@@ -47,7 +47,9 @@ impl Copier {
                     self.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
                     return Ok(Need::Nothing);
                 }
-                // Not mountable: this task owns it in this repository.
+                // Not mountable (gone there, or not shared): this task owns
+                // it in this repository.
+                guard.mount_failed(&from);
                 self.check_or_upload(target, blob, guard).await
             }
             Claim::Owner(guard) => self.check_or_upload(target, blob, guard).await,
@@ -128,7 +130,9 @@ impl Copier {
             .map(|blob| async move {
                 let mut needs = Vec::with_capacity(targets.len());
                 let locations: Vec<&Location> = targets.iter().map(|t| t.location()).collect();
-                let claims = self.tracker.try_claim_all(&locations, &blob.digest);
+                let claims = self
+                    .tracker
+                    .try_claim_all(&locations, &blob.digest, self.since);
                 for (target, claim) in targets.iter().zip(claims) {
                     needs.push(self.prepare_blob(target, blob, false, Some(claim)).await);
                 }
