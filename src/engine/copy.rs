@@ -13,8 +13,9 @@ mod tracker;
 mod transfer;
 mod tree;
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -136,6 +137,10 @@ pub struct Copier {
     /// When this run started: what the tracker learned since then is
     /// trusted as is; older knowledge is only a mount source.
     pub since: Instant,
+    /// Target repositories of this run that hold no blobs (they did not
+    /// exist at the inventory, and no interrupted run touched them): no blob
+    /// HEADs there.
+    pub fresh: Arc<Mutex<HashSet<Location>>>,
     pub stats: Arc<CopyStats>,
     /// Blob transfers in flight, all rules together.
     pub transfers: Arc<Semaphore>,
@@ -172,6 +177,7 @@ impl Copier {
         tracing::debug!(known = self.tracker.known(), "blob tracker");
         Copier {
             since,
+            fresh: Default::default(),
             ..self.view()
         }
     }
@@ -182,12 +188,29 @@ impl Copier {
         Copier {
             tracker: self.tracker.clone(),
             since: self.since,
+            fresh: self.fresh.clone(),
             stats: Arc::new(CopyStats::default()),
             transfers: self.transfers.clone(),
             on_bytes: self.on_bytes.clone(),
             checkpoints: self.checkpoints.clone(),
             stop: self.stop.clone(),
         }
+    }
+
+    /// Tells the copier that these target repositories hold no blobs.
+    pub(crate) fn mark_fresh(&self, locations: impl IntoIterator<Item = Location>) {
+        self.fresh_set().extend(locations);
+    }
+
+    /// Whether `target` is known to hold no blob but what this run put there
+    /// (which the tracker knows): a HEAD could only answer 404.
+    pub(crate) fn is_fresh(&self, target: &Location) -> bool {
+        self.fresh_set().contains(target)
+    }
+
+    fn fresh_set(&self) -> std::sync::MutexGuard<'_, HashSet<Location>> {
+        // Plain data: a panicked holder leaves a usable set.
+        self.fresh.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Counts what copying `tree` to `target` would transfer, with read
@@ -212,7 +235,8 @@ impl Copier {
                     cost.blobs_to_mount += 1
                 }
                 Claim::Owner(guard) => {
-                    if target.blob_exists(&blob.digest).await? {
+                    let loc = target.location();
+                    if !self.is_fresh(loc) && target.blob_exists(&blob.digest).await? {
                         guard.succeed();
                         cost.blobs_present += 1;
                     } else {

@@ -30,6 +30,7 @@ impl Engine {
         repo: &RepoInventory,
         plans: Vec<TagPlan>,
     ) -> Vec<ImageReport> {
+        self.mark_fresh(repo, &plans);
         let mut images = Vec::new();
         let (ordinary, referrers): (Vec<TagPlan>, Vec<TagPlan>) =
             plans.into_iter().partition(|p| !p.referrer);
@@ -46,6 +47,7 @@ impl Engine {
         }
         if !self.dry_run {
             self.record_tags(rule, repo, &images);
+            self.settle_fresh(repo, &images);
         }
         images
     }

@@ -64,6 +64,9 @@ pub(crate) struct TargetInventory {
     pub hinted: HashSet<String>,
     /// (tag, digest) pairs this rule's retention deleted here (journal).
     pub retained_away: HashSet<(String, Digest)>,
+    /// The tag list answered 404 and no interrupted run touched the
+    /// repository (state): it holds no blobs, so no blob HEADs there.
+    pub absent: bool,
 }
 
 /// A tag's digests at the source and at each target.
@@ -205,7 +208,7 @@ impl Engine {
     ) -> (Vec<TargetInventory>, Vec<RunError>) {
         let listings = futures_util::future::join_all(locs.iter().map(|loc| async move {
             let store = self.transports.open(loc)?;
-            let tags = store.list_tags().await?;
+            let tags = store.tag_listing().await?;
             Ok::<_, crate::transport::TransportError>((store, tags))
         }))
         .await;
@@ -215,7 +218,8 @@ impl Engine {
             match listing {
                 Ok((store, tags)) => targets.push(TargetInventory {
                     retained_away: self.retained_away(rule, loc),
-                    listed: tags.into_iter().collect(),
+                    absent: tags.is_none() && !self.touched(loc),
+                    listed: tags.into_iter().flatten().collect(),
                     digests: HashMap::new(),
                     hinted: HashSet::new(),
                     store,

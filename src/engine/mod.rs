@@ -7,6 +7,7 @@
 
 pub mod copy;
 mod execute;
+mod fresh;
 mod inventory;
 mod report;
 mod runplan;
@@ -95,6 +96,7 @@ impl Engine {
             copier: Copier {
                 tracker: Default::default(),
                 since: Instant::now(),
+                fresh: Default::default(),
                 stats: Arc::new(CopyStats::default()),
                 transfers: Arc::new(Semaphore::new(max_concurrent_transfers.max(1))),
                 on_bytes: None,

@@ -157,3 +157,129 @@ fn a_wildcard_source_into_two_prefixes_of_one_registry_reads_each_blob_once() {
     // 2 prefixes x 2 repositories x 3 blobs, less the 5 unique blobs uploaded.
     assert_eq!(mounts, 4 * 3 - unique.len(), "the rest is mounted");
 }
+
+/// A HEAD of a blob (not a manifest) at the target.
+fn blob_head(r: &LoggedRequest) -> bool {
+    r.is("HEAD", PathKind::Blob)
+}
+
+#[test]
+fn fresh_target_repositories_get_no_blob_heads_and_existing_ones_do() {
+    let src = Registry::start_plain();
+    let dst = Registry::start_plain();
+    let fam = push_family(&src, &["alpine", "nginx", "redis"], "up");
+    let dir = tempfile::tempdir().unwrap();
+    let config = rule_per_image(dir.path(), &src, &dst, &fam);
+
+    let d0 = dst.mark();
+    let out = regkeeper(dir.path(), &config, &["sync"]);
+    assert_eq!(out.status.code(), Some(0));
+    let heads = dst.count_since(d0, blob_head);
+    assert_eq!(
+        heads, 0,
+        "no repository existed: nothing for a HEAD to find"
+    );
+    let requests = dst.requests_since(d0).len();
+    eprintln!(
+        "BLOBS fresh copy: {requests} target requests for {} images ({:.1} per image)",
+        fam.images.len(),
+        requests as f64 / fam.images.len() as f64
+    );
+    for (name, img) in &fam.images {
+        assert_complete(&dst, &format!("mirror/{name}"), "v1", &img.digest);
+    }
+
+    // A new tag in a repository that exists now: its blobs are asked for
+    // (the base is there and must not be sent again).
+    let mut corpus = Corpus::new();
+    let base = layer("blobs-family-base", 400_000);
+    let v2 = corpus.image(
+        "v2",
+        &ImageSpec::new(&[base, layer("blobs-alpine-v2", 30_000)]).label("v", "2"),
+    );
+    corpus.push(&src, "v2", "up/alpine", "v2");
+    let d1 = dst.mark();
+    let out = regkeeper(dir.path(), &config, &["sync"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_complete(&dst, "mirror/alpine", "v2", &v2.digest);
+    let found = dst.count_since(d1, |r| blob_head(r) && r.status == 200);
+    assert!(found >= 1, "the base layer's HEAD found it");
+    assert_eq!(dst.count_since(d1, |r| uploaded(r, &fam.base)), 0);
+}
+
+#[test]
+fn a_run_killed_in_a_new_repository_is_followed_by_one_that_heads_there() {
+    let src = Registry::start_plain();
+    let dst = Registry::start_plain();
+    let proxy = FaultProxy::to_registry(&dst);
+    let mut corpus = Corpus::new();
+    let small: Vec<LayerSpec> = (0..3)
+        .map(|i| layer(&format!("blobs-kill-{i}"), 100_000))
+        .collect();
+    let mut layers = small.clone();
+    layers.push(layer("blobs-kill-big", 24 * 1024 * 1024));
+    let img = corpus.image("app", &ImageSpec::new(&layers));
+    corpus.push(&src, "app", "up/app", "v1");
+    let big = img.blobs().into_iter().max_by_key(|b| b.size).unwrap();
+    let early: Vec<String> = img
+        .blobs()
+        .into_iter()
+        .filter(|b| b.digest != big.digest)
+        .map(|b| b.digest)
+        .collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}[registries.\"{}\"]\nplain_http = true\n\n[[rule]]\nname = \"app\"\nsource = \"{}/up/app\"\ntargets = [\"{}/mirror/app\"]\n",
+        header(dir.path(), &[&src]),
+        proxy.host(),
+        src.host(),
+        proxy.host()
+    );
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, &config).unwrap();
+    // 4 MB/s: the big layer takes about 6 s, the small ones a moment.
+    proxy.throttle(Some(4_000_000));
+    let mut child = std::process::Command::new(regkeeper_bin())
+        .args(["sync", "-c"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start regkeeper sync");
+    let t = std::time::Instant::now();
+    while !early.iter().all(|d| dst.has_blob(d)) {
+        assert!(t.elapsed().as_secs() < 30, "small blobs never arrived");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL, mid-way through the big layer
+    child.wait().unwrap();
+    assert!(
+        dst.try_digest_of("mirror/app", "v1").is_none(),
+        "killed before the tag"
+    );
+    assert!(!dst.has_blob(&big.digest), "killed before the big layer");
+
+    // The tag list still answers 404, but the state knows the run touched
+    // the repository: the next run asks before it uploads.
+    proxy.throttle(None);
+    let d0 = dst.mark();
+    let out = regkeeper(dir.path(), &config, &["sync"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_complete(&dst, "mirror/app", "v1", &img.digest);
+    for d in &early {
+        assert_eq!(dst.count_since(d0, |r| uploaded(r, d)), 0, "{d} sent again");
+    }
+    assert_eq!(dst.count_since(d0, |r| uploaded(r, &big.digest)), 1);
+    let found = dst.count_since(d0, |r| blob_head(r) && r.status == 200);
+    assert_eq!(found, early.len(), "HEADs found what the killed run left");
+
+    // Tagged now: the record is cleared, and a wiped repository is empty
+    // again, so a third run into a new repository sends no HEADs.
+    let config2 = config.replace("mirror/app", "mirror/again");
+    let d1 = dst.mark();
+    let out = regkeeper(dir.path(), &config2, &["sync"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_complete(&dst, "mirror/again", "v1", &img.digest);
+    assert_eq!(dst.count_since(d1, blob_head), 0);
+}

@@ -62,7 +62,8 @@ impl Copier {
         blob: &Descriptor,
         guard: OwnerGuard,
     ) -> Result<Need, TransportError> {
-        if target.blob_exists(&blob.digest).await? {
+        // A repository that did not exist holds nothing a HEAD could find.
+        if !self.is_fresh(target.location()) && target.blob_exists(&blob.digest).await? {
             guard.succeed();
             self.stats.blobs_skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(Need::Nothing);
