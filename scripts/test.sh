@@ -14,6 +14,8 @@ command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 [ -x /lib/systemd/systemd ] || need+=(systemd)
 command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
+# script: a pseudo-terminal for the progress line test.
+command -v script >/dev/null 2>&1 || need+=(bsdutils)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}"
     SUDO=""

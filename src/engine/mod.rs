@@ -81,6 +81,9 @@ pub struct Engine {
     live: Arc<std::sync::Mutex<Vec<Arc<CopyStats>>>>,
     /// Told the blob count of an image once `copy_image` knows it (progress %).
     on_total: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    /// Told how many image copies a rule's run plan holds, once it is made
+    /// (progress % of `sync`).
+    on_plan: Option<Arc<dyn Fn(u64) + Send + Sync>>,
 }
 
 impl Engine {
@@ -109,6 +112,7 @@ impl Engine {
             shard: crate::shard::Shard::WHOLE,
             live: Default::default(),
             on_total: None,
+            on_plan: None,
         }
     }
 
@@ -187,6 +191,12 @@ impl Engine {
         self.on_total = Some(f);
     }
 
+    /// Called with the number of image copies (per target) each rule's run
+    /// plan holds, before its executor starts.
+    pub fn on_plan(&mut self, f: Arc<dyn Fn(u64) + Send + Sync>) {
+        self.on_plan = Some(f);
+    }
+
     pub fn stats(&self) -> &Arc<CopyStats> {
         &self.copier.stats
     }
@@ -205,6 +215,7 @@ impl Engine {
             shard: self.shard,
             live: self.live.clone(),
             on_total: None,
+            on_plan: self.on_plan.clone(),
         };
         let stats = run.copier.stats.clone();
         self.live_runs().push(stats.clone());
@@ -283,6 +294,9 @@ impl Engine {
             copy_facts,
         };
         let plan = runplan::plan_rule(&facts);
+        if let Some(f) = &self.on_plan {
+            f(plan.image_copies());
+        }
 
         // 3. Execute: copies, then the retention plan.
         self.execute_rule(rule, &inv, plan.copies, &mut report)

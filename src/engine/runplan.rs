@@ -64,6 +64,19 @@ pub(crate) struct RulePlan {
     pub retention: Vec<RepoPlan>,
 }
 
+impl RulePlan {
+    /// Image copies the plan holds, one per tag and target that needs it
+    /// (what `sync`'s progress counts towards).
+    pub(crate) fn image_copies(&self) -> u64 {
+        self.copies
+            .iter()
+            .flatten()
+            .flat_map(|p| &p.targets)
+            .filter(|(_, a)| a.needs_copy())
+            .count() as u64
+    }
+}
+
 pub(crate) fn plan_rule(facts: &RuleFacts<'_>) -> RulePlan {
     let mut copies: Vec<Vec<TagPlan>> = facts
         .repos

@@ -220,7 +220,8 @@ fn read_only_open_reads_and_refuses_writes() {
 #[test]
 fn retention_state_over_sqlite() {
     use crate::oci::Digest;
-    use crate::retention::{JournalEntry, JournalStatus, ReadOnly, RetentionState};
+    use crate::retention::state::ReadOnly;
+    use crate::retention::{JournalEntry, JournalStatus, RetentionState};
     use std::collections::BTreeMap;
     let (dir, st) = open();
     let d = |c: char| Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap();

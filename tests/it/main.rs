@@ -7,6 +7,7 @@ mod events;
 mod faults;
 mod harness;
 mod plan;
+mod progress;
 mod retention;
 mod shards;
 mod store;

@@ -19,6 +19,7 @@ mod auth;
 mod authz;
 mod limits;
 mod pages;
+mod probe;
 mod push;
 mod resume;
 mod send;
@@ -28,6 +29,7 @@ mod upload;
 mod wire;
 
 pub use api::RemoteRepo;
+pub use probe::speaks_https;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
