@@ -235,10 +235,13 @@ impl Copier {
                     cost.blobs_to_mount += 1
                 }
                 Claim::Owner(guard) => {
-                    let loc = target.location();
-                    if !self.is_fresh(loc) && target.blob_exists(&blob.digest).await? {
+                    let fresh = self.is_fresh(target.location()) && !guard.known_here;
+                    if !fresh && target.blob_exists(&blob.digest).await? {
                         guard.succeed();
                         cost.blobs_present += 1;
+                    } else if guard.mount_source().is_some() {
+                        guard.succeed();
+                        cost.blobs_to_mount += 1;
                     } else {
                         // Count it once per target: later images sharing the
                         // blob will find it "present" as it would be by then.

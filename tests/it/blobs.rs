@@ -70,11 +70,12 @@ fn push_family(src: &Registry, names: &[&str], prefix: &str) -> Family {
     Family { base, images }
 }
 
-fn rule_per_image(dir: &Path, src: &Registry, dst: &Registry, fam: &Family) -> String {
+/// One rule per image (as real configurations are), each ending in `extra`.
+fn rule_per_image(dir: &Path, src: &Registry, dst: &Registry, fam: &Family, extra: &str) -> String {
     let mut config = header(dir, &[src, dst]);
     for (name, _) in &fam.images {
         config += &format!(
-            "[[rule]]\nname = \"{name}\"\nsource = \"{}/up/{name}\"\ntargets = [\"{}/mirror/{name}\"]\n",
+            "[[rule]]\nname = \"{name}\"\nsource = \"{}/up/{name}\"\ntargets = [\"{}/mirror/{name}\"]\n{extra}",
             src.host(),
             dst.host()
         );
@@ -88,7 +89,7 @@ fn rules_sharing_a_base_layer_mount_it_from_each_other() {
     let dst = Registry::start_plain();
     let fam = push_family(&src, &["alpine", "nginx", "redis"], "up");
     let dir = tempfile::tempdir().unwrap();
-    let config = rule_per_image(dir.path(), &src, &dst, &fam);
+    let config = rule_per_image(dir.path(), &src, &dst, &fam, "");
 
     let (s0, d0) = (src.mark(), dst.mark());
     let out = regkeeper(dir.path(), &config, &["sync"]);
@@ -169,7 +170,7 @@ fn fresh_target_repositories_get_no_blob_heads_and_existing_ones_do() {
     let dst = Registry::start_plain();
     let fam = push_family(&src, &["alpine", "nginx", "redis"], "up");
     let dir = tempfile::tempdir().unwrap();
-    let config = rule_per_image(dir.path(), &src, &dst, &fam);
+    let config = rule_per_image(dir.path(), &src, &dst, &fam, "");
 
     let d0 = dst.mark();
     let out = regkeeper(dir.path(), &config, &["sync"]);
@@ -282,4 +283,87 @@ fn a_run_killed_in_a_new_repository_is_followed_by_one_that_heads_there() {
     assert_eq!(out.status.code(), Some(0));
     assert_complete(&dst, "mirror/again", "v1", &img.digest);
     assert_eq!(dst.count_since(d1, blob_head), 0);
+}
+
+/// `regkeeper run` in `dir`, killed on drop.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn start(dir: &Path, config: &str) -> Daemon {
+        let port = free_port();
+        let config = config.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+        let path = dir.join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+        let child = std::process::Command::new(regkeeper_bin())
+            .args(["run", "-c"])
+            .arg(&path)
+            .env("REGKEEPER_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start regkeeper run");
+        Daemon(child)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(what: &str, dir: &Path, mut cond: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        if t.elapsed().as_secs() > 30 {
+            let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+            panic!("timed out waiting for {what}; daemon log:\n{log}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn daemon_rules_running_at_once_read_a_shared_blob_once_and_a_wiped_target_is_copied_again() {
+    let src = Registry::start_plain();
+    let mut dst = Registry::start_plain();
+    let fam = push_family(&src, &["alpine", "nginx", "redis"], "up");
+    let dir = tempfile::tempdir().unwrap();
+    let config = rule_per_image(dir.path(), &src, &dst, &fam, "schedule = \"@every 1s\"\n");
+    let all_there = |dst: &Registry| {
+        fam.images.iter().all(|(name, img)| {
+            dst.try_digest_of(&format!("mirror/{name}"), "v1")
+                .as_deref()
+                == Some(img.digest.as_str())
+        })
+    };
+    let (s0, d0) = (src.mark(), dst.mark());
+    let daemon = Daemon::start(dir.path(), &config);
+    wait_for("every rule copied", dir.path(), || all_there(&dst));
+    let base_reads = src.count_since(s0, |r| {
+        r.is("GET", PathKind::Blob) && r.reference() == Some(fam.base.as_str())
+    });
+    assert_eq!(base_reads, 1, "three rules, one source read of the base");
+    assert_eq!(dst.count_since(d0, |r| uploaded(r, &fam.base)), 1);
+    assert_eq!(dst.count_since(d0, |r| mounted(r, &fam.base)), 2);
+
+    // Wiped while the daemon (and its tracker) lives on: the next runs
+    // find no tags, mount nothing from where the base used to be, and copy
+    // everything again.
+    dst.stop();
+    std::fs::remove_dir_all(dst.data_dir()).unwrap();
+    std::fs::create_dir_all(dst.data_dir()).unwrap();
+    dst.start();
+    let s1 = src.mark();
+    wait_for("every rule copied again", dir.path(), || all_there(&dst));
+    drop(daemon);
+    for (name, img) in &fam.images {
+        assert_complete(&dst, &format!("mirror/{name}"), "v1", &img.digest);
+    }
+    let base_reads = src.count_since(s1, |r| {
+        r.is("GET", PathKind::Blob) && r.reference() == Some(fam.base.as_str())
+    });
+    assert!(base_reads >= 1, "the base was read again: {base_reads}");
 }

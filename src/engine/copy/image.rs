@@ -62,11 +62,23 @@ impl Copier {
         blob: &Descriptor,
         guard: OwnerGuard,
     ) -> Result<Need, TransportError> {
-        // A repository that did not exist holds nothing a HEAD could find.
-        if !self.is_fresh(target.location()) && target.blob_exists(&blob.digest).await? {
+        // A repository that did not exist holds nothing a HEAD could find,
+        // unless this process put the blob there (a concurrent run may have).
+        let fresh = self.is_fresh(target.location()) && !guard.known_here;
+        if !fresh && target.blob_exists(&blob.digest).await? {
             guard.succeed();
             self.stats.blobs_skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(Need::Nothing);
+        }
+        // Gone here (a wiped target) but known elsewhere: a mount still
+        // spares the source read.
+        if let Some(from) = guard.mount_source() {
+            if target.mount_blob(&blob.digest, &from).await? {
+                guard.succeed();
+                self.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
+                return Ok(Need::Nothing);
+            }
+            guard.mount_failed(&from);
         }
         Ok(Need::Upload(guard))
     }

@@ -50,6 +50,15 @@ fn registry_key(location: &Location) -> String {
     }
 }
 
+fn freshest_other(entry: &Entry, target: &Location) -> Option<Location> {
+    entry
+        .held
+        .iter()
+        .filter(|(loc, _)| *loc != target)
+        .max_by_key(|(_, learned)| **learned)
+        .map(|(loc, _)| loc.clone())
+}
+
 pub(super) enum Claim {
     /// The target is known (since the asking run started) to hold it.
     Present,
@@ -72,11 +81,23 @@ pub struct OwnerGuard {
     location: Location,
     done: Option<watch::Sender<bool>>,
     present: bool,
+    /// The tracker knew the blob in this very repository (from before the
+    /// asking run): a HEAD there is not needless, even in a repository
+    /// that did not exist at the inventory (a concurrent run may be
+    /// putting it there).
+    pub(super) known_here: bool,
 }
 
 impl OwnerGuard {
     pub(super) fn succeed(mut self) {
         self.present = true;
+    }
+
+    /// The freshest other repository of the registry known to hold the
+    /// blob: where to mount it from once a HEAD said it is not here.
+    pub(super) fn mount_source(&self) -> Option<Location> {
+        let map = self.tracker.lock();
+        freshest_other(map.get(&self.key)?, &self.location)
     }
 
     /// A mount from `from` failed: the registry no longer holds the blob
@@ -166,12 +187,7 @@ impl BlobTracker {
         // (no write, no link rewritten). Otherwise the freshest source.
         let from = match here {
             Some(_) => None,
-            None => entry
-                .held
-                .iter()
-                .filter(|(loc, _)| *loc != target)
-                .max_by_key(|(_, learned)| **learned)
-                .map(|(loc, _)| loc.clone()),
+            None => freshest_other(entry, target),
         };
         let (tx, rx) = watch::channel(false);
         entry.busy = Some(rx);
@@ -181,6 +197,7 @@ impl BlobTracker {
             location: target.clone(),
             done: Some(tx),
             present: false,
+            known_here: here.is_some(),
         };
         match from {
             Some(from) => Claim::Elsewhere(from, guard),

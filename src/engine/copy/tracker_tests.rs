@@ -105,3 +105,24 @@ fn forgetting_old_knowledge_bounds_memory() {
     t.forget_before(Instant::now() + Duration::from_secs(1));
     assert_eq!(t.known(), 0);
 }
+
+#[test]
+fn an_owner_knows_whether_the_blob_was_seen_here_and_where_else() {
+    let t = Arc::new(BlobTracker::default());
+    let (a, b) = (repo("r", "a"), repo("r", "b"));
+    let d = digest("x");
+    learn(&t, &a, &d);
+    learn(&t, &b, &d);
+    std::thread::sleep(Duration::from_millis(2));
+    match t.try_claim(&a, &d, Instant::now()) {
+        Claim::Owner(g) => {
+            assert!(g.known_here, "a HEAD is due even in a fresh repository");
+            assert_eq!(g.mount_source(), Some(b), "where to mount from if gone");
+        }
+        _ => panic!("expected a HEAD first"),
+    }
+    match t.try_claim(&repo("r", "c"), &digest("y"), Instant::now()) {
+        Claim::Owner(g) => assert!(!g.known_here && g.mount_source().is_none()),
+        _ => panic!("unknown blob: owner"),
+    }
+}
