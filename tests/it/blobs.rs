@@ -367,3 +367,93 @@ fn daemon_rules_running_at_once_read_a_shared_blob_once_and_a_wiped_target_is_co
     });
     assert!(base_reads >= 1, "the base was read again: {base_reads}");
 }
+
+/// Figures for issue 11 (not a timed test): target requests per image,
+/// 404 blob HEADs, mounts and source bytes read per unique byte, for one
+/// rule per repository and for one `/*` rule. `REGKEEPER_MEASURE_BIN`
+/// measures another build (e.g. the one before this change).
+#[test]
+#[ignore]
+fn measurement_requests_per_image() {
+    let bin = std::env::var("REGKEEPER_MEASURE_BIN").unwrap_or_else(|_| regkeeper_bin().into());
+    let src = Registry::start_plain();
+    let mut corpus = Corpus::new();
+    let base = layer("blobs-measure-base", 300_000);
+    let (repos, tags) = (8, 3);
+    let mut unique: std::collections::HashMap<String, u64> = Default::default();
+    for r in 0..repos {
+        let mid = layer(&format!("blobs-measure-{r}"), 100_000);
+        for t in 0..tags {
+            let name = format!("r{r}t{t}");
+            let spec = ImageSpec::new(&[base.clone(), mid.clone(), layer(&name, 20_000)])
+                .label("n", &name);
+            let img = corpus.image(&name, &spec);
+            unique.extend(img.blobs().into_iter().map(|b| (b.digest, b.size)));
+            corpus.push(&src, &name, &format!("m/r{r}"), &format!("t{t}"));
+        }
+    }
+    let unique_bytes: u64 = unique.values().sum();
+    let images = repos * tags;
+    for wildcard in [false, true] {
+        let dst = Registry::start_plain();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = header(dir.path(), &[&src, &dst]);
+        if wildcard {
+            config += &format!(
+                "[[rule]]\nname = \"all\"\nsource = \"{}/m/*\"\ntargets = [\"{}/x/*\"]\n",
+                src.host(),
+                dst.host()
+            );
+        } else {
+            for r in 0..repos {
+                config += &format!(
+                    "[[rule]]\nname = \"r{r}\"\nsource = \"{}/m/r{r}\"\ntargets = [\"{}/x/r{r}\"]\n",
+                    src.host(),
+                    dst.host()
+                );
+            }
+        }
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let (s0, d0) = (src.mark(), dst.mark());
+        let t = std::time::Instant::now();
+        let ok = std::process::Command::new(&bin)
+            .args(["sync", "-c"])
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        let wall = t.elapsed();
+        assert!(ok, "sync failed");
+        let reqs = dst.requests_since(d0);
+        let heads404 = reqs
+            .iter()
+            .filter(|r| blob_head(r) && r.status == 404)
+            .count();
+        let mounts = reqs
+            .iter()
+            .filter(|r| {
+                r.is("POST", PathKind::UploadStart) && r.path.contains("mount=") && r.status == 201
+            })
+            .count();
+        let read: u64 = src
+            .requests_since(s0)
+            .iter()
+            .filter(|r| r.is("GET", PathKind::Blob))
+            .map(|r| r.bytes)
+            .sum();
+        eprintln!(
+            "MEASURE {}: {images} images, {} target requests ({:.2}/image), {heads404} blob HEADs 404, {mounts} mounts, source read {read} B / unique {unique_bytes} B = {:.2}, {:.2} s",
+            if wildcard {
+                "one /* rule"
+            } else {
+                "rule per repository"
+            },
+            reqs.len(),
+            reqs.len() as f64 / images as f64,
+            read as f64 / unique_bytes as f64,
+            wall.as_secs_f64()
+        );
+    }
+}
