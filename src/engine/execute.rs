@@ -4,13 +4,11 @@
 //! transports, counting what a copy would transfer). Neither decides
 //! anything: what to copy where is the plan's.
 
-use std::sync::Arc;
-
 use futures_util::StreamExt;
 use tracing::Instrument;
 
 use super::Engine;
-use super::copy::{self, Copier, CopyStats, DryRunCost};
+use super::copy::{self, DryRunCost};
 use super::inventory::RepoInventory;
 use super::report::ImageReport;
 use crate::config::Rule;
@@ -32,6 +30,7 @@ impl Engine {
         repo: &RepoInventory,
         plans: Vec<TagPlan>,
     ) -> Vec<ImageReport> {
+        self.mark_fresh(repo, &plans);
         let mut images: Vec<ImageReport> = Vec::new();
         for group in super::referrer_exec::stages(plans) {
             let group = super::referrer_exec::hold_back(
@@ -56,6 +55,7 @@ impl Engine {
                 .cloned()
                 .collect();
             self.record_tags(rule, repo, &tags);
+            self.settle_fresh(repo, &tags);
         }
         images
     }
@@ -129,14 +129,7 @@ impl Engine {
         // A view of the run's copier with counters of this image's own, so
         // what one copy sent can be told (exactly when one target needs it;
         // a blob streamed to several targets is not split between them).
-        let copier = Copier {
-            stats: Arc::new(CopyStats::default()),
-            tracker: self.copier.tracker.clone(),
-            transfers: self.copier.transfers.clone(),
-            on_bytes: self.copier.on_bytes.clone(),
-            checkpoints: self.copier.checkpoints.clone(),
-            stop: self.copier.stop.clone(),
-        };
+        let copier = self.copier.view();
         let results = copier.copy_tree(source, &tree, tag, &targets).await;
         let sent = copier.stats.totals();
         self.add_totals(&sent);

@@ -69,6 +69,9 @@ pub(crate) struct TargetInventory {
     pub hinted: HashSet<String>,
     /// (tag, digest) pairs this rule's retention deleted here (journal).
     pub retained_away: HashSet<(String, Digest)>,
+    /// The tag list answered 404 and no interrupted run touched the
+    /// repository (state): it holds no blobs, so no blob HEADs there.
+    pub absent: bool,
     /// What the target lists of the source's referrers' subjects.
     pub referrers: TargetReferrers,
 }
@@ -219,7 +222,7 @@ impl Engine {
     ) -> (Vec<TargetInventory>, Vec<RunError>) {
         let listings = futures_util::future::join_all(locs.iter().map(|loc| async move {
             let store = self.transports.open(loc)?;
-            let tags = store.list_tags().await?;
+            let tags = store.tag_listing().await?;
             Ok::<_, crate::transport::TransportError>((store, tags))
         }))
         .await;
@@ -229,7 +232,8 @@ impl Engine {
             match listing {
                 Ok((store, tags)) => targets.push(TargetInventory {
                     retained_away: self.retained_away(rule, loc),
-                    listed: tags.into_iter().collect(),
+                    absent: tags.is_none() && !self.touched(loc),
+                    listed: tags.into_iter().flatten().collect(),
                     digests: HashMap::new(),
                     hinted: HashSet::new(),
                     referrers: TargetReferrers::default(),

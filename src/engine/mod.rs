@@ -7,6 +7,7 @@
 
 pub mod copy;
 mod execute;
+mod fresh;
 mod inventory;
 mod referrer_exec;
 mod referrer_plan;
@@ -65,8 +66,9 @@ impl LiveStats {
     }
 }
 
-/// Runs rules against real stores. One per process run: it owns the blob
-/// tracker and the global transfer limit.
+/// Runs rules against real stores. One per process run (per configuration
+/// generation in the daemon): it owns the blob tracker, which every rule run
+/// shares, and the global transfer limit.
 pub struct Engine {
     transports: Arc<Transports>,
     copier: Copier,
@@ -99,6 +101,8 @@ impl Engine {
             transports,
             copier: Copier {
                 tracker: Default::default(),
+                since: Instant::now(),
+                fresh: Default::default(),
                 stats: Arc::new(CopyStats::default()),
                 transfers: Arc::new(Semaphore::new(max_concurrent_transfers.max(1))),
                 on_bytes: None,
@@ -160,6 +164,18 @@ impl Engine {
 
     pub fn with_transfer_limit(mut self, limit: Arc<Semaphore>) -> Self {
         self.copier.transfers = limit;
+        self
+    }
+
+    /// The blob tracker, to share it with an engine built later (after a
+    /// reload): runs of both generations may overlap, and a mount must stay
+    /// exclusive per blob and registry across them.
+    pub fn blob_tracker(&self) -> Arc<copy::BlobTracker> {
+        self.copier.tracker.clone()
+    }
+
+    pub fn with_blob_tracker(mut self, tracker: Arc<copy::BlobTracker>) -> Self {
+        self.copier.tracker = tracker;
         self
     }
 

@@ -297,3 +297,16 @@ fn retention_state_over_sqlite() {
     assert!(ro.journal(&entry).is_err());
     drop(dir);
 }
+
+#[test]
+fn touched_repositories_are_recorded_until_tagged() {
+    let (_d, st) = open();
+    let repos = vec![("reg:5000".to_string(), "m/a".to_string())];
+    assert!(!st.touched("reg:5000", "m/a").unwrap());
+    st.touch_repos(&repos, 100).unwrap();
+    st.touch_repos(&repos, 200).unwrap(); // again: no conflict
+    assert!(st.touched("reg:5000", "m/a").unwrap());
+    assert!(!st.touched("reg:5000", "m/b").unwrap());
+    st.untouch_repo("reg:5000", "m/a").unwrap();
+    assert!(!st.touched("reg:5000", "m/a").unwrap());
+}
