@@ -34,7 +34,7 @@ pub use probe::speaks_https;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU8};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -105,9 +105,8 @@ pub struct Registry {
     chunk_size: u64,
     stats: Mutex<RegistryStats>,
     observer: OnceLock<Observer>,
-    /// Whether the referrers API answers here (`referrers::API_*`), learned
-    /// once per run.
-    referrers_api: AtomicU8,
+    /// Whether the referrers API answers here, and since when that is known.
+    referrers_api: Mutex<Option<(bool, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -249,7 +248,7 @@ impl Registry {
             chunk_size: opts.chunk_size,
             stats: Mutex::new(RegistryStats::default()),
             observer: OnceLock::new(),
-            referrers_api: AtomicU8::new(referrers::API_UNKNOWN),
+            referrers_api: Mutex::new(None),
         })
     }
 

@@ -1,11 +1,12 @@
 //! The OCI 1.1 referrers API (`GET /v2/<name>/referrers/<digest>`): an index
 //! of the manifests whose `subject` is a digest, paginated with `Link`,
 //! optionally filtered by `?artifactType=`. Whether a registry has the API is
-//! learned once per run (the endpoint answering an index, or `OCI-Subject` on
-//! a manifest push) and remembered on the [`Registry`].
+//! learned once (the endpoint answering an index, or `OCI-Subject` on a
+//! manifest push) and remembered on the [`Registry`] for an hour: a daemon
+//! keeps its registries across runs, and a registry may gain the API.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use reqwest::header;
 use reqwest::{Method, StatusCode};
@@ -16,26 +17,24 @@ use super::{MAX_ERROR_BODY, MAX_MANIFEST, Registry, RemoteRepo, wire};
 use crate::oci::{Digest, OCI_INDEX};
 use crate::transport::Result;
 
-/// What the registry is known to say about the referrers API this run.
-pub(super) const API_UNKNOWN: u8 = 0;
-pub(super) const API_YES: u8 = 1;
-pub(super) const API_NO: u8 = 2;
+/// How long an answer about the API is believed before it is asked again.
+const API_KNOWN_FOR: Duration = Duration::from_secs(3600);
 
 impl Registry {
-    /// Whether this registry has the referrers API, as far as this run knows.
+    /// Whether this registry has the referrers API, as far as is known.
     pub fn has_referrers_api(&self) -> Option<bool> {
-        match self.referrers_api.load(Ordering::Relaxed) {
-            API_YES => Some(true),
-            API_NO => Some(false),
-            _ => None,
-        }
+        let known = *self.referrers_api.lock().expect("referrers_api poisoned");
+        known
+            .filter(|(_, at)| at.elapsed() < API_KNOWN_FOR)
+            .map(|(yes, _)| yes)
     }
 
     pub(super) fn learn_referrers_api(&self, yes: bool) {
-        let v = if yes { API_YES } else { API_NO };
-        if self.referrers_api.swap(v, Ordering::Relaxed) != v {
+        let mut known = self.referrers_api.lock().expect("referrers_api poisoned");
+        if known.map(|(y, _)| y) != Some(yes) {
             tracing::debug!(registry = %self.host, api = yes, "referrers API detected");
         }
+        *known = Some((yes, Instant::now()));
     }
 }
 
@@ -88,9 +87,10 @@ impl RemoteRepo {
             let page = page_entries(&body).map_err(|e| reg.protocol(&url, e))?;
             reg.learn_referrers_api(true);
             // A registry that ignored the filter: filter here.
-            out.extend(page.into_iter().filter(|e| {
-                filtered || artifact_type.is_none_or(|t| entry_artifact_type(e) == Some(t))
-            }));
+            out.extend(
+                page.into_iter()
+                    .filter(|e| wanted(e, filtered, artifact_type)),
+            );
             match next {
                 Some(n) => url = n,
                 None => break,
@@ -134,6 +134,12 @@ fn page_entries(body: &[u8]) -> std::result::Result<Vec<Value>, String> {
     Ok(list)
 }
 
+/// Whether a listed entry is wanted: all of them when the registry applied
+/// the `artifactType` filter (or none was asked), else those of the type.
+fn wanted(entry: &Value, filtered: bool, artifact_type: Option<&str>) -> bool {
+    filtered || artifact_type.is_none_or(|t| entry_artifact_type(entry) == Some(t))
+}
+
 /// A descriptor's `artifactType`.
 pub(crate) fn entry_artifact_type(entry: &Value) -> Option<&str> {
     entry.get("artifactType").and_then(Value::as_str)
@@ -155,5 +161,22 @@ mod tests {
         assert!(page_entries(br#"{"manifests":[{"digest":"sha256:zz"}]}"#).is_err());
         assert!(page_entries(br#"{"mediaType":"text/html"}"#).is_err());
         assert!(page_entries(b"<html>").is_err());
+    }
+
+    #[test]
+    fn a_filter_the_registry_did_not_apply_is_applied_here() {
+        let sbom = serde_json::json!({"artifactType": "application/spdx+json"});
+        let sig = serde_json::json!({"artifactType": "application/vnd.cncf.notary.signature"});
+        let t = Some("application/spdx+json");
+        assert!(wanted(&sbom, false, t));
+        assert!(
+            !wanted(&sig, false, t),
+            "OCI-Filters-Applied absent: filtered here"
+        );
+        assert!(
+            wanted(&sig, true, t),
+            "the registry filtered: its answer stands"
+        );
+        assert!(wanted(&sig, false, None));
     }
 }
