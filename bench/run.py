@@ -14,13 +14,19 @@ deterministic corpus from --seed as an OCI layout, pushes it to the source with
   noop    run again with nothing to do
   newtag  one new tag was pushed to the source (outside the timed region)
   big     one image with a single 1 GiB layer into an empty target
+  rules   the corpus as one rule per repository into an empty target (issue 11 (a))
+  scale   1,000 repos x 10 tags of tiny images, one `/*` rule, into an empty target (issue 11 (b));
+          the corpus is written as a distribution storage tree before a third registry starts
+  scalenoop  the scale corpus again with nothing to do
   curl    the physical limit: a monolithic upload (POST, then PUT ?digest=) of the same blob
 
-Figures: wall, CPU (user+sys, from wait4 rusage), peak RSS, requests seen by each
-registry by method (access log between marks), bytes served by the source and
-received by the target (registry metrics), and a check that the target holds
-exactly the expected content. Prints a table, PASS/MISS per target of issue 5,
-and writes JSON to bench/results/latest.json. Python 3.11 standard library only.
+Figures: wall, CPU (user+sys, from wait4 rusage), peak RSS, load average, requests seen
+by each registry by method (access log between marks), bytes served by the source and
+received by the target (registry metrics), blob bytes served by the source and mounts
+(access log), and a check that the target holds exactly the expected content.
+`--regkeeper-baseline PATH` measures a second binary as tool regkeeper-base in the same
+run. Prints tables, PASS/MISS per target of issues 5 and 11, and writes JSON to
+bench/results/latest.json. Python 3.11 standard library only.
 """
 import argparse
 import collections
