@@ -14,6 +14,8 @@ command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 [ -x /lib/systemd/systemd ] || need+=(systemd)
 command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
+# script: a pseudo-terminal for the progress line test.
+command -v script >/dev/null 2>&1 || need+=(bsdutils)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}"
     SUDO=""
@@ -21,6 +23,12 @@ if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
+
+# The registry with the OCI 1.1 referrers API (tests/it/referrers.rs):
+# a cold build takes minutes, so once per machine.
+ferro_bin="${CARGO_HOME:-$HOME/.cargo}/bin/ferro-oci-server"
+command -v ferro-oci-server >/dev/null 2>&1 || [ -x "$ferro_bin" ] \
+    || cargo install --locked ferro-oci-server
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -11,17 +11,17 @@
 //! - [`transport`]: the only code that talks to registries or layout directories.
 //! - [`secret`]: values that are never printed.
 
-pub mod clock;
+pub(crate) mod clock;
 pub mod config;
 pub mod daemon;
 pub mod engine;
-pub mod filter;
-pub mod metrics;
+pub(crate) mod filter;
+pub(crate) mod metrics;
 pub mod oci;
 pub mod plan;
 pub mod reference;
 pub mod retention;
-pub mod secret;
+pub(crate) mod secret;
 pub mod shard;
 pub mod state;
 pub mod transport;

@@ -40,8 +40,8 @@ fn parse_platforms(platforms: &[String]) -> Result<Vec<Platform>, CliError> {
 /// override that side's host settings from the config when there is one.
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct AccessFlags {
-    /// `false`: the source registry speaks plain HTTP or has an unverifiable
-    /// certificate (as skopeo: plain HTTP allowed, verification skipped).
+    /// `false`: HTTPS without certificate verification if the source
+    /// registry speaks TLS, else plain HTTP (as skopeo).
     #[arg(long, value_name = "BOOL", default_value_t = true, num_args = 0..=1,
           require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     src_tls_verify: bool,
@@ -114,7 +114,7 @@ fn ca_in_cert_dir(flag: &str, dir: &Path) -> Result<PathBuf, CliError> {
 
 /// Applies one side's flags to the options of that side's registry host
 /// (an `oci:` side has no host; its flags are refused as meaningless).
-fn apply_side(
+async fn apply_side(
     options: &mut HashMap<String, RegistryOptions>,
     location: &Location,
     side: &Side<'_>,
@@ -151,8 +151,16 @@ fn apply_side(
     }
     let opts = options.entry(host.clone()).or_default();
     if !side.tls_verify {
-        opts.plain_http = true;
+        // skopeo's meaning: HTTPS unverified if the registry speaks it,
+        // else plain HTTP.
         opts.insecure_skip_verify = true;
+        opts.plain_http = !regkeeper::transport::remote::speaks_https(host).await;
+        tracing::info!(
+            registry = %host,
+            scheme = if opts.plain_http { "http" } else { "https (unverified)" },
+            "--{}-tls-verify=false",
+            side.flag
+        );
     }
     if ca.is_some() {
         opts.ca_file = ca;
@@ -174,7 +182,7 @@ fn optional_config(g: &Globals) -> Result<Option<regkeeper::config::Config>, Cli
 
 /// The transports for this copy: the config's registries (if any), with
 /// the command line's per-side flags on top.
-fn build_transports(
+async fn build_transports(
     config: Option<&regkeeper::config::Config>,
     src: &ImageRef,
     dst: &ImageRef,
@@ -184,8 +192,8 @@ fn build_transports(
         .map(|c| c.registries.clone().into_iter().collect())
         .unwrap_or_default();
     let [s, d] = access.sides();
-    apply_side(&mut options, &src.location, &s)?;
-    apply_side(&mut options, &dst.location, &d)?;
+    apply_side(&mut options, &src.location, &s).await?;
+    apply_side(&mut options, &dst.location, &d).await?;
     Ok(Arc::new(Transports::new(options, false)))
 }
 
@@ -216,7 +224,7 @@ pub(crate) async fn run(
         .as_ref()
         .map_or(LogFormat::Text, |c| c.daemon.log_format);
     super::init_logging(format, g.on_terminal);
-    let transports = build_transports(config.as_ref(), &src, &dst, access)?;
+    let transports = build_transports(config.as_ref(), &src, &dst, access).await?;
     let limit = config
         .as_ref()
         .map_or(8, |c| c.daemon.max_concurrent_transfers);

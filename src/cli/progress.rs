@@ -34,6 +34,34 @@ pub(crate) fn percent_eta(done: u64, total: u64, elapsed: Duration) -> String {
     format!(" {pct}% ETA {}", HumanDuration(left))
 }
 
+/// What the line counts towards: the blobs of the image being copied
+/// (`copy`, told by `Engine::on_total`) or the image copies of the rule's
+/// run plan (`sync`, told by `Engine::on_plan`); 0 = not known yet.
+#[derive(Default)]
+struct Goal {
+    blobs: AtomicU64,
+    images: AtomicU64,
+    /// Images copied before the current rule's plan was made: a rule's %
+    /// counts its own copies only.
+    images_before: AtomicU64,
+}
+
+impl Goal {
+    /// The % and ETA part of the line for the counters `t`.
+    fn describe(&self, t: &CopyTotals, elapsed: Duration) -> String {
+        let blobs = self.blobs.load(Ordering::Relaxed);
+        if blobs > 0 {
+            let done = t.blobs_copied + t.blobs_mounted + t.blobs_skipped;
+            return percent_eta(done, blobs, elapsed);
+        }
+        let images = self.images.load(Ordering::Relaxed);
+        let done = t
+            .images_copied
+            .saturating_sub(self.images_before.load(Ordering::Relaxed));
+        percent_eta(done, images, elapsed)
+    }
+}
+
 pub(crate) fn start(engine: &mut Engine, show: bool) -> Option<ProgressBar> {
     if !show {
         return None;
@@ -48,17 +76,23 @@ pub(crate) fn start(engine: &mut Engine, show: bool) -> Option<ProgressBar> {
     bar.enable_steady_tick(Duration::from_millis(200));
     let b = bar.clone();
     engine.on_bytes(Arc::new(move |n| b.inc(n)));
-    let total = Arc::new(AtomicU64::new(0));
-    let t = total.clone();
-    engine.on_total(Arc::new(move |n| t.store(n, Ordering::Relaxed)));
+    let goal = Arc::new(Goal::default());
+    let g = goal.clone();
+    engine.on_total(Arc::new(move |n| g.blobs.store(n, Ordering::Relaxed)));
     let stats = engine.live_stats();
+    let (g, s, b) = (goal.clone(), stats.clone(), bar.clone());
+    engine.on_plan(Arc::new(move |n| {
+        g.images_before
+            .store(s.totals().images_copied, Ordering::Relaxed);
+        g.images.store(n, Ordering::Relaxed);
+        // The ETA extrapolates this rule's rate, not the previous rule's.
+        b.reset_elapsed();
+    }));
     let b = bar.clone();
     tokio::spawn(async move {
         while !b.is_finished() {
             let t = stats.totals();
-            let done = t.blobs_copied + t.blobs_mounted + t.blobs_skipped;
-            let all = total.load(Ordering::Relaxed);
-            b.set_message(counts(&t) + &percent_eta(done, all, b.elapsed()));
+            b.set_message(counts(&t) + &goal.describe(&t, b.elapsed()));
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     });
@@ -93,5 +127,28 @@ mod tests {
         assert_eq!(percent_eta(1, 4, ten), " 25% ETA 30 seconds");
         assert_eq!(percent_eta(4, 4, ten), " 100% ETA 0 seconds");
         assert_eq!(percent_eta(9, 4, ten), " 100% ETA 0 seconds");
+    }
+
+    #[test]
+    fn sync_counts_the_images_of_the_current_rule_plan() {
+        let goal = Goal::default();
+        let ten = Duration::from_secs(10);
+        let mut t = CopyTotals {
+            images_copied: 7,
+            ..Default::default()
+        };
+        assert_eq!(goal.describe(&t, ten), "", "no plan yet: no %");
+        // A rule's plan holds 4 copies after 7 images of earlier rules.
+        goal.images_before.store(7, Ordering::Relaxed);
+        goal.images.store(4, Ordering::Relaxed);
+        assert_eq!(goal.describe(&t, ten), " 0%");
+        t.images_copied = 9;
+        assert_eq!(goal.describe(&t, ten), " 50% ETA 10 seconds");
+        // `copy` tells a blob total: it wins.
+        goal.blobs.store(10, Ordering::Relaxed);
+        t.blobs_copied = 5;
+        assert_eq!(goal.describe(&t, ten), " 50% ETA 10 seconds");
+        t.blobs_mounted = 3;
+        assert_eq!(goal.describe(&t, ten), " 80% ETA 3 seconds");
     }
 }

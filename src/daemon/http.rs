@@ -18,18 +18,8 @@ struct Shared {
     ready: Arc<AtomicBool>,
 }
 
-/// Serves until `stop` is cancelled.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-    stop: CancellationToken,
-) {
-    serve_with(listener, metrics, ready, stop, Router::new()).await
-}
-
 /// Serves these routes and `extra` (the event endpoints) until `stop`.
-pub async fn serve_with(
+pub(crate) async fn serve_with(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,

@@ -5,8 +5,8 @@
 //! on SIGTERM/SIGINT, and systemd notifications.
 
 mod events;
-pub mod http;
-pub mod schedule;
+pub(crate) mod http;
+pub(crate) mod schedule;
 mod scheduler;
 pub mod status;
 

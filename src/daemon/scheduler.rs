@@ -103,6 +103,10 @@ fn build_generation(
         .with_stop(stop.clone())
         .with_shard(shard_of(&config));
     if let Some(prev) = previous {
+        // One blob tracker per process: runs of the old generation may
+        // still be mounting, and two trackers could mount one blob into one
+        // registry at once (the MANIFEST_BLOB_UNKNOWN race).
+        engine = engine.with_blob_tracker(prev.engine.blob_tracker());
         // Runs of the old generation may still be going: share their limit
         // so both together stay within it.
         if prev.config.daemon.max_concurrent_transfers == config.daemon.max_concurrent_transfers {

@@ -3,8 +3,8 @@
 //! elsewhere, otherwise stream once from the source to every target that
 //! lacks it), then child manifests, then the root manifest and its tag.
 //!
-//! Split by concern: `tracker.rs` (what each target registry holds within a
-//! run), `tree.rs` (reading the tree at the source), `transfer.rs` (one blob
+//! Split by concern: `tracker.rs` (what each target registry holds, shared
+//! by every run of the engine), `tree.rs` (reading the tree at the source), `transfer.rs` (one blob
 //! streamed to several targets, resumable uploads), `image.rs` (one tree
 //! copied to its targets); this file holds the copier, errors and counters.
 
@@ -13,8 +13,10 @@ mod tracker;
 mod transfer;
 mod tree;
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -122,9 +124,23 @@ impl CopyTotals {
     }
 }
 
+/// How long the tracker keeps what it learned about a blob's whereabouts
+/// (as a mount source only, see [`BlobTracker`]): long enough for rules
+/// scheduled apart during a day to mount from each other, short enough to
+/// bound a daemon's memory by its recent copies.
+const TRACKER_MEMORY: Duration = Duration::from_secs(24 * 3600);
+
 /// Shared machinery for copying images within one run.
 pub struct Copier {
+    /// The engine's one tracker: shared by every run.
     pub tracker: Arc<BlobTracker>,
+    /// When this run started: what the tracker learned since then is
+    /// trusted as is; older knowledge is only a mount source.
+    pub since: Instant,
+    /// Target repositories of this run that hold no blobs (they did not
+    /// exist at the inventory, and no interrupted run touched them): no blob
+    /// HEADs there.
+    pub fresh: Arc<Mutex<HashSet<Location>>>,
     pub stats: Arc<CopyStats>,
     /// Blob transfers in flight, all rules together.
     pub transfers: Arc<Semaphore>,
@@ -148,19 +164,53 @@ pub struct DryRunCost {
 }
 
 impl Copier {
-    /// A copier for one run: its own blob tracker (nothing learned in an
-    /// earlier run survives, so a wiped target is noticed) and its own
-    /// counters (concurrent runs of other rules do not mix in), sharing the
-    /// global transfer limit, checkpoints and stop signal.
+    /// A copier for one run: the engine's blob tracker, read with this
+    /// run's start as the line between trusted and checked knowledge (so a
+    /// target wiped between runs is noticed), its own counters (concurrent
+    /// runs of other rules do not mix in), sharing the global transfer
+    /// limit, checkpoints and stop signal.
     pub fn for_run(&self) -> Copier {
+        let since = Instant::now();
+        if let Some(cutoff) = since.checked_sub(TRACKER_MEMORY) {
+            self.tracker.forget_before(cutoff);
+        }
+        tracing::debug!(known = self.tracker.known(), "blob tracker");
         Copier {
-            tracker: Default::default(),
+            since,
+            fresh: Default::default(),
+            ..self.view()
+        }
+    }
+
+    /// The same run's copier with counters of its own (what one image's
+    /// copy did can then be told apart).
+    pub fn view(&self) -> Copier {
+        Copier {
+            tracker: self.tracker.clone(),
+            since: self.since,
+            fresh: self.fresh.clone(),
             stats: Arc::new(CopyStats::default()),
             transfers: self.transfers.clone(),
             on_bytes: self.on_bytes.clone(),
             checkpoints: self.checkpoints.clone(),
             stop: self.stop.clone(),
         }
+    }
+
+    /// Tells the copier that these target repositories hold no blobs.
+    pub(crate) fn mark_fresh(&self, locations: impl IntoIterator<Item = Location>) {
+        self.fresh_set().extend(locations);
+    }
+
+    /// Whether `target` is known to hold no blob but what this run put there
+    /// (which the tracker knows): a HEAD could only answer 404.
+    pub(crate) fn is_fresh(&self, target: &Location) -> bool {
+        self.fresh_set().contains(target)
+    }
+
+    fn fresh_set(&self) -> std::sync::MutexGuard<'_, HashSet<Location>> {
+        // Plain data: a panicked holder leaves a usable set.
+        self.fresh.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Counts what copying `tree` to `target` would transfer, with read
@@ -172,7 +222,11 @@ impl Copier {
     ) -> Result<DryRunCost, TransportError> {
         let mut cost = DryRunCost::default();
         for blob in &tree.blobs {
-            match self.tracker.claim(target.location(), &blob.digest).await {
+            match self
+                .tracker
+                .claim(target.location(), &blob.digest, self.since)
+                .await
+            {
                 Claim::Present => cost.blobs_present += 1,
                 Claim::Busy(_) => unreachable!("claim waits"),
                 Claim::Elsewhere(_, guard) => {
@@ -181,9 +235,13 @@ impl Copier {
                     cost.blobs_to_mount += 1
                 }
                 Claim::Owner(guard) => {
-                    if target.blob_exists(&blob.digest).await? {
+                    let fresh = self.is_fresh(target.location()) && !guard.known_here;
+                    if !fresh && target.blob_exists(&blob.digest).await? {
                         guard.succeed();
                         cost.blobs_present += 1;
+                    } else if guard.mount_source().is_some() {
+                        guard.succeed();
+                        cost.blobs_to_mount += 1;
                     } else {
                         // Count it once per target: later images sharing the
                         // blob will find it "present" as it would be by then.

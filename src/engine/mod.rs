@@ -7,7 +7,11 @@
 
 pub mod copy;
 mod execute;
+mod fresh;
 mod inventory;
+mod referrer_exec;
+mod referrer_plan;
+mod referrers;
 mod report;
 mod runplan;
 
@@ -62,8 +66,9 @@ impl LiveStats {
     }
 }
 
-/// Runs rules against real stores. One per process run: it owns the blob
-/// tracker and the global transfer limit.
+/// Runs rules against real stores. One per process run (per configuration
+/// generation in the daemon): it owns the blob tracker, which every rule run
+/// shares, and the global transfer limit.
 pub struct Engine {
     transports: Arc<Transports>,
     copier: Copier,
@@ -79,6 +84,9 @@ pub struct Engine {
     live: Arc<std::sync::Mutex<Vec<Arc<CopyStats>>>>,
     /// Told the blob count of an image once `copy_image` knows it (progress %).
     on_total: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    /// Told how many image copies a rule's run plan holds, once it is made
+    /// (progress % of `sync`).
+    on_plan: Option<Arc<dyn Fn(u64) + Send + Sync>>,
 }
 
 impl Engine {
@@ -93,6 +101,8 @@ impl Engine {
             transports,
             copier: Copier {
                 tracker: Default::default(),
+                since: Instant::now(),
+                fresh: Default::default(),
                 stats: Arc::new(CopyStats::default()),
                 transfers: Arc::new(Semaphore::new(max_concurrent_transfers.max(1))),
                 on_bytes: None,
@@ -105,6 +115,7 @@ impl Engine {
             shard: crate::shard::Shard::WHOLE,
             live: Default::default(),
             on_total: None,
+            on_plan: None,
         }
     }
 
@@ -156,6 +167,18 @@ impl Engine {
         self
     }
 
+    /// The blob tracker, to share it with an engine built later (after a
+    /// reload): runs of both generations may overlap, and a mount must stay
+    /// exclusive per blob and registry across them.
+    pub fn blob_tracker(&self) -> Arc<copy::BlobTracker> {
+        self.copier.tracker.clone()
+    }
+
+    pub fn with_blob_tracker(mut self, tracker: Arc<copy::BlobTracker>) -> Self {
+        self.copier.tracker = tracker;
+        self
+    }
+
     pub fn transports(&self) -> &Arc<Transports> {
         &self.transports
     }
@@ -169,6 +192,12 @@ impl Engine {
     /// mounted or found present), as soon as the image tree is known.
     pub fn on_total(&mut self, f: Arc<dyn Fn(u64) + Send + Sync>) {
         self.on_total = Some(f);
+    }
+
+    /// Called with the number of image copies (per target) each rule's run
+    /// plan holds, before its executor starts.
+    pub fn on_plan(&mut self, f: Arc<dyn Fn(u64) + Send + Sync>) {
+        self.on_plan = Some(f);
     }
 
     pub fn stats(&self) -> &Arc<CopyStats> {
@@ -189,6 +218,7 @@ impl Engine {
             shard: self.shard,
             live: self.live.clone(),
             on_total: None,
+            on_plan: self.on_plan.clone(),
         };
         let stats = run.copier.stats.clone();
         self.live_runs().push(stats.clone());
@@ -267,6 +297,9 @@ impl Engine {
             copy_facts,
         };
         let plan = runplan::plan_rule(&facts);
+        if let Some(f) = &self.on_plan {
+            f(plan.image_copies());
+        }
 
         // 3. Execute: copies, then the retention plan.
         self.execute_rule(rule, &inv, plan.copies, &mut report)
@@ -382,6 +415,7 @@ impl Engine {
 fn repo_facts(repo: &RepoInventory) -> RepoFacts {
     RepoFacts {
         tags: repo.tags.clone(),
+        referrers: repo.referrers.clone(),
         targets: repo
             .targets
             .iter()
@@ -389,6 +423,7 @@ fn repo_facts(repo: &RepoInventory) -> RepoFacts {
                 location: t.store.location().clone(),
                 digests: t.digests.clone(),
                 retained_away: t.retained_away.clone(),
+                referrers: t.referrers.clone(),
             })
             .collect(),
     }
@@ -501,7 +536,10 @@ fn record_arrivals(read: &mut RuleRead, report: &RuleReport, facts: &CopyFacts, 
             .images
             .iter()
             .filter(|i| {
-                i.target == r.input.repository && i.action.needs_copy() && i.error.is_none()
+                i.target == r.input.repository
+                    && i.action.needs_copy()
+                    && i.error.is_none()
+                    && !i.referrer_write
             })
             .map(|i| (i.tag.clone(), i.digest.clone()))
             .collect();

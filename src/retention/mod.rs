@@ -7,23 +7,18 @@
 //! - [`read`]: reads a target repository into planner input (read-only).
 //! - [`execute`]: sends the deletions (journaled first) and writes the state.
 
-pub mod execute;
+pub(crate) mod execute;
 mod graph;
-pub mod plan;
-pub mod read;
+pub(crate) mod plan;
+pub(crate) mod read;
 mod reasons;
-pub mod state;
+mod referrers;
+pub(crate) mod state;
 
-pub use execute::{
-    DeletionReport, DeletionStatus, Pruner, RepoReport, RetentionError, RetentionReport,
-};
-pub use read::{RepoJob, RepoRead, RuleRead, StateUpdate};
-pub use state::{
-    JournalEntry, JournalId, JournalRecord, JournalStatus, NoState, ReadOnly, RetentionState,
-    SeenTag, StateError,
-};
+pub use execute::{DeletionStatus, Pruner, RetentionReport};
+pub(crate) use read::{RepoJob, RepoRead, RuleRead};
+pub(crate) use state::{JournalEntry, JournalId, JournalRecord, SeenTag, StateError};
+pub use state::{JournalStatus, RetentionState};
 
-pub use plan::{
-    Child, DeleteReason, Deletion, KeepReason, Kept, Listing, ManifestInfo, RepoInput, RepoPlan,
-    Unix, apply_cap, plan_retention,
-};
+pub use plan::{KeepReason, Unix};
+pub(crate) use plan::{Listing, ManifestInfo, RepoInput, RepoPlan, apply_cap, plan_retention};

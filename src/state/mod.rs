@@ -14,6 +14,7 @@
 mod lock;
 mod retention;
 mod schema;
+mod touched;
 
 pub use lock::{LockError, StateLock};
 

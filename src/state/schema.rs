@@ -104,6 +104,16 @@ const MIGRATIONS: &[&str] = &[
     // 4: what a run reported that is not an error (filters selecting 0 of
     // N tags), for `status`.
     "ALTER TABLE runs ADD COLUMN warning TEXT;",
+    // 5: target repositories a run started writing into while they did not
+    // exist (tag list 404): such a repository is known to hold no blobs
+    // (its blob HEADs are skipped) unless a run that touched it was
+    // interrupted before it was tagged.
+    "CREATE TABLE touched_repos (
+        target TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        since INTEGER NOT NULL,
+        PRIMARY KEY (target, repo)
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes.

@@ -220,7 +220,8 @@ fn read_only_open_reads_and_refuses_writes() {
 #[test]
 fn retention_state_over_sqlite() {
     use crate::oci::Digest;
-    use crate::retention::{JournalEntry, JournalStatus, ReadOnly, RetentionState};
+    use crate::retention::state::ReadOnly;
+    use crate::retention::{JournalEntry, JournalStatus, RetentionState};
     use std::collections::BTreeMap;
     let (dir, st) = open();
     let d = |c: char| Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap();
@@ -295,4 +296,17 @@ fn retention_state_over_sqlite() {
     assert_eq!(rs.seen_tags(repo).unwrap().len(), 3);
     assert!(ro.journal(&entry).is_err());
     drop(dir);
+}
+
+#[test]
+fn touched_repositories_are_recorded_until_tagged() {
+    let (_d, st) = open();
+    let repos = vec![("reg:5000".to_string(), "m/a".to_string())];
+    assert!(!st.touched("reg:5000", "m/a").unwrap());
+    st.touch_repos(&repos, 100).unwrap();
+    st.touch_repos(&repos, 200).unwrap(); // again: no conflict
+    assert!(st.touched("reg:5000", "m/a").unwrap());
+    assert!(!st.touched("reg:5000", "m/b").unwrap());
+    st.untouch_repo("reg:5000", "m/a").unwrap();
+    assert!(!st.touched("reg:5000", "m/a").unwrap());
 }

@@ -108,6 +108,38 @@ fn cert_dir_and_authfile_reach_a_tls_htpasswd_registry() {
     assert_eq!(dst.digest_of("cf/tls", "v2"), digest);
 }
 
+/// skopeo's meaning of `--dest-tls-verify=false`: a registry that speaks
+/// TLS with a certificate nobody can verify is reached over HTTPS without
+/// verification (not refused, and not spoken to in plain HTTP).
+#[test]
+fn tls_verify_false_reaches_an_unverifiable_https_registry() {
+    let src = Registry::start_plain();
+    let dst = Registry::builder().tls(true).start();
+    let digest = seed(&src, "cf/self", "v3");
+    let home = tempfile::tempdir().unwrap();
+    let from = format!("{}/cf/self:v3", src.host());
+    let to = format!("{}/cf/self:v3", dst.host());
+
+    // Verification on: the test CA is unknown to the system roots.
+    let refused = copy_without_config(home.path(), &["--src-tls-verify=false", &from, &to]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(dst.try_digest_of("cf/self", "v3"), None);
+
+    let out = copy_without_config(
+        home.path(),
+        &[
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &from,
+            &to,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("https (unverified)"), "{err}");
+    assert_eq!(dst.digest_of("cf/self", "v3"), digest);
+}
+
 #[test]
 fn missing_oci_source_directory_is_named() {
     let dst = Registry::start_plain();

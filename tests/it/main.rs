@@ -1,11 +1,14 @@
 //! Integration tests for regkeeper: real CNCF distribution registries on 127.0.0.1.
 
+mod blobs;
 mod copy_cli;
 mod daemon;
 mod events;
 mod faults;
 mod harness;
 mod plan;
+mod progress;
+mod referrers;
 mod retention;
 mod shards;
 mod store;

@@ -36,23 +36,7 @@ impl Loader<'_, '_> {
             .keep_last
             .as_ref()
             .map(|n| self.at_least(Some(n), "keep_last", 0, 0));
-        let order_by = match &raw.order_by {
-            None => OrderBy::Semver,
-            Some(s) => match s.get_ref().as_str() {
-                "semver" => OrderBy::Semver,
-                "created" => OrderBy::Created,
-                "first_seen" => OrderBy::FirstSeen,
-                other => {
-                    self.d.at(
-                        s.span(),
-                        format!(
-                            "order_by = {other:?} is not known; use \"semver\", \"created\" or \"first_seen\""
-                        ),
-                    );
-                    OrderBy::Semver
-                }
-            },
-        };
+        let order_by = self.order_by(raw.order_by.as_ref());
         let older_than = raw
             .older_than
             .as_ref()
@@ -83,26 +67,11 @@ impl Loader<'_, '_> {
             1,
             DEFAULT_MAX_DELETIONS,
         );
-        if raw.keep_last.is_none()
-            && raw.older_than.is_none()
-            && raw.untagged_older_than.is_none()
-            && !delete_removed_at_source
-            && ![
-                "keep_last",
-                "older_than",
-                "untagged_older_than",
-                "delete_removed_at_source",
-            ]
-            .iter()
-            .any(|k| meant(k))
-        {
-            self.d.at(
-                span,
-                format!(
-                    "the retention of {label} deletes nothing: set keep_last, older_than, untagged_older_than or delete_removed_at_source"
-                ),
-            );
-        }
+        let deletes_something = raw.keep_last.is_some()
+            || raw.older_than.is_some()
+            || raw.untagged_older_than.is_some()
+            || delete_removed_at_source;
+        self.check_deletes_something(deletes_something, span, label, &meant);
         Retention {
             match_tags,
             keep_last,
@@ -112,6 +81,53 @@ impl Loader<'_, '_> {
             untagged_older_than,
             delete_removed_at_source,
             max_deletions_per_run,
+        }
+    }
+
+    fn order_by(&mut self, raw: Option<&Str>) -> OrderBy {
+        let Some(s) = raw else {
+            return OrderBy::Semver;
+        };
+        match s.get_ref().as_str() {
+            "semver" => OrderBy::Semver,
+            "created" => OrderBy::Created,
+            "first_seen" => OrderBy::FirstSeen,
+            other => {
+                self.d.at(
+                    s.span(),
+                    format!(
+                        "order_by = {other:?} is not known; use \"semver\", \"created\" or \"first_seen\""
+                    ),
+                );
+                OrderBy::Semver
+            }
+        }
+    }
+
+    /// A retention with no deleting key is a mistake, unless one of those
+    /// keys was given but refused (its own error already says why).
+    fn check_deletes_something(
+        &mut self,
+        deletes_something: bool,
+        span: std::ops::Range<usize>,
+        label: &str,
+        meant: &dyn Fn(&str) -> bool,
+    ) {
+        let refused = [
+            "keep_last",
+            "older_than",
+            "untagged_older_than",
+            "delete_removed_at_source",
+        ]
+        .iter()
+        .any(|k| meant(k));
+        if !deletes_something && !refused {
+            self.d.at(
+                span,
+                format!(
+                    "the retention of {label} deletes nothing: set keep_last, older_than, untagged_older_than or delete_removed_at_source"
+                ),
+            );
         }
     }
 

@@ -32,8 +32,8 @@ impl Copier {
         let loc = target.location();
         let claim = match first {
             Some(c) => c,
-            None if wait => self.tracker.claim(loc, &blob.digest).await,
-            None => self.tracker.try_claim(loc, &blob.digest),
+            None if wait => self.tracker.claim(loc, &blob.digest, self.since).await,
+            None => self.tracker.try_claim(loc, &blob.digest, self.since),
         };
         match claim {
             Claim::Busy(_) => Ok(Need::Later),
@@ -47,7 +47,9 @@ impl Copier {
                     self.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
                     return Ok(Need::Nothing);
                 }
-                // Not mountable: this task owns it in this repository.
+                // Not mountable (gone there, or not shared): this task owns
+                // it in this repository.
+                guard.mount_failed(&from);
                 self.check_or_upload(target, blob, guard).await
             }
             Claim::Owner(guard) => self.check_or_upload(target, blob, guard).await,
@@ -60,10 +62,23 @@ impl Copier {
         blob: &Descriptor,
         guard: OwnerGuard,
     ) -> Result<Need, TransportError> {
-        if target.blob_exists(&blob.digest).await? {
+        // A repository that did not exist holds nothing a HEAD could find,
+        // unless this process put the blob there (a concurrent run may have).
+        let fresh = self.is_fresh(target.location()) && !guard.known_here;
+        if !fresh && target.blob_exists(&blob.digest).await? {
             guard.succeed();
             self.stats.blobs_skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(Need::Nothing);
+        }
+        // Gone here (a wiped target) but known elsewhere: a mount still
+        // spares the source read.
+        if let Some(from) = guard.mount_source() {
+            if target.mount_blob(&blob.digest, &from).await? {
+                guard.succeed();
+                self.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
+                return Ok(Need::Nothing);
+            }
+            guard.mount_failed(&from);
         }
         Ok(Need::Upload(guard))
     }
@@ -128,7 +143,9 @@ impl Copier {
             .map(|blob| async move {
                 let mut needs = Vec::with_capacity(targets.len());
                 let locations: Vec<&Location> = targets.iter().map(|t| t.location()).collect();
-                let claims = self.tracker.try_claim_all(&locations, &blob.digest);
+                let claims = self
+                    .tracker
+                    .try_claim_all(&locations, &blob.digest, self.since);
                 for (target, claim) in targets.iter().zip(claims) {
                     needs.push(self.prepare_blob(target, blob, false, Some(claim)).await);
                 }
