@@ -35,11 +35,19 @@ type Key = (String, Digest);
 #[derive(Default)]
 struct Entry {
     /// Repositories of the registry known to hold the blob, and when that
-    /// was last learned.
-    held: HashMap<Location, Instant>,
+    /// was last learned. A list, not a map: most blobs live in one or a few
+    /// repositories, and a one-element list costs a quarter of a map's
+    /// smallest table (a 10,000-image mirror holds tens of thousands).
+    held: Vec<(Location, Instant)>,
     /// Set while one task gets the blob into some repository of the
     /// registry: skip, mount and upload are exclusive per blob and registry.
     busy: Option<watch::Receiver<bool>>,
+}
+
+impl Entry {
+    fn forget(&mut self, location: &Location) {
+        self.held.retain(|(l, _)| l != location);
+    }
 }
 
 /// Identifies a set of repositories that can share blobs by mounting.
@@ -54,8 +62,8 @@ fn freshest_other(entry: &Entry, target: &Location) -> Option<Location> {
     entry
         .held
         .iter()
-        .filter(|(loc, _)| *loc != target)
-        .max_by_key(|(_, learned)| **learned)
+        .filter(|(loc, _)| loc != target)
+        .max_by_key(|(_, learned)| *learned)
         .map(|(loc, _)| loc.clone())
 }
 
@@ -105,7 +113,7 @@ impl OwnerGuard {
     pub(super) fn mount_failed(&self, from: &Location) {
         let mut map = self.tracker.lock();
         if let Some(entry) = map.get_mut(&self.key) {
-            entry.held.remove(from);
+            entry.forget(from);
         }
     }
 }
@@ -115,10 +123,11 @@ impl Drop for OwnerGuard {
         let mut map = self.tracker.lock();
         let entry = map.entry(self.key.clone()).or_default();
         if self.present {
-            entry.held.insert(self.location.clone(), Instant::now());
+            entry.forget(&self.location);
+            entry.held.push((self.location.clone(), Instant::now()));
         } else {
             // Not known to be there (an upload failed, a HEAD said no).
-            entry.held.remove(&self.location);
+            entry.forget(&self.location);
         }
         entry.busy = None;
         if entry.held.is_empty() {
@@ -176,7 +185,11 @@ impl BlobTracker {
     ) -> Claim {
         let key = (registry_key(target), digest.clone());
         let entry = map.entry(key.clone()).or_default();
-        let here = entry.held.get(target).copied();
+        let here = entry
+            .held
+            .iter()
+            .find(|(l, _)| l == target)
+            .map(|(_, t)| *t);
         if here.is_some_and(|learned| learned >= since) {
             return Claim::Present;
         }
@@ -227,7 +240,7 @@ impl BlobTracker {
     pub(super) fn forget_before(&self, cutoff: Instant) {
         let mut map = self.lock();
         map.retain(|_, entry| {
-            entry.held.retain(|_, learned| *learned >= cutoff);
+            entry.held.retain(|(_, learned)| *learned >= cutoff);
             entry.busy.is_some() || !entry.held.is_empty()
         });
     }
