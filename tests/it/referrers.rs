@@ -108,8 +108,13 @@ fn api_to_api_pushes_referrers_by_digest_recursively_and_a_rerun_writes_nothing(
         digests(&[&s.image, &s.sbom, &s.sig, &s.sbom_sig]),
         "{planned:?}"
     );
+    proxy.clear_records();
     let sync = run_ok(dir.path(), &cfg, &["sync", "--json"]);
     assert_eq!(copies(&sync), planned, "plan == sync");
+    eprintln!(
+        "target requests of the first sync: {}",
+        by_method(&proxy.records())
+    );
 
     // The target's own API lists both referrers, and the SBOM's signature.
     let base = dst.url();
@@ -145,6 +150,22 @@ fn api_to_api_pushes_referrers_by_digest_recursively_and_a_rerun_writes_nothing(
         .filter(|r| r.method != "GET" && r.method != "HEAD")
         .collect();
     assert!(writes.is_empty(), "re-run wrote: {writes:?}");
+    eprintln!(
+        "target requests of the re-run: {}",
+        by_method(&proxy.records())
+    );
+}
+
+/// `GET 5, PUT 4`: what a proxy saw, by method.
+fn by_method(records: &[Record]) -> String {
+    let mut n = std::collections::BTreeMap::<&str, usize>::new();
+    for r in records {
+        *n.entry(r.method.as_str()).or_default() += 1;
+    }
+    n.iter()
+        .map(|(m, c)| format!("{m} {c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[test]
