@@ -14,13 +14,19 @@ deterministic corpus from --seed as an OCI layout, pushes it to the source with
   noop    run again with nothing to do
   newtag  one new tag was pushed to the source (outside the timed region)
   big     one image with a single 1 GiB layer into an empty target
+  rules   the corpus as one rule per repository into an empty target (issue 11 (a))
+  scale   1,000 repos x 10 tags of tiny images, one `/*` rule, into an empty target (issue 11 (b));
+          the corpus is written as a distribution storage tree before a third registry starts
+  scalenoop  the scale corpus again with nothing to do
   curl    the physical limit: a monolithic upload (POST, then PUT ?digest=) of the same blob
 
-Figures: wall, CPU (user+sys, from wait4 rusage), peak RSS, requests seen by each
-registry by method (access log between marks), bytes served by the source and
-received by the target (registry metrics), and a check that the target holds
-exactly the expected content. Prints a table, PASS/MISS per target of issue 5,
-and writes JSON to bench/results/latest.json. Python 3.11 standard library only.
+Figures: wall, CPU (user+sys, from wait4 rusage), peak RSS, load average, requests seen
+by each registry by method (access log between marks), bytes served by the source and
+received by the target (registry metrics), blob bytes served by the source and mounts
+(access log), and a check that the target holds exactly the expected content.
+`--regkeeper-baseline PATH` measures a second binary as tool regkeeper-base in the same
+run. Prints tables, PASS/MISS per target of issues 5 and 11, and writes JSON to
+bench/results/latest.json. Python 3.11 standard library only.
 """
 import argparse
 import collections
@@ -33,6 +39,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,7 +58,7 @@ ACCEPT = ", ".join([MT_MANIFEST, MT_INDEX,
                     "application/vnd.docker.distribution.manifest.v2+json",
                     "application/vnd.docker.distribution.manifest.list.v2+json"])
 ACCESS_RE = re.compile(r'^\S+ - \S+ \[[^\]]+\] "([A-Z]+) (\S+) HTTP/[\d.]+" (\d{3}) (\d+|-)')
-PREFIX, BIG_PREFIX = "bench", "big"
+PREFIX, BIG_PREFIX, SCALE_PREFIX = "bench", "big", "scale"
 
 
 def log(*a):
@@ -170,8 +177,13 @@ http:
         self.http.conn = None
 
     def wipe_restart(self):
+        """Empty storage: renamed aside, not deleted, since deleting the scale corpus's ~100,000
+        files took minutes of IO here; the trash goes with the work dir at the end."""
         self.stop()
-        shutil.rmtree(self.data, ignore_errors=True)
+        if os.path.exists(self.data):
+            trash = os.path.join(self.dir, "trash")
+            os.makedirs(trash, exist_ok=True)
+            os.rename(self.data, os.path.join(trash, str(len(os.listdir(trash)))))
         self.start()
 
     def mark(self):
@@ -200,13 +212,14 @@ http:
         with open(self.logpath, "rb") as f:
             f.seek(before["off"])
             chunk = f.read(after["off"] - before["off"]).decode(errors="replace")
-        by_method, by_kind = collections.Counter(), collections.Counter()
+        by_method, by_kind, blobs = collections.Counter(), collections.Counter(), collections.Counter()
         for line in chunk.splitlines():
             m = ACCESS_RE.match(line)
             if not m:
                 continue
-            meth, path, status, _ = m.groups()
+            meth, path, status, size = m.groups()
             by_method[meth] += 1
+            count_blob_traffic(blobs, meth, path, status, size)
             kind = ("manifest" if "/manifests/" in path else "upload" if "/blobs/uploads" in path else
                     "blob" if "/blobs/" in path else "tags" if "/tags/list" in path else
                     "catalog" if path.startswith("/v2/_catalog") else
@@ -217,7 +230,23 @@ http:
                 "by_kind": dict(sorted(by_kind.items())),
                 "bytes_in": int(m.get("registry_http_request_size_bytes_sum", 0)),
                 "bytes_out": int(m.get("registry_http_response_size_bytes_sum", 0)),
-                "cpu_s": round(after["cpu"] - before["cpu"], 2)}
+                "cpu_s": round(after["cpu"] - before["cpu"], 2), **{k: blobs[k] for k in BLOB_COUNTS}}
+
+
+BLOB_COUNTS = ("blob_gets", "blob_bytes_out", "mounts", "mount_misses")
+
+
+def count_blob_traffic(c, meth, path, status, size):
+    """Blob bytes served (the access log's size, so manifests and tag lists do not count) and mounts.
+
+    A mount is a POST with `mount=`: 201 mounted, 202 a fresh upload session (the blob was not
+    found in `from`), per registry-facts.md.
+    """
+    if meth == "GET" and "/blobs/sha256:" in path and status in ("200", "206"):
+        c["blob_gets"] += 1
+        c["blob_bytes_out"] += int(size) if size.isdigit() else 0
+    elif meth == "POST" and "mount=" in path:
+        c["mounts" if status == "201" else "mount_misses"] += 1
 
 
 # --------------------------------------------------------------------------- corpus
@@ -302,10 +331,15 @@ class Corpus:
         return img
 
     def stats(self, images):
-        uniq = {b["digest"]: b["size"] for i in images for b in i["blobs"]}
-        return {"repos": len({i["repo"] for i in images}), "tags": len(images),
-                "manifests": sum(1 + len(i["children"]) for i in images), "blobs": len(uniq),
-                "bytes": sum(uniq.values()), "mib": round(sum(uniq.values()) / MiB, 1)}
+        return corpus_stats(images)
+
+
+def corpus_stats(images):
+    """What a target must hold; `bytes` (unique blob bytes) is the floor for bytes read at the source."""
+    uniq = {b["digest"]: b["size"] for i in images for b in i["blobs"]}
+    return {"repos": len({i["repo"] for i in images}), "tags": len(images),
+            "manifests": sum(1 + len(i["children"]) for i in images), "blobs": len(uniq),
+            "bytes": sum(uniq.values()), "mib": round(sum(uniq.values()) / MiB, 1)}
 
 
 def build_corpus(c, a):
@@ -321,6 +355,88 @@ def build_corpus(c, a):
             multi = ri < a.multiarch and t == a.tags - 1
             c.add(repo, f"v{t + 1}", specs(ri, repo, f"v{t + 1}"), ["amd64", "arm64"] if multi else ["amd64"])
     return specs
+
+
+# --------------------------------------------------------------------------- scale corpus
+class StorageTree:
+    """Writes images straight into a (stopped) distribution registry's filesystem storage.
+
+    Pushing 10,000 images over HTTP takes minutes on 2 cores; the registry reads this layout
+    as its own: blob data by digest, and per repository the links that make a blob, a
+    manifest revision and a tag visible there (a repository is a dir holding `_layers`,
+    which is also what the catalog walks for).
+    """
+
+    def __init__(self, data):
+        self.v2 = os.path.join(data, "docker", "registry", "v2")
+        self.done = set()
+
+    def blob(self, data):
+        hexd = hashlib.sha256(data).hexdigest()
+        if hexd not in self.done:
+            d = os.path.join(self.v2, "blobs", "sha256", hexd[:2], hexd)
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, "data"), "wb") as f:
+                f.write(data)
+            self.done.add(hexd)
+        return {"digest": "sha256:" + hexd, "size": len(data)}
+
+    def link(self, repo, parts, digest):
+        d = os.path.join(self.v2, "repositories", repo, *parts)
+        if d in self.done:
+            return
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "link"), "w") as f:
+            f.write(digest)
+        self.done.add(d)
+
+    def image(self, repo, tag, config, layers):
+        """One single-platform OCI image tagged repo:tag; returns what a target must hold."""
+        cfg, ls = self.blob(canonical(config)), [self.blob(b) for b in layers]
+        for b in [cfg] + ls:
+            self.link(repo, ("_layers", "sha256", b["digest"][7:]), b["digest"])
+        m = self.blob(canonical({"schemaVersion": 2, "mediaType": MT_MANIFEST,
+                                 "config": dict(cfg, mediaType=MT_CONFIG),
+                                 "layers": [dict(b, mediaType=MT_LAYER) for b in ls]}))
+        d, hexd = m["digest"], m["digest"][7:]
+        self.link(repo, ("_manifests", "revisions", "sha256", hexd), d)
+        self.link(repo, ("_manifests", "tags", tag, "current"), d)
+        self.link(repo, ("_manifests", "tags", tag, "index", "sha256", hexd), d)
+        return {"repo": repo, "tag": tag, "digest": d, "children": [], "blobs": [cfg] + ls}
+
+
+def build_scale(data, a):
+    """`--scale-repos` x `--scale-tags` tiny images under scale/, deterministic from --seed.
+
+    Each image: a unique config, a layer shared by the repository's tags and a unique layer,
+    so a copier needs per image two uploads and a manifest PUT, and per repository one more
+    upload (or a mount): requests per image measure per-image overhead, not bulk bytes.
+    """
+    tree, images = StorageTree(data), []
+    for r in range(a.scale_repos):
+        repo = f"{SCALE_PREFIX}/r{r + 1:04d}"
+        rng = random.Random(f"{a.seed}/{repo}")
+        shared = rng.randbytes(rng.randint(2048, 8192))
+        for t in range(a.scale_tags):
+            tag = f"v{t + 1}"
+            config = {"architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z",
+                      "config": {"Labels": {"bench.repo": repo, "bench.tag": tag}}}
+            images.append(tree.image(repo, tag, config, [shared, rng.randbytes(rng.randint(256, 2048))]))
+    return images
+
+
+def start_scale_source(reg, a):
+    """Writes the scale corpus before the registry starts, then checks a sample over HTTP."""
+    t0 = time.time()
+    images = build_scale(reg.data, a)
+    reg.start()
+    sample = [i for n, i in enumerate(images) if (n // a.scale_tags) % 50 == 0]
+    v = verify(reg, sample, SCALE_PREFIX, catalog="subset")
+    if not v["ok"] or v["repos_seen"] != a.scale_repos:
+        sys.exit(f"scale source does not hold the corpus ({v['repos_seen']} repos): {v['first']}")
+    log(f"scale corpus: {corpus_stats(images)} written in {time.time() - t0:.1f}s "
+        f"({len(sample)} images checked over HTTP)")
+    return images
 
 
 # --------------------------------------------------------------------------- tools
@@ -410,8 +526,11 @@ def run_measured(cmd, env=None, timeout=3600):
 
 
 # --------------------------------------------------------------------------- verification
-def verify(reg, images, prefix, blobs=True):
-    """Target holds exactly `images` under prefix: repos, tags, digests, children, blobs."""
+def verify(reg, images, prefix, blobs=True, catalog="exact"):
+    """Target holds exactly `images` under prefix: repos, tags, digests, children, blobs.
+
+    catalog="subset" checks a sample: its repositories must be listed among others.
+    """
     h, problems = reg.http, []
     want = collections.defaultdict(dict)
     for i in images:
@@ -423,9 +542,11 @@ def verify(reg, images, prefix, blobs=True):
         nxt = re.search(r"<([^>]+)>", hd.get("link", ""))
         path = urllib.parse.urljoin("/v2/_catalog", nxt.group(1)) if nxt else None
     got_repos = sorted(r for r in repos if r.startswith(prefix + "/"))
-    if got_repos != sorted(want):
-        problems.append(f"repositories {got_repos} != {sorted(want)}")
-    seen = set()
+    if catalog == "exact" and got_repos != sorted(want):
+        problems.append(f"repositories {got_repos[:20]} != {sorted(want)[:20]} ({len(got_repos)}, {len(want)})")
+    elif catalog == "subset" and not set(want) <= set(got_repos):
+        problems.append(f"repositories {sorted(set(want) - set(got_repos))[:20]} not listed")
+    seen, images_ok = set(), 0
     for repo, tags in sorted(want.items()):
         st, _, body = h.req("GET", f"/v2/{repo}/tags/list")
         got = sorted((json.loads(body).get("tags") or []) if st == 200 else [])
@@ -435,6 +556,8 @@ def verify(reg, images, prefix, blobs=True):
             st, hd, _ = h.req("HEAD", f"/v2/{repo}/manifests/{tag}", {"Accept": ACCEPT})
             if st != 200 or hd.get("docker-content-digest") != img["digest"]:
                 problems.append(f"{repo}:{tag}: {st} {hd.get('docker-content-digest')} != {img['digest']}")
+            else:
+                images_ok += 1  # how far a run that was stopped at its timeout got
             for d in img["children"]:
                 if h.req("HEAD", f"/v2/{repo}/manifests/{d}", {"Accept": ACCEPT})[0] != 200:
                     problems.append(f"{repo}@{d}: child manifest missing")
@@ -445,13 +568,17 @@ def verify(reg, images, prefix, blobs=True):
                 st, hd, _ = h.req("HEAD", f"/v2/{repo}/blobs/{b['digest']}")
                 if st != 200 or int(hd.get("content-length", -1)) != b["size"]:
                     problems.append(f"{repo}@{b['digest']}: blob {st}")
-    return {"ok": not problems, "problems": len(problems), "first": problems[:5], "blobs_checked": len(seen)}
+    return {"ok": not problems, "problems": len(problems), "first": problems[:5], "blobs_checked": len(seen),
+            "repos_seen": len(got_repos), "images_ok": images_ok}
 
 
 # --------------------------------------------------------------------------- main
-def main():
+SCENARIOS = "full,noop,newtag,big,rules,scale,scalenoop,curl"
+
+
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small corpus and a 64 MiB big layer (smoke test)")
+    ap.add_argument("--quick", action="store_true", help="small corpora and a 64 MiB big layer (smoke test)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--repos", type=int)
     ap.add_argument("--tags", type=int)
@@ -461,15 +588,23 @@ def main():
     ap.add_argument("--repo-size", help="MiB range (default 5:15)")
     ap.add_argument("--uniq-size", help="MiB range (default 2:8)")
     ap.add_argument("--big-mib", type=int, help="size of the single big layer (default 1024)")
+    ap.add_argument("--scale-repos", type=int, help="repositories of the scale corpus (default 1000)")
+    ap.add_argument("--scale-tags", type=int, help="tags per repository of the scale corpus (default 10)")
     ap.add_argument("--tools", default="skopeo,regkeeper")
-    ap.add_argument("--scenarios", default="full,noop,newtag,big,curl")
+    ap.add_argument("--scenarios", default=SCENARIOS)
     ap.add_argument("--regkeeper", default=os.path.join(ROOT, "target", "release", "regkeeper"),
                     help="binary (built with cargo build --release when it is the default and missing)")
+    ap.add_argument("--regkeeper-baseline", help="a second binary, measured as tool regkeeper-base")
     ap.add_argument("--work", help="work dir (default: a new dir under /tmp, removed at the end)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "latest.json"))
     ap.add_argument("--registry-bin", default="/usr/bin/docker-registry")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per timed tool run")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of `rules` per regkeeper binary; beyond the first, regkeeper and regkeeper-base "
+                         "alternate at the end, and the wall target compares medians (load moves single runs)")
+    ap.add_argument("--skopeo-scale-timeout", type=int, default=900,
+                    help="seconds for skopeo on the scale corpus (it copies image by image; 0 skips it)")
     a = ap.parse_args()
     q = a.quick
     a.repos = a.repos or (6 if q else 20)
@@ -478,183 +613,319 @@ def main():
     a.repo_size = a.repo_size or ("0.25:0.75" if q else "5:15")
     a.uniq_size = a.uniq_size or ("0.1:0.4" if q else "2:8")
     a.big_mib = a.big_mib or (64 if q else 1024)
+    a.scale_repos = a.scale_repos or (50 if q else 1000)
+    a.scale_tags = a.scale_tags or (4 if q else 10)
+    return a
+
+
+def main():
+    a = parse_args()
     tools, scenarios = a.tools.split(","), a.scenarios.split(",")
+    if a.regkeeper_baseline and "regkeeper-base" not in tools:
+        tools.append("regkeeper-base")
     for t in ("skopeo", "curl", a.registry_bin):
         if not shutil.which(t):
             sys.exit(f"{t} not found (Debian: apt-get install skopeo curl docker-registry)")
 
     work = a.work or tempfile.mkdtemp(prefix="regkeeper-bench-", dir="/tmp")
     os.makedirs(work, exist_ok=True)
-    ports, regs = set(), []
+    b = None
 
-    def cleanup(*_):
-        for r in regs:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        b = Bench(a, tools, scenarios, work)
+        return b.run()
+    finally:
+        for r in b.regs if b else []:
             r.stop()
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        res = bench(a, tools, scenarios, work, ports, regs)
-    finally:
-        cleanup()
-    return res
 
 
-def bench(a, tools, scenarios, work, ports, regs):
-    rk_error = None
-    if "regkeeper" in tools and not os.access(a.regkeeper, os.X_OK):
-        if a.regkeeper == os.path.join(ROOT, "target", "release", "regkeeper"):
-            log("building regkeeper (cargo build --release) ...")
-            r = subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, capture_output=True, text=True)
-            if r.returncode:
-                rk_error = "cargo build --release failed: " + r.stderr.strip()[-1500:]
-        if not rk_error and not os.access(a.regkeeper, os.X_OK):
-            rk_error = f"{a.regkeeper} is not executable"
-        if rk_error:
-            log(rk_error)
+def regkeeper_error(tool, binary):
+    """Why `binary` cannot be measured, or None; builds the default binary when it is missing."""
+    if os.access(binary or "", os.X_OK):
+        return None
+    if tool == "regkeeper" and binary == os.path.join(ROOT, "target", "release", "regkeeper"):
+        log("building regkeeper (cargo build --release) ...")
+        r = subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, capture_output=True, text=True)
+        if r.returncode:
+            return "cargo build --release failed: " + r.stderr.strip()[-1500:]
+        if os.access(binary, os.X_OK):
+            return None
+    return f"{binary} is not executable"
 
-    src = Registry("src", work, ports, a.registry_bin)
-    dst = Registry("dst", work, ports, a.registry_bin)
-    regs += [src, dst]
-    src.start(), dst.start()
-    log(f"registries: source {src.addr}, target {dst.addr} (work dir {work})")
 
-    t0 = time.time()
-    layout = os.path.join(work, "corpus")
-    corpus = Corpus(layout, a.seed)
-    specs = build_corpus(corpus, a)
-    base_images = list(corpus.images)
-    big = corpus.add(f"{BIG_PREFIX}/layer", "v1", lambda arch: [(f"big/{arch}", a.big_mib * MiB, a.big_mib * MiB)],
-                     ["amd64"]) if {"big", "curl"} & set(scenarios) else None
-    stats = corpus.stats(base_images)
-    log(f"corpus: {stats} generated in {time.time() - t0:.1f}s")
-    sk = Skopeo(work)
-    t0 = time.time()
-    sk.push(layout, src.addr, corpus.images)
-    v = verify(src, base_images, PREFIX)
-    if not v["ok"]:
-        sys.exit(f"source does not hold the corpus: {v}")
-    log(f"pushed to source in {time.time() - t0:.1f}s")
+def loadavg():
+    """1-minute load: other work on a shared 2-core machine moves every wall figure."""
+    return round(os.getloadavg()[0], 2)
 
-    # the new tag for `newtag`: built now (deterministic), pushed before each tool's newtag run
-    ri = min(6, a.repos - 1)
-    new_repo, new_tag = f"{PREFIX}/repo{ri + 1:02d}", f"v{a.tags + 1}"
-    newimg = corpus.add(new_repo, new_tag, specs(ri, new_repo, new_tag), ["amd64"])
 
-    state_dir = os.path.join(work, "regkeeper-state")
-    cfg = os.path.join(work, "regkeeper.toml")
-    with open(cfg, "w") as f:
-        f.write(f'''version = 1
+class Bench:
+    """One benchmark run: registries, corpora, the command of each tool per corpus, measured rows."""
+
+    def __init__(self, a, tools, scenarios, work):
+        self.a, self.tools, self.scenarios, self.work = a, tools, scenarios, work
+        self.results, self.regs, ports = [], [], set()
+        self.bins = {"regkeeper": a.regkeeper, "regkeeper-base": a.regkeeper_baseline}
+        self.src = Registry("src", work, ports, a.registry_bin)
+        self.dst = Registry("dst", work, ports, a.registry_bin)
+        self.regs += [self.src, self.dst]
+        self.scale_src = None
+        if {"scale", "scalenoop"} & set(scenarios):
+            self.scale_src = Registry("scale-src", work, ports, a.registry_bin)
+            self.regs.append(self.scale_src)
+        self.sk = Skopeo(work)
+        self.scale_images = []
+        self.ok = {}  # (tool, scenario) -> the run succeeded: a no-op after a failed copy means nothing
+
+    # ---- setup
+    def setup(self):
+        self.src.start(), self.dst.start()
+        log(f"registries: source {self.src.addr}, target {self.dst.addr} (work dir {self.work})")
+        if self.scale_src:
+            self.scale_images = start_scale_source(self.scale_src, self.a)
+            log(f"scale source {self.scale_src.addr}")
+        self.setup_corpus()
+
+    def setup_corpus(self):
+        a, t0 = self.a, time.time()
+        self.layout = os.path.join(self.work, "corpus")
+        self.corpus = Corpus(self.layout, a.seed)
+        specs = build_corpus(self.corpus, a)
+        self.base_images = list(self.corpus.images)
+        self.big = self.corpus.add(f"{BIG_PREFIX}/layer", "v1",
+                                   lambda arch: [(f"big/{arch}", a.big_mib * MiB, a.big_mib * MiB)],
+                                   ["amd64"]) if {"big", "curl"} & set(self.scenarios) else None
+        self.stats = corpus_stats(self.base_images)
+        log(f"corpus: {self.stats} generated in {time.time() - t0:.1f}s")
+        t0 = time.time()
+        self.sk.push(self.layout, self.src.addr, self.corpus.images)
+        v = verify(self.src, self.base_images, PREFIX)
+        if not v["ok"]:
+            sys.exit(f"source does not hold the corpus: {v}")
+        log(f"pushed to source in {time.time() - t0:.1f}s")
+        # the new tag for `newtag`: built now (deterministic), pushed before each tool's newtag run
+        ri = min(6, a.repos - 1)
+        self.new_repo, new_tag = f"{PREFIX}/repo{ri + 1:02d}", f"v{a.tags + 1}"
+        self.newimg = self.corpus.add(self.new_repo, new_tag, specs(ri, self.new_repo, new_tag), ["amd64"])
+
+    # ---- tool commands
+    def rk_config(self, tool, kind):
+        """regkeeper config per tool (own state dir) and corpus kind.
+
+        single: one `bench/*` rule (and `big`); rules: one rule per repository, as real
+        configurations mirror one upstream image per rule into one registry; scale: one `/*` rule.
+        """
+        src = self.scale_src if kind == "scale" else self.src
+        if kind == "single":
+            rules = [("bench", f"{PREFIX}/*"), ("big", f"{BIG_PREFIX}/*")]
+        elif kind == "rules":
+            rules = [(r.split("/")[-1], r) for r in sorted({i["repo"] for i in self.base_images})]
+        else:
+            rules = [("scale", f"{SCALE_PREFIX}/*")]
+        path = os.path.join(self.work, f"{tool}-{kind}.toml")
+        with open(path, "w") as f:
+            f.write(f'''version = 1
 [daemon]
-state_dir = "{state_dir}"
+state_dir = "{self.state_dir(tool)}"
 listen = ""
 max_concurrent_transfers = 8
 [registries."{src.addr}"]
 plain_http = true
-[registries."{dst.addr}"]
+[registries."{self.dst.addr}"]
 plain_http = true
 chunk_size = "0"
-[[rule]]
-name = "bench"
-source = "{src.addr}/{PREFIX}/*"
-targets = ["{dst.addr}/{PREFIX}/*"]
-[[rule]]
-name = "big"
-source = "{src.addr}/{BIG_PREFIX}/*"
-targets = ["{dst.addr}/{BIG_PREFIX}/*"]
-''')
+''' + "".join(f'''[[rule]]
+name = "{name}"
+source = "{src.addr}/{repo}"
+targets = ["{self.dst.addr}/{repo}"]
+''' for name, repo in rules))
+        return path
 
-    def skopeo_cmd(prefix, repos, cold):
-        cache = os.path.join(work, "skopeo-cache", "sync")
+    def state_dir(self, tool):
+        return os.path.join(self.work, f"{tool}-state")
+
+    def skopeo_cmd(self, src, prefix, repos, cold):
+        """One `skopeo sync` for all repositories: how skopeo mirrors many repositories at once."""
+        cache = os.path.join(self.work, "skopeo-cache", "sync")
         if cold:
             shutil.rmtree(cache, ignore_errors=True)
-        y = os.path.join(work, f"skopeo-{prefix}.yaml")
+        y = os.path.join(self.work, f"skopeo-{prefix}.yaml")
         with open(y, "w") as f:
             f.write(f"{src.addr}:\n  tls-verify: false\n  images:\n" + "".join(f"    {r}: []\n" for r in repos))
-        return sk.cmd(cache, ["sync", "--all", "--preserve-digests", "--src", "yaml", "--dest", "docker",
-                              "--dest-tls-verify=false", y, f"{dst.addr}/{prefix}"])
+        return self.sk.cmd(cache, ["sync", "--all", "--preserve-digests", "--src", "yaml", "--dest", "docker",
+                                   "--dest-tls-verify=false", y, f"{self.dst.addr}/{prefix}"])
 
-    def tool_cmd(tool, rule, cold):
+    def tool_cmd(self, tool, kind, cold):
+        """kind: bench (single rule), big, rules (one rule per repository), scale."""
         if tool == "skopeo":
-            imgs = base_images if rule == "bench" else [big]
-            return skopeo_cmd(PREFIX if rule == "bench" else BIG_PREFIX, sorted({i["repo"] for i in imgs}), cold)
+            src, prefix, imgs = {"bench": (self.src, PREFIX, self.base_images), "rules": (self.src, PREFIX, self.base_images),
+                                 "big": (self.src, BIG_PREFIX, [self.big]),
+                                 "scale": (self.scale_src, SCALE_PREFIX, self.scale_images)}[kind]
+            return self.skopeo_cmd(src, prefix, sorted({i["repo"] for i in imgs}), cold)
         if cold:
-            shutil.rmtree(state_dir, ignore_errors=True)
-        return [a.regkeeper, "sync", "-c", cfg, rule], None
+            shutil.rmtree(self.state_dir(tool), ignore_errors=True)
+        cfg = self.rk_config(tool, kind if kind in ("rules", "scale") else "single")
+        return [self.bins[tool], "sync", "-c", cfg] + ([kind] if kind in ("bench", "big") else []), None
 
-    results = []
-
-    def measure(tool, scn, cmd, env, expect, prefix, pre=None):
+    # ---- measuring
+    def measure(self, tool, scn, cmd_env, expect, prefix, **kw):
+        """kw: source (registry), pre (callable inside the marks), timeout, blobs (verify blobs)."""
+        src, dst = kw.get("source") or self.src, self.dst
         os.sync()
         time.sleep(0.5)
-        b = src.mark(), dst.mark()
-        if pre:
-            pre()
-        r = run_measured(cmd, env=env, timeout=a.timeout)
+        load0, b = loadavg(), (src.mark(), dst.mark())
+        if kw.get("pre"):
+            kw["pre"]()
+        r = run_measured(cmd_env[0], env=cmd_env[1], timeout=kw.get("timeout") or self.a.timeout)
         time.sleep(0.3)  # access log flush
         e = src.mark(), dst.mark()
-        row = {"tool": tool, "scenario": scn, **r, "source": src.diff(b[0], e[0]), "target": dst.diff(b[1], e[1])}
-        row["verify"] = verify(dst, expect, prefix) if expect is not None else None
-        if r["rc"]:
-            lines = [x for x in r["output_tail"].splitlines() if x.strip() and not x.lstrip()[:1].isdigit()]
-            log(f"  {tool} {scn}: exit {r['rc']}: " + " | ".join(lines[:3])[:300])
-        results.append(row)
-        log(f"  {tool:9} {scn:6} rc={r['rc']} wall={r['wall_s']}s cpu={r['cpu_s']}s rss={r['peak_rss_mb']}MB "
-            f"req src={row['source']['requests']} dst={row['target']['requests']} "
-            f"verify={'ok' if not row['verify'] or row['verify']['ok'] else str(row['verify']['first'][:2])[:150]}")
+        row = {"tool": tool, "scenario": scn, **r, "load": [load0, loadavg()],
+               "source": src.diff(b[0], e[0]), "target": dst.diff(b[1], e[1])}
+        if expect is not None:
+            row["expect"] = corpus_stats(expect)
+            row["verify"] = verify(dst, expect, prefix, blobs=kw.get("blobs", True))
+        else:
+            row["verify"] = None
+        row["figures"] = issue11_figures(row)
+        self.ok[(tool, scn)] = r["rc"] == 0 and (row["verify"] is None or row["verify"]["ok"])
+        self.results.append(row)
+        self.log_row(row)
+        self.save_partial()
         return row
 
-    for tool in tools:
-        if tool == "regkeeper" and rk_error:
-            results.append({"tool": tool, "scenario": "all", "rc": None, "error": rk_error})
-            continue
-        log(f"{tool}:")
-        for scn in [s for s in scenarios if s in ("full", "noop", "newtag")]:
-            if scn == "full":
-                dst.wipe_restart()
-                measure(tool, scn, *tool_cmd(tool, "bench", cold=True), base_images, PREFIX)
-            elif scn == "noop":
-                measure(tool, scn, *tool_cmd(tool, "bench", cold=False), base_images, PREFIX)
-            else:
-                sk.push(layout, src.addr, [newimg])
-                try:
-                    measure(tool, scn, *tool_cmd(tool, "bench", cold=False), base_images + [newimg], PREFIX)
-                finally:  # back to the base corpus at the source (DELETE by digest removes the tag)
-                    for reg in (src, dst):
-                        reg.http.req("DELETE", f"/v2/{new_repo}/manifests/{newimg['digest']}")
-        if "big" in scenarios:
-            dst.wipe_restart()
-            measure(tool, "big", *tool_cmd(tool, "big", cold=True), [big], BIG_PREFIX)
+    def save_partial(self):
+        """Rows so far, so a long run that is stopped still leaves its figures."""
+        os.makedirs(os.path.dirname(self.a.out), exist_ok=True)
+        with open(self.a.out + ".partial", "w") as f:
+            json.dump({"args": vars(self.a), "results": self.results}, f, indent=1)
 
-    if "curl" in scenarios:
-        dst.wipe_restart()
-        blob = big["blobs"][1]
+    def log_row(self, row):
+        r = row
+        if r["rc"]:
+            lines = [x for x in r["output_tail"].splitlines() if x.strip() and not x.lstrip()[:1].isdigit()]
+            log(f"  {r['tool']} {r['scenario']}: exit {r['rc']}: " + " | ".join(lines[:3])[:300])
+        v = r["verify"]
+        log(f"  {r['tool']:14} {r['scenario']:9} rc={r['rc']} wall={r['wall_s']}s cpu={r['cpu_s']}s "
+            f"rss={r['peak_rss_mb']}MB load={r['load']} req src={r['source']['requests']} "
+            f"dst={r['target']['requests']} mounts={r['target']['mounts']} "
+            f"verify={'ok' if not v or v['ok'] else str(v['first'][:2])[:150]}")
+
+    # ---- scenarios
+    def s_full(self, tool):
+        self.dst.wipe_restart()
+        self.measure(tool, "full", self.tool_cmd(tool, "bench", cold=True), self.base_images, PREFIX)
+
+    def s_noop(self, tool):
+        self.measure(tool, "noop", self.tool_cmd(tool, "bench", cold=False), self.base_images, PREFIX)
+
+    def s_newtag(self, tool):
+        self.sk.push(self.layout, self.src.addr, [self.newimg])
+        try:
+            self.measure(tool, "newtag", self.tool_cmd(tool, "bench", cold=False),
+                         self.base_images + [self.newimg], PREFIX)
+        finally:  # back to the base corpus at the source (DELETE by digest removes the tag)
+            for reg in (self.src, self.dst):
+                reg.http.req("DELETE", f"/v2/{self.new_repo}/manifests/{self.newimg['digest']}")
+
+    def s_big(self, tool):
+        self.dst.wipe_restart()
+        self.measure(tool, "big", self.tool_cmd(tool, "big", cold=True), [self.big], BIG_PREFIX)
+
+    def s_rules(self, tool):
+        """Issue 11 (a): the corpus as one rule per repository, into an empty target."""
+        self.dst.wipe_restart()
+        self.measure(tool, "rules", self.tool_cmd(tool, "rules", cold=True), self.base_images, PREFIX)
+
+    def scale_timeout(self, tool):
+        return self.a.skopeo_scale_timeout if tool == "skopeo" else None
+
+    def s_scale(self, tool):
+        """Issue 11 (b): 10,000 tiny images, one `/*` rule, into an empty target."""
+        if self.scale_timeout(tool) == 0:
+            log(f"  {tool} scale: skipped (--skopeo-scale-timeout 0)")
+            return
+        self.dst.wipe_restart()
+        self.measure(tool, "scale", self.tool_cmd(tool, "scale", cold=True), self.scale_images, SCALE_PREFIX,
+                     source=self.scale_src, timeout=self.scale_timeout(tool))
+
+    def s_scalenoop(self, tool):
+        if not self.ok.get((tool, "scale")):
+            log(f"  {tool} scalenoop: skipped (no complete scale copy before it)")
+            return
+        # blobs were verified after the copy; a no-op must still leave every tag at its digest
+        self.measure(tool, "scalenoop", self.tool_cmd(tool, "scale", cold=False), self.scale_images,
+                     SCALE_PREFIX, source=self.scale_src, timeout=self.scale_timeout(tool), blobs=False)
+
+    def s_curl(self):
+        """The physical limit: one monolithic upload of the big layer."""
+        self.dst.wipe_restart()
+        blob = self.big["blobs"][1]
         cmd = ["curl", "-sS", "-f", "-X", "PUT", "-H", "Content-Type: application/octet-stream",
-               "-T", corpus.path(blob["digest"]), "URL"]
+               "-T", self.corpus.path(blob["digest"]), "URL"]
 
         def post():  # inside the marks (counted), outside the timed PUT
-            _, hd, _ = dst.http.req("POST", f"/v2/{BIG_PREFIX}/curl/blobs/uploads/")
-            url = urllib.parse.urljoin(f"http://{dst.addr}/", hd["location"])
+            _, hd, _ = self.dst.http.req("POST", f"/v2/{BIG_PREFIX}/curl/blobs/uploads/")
+            url = urllib.parse.urljoin(f"http://{self.dst.addr}/", hd["location"])
             cmd[-1] = url + ("&" if "?" in url else "?") + "digest=" + blob["digest"]
-        row = measure("curl", "curl", cmd, None, None, BIG_PREFIX, pre=post)
-        st, hd, _ = dst.http.req("HEAD", f"/v2/{BIG_PREFIX}/curl/blobs/{blob['digest']}")
+        row = self.measure("curl", "curl", (cmd, None), None, BIG_PREFIX, pre=post)
+        st, hd, _ = self.dst.http.req("HEAD", f"/v2/{BIG_PREFIX}/curl/blobs/{blob['digest']}")
         ok = st == 200 and int(hd.get("content-length", -1)) == blob["size"]
         row["verify"] = {"ok": ok, "problems": 0 if ok else 1, "first": [] if ok else [f"blob HEAD {st}"]}
 
-    for row in results:
-        if row.get("scenario") in ("big", "curl") and row.get("wall_s") and row["rc"] == 0:
-            row["throughput_mib_s"] = round(a.big_mib / row["wall_s"], 1)
-    targets = check_targets(results, stats["tags"])
-    report = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "args": vars(a), "corpus": stats,
-              "big_layer_mib": a.big_mib, "new_tag": f"{new_repo}:{new_tag}",
-              "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
-              "versions": versions(a), "results": results, "targets": targets}
-    print_table(report)
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(report, f, indent=1)
-    log(f"JSON: {a.out}")
-    return 0
+    def run_tool(self, tool):
+        if tool != "skopeo":
+            err = regkeeper_error(tool, self.bins.get(tool))
+            if err:
+                log(err)
+                self.results.append({"tool": tool, "scenario": "all", "rc": None, "error": err})
+                return
+        log(f"{tool}:")
+        for scn in self.scenarios:
+            fn = getattr(self, f"s_{scn}", None)
+            if fn and scn != "curl":
+                fn(tool)
+
+    def rules_repeats(self):
+        """Extra `rules` runs, alternating the regkeeper binaries so that both see the same load."""
+        rk = [t for t in self.tools if t != "skopeo" and not regkeeper_error(t, self.bins.get(t))]
+        if "rules" not in self.scenarios or self.a.repeat < 2 or not rk:
+            return
+        log(f"rules, {self.a.repeat - 1} more alternating run(s) of {', '.join(rk)}:")
+        for _ in range(self.a.repeat - 1):
+            for tool in rk:
+                self.s_rules(tool)
+
+    def run(self):
+        self.setup()
+        for tool in self.tools:
+            self.run_tool(tool)
+        self.rules_repeats()
+        if "curl" in self.scenarios:
+            self.s_curl()
+        return self.report()
+
+    def report(self):
+        a = self.a
+        for row in self.results:
+            if row.get("scenario") in ("big", "curl") and row.get("wall_s") and row["rc"] == 0:
+                row["throughput_mib_s"] = round(a.big_mib / row["wall_s"], 1)
+        rep = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "args": vars(a), "corpus": self.stats,
+               "scale_corpus": corpus_stats(self.scale_images) if self.scale_images else None,
+               "big_layer_mib": a.big_mib, "new_tag": f"{self.new_repo}:{self.newimg['tag']}",
+               "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
+               "versions": versions(a), "results": self.results,
+               "targets": check_targets(self.results, self.stats["tags"]), "targets_11": check_issue11(self.results)}
+        print_table(rep)
+        print_issue11(rep)
+        os.makedirs(os.path.dirname(a.out), exist_ok=True)
+        with open(a.out, "w") as f:
+            json.dump(rep, f, indent=1)
+        if os.path.exists(a.out + ".partial"):
+            os.remove(a.out + ".partial")
+        log(f"JSON: {a.out}")
+        return 0
 
 
 def versions(a):
@@ -663,8 +934,16 @@ def versions(a):
             return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
         except (OSError, IndexError, subprocess.SubprocessError):
             return None
+
+    def binary(path):  # which build was measured: path and content hash, not this checkout's HEAD
+        try:
+            with open(path, "rb") as f:
+                return f"{path} sha256:{hashlib.sha256(f.read()).hexdigest()[:12]}"
+        except (OSError, TypeError):
+            return None
     return {"skopeo": first(["skopeo", "--version"]), "registry": first([a.registry_bin, "--version"]),
-            "regkeeper": first(["git", "-C", ROOT, "describe", "--always", "--dirty"])}
+            "checkout": first(["git", "-C", ROOT, "describe", "--always", "--dirty"]),
+            "regkeeper": binary(a.regkeeper), "regkeeper-base": binary(a.regkeeper_baseline)}
 
 
 def check_targets(results, tags):
@@ -709,6 +988,81 @@ def check_targets(results, tags):
         add("big: regkeeper throughput >= 0.8x curl monolithic", None, 0.8, None)
     rss("big", 64)
     return out
+
+
+def issue11_figures(r):
+    """Source blob bytes read against the unique blob bytes the target must hold (1.00 = no blob
+    read twice), mounts, target requests per image, requests at both registries per tag."""
+    s, t, e = r["source"], r["target"], r.get("expect") or {}
+    tags, uniq = e.get("tags"), e.get("bytes")
+    return {"blob_gets": s["blob_gets"], "blobs": e.get("blobs"), "read_mib": round(s["blob_bytes_out"] / MiB, 1),
+            "unique_mib": round((uniq or 0) / MiB, 1), "read_ratio": round(s["blob_bytes_out"] / uniq, 3) if uniq else None,
+            "mounts": t["mounts"], "mount_misses": t["mount_misses"],
+            "dst_per_image": round(t["requests"] / tags, 2) if tags else None,
+            "all_per_tag": round((s["requests"] + t["requests"]) / tags, 3) if tags else None}
+
+
+def check_issue11(results):
+    """Issue 11's targets, for each regkeeper binary measured (regkeeper-base is today's when given)."""
+    get = {(r["tool"], r["scenario"]): r for r in results if r.get("wall_s") is not None}
+    out = []
+
+    def add(tool, name, value, limit, ok):
+        out.append({"tool": tool, "target": name, "value": value, "limit": limit,
+                    "result": "n/a" if ok is None or value is None else "PASS" if ok else "MISS"})
+
+    def good(r):
+        return r["rc"] == 0 and (r["verify"] is None or r["verify"]["ok"])
+
+    def fig(tool, scn, name, key, limit, cmp):
+        r = get.get((tool, scn))
+        v = r and (r["figures"][key] if key in r["figures"] else r[key])
+        add(tool, f"{scn}: {name}", v, limit, r and v is not None and good(r) and cmp(v, limit))
+    le, ge = (lambda v, lim: v <= lim), (lambda v, lim: v >= lim)
+    for tool in [t for t in ("regkeeper", "regkeeper-base") if any(k[0] == t for k in get)]:
+        fig(tool, "full", "source blob bytes read / unique = 1.00", "read_ratio", 1.005, le)
+        fig(tool, "rules", "source blob bytes read / unique = 1.00", "read_ratio", 1.005, le)
+        fig(tool, "rules", "mounts >= 40", "mounts", 40, ge)
+        fig(tool, "scale", "full copy wall <= 150 s", "wall_s", 150, le)
+        fig(tool, "scale", "target requests per image <= 5.5", "dst_per_image", 5.5, le)
+        fig(tool, "scalenoop", "requests at both registries per tag <= 1.15", "all_per_tag", 1.15, le)
+        rows = [get.get((tool, s)) for s in ("scale", "scalenoop")]
+        rss = max((r["peak_rss_mb"] for r in rows if r), default=None)
+        add(tool, "scale+scalenoop: peak RSS <= 64 MB", rss, 64, rss is not None and all(r and good(r) for r in rows)
+            and rss <= 64)
+    walls = {t: [r for r in results if r["tool"] == t and r.get("scenario") == "rules" and r.get("wall_s")]
+             for t in ("regkeeper", "regkeeper-base")}
+    rk, base = (statistics.median(r["wall_s"] for r in walls[t]) if walls[t] else None for t in walls)
+    v = round(rk / base, 3) if rk and base else None
+    n = min(len(w) for w in walls.values())
+    add("regkeeper", f"rules: full-copy wall <= 0.75x regkeeper-base (median of {n})", v, 0.75,
+        v is not None and all(good(r) for w in walls.values() for r in w) and v <= 0.75)
+    return out
+
+
+def print_issue11(rep):
+    sc = rep.get("scale_corpus")
+    if sc:
+        print(f"\nscale corpus: {sc['repos']} repos, {sc['tags']} tags, {sc['blobs']} blobs, {sc['mib']} MiB")
+    hdr = ("tool", "scenario", "wall s", "load 1m", "rss MB", "src blob GETs/blobs", "read MiB/unique",
+           "read/unique", "mounts (miss)", "dst req/image", "all req/tag", "tags ok")
+    rows = []
+    for r in rep["results"]:
+        f = r.get("figures")
+        if not f or r["scenario"] == "curl":
+            continue
+        rows.append((r["tool"], r["scenario"], f"{r['wall_s']:.2f}", "/".join(map(str, r["load"])),
+                     f"{r['peak_rss_mb']:.0f}", f"{f['blob_gets']}/{f['blobs']}", f"{f['read_mib']}/{f['unique_mib']}",
+                     f["read_ratio"], f"{f['mounts']} ({f['mount_misses']})", f["dst_per_image"], f["all_per_tag"],
+                     f"{r['verify']['images_ok']}/{r['expect']['tags']}" + ("" if r["verify"]["ok"] else " NO")))
+    rows = [tuple(str(x) for x in row) for row in rows]
+    w = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(hdr)]
+    print("\nissue 11 figures (load 1m = load average before/after the run; read = blob bytes served by the source):")
+    for row in [hdr, tuple("-" * x for x in w)] + rows:
+        print("  ".join(x.ljust(w[i]) for i, x in enumerate(row)))
+    print("\ntargets (issue 11):")
+    for t in rep["targets_11"]:
+        print(f"  {t['result']:4}  {t['tool']:14} {t['target']:58} value={t['value']}")
 
 
 ABBR = {"GET": "G", "HEAD": "H", "POST": "Po", "PATCH": "Pa", "PUT": "Pu", "DELETE": "D"}

@@ -24,6 +24,12 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
 
+# The registry with the OCI 1.1 referrers API (tests/it/referrers.rs):
+# a cold build takes minutes, so once per machine.
+ferro_bin="${CARGO_HOME:-$HOME/.cargo}/bin/ferro-oci-server"
+command -v ferro-oci-server >/dev/null 2>&1 || [ -x "$ferro_bin" ] \
+    || cargo install --locked ferro-oci-server
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # tests/it/systemd.rs runs the release binary under a real systemd.

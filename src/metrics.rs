@@ -37,6 +37,7 @@ pub struct Metrics {
     bytes: IntCounterVec,
     blobs: IntCounterVec,
     manifests: IntCounterVec,
+    referrers: IntCounterVec,
     retention_deleted: IntCounterVec,
     requests: IntCounterVec,
     request_duration: HistogramVec,
@@ -135,6 +136,13 @@ impl Metrics {
                 Opts::new(
                     "regkeeper_manifests_pushed_total",
                     "Manifests pushed to targets"
+                ),
+                rule
+            )?),
+            referrers: reg!(IntCounterVec::new(
+                Opts::new(
+                    "regkeeper_referrers_copied_total",
+                    "Referrers (signatures, SBOMs, attestations) found by subject and pushed by digest to a target"
                 ),
                 rule
             )?),
@@ -279,6 +287,7 @@ impl Metrics {
         self.bytes.with_label_values(&[rule]);
         self.run_duration.with_label_values(&[rule]);
         self.manifests.with_label_values(&[rule]);
+        self.referrers.with_label_values(&[rule]);
         self.retention_deleted.with_label_values(&[rule]);
         self.runs_skipped.with_label_values(&[rule]);
     }
@@ -309,6 +318,7 @@ impl Metrics {
         let _ = self.run_duration.remove_label_values(&[rule]);
         let _ = self.bytes.remove_label_values(&[rule]);
         let _ = self.manifests.remove_label_values(&[rule]);
+        let _ = self.referrers.remove_label_values(&[rule]);
         let _ = self.retention_deleted.remove_label_values(&[rule]);
         let _ = self.runs_skipped.remove_label_values(&[rule]);
         for result in ["success", "partial", "failed"] {
@@ -351,6 +361,9 @@ impl Metrics {
         self.manifests
             .with_label_values(&[rule])
             .inc_by(t.manifests_pushed);
+        self.referrers
+            .with_label_values(&[rule])
+            .inc_by(report.referrers_copied as u64);
         self.tags_pending.with_label_values(&[rule]).set(pending);
         self.tags_selected
             .with_label_values(&[rule])
@@ -424,6 +437,7 @@ mod tests {
             "regkeeper_bytes_copied_total{rule=\"r\"} 0",
             "regkeeper_blobs_total{action=\"resumed\",rule=\"r\"} 0",
             "regkeeper_manifests_pushed_total{rule=\"r\"} 0",
+            "regkeeper_referrers_copied_total{rule=\"r\"} 0",
             "regkeeper_retention_deleted_total{rule=\"r\"} 0",
             "regkeeper_registry_requests_total{code=\"429\",method=\"GET\",registry=\"127.0.0.1:5000\"} 1",
             "regkeeper_registry_request_duration_seconds_bucket",

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::oci::Digest;
+use crate::oci::{Digest, RawManifest};
 use crate::reference::Location;
 
 /// One selected source tag and the digest the targets should end up holding
@@ -58,8 +58,40 @@ pub(crate) struct TagPlan {
     pub tag: String,
     pub digest: Digest,
     pub referrer: bool,
-    /// One entry per target, in the order of the inventory's targets.
+    /// What is written: the tag (as today), or a referrer by digest, or a
+    /// merged fallback index.
+    pub write: Write,
+    /// One entry per target concerned (every target of the inventory, in its
+    /// order, except for a fallback index, which concerns one).
     pub targets: Vec<(Location, TargetAction)>,
+}
+
+/// How a plan's manifest reaches a target.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum Write {
+    /// Copied under its tag.
+    #[default]
+    Tag,
+    /// A referrer found by its subject (referrers API or fallback index),
+    /// pushed by digest; `depth` 1 refers to a copied image, 2 to such a
+    /// referrer, ...: each depth is written after the one before.
+    Referrer { depth: u32 },
+    /// The `sha256-<hex>` index listing a subject's referrers at a target
+    /// without the API: the target's own entries plus the missing ones.
+    FallbackIndex(RawManifest),
+}
+
+impl TagPlan {
+    /// The order of writing: ordinary tags, tag-schema referrers, referrers
+    /// by depth, then fallback indexes (which list what was pushed before).
+    pub(crate) fn stage(&self) -> u32 {
+        match (&self.write, self.referrer) {
+            (Write::Tag, false) => 0,
+            (Write::Tag, true) => 1,
+            (Write::Referrer { depth }, _) => 1 + depth,
+            (Write::FallbackIndex(_), _) => u32::MAX,
+        }
+    }
 }
 
 /// Decides, for each source tag and target, what to do. Ordinary tags come
@@ -75,6 +107,7 @@ pub(crate) fn plan_tags(
             tag: t.tag.clone(),
             digest: t.digest.clone(),
             referrer: t.referrer,
+            write: Write::Tag,
             targets: targets
                 .iter()
                 .map(|target| {

@@ -93,6 +93,8 @@ pub struct Rule {
     /// Empty = every platform.
     pub platforms: Vec<Platform>,
     pub referrers: bool,
+    /// Only referrers of these artifact types are copied; empty = all.
+    pub referrers_artifact_types: Vec<String>,
     pub immutable: bool,
     pub retention: Option<Retention>,
 }

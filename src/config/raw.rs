@@ -56,6 +56,7 @@ pub(crate) struct RawDefaults {
     pub tags: Option<RawTags>,
     pub platforms: Option<Vec<Str>>,
     pub referrers: Option<bool>,
+    pub referrers_artifact_types: Option<Vec<Str>>,
     pub immutable: Option<bool>,
 }
 
@@ -75,6 +76,7 @@ pub(crate) struct RawRule {
     pub tags: Option<RawTags>,
     pub platforms: Option<Vec<Str>>,
     pub referrers: Option<bool>,
+    pub referrers_artifact_types: Option<Vec<Str>>,
     pub immutable: Option<bool>,
 }
 
@@ -86,6 +88,7 @@ impl RawRule {
             tags: self.tags.take(),
             platforms: self.platforms.take(),
             referrers: self.referrers.take(),
+            referrers_artifact_types: self.referrers_artifact_types.take(),
             immutable: self.immutable.take(),
         }
     }

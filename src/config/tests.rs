@@ -217,6 +217,7 @@ listen = ""
 [defaults]
 schedule = "@hourly"
 referrers = false
+referrers_artifact_types = ["application/spdx+json"]
 immutable = true
 platforms = ["linux/amd64"]
 tags.exclude = ['-rc']
@@ -248,6 +249,7 @@ keep_last = 0
     let a = c.rule("inherits").unwrap();
     assert!(matches!(&a.schedule, Schedule::Cron { text, .. } if text == "@hourly"));
     assert!(!a.referrers);
+    assert_eq!(a.referrers_artifact_types, ["application/spdx+json"]);
     assert!(a.immutable);
     assert_eq!(a.platforms.len(), 1);
     assert_eq!(a.tags.exclude[0].as_str(), "-rc");

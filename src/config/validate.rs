@@ -136,6 +136,7 @@ struct Common {
     latest: Option<usize>,
     platforms: Option<Vec<Platform>>,
     referrers: Option<bool>,
+    referrers_artifact_types: Option<Vec<String>>,
     immutable: Option<bool>,
 }
 
@@ -150,6 +151,9 @@ impl Common {
             latest: self.latest.or(defaults.latest),
             platforms: self.platforms.or_else(|| defaults.platforms.clone()),
             referrers: self.referrers.or(defaults.referrers),
+            referrers_artifact_types: self
+                .referrers_artifact_types
+                .or_else(|| defaults.referrers_artifact_types.clone()),
             immutable: self.immutable.or(defaults.immutable),
         }
     }
@@ -472,6 +476,9 @@ impl Loader<'_, '_> {
             latest,
             platforms,
             referrers: raw.referrers,
+            referrers_artifact_types: raw
+                .referrers_artifact_types
+                .map(|l| l.into_iter().map(|t| t.into_inner()).collect()),
             immutable: raw.immutable,
         }
     }

@@ -12,7 +12,7 @@ use super::copy::{self, DryRunCost};
 use super::inventory::RepoInventory;
 use super::report::ImageReport;
 use crate::config::Rule;
-use crate::plan::{TagPlan, TargetAction};
+use crate::plan::{TagPlan, TargetAction, Write};
 use crate::state::TagObservation;
 use crate::transport::Store;
 
@@ -31,10 +31,13 @@ impl Engine {
         plans: Vec<TagPlan>,
     ) -> Vec<ImageReport> {
         self.mark_fresh(repo, &plans);
-        let mut images = Vec::new();
-        let (ordinary, referrers): (Vec<TagPlan>, Vec<TagPlan>) =
-            plans.into_iter().partition(|p| !p.referrer);
-        for group in [ordinary, referrers] {
+        let mut images: Vec<ImageReport> = Vec::new();
+        for group in super::referrer_exec::stages(plans) {
+            let group = super::referrer_exec::hold_back(
+                &repo.source.location().to_string(),
+                group,
+                &mut images,
+            );
             let results = futures_util::stream::iter(group)
                 .map(|plan| {
                     let span = tracing::info_span!("image", tag = %plan.tag, digest = %plan.digest.short());
@@ -46,8 +49,13 @@ impl Engine {
             images.extend(results.into_iter().flatten());
         }
         if !self.dry_run {
-            self.record_tags(rule, repo, &images);
-            self.settle_fresh(repo, &images);
+            let tags: Vec<ImageReport> = images
+                .iter()
+                .filter(|i| !i.referrer_write)
+                .cloned()
+                .collect();
+            self.record_tags(rule, repo, &tags);
+            self.settle_fresh(repo, &tags);
         }
         images
     }
@@ -67,6 +75,8 @@ impl Engine {
                 action: action.clone(),
                 cost: None,
                 error: None,
+                referrer_write: !matches!(plan.write, Write::Tag),
+                pushed_by_digest: matches!(plan.write, Write::Referrer { .. }),
             })
             .collect();
         let needing: Vec<usize> = (0..plan.targets.len())
@@ -87,23 +97,21 @@ impl Engine {
             );
             return reports;
         }
-        let Some(root) = repo.manifests.get(&plan.tag).cloned() else {
-            fail_all(
-                &mut reports,
-                "the inventory holds no manifest for it".into(),
-            );
-            return reports;
-        };
-        let tree = match copy::expand(source, root).await {
+        let tree = match super::referrer_exec::tree_of(repo, &plan).await {
             Ok(t) => t,
             Err(e) => {
-                fail_all(&mut reports, e.to_string());
+                fail_all(&mut reports, e);
                 return reports;
             }
         };
+        // By location: a fallback index concerns one target, not all.
         let targets: Vec<Store> = needing
             .iter()
-            .map(|&i| repo.targets[i].store.clone())
+            .filter_map(|&i| {
+                let loc = &plan.targets[i].0;
+                repo.targets.iter().find(|t| t.store.location() == loc)
+            })
+            .map(|t| t.store.clone())
             .collect();
         if self.dry_run {
             for (&i, target) in needing.iter().zip(&targets) {
@@ -114,13 +122,15 @@ impl Engine {
             }
             return reports;
         }
+        // A referrer pushed by digest has no tag (its registry indexes it by
+        // its subject).
+        let tag =
+            matches!(plan.write, Write::Tag | Write::FallbackIndex(_)).then_some(&plan.tag[..]);
         // A view of the run's copier with counters of this image's own, so
         // what one copy sent can be told (exactly when one target needs it;
         // a blob streamed to several targets is not split between them).
         let copier = self.copier.view();
-        let results = copier
-            .copy_tree(source, &tree, Some(&plan.tag), &targets)
-            .await;
+        let results = copier.copy_tree(source, &tree, tag, &targets).await;
         let sent = copier.stats.totals();
         self.add_totals(&sent);
         if let [i] = needing[..] {

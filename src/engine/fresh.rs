@@ -35,14 +35,17 @@ impl Engine {
         let fresh: Vec<&Location> = repo
             .targets
             .iter()
-            .enumerate()
-            .filter(|(k, t)| {
+            .filter(|t| {
+                // By location: a plan may concern some targets only (a
+                // fallback index, referrers where their image is).
                 t.absent
-                    && plans
-                        .iter()
-                        .any(|p| p.targets.get(*k).is_some_and(|(_, a)| a.needs_copy()))
+                    && plans.iter().any(|p| {
+                        p.targets
+                            .iter()
+                            .any(|(loc, a)| loc == t.store.location() && a.needs_copy())
+                    })
             })
-            .map(|(_, t)| t.store.location())
+            .map(|t| t.store.location())
             .collect();
         if fresh.is_empty() {
             return;

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use futures_util::StreamExt;
 use tracing::Instrument;
 
+use super::referrer_plan::{SourceReferrer, TargetReferrers};
 use super::report::RunError;
 use super::{Engine, REVERIFY_AFTER_SECS};
 use crate::config::Rule;
@@ -48,6 +49,10 @@ pub(crate) struct RepoInventory {
     /// Root manifests (after platform filtering) of tags that some target
     /// lacks or holds at another digest: what a copy starts from.
     pub manifests: HashMap<String, RawManifest>,
+    /// Referrers found by subject (API or fallback index), and their
+    /// manifests: what a referrer copy starts from.
+    pub referrers: Vec<SourceReferrer>,
+    pub referrer_manifests: HashMap<Digest, RawManifest>,
     pub targets: Vec<TargetInventory>,
     /// Every tag this run considered (selected and referrers).
     pub considered: Vec<String>,
@@ -67,6 +72,8 @@ pub(crate) struct TargetInventory {
     /// The tag list answered 404 and no interrupted run touched the
     /// repository (state): it holds no blobs, so no blob HEADs there.
     pub absent: bool,
+    /// What the target lists of the source's referrers' subjects.
+    pub referrers: TargetReferrers,
 }
 
 /// A tag's digests at the source and at each target.
@@ -146,6 +153,8 @@ impl Engine {
             unreadable_targets: 0,
             tags: Vec::new(),
             manifests: HashMap::new(),
+            referrers: Vec::new(),
+            referrer_manifests: HashMap::new(),
             targets: Vec::new(),
             considered: Vec::new(),
             errors: Vec::new(),
@@ -186,8 +195,12 @@ impl Engine {
         if rule.referrers {
             let subjects: HashSet<String> =
                 repo.tags.iter().map(|t| t.digest.to_string()).collect();
+            // cosign's `.sig/.att/.sbom` tags are copied as tags; a bare
+            // `sha256-<hex>` is a fallback index, whose entries are merged
+            // into the target's (inventory_referrers), never copied over it.
             let referrer_tags: Vec<String> = all_tags
                 .iter()
+                .filter(|t| t.contains('.'))
                 .filter(|t| referrer_subject(t).is_some_and(|s| subjects.contains(&s)))
                 .filter(|t| !selected.contains(t))
                 .cloned()
@@ -195,6 +208,7 @@ impl Engine {
             repo.considered.extend(referrer_tags.iter().cloned());
             self.resolve_tags(rule, &mut repo, &referrer_tags, true)
                 .await;
+            self.inventory_referrers(rule, &mut repo).await;
         }
         Ok(repo)
     }
@@ -222,6 +236,7 @@ impl Engine {
                     listed: tags.into_iter().flatten().collect(),
                     digests: HashMap::new(),
                     hinted: HashSet::new(),
+                    referrers: TargetReferrers::default(),
                     store,
                 }),
                 Err(e) => errors.push(RunError::new(loc, "listing tags", e)),

@@ -9,6 +9,9 @@ pub mod copy;
 mod execute;
 mod fresh;
 mod inventory;
+mod referrer_exec;
+mod referrer_plan;
+mod referrers;
 mod report;
 mod runplan;
 
@@ -412,6 +415,7 @@ impl Engine {
 fn repo_facts(repo: &RepoInventory) -> RepoFacts {
     RepoFacts {
         tags: repo.tags.clone(),
+        referrers: repo.referrers.clone(),
         targets: repo
             .targets
             .iter()
@@ -419,6 +423,7 @@ fn repo_facts(repo: &RepoInventory) -> RepoFacts {
                 location: t.store.location().clone(),
                 digests: t.digests.clone(),
                 retained_away: t.retained_away.clone(),
+                referrers: t.referrers.clone(),
             })
             .collect(),
     }
@@ -531,7 +536,10 @@ fn record_arrivals(read: &mut RuleRead, report: &RuleReport, facts: &CopyFacts, 
             .images
             .iter()
             .filter(|i| {
-                i.target == r.input.repository && i.action.needs_copy() && i.error.is_none()
+                i.target == r.input.repository
+                    && i.action.needs_copy()
+                    && i.error.is_none()
+                    && !i.referrer_write
             })
             .map(|i| (i.tag.clone(), i.digest.clone()))
             .collect();

@@ -69,6 +69,13 @@ pub struct ImageReport {
     /// Set when this copy failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A referrer pushed by digest or a fallback index merged (no tag of
+    /// the selection: the state records no tag for it).
+    #[serde(skip)]
+    pub referrer_write: bool,
+    /// A referrer pushed by digest (not a fallback index).
+    #[serde(skip)]
+    pub pushed_by_digest: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -91,6 +98,9 @@ pub struct RuleReport {
     pub tags_unreachable: usize,
     /// Copies that an `immutable` rule declined.
     pub tags_kept_immutable: usize,
+    /// Referrers found by subject and pushed by digest, per target
+    /// (`regkeeper_referrers_copied_total`).
+    pub referrers_copied: usize,
     pub totals: CopyTotals,
     /// Everything that was (or would be) done, and every failure.
     pub images: Vec<ImageReport>,
@@ -124,6 +134,7 @@ impl RuleReport {
             tags_failed: 0,
             tags_unreachable: 0,
             tags_kept_immutable: 0,
+            referrers_copied: 0,
             totals: CopyTotals::default(),
             images: Vec::new(),
             errors: Vec::new(),
@@ -137,6 +148,9 @@ impl RuleReport {
     /// Counts the images by outcome and sets the result of the copy step.
     pub(crate) fn tally(&mut self) {
         for image in &self.images {
+            if image.pushed_by_digest && image.action.needs_copy() && image.error.is_none() {
+                self.referrers_copied += 1;
+            }
             match (&image.action, &image.error) {
                 (_, Some(_)) => self.tags_failed += 1,
                 (TargetAction::KeepImmutable { .. }, None) => self.tags_kept_immutable += 1,

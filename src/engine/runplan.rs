@@ -8,9 +8,10 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::referrer_plan::{SourceReferrer, TargetReferrers, plan_referrers};
 use crate::config::Retention;
 use crate::oci::Digest;
-use crate::plan::{SourceTag, TagPlan, TargetAction, TargetTags, plan_tags};
+use crate::plan::{SourceTag, TagPlan, TargetAction, TargetTags, Write, plan_tags};
 use crate::reference::Location;
 use crate::retention::{
     Listing, ManifestInfo, RepoInput, RepoPlan, Unix, apply_cap, plan_retention,
@@ -33,12 +34,16 @@ pub(crate) struct TargetFacts {
     pub digests: HashMap<String, Digest>,
     /// (tag, digest) pairs this rule's retention deleted here before.
     pub retained_away: HashSet<(String, Digest)>,
+    /// The referrers of interest the target lists, and whether it has the API.
+    pub referrers: TargetReferrers,
 }
 
 /// One repository pair: the source's resolved tags and the targets.
 #[derive(Clone, Debug)]
 pub(crate) struct RepoFacts {
     pub tags: Vec<SourceTag>,
+    /// Referrers found by subject (API or fallback index), recursively.
+    pub referrers: Vec<SourceReferrer>,
     pub targets: Vec<TargetFacts>,
 }
 
@@ -83,18 +88,20 @@ pub(crate) fn plan_rule(facts: &RuleFacts<'_>) -> RulePlan {
         .iter()
         .map(|r| plan_copies(r, facts.immutable))
         .collect();
-    let Some(policy) = facts.retention else {
-        return RulePlan {
-            copies,
-            retention: Vec::new(),
-        };
-    };
-    let mut retention: Vec<RepoPlan> = facts
-        .retention_inputs
-        .iter()
-        .map(|input| plan_target(policy, input, &mut copies, facts))
-        .collect();
-    apply_cap(&mut retention, policy.max_deletions_per_run);
+    let mut retention: Vec<RepoPlan> = Vec::new();
+    if let Some(policy) = facts.retention {
+        retention = facts
+            .retention_inputs
+            .iter()
+            .map(|input| plan_target(policy, input, &mut copies, facts))
+            .collect();
+        apply_cap(&mut retention, policy.max_deletions_per_run);
+    }
+    // Referrers last: they follow their images as retention left them.
+    for (plans, repo) in copies.iter_mut().zip(&facts.repos) {
+        let referrers = plan_referrers(&repo.referrers, &repo.targets, plans);
+        plans.extend(referrers);
+    }
     RulePlan { copies, retention }
 }
 
@@ -127,6 +134,12 @@ fn copies_to(copies: &[Vec<TagPlan>], repository: &str) -> Vec<CopyAt> {
     let mut out = Vec::new();
     for (i, pair) in copies.iter().enumerate() {
         for (j, plan) in pair.iter().enumerate() {
+            // Referrers by digest are no tags, and a fallback index is not
+            // something retention plans for (its `sha256-` tag is never a
+            // candidate): the target's reading as it is covers them.
+            if !matches!(plan.write, Write::Tag) {
+                continue;
+            }
             for (k, (loc, action)) in plan.targets.iter().enumerate() {
                 if action.needs_copy() && loc.to_string() == repository {
                     out.push((i, j, k));

@@ -7,6 +7,7 @@ use regex::Regex;
 
 use super::*;
 use crate::config::OrderBy;
+use crate::engine::referrer_plan::SourceReferrer;
 use crate::oci::OCI_MANIFEST;
 
 const NOW: Unix = 1_800_000_000;
@@ -94,6 +95,7 @@ struct Case {
     /// Expected deletions (digest numbers), in order.
     deletions: Vec<u32>,
     refused: bool,
+    referrers: Vec<SourceReferrer>,
 }
 
 fn case(name: &'static str, actions: &'static str) -> Case {
@@ -108,6 +110,7 @@ fn case(name: &'static str, actions: &'static str) -> Case {
         actions,
         deletions: vec![],
         refused: false,
+        referrers: vec![],
     }
 }
 
@@ -131,6 +134,7 @@ fn run(c: &Case) -> RulePlan {
             .iter()
             .map(|(t, n)| (t.to_string(), d(*n)))
             .collect(),
+        referrers: Default::default(),
     };
     let facts = RuleFacts {
         immutable: c.immutable,
@@ -138,6 +142,7 @@ fn run(c: &Case) -> RulePlan {
         now: NOW,
         repos: vec![RepoFacts {
             tags: c.source.clone(),
+            referrers: c.referrers.clone(),
             targets: vec![target],
         }],
         retention_inputs: c.retention.iter().map(|_| read("app", &c.target)).collect(),
@@ -288,6 +293,7 @@ fn an_incomplete_reading_deletes_nothing_and_copies_everything() {
         location: loc("app"),
         digests: digests(&c.target),
         retained_away: Default::default(),
+        referrers: Default::default(),
     };
     let facts_in = RuleFacts {
         immutable: false,
@@ -295,6 +301,7 @@ fn an_incomplete_reading_deletes_nothing_and_copies_everything() {
         now: NOW,
         repos: vec![RepoFacts {
             tags: c.source.clone(),
+            referrers: c.referrers.clone(),
             targets: vec![target],
         }],
         retention_inputs: vec![RepoInput::incomplete(
@@ -329,4 +336,41 @@ fn projection_puts_copies_in_place() {
     assert_eq!(tags["2.0.0"], d(3));
     assert!(p.manifests.contains_key(&d(3)));
     assert_eq!(p.first_seen["2.0.0"], NOW);
+}
+
+#[test]
+fn referrers_by_digest_are_planned_after_tags_and_never_count_as_tags_for_retention() {
+    // keep_last 1 over every tag: a referrer by digest is no tag, so
+    // retention neither drops its copy nor sees it arrive.
+    let entry = serde_json::json!({"mediaType": crate::oci::OCI_MANIFEST,
+        "digest": d(20).to_string(), "size": 3});
+    let c = Case {
+        source: source(&[("1.0.0", 1)]),
+        retention: Some(Retention {
+            match_tags: vec![Regex::new(".*").unwrap()],
+            ..keep_last(1)
+        }),
+        referrers: vec![SourceReferrer {
+            subject: d(1),
+            digest: d(20),
+            root: d(1),
+            depth: 1,
+            entry,
+        }],
+        ..case("referrer", "c")
+    };
+    let plan = run(&c);
+    let copies = &plan.copies[0];
+    // The tag, the referrer (pushed by digest), the target's new fallback
+    // index (this target has no referrers API).
+    assert_eq!(copies.len(), 3, "{copies:?}");
+    assert!(
+        copies
+            .iter()
+            .all(|p| p.targets[0].1 == TargetAction::Create)
+    );
+    let stages: Vec<u32> = copies.iter().map(|p| p.stage()).collect();
+    assert_eq!(stages, [0, 2, u32::MAX]);
+    assert_eq!(copies[1].digest, d(20));
+    assert!(plan.retention[0].deletions.is_empty());
 }

@@ -12,6 +12,7 @@ mod graph;
 pub(crate) mod plan;
 pub(crate) mod read;
 mod reasons;
+mod referrers;
 pub(crate) mod state;
 
 pub use execute::{DeletionStatus, Pruner, RetentionReport};

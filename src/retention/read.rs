@@ -164,6 +164,7 @@ impl Pruner {
             .read_untagged(&store, &repo_key, &tags, &mut manifests)
             .await?;
         read_nested(&store, &mut manifests).await?;
+        super::referrers::read_api_referrers(&store, &mut manifests).await?;
         let created = if needs_created(policy) {
             read_created(&store, policy, &tags).await?
         } else {
@@ -326,7 +327,7 @@ async fn read_created(
 }
 
 /// A manifest's digest and references; `None` when absent.
-async fn fetch_info(
+pub(super) async fn fetch_info(
     store: &Store,
     reference: &str,
 ) -> Result<Option<(Digest, ManifestInfo)>, RetentionError> {

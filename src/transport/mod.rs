@@ -179,6 +179,20 @@ impl Store {
         dispatch!(self, s => s.mount_blob(digest, from).await)
     }
 
+    /// The descriptors of `subject`'s referrers through the OCI referrers API
+    /// (of `artifact_type` only, when given); `None` where there is no such
+    /// API (a registry without it, an image layout): use the tag schema.
+    pub async fn referrers(
+        &self,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<Vec<serde_json::Value>>> {
+        match self {
+            Store::Remote(s) => s.referrers(subject, artifact_type).await,
+            Store::Layout(_) => Ok(None),
+        }
+    }
+
     /// Deletes a manifest by digest (and with it every tag pointing at it).
     pub async fn delete_manifest(&self, digest: &Digest) -> Result<()> {
         dispatch!(self, s => s.delete_manifest(digest).await)

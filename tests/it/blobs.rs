@@ -352,11 +352,13 @@ fn daemon_rules_running_at_once_read_a_shared_blob_once_and_a_wiped_target_is_co
     // Wiped while the daemon (and its tracker) lives on: the next runs
     // find no tags, mount nothing from where the base used to be, and copy
     // everything again.
+    // Marked before the wipe: a run may start (and read the base) between
+    // the restart and a later mark.
+    let s1 = src.mark();
     dst.stop();
     std::fs::remove_dir_all(dst.data_dir()).unwrap();
     std::fs::create_dir_all(dst.data_dir()).unwrap();
     dst.start();
-    let s1 = src.mark();
     wait_for("every rule copied again", dir.path(), || all_there(&dst));
     drop(daemon);
     for (name, img) in &fam.images {

@@ -8,6 +8,7 @@ mod faults;
 mod harness;
 mod plan;
 mod progress;
+mod referrers;
 mod retention;
 mod shards;
 mod store;

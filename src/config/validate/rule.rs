@@ -125,6 +125,7 @@ impl Loader<'_, '_> {
             },
             platforms: common.platforms.unwrap_or_default(),
             referrers: common.referrers.unwrap_or(true),
+            referrers_artifact_types: common.referrers_artifact_types.unwrap_or_default(),
             immutable: common.immutable.unwrap_or(false),
             retention,
         }

@@ -41,13 +41,24 @@ pub fn filter_index(
         return Err("index without a manifests list".into());
     };
     let before = list.len();
-    list.retain(|entry| {
+    let wanted = |entry: &serde_json::Value| {
         let platform: Option<Platform> = entry
             .get("platform")
             .and_then(|p| serde_json::from_value(p.clone()).ok());
         platform.is_some_and(|p| platforms.iter().any(|want| p.matches(want)))
+    };
+    // buildx attestation manifests (platform unknown/unknown) follow the
+    // image they describe: kept with a kept platform, dropped with it.
+    let kept: HashSet<String> = list
+        .iter()
+        .filter(|e| wanted(e))
+        .filter_map(|e| e.get("digest")?.as_str().map(str::to_string))
+        .collect();
+    list.retain(|entry| match attestation_of(entry) {
+        Some(d) => kept.contains(d),
+        None => wanted(entry),
     });
-    if list.is_empty() {
+    if list.is_empty() || kept.is_empty() {
         return Ok(None);
     }
     if list.len() == before {
@@ -59,6 +70,15 @@ pub fn filter_index(
         digest: Digest::of(&bytes),
         bytes,
     }))
+}
+
+/// The image a buildx attestation manifest describes
+/// (`vnd.docker.reference.type = attestation-manifest`).
+fn attestation_of(entry: &serde_json::Value) -> Option<&str> {
+    let a = entry.get("annotations")?;
+    (a.get("vnd.docker.reference.type")?.as_str()? == "attestation-manifest")
+        .then(|| a.get("vnd.docker.reference.digest")?.as_str())
+        .flatten()
 }
 
 /// Fetches the children of `root` (when it is an index) and lists the blobs
@@ -125,4 +145,65 @@ pub async fn expand(source: &Store, root: RawManifest) -> Result<ImageTree, Copy
         children,
         blobs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::OCI_INDEX;
+
+    fn d(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    /// A buildx index: two platforms, each with its attestation manifest.
+    fn buildx() -> RawManifest {
+        let image = |c: char, arch: &str| {
+            serde_json::json!({"mediaType": crate::oci::OCI_MANIFEST, "digest": d(c), "size": 1,
+                "platform": {"os": "linux", "architecture": arch}})
+        };
+        let att = |c: char, of: char| {
+            serde_json::json!({"mediaType": crate::oci::OCI_MANIFEST, "digest": d(c), "size": 1,
+                "platform": {"os": "unknown", "architecture": "unknown"},
+                "annotations": {"vnd.docker.reference.type": "attestation-manifest",
+                    "vnd.docker.reference.digest": d(of)}})
+        };
+        let v = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+            image('a', "amd64"), image('b', "arm64"), att('c', 'a'), att('e', 'b')]});
+        let bytes = Bytes::from(serde_json::to_vec(&v).unwrap());
+        RawManifest {
+            media_type: OCI_INDEX.into(),
+            digest: Digest::of(&bytes),
+            bytes,
+        }
+    }
+
+    fn listed(raw: &RawManifest) -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_slice(&raw.bytes).unwrap();
+        v["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["digest"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_platform_filter_keeps_the_attestations_of_kept_platforms_only() {
+        let raw = buildx();
+        let amd64 = [Platform::parse("linux/amd64").unwrap()];
+        let out = filter_index(&raw, &amd64).unwrap().unwrap();
+        assert_eq!(listed(&out), [d('a'), d('c')]);
+        assert_ne!(out.digest, raw.digest);
+
+        let both = [amd64[0].clone(), Platform::parse("linux/arm64").unwrap()];
+        let out = filter_index(&raw, &both).unwrap().unwrap();
+        assert_eq!(
+            out.digest, raw.digest,
+            "every platform kept: the index's own bytes"
+        );
+
+        let none = [Platform::parse("linux/s390x").unwrap()];
+        assert!(filter_index(&raw, &none).unwrap().is_none());
+    }
 }

@@ -173,6 +173,10 @@ impl RemoteRepo {
         if !resp.status().is_success() {
             return Err(reg.status_error(&Method::PUT, &url, resp).await);
         }
+        if header_str(&resp, "oci-subject").is_some() {
+            // The registry indexed the manifest's subject: it has the API.
+            reg.learn_referrers_api(true);
+        }
         if let Some(d) = header_str(&resp, DOCKER_CONTENT_DIGEST) {
             if d.starts_with("sha256:") && d != m.digest.as_str() {
                 return Err(self.integrity(

@@ -21,6 +21,7 @@ mod limits;
 mod pages;
 mod probe;
 mod push;
+pub(crate) mod referrers;
 mod resume;
 mod send;
 #[cfg(test)]
@@ -33,7 +34,7 @@ pub use probe::speaks_https;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -104,6 +105,9 @@ pub struct Registry {
     chunk_size: u64,
     stats: Mutex<RegistryStats>,
     observer: OnceLock<Observer>,
+    /// Whether the referrers API answers here (`referrers::API_*`), learned
+    /// once per run.
+    referrers_api: AtomicU8,
 }
 
 impl std::fmt::Debug for Registry {
@@ -245,6 +249,7 @@ impl Registry {
             chunk_size: opts.chunk_size,
             stats: Mutex::new(RegistryStats::default()),
             observer: OnceLock::new(),
+            referrers_api: AtomicU8::new(referrers::API_UNKNOWN),
         })
     }
 

@@ -9,6 +9,7 @@
 
 pub mod accesslog;
 pub mod corpus;
+pub mod ferro;
 pub mod http;
 pub mod httpfault;
 pub mod proxy;

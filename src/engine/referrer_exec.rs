@@ -1,0 +1,90 @@
+//! Carrying out referrer copies in their order: after the ordinary tags,
+//! each depth of referrers after the one before (a signature of an SBOM
+//! after the SBOM), and a target's merged fallback index last, only once
+//! every referrer it lists arrived there.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::copy::{self, ImageTree};
+use super::inventory::RepoInventory;
+use super::report::ImageReport;
+use crate::plan::{TagPlan, Write};
+
+/// `plans` grouped by [`TagPlan::stage`], in the order they are written.
+pub(super) fn stages(plans: Vec<TagPlan>) -> Vec<Vec<TagPlan>> {
+    let mut by: BTreeMap<u32, Vec<TagPlan>> = BTreeMap::new();
+    for p in plans {
+        by.entry(p.stage()).or_default().push(p);
+    }
+    by.into_values().collect()
+}
+
+/// A fallback index is not written at a target where a referrer it lists
+/// failed to arrive (the registry would refuse an index with a missing
+/// child, and a later run writes it whole): that target's report gets the
+/// error instead. `done` receives those reports.
+pub(super) fn hold_back(
+    source: &str,
+    group: Vec<TagPlan>,
+    done: &mut Vec<ImageReport>,
+) -> Vec<TagPlan> {
+    let failed: HashSet<(String, String)> = done
+        .iter()
+        .filter(|i| i.referrer_write && i.error.is_some())
+        .map(|i| (i.target.clone(), i.tag.clone()))
+        .collect();
+    if failed.is_empty() {
+        return group;
+    }
+    let mut out = Vec::new();
+    for mut plan in group {
+        if !matches!(plan.write, Write::FallbackIndex(_)) {
+            out.push(plan);
+            continue;
+        }
+        let (held, kept): (Vec<_>, Vec<_>) = plan.targets.drain(..).partition(|(loc, a)| {
+            a.needs_copy() && failed.contains(&(loc.to_string(), plan.tag.clone()))
+        });
+        for (loc, action) in held {
+            done.push(ImageReport {
+                source: source.to_string(),
+                target: loc.to_string(),
+                tag: plan.tag.clone(),
+                digest: plan.digest.clone(),
+                action,
+                cost: None,
+                error: Some("not written: a referrer it lists could not be copied here".into()),
+                referrer_write: true,
+                pushed_by_digest: false,
+            });
+        }
+        if !kept.is_empty() {
+            plan.targets = kept;
+            out.push(plan);
+        }
+    }
+    out
+}
+
+/// The tree a plan copies: a tag's root (from the inventory) or a
+/// referrer's manifest, expanded at the source; a fallback index alone (its
+/// entries are pushed already, or are another tool's and stay as they are).
+pub(super) async fn tree_of(repo: &RepoInventory, plan: &TagPlan) -> Result<ImageTree, String> {
+    let root = match &plan.write {
+        Write::FallbackIndex(raw) => {
+            return Ok(ImageTree {
+                root: raw.clone(),
+                children: Vec::new(),
+                blobs: Vec::new(),
+            });
+        }
+        Write::Tag => repo.manifests.get(&plan.tag),
+        Write::Referrer { .. } => repo.referrer_manifests.get(&plan.digest),
+    };
+    let root = root
+        .cloned()
+        .ok_or_else(|| "the inventory holds no manifest for it".to_string())?;
+    copy::expand(&repo.source, root)
+        .await
+        .map_err(|e| e.to_string())
+}

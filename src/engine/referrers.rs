@@ -1,0 +1,293 @@
+//! Stage 1 for referrers (read-only): the referrers of the images a rule
+//! selects, found at the source through the OCI referrers API, or where the
+//! source has none, its `sha256-<hex>` fallback index; recursively (a
+//! signature of an SBOM), each digest once, so a cycle ends. Then what each
+//! target lists for those subjects (its API, or its fallback index), so the
+//! pure plan can tell what is missing.
+
+use std::collections::{HashMap, HashSet};
+
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use super::Engine;
+use super::inventory::RepoInventory;
+use super::referrer_plan::{SourceReferrer, TargetReferrers, fallback_tag};
+use super::report::RunError;
+use crate::config::Rule;
+use crate::oci::{Digest, Manifest, RawManifest};
+use crate::transport::Store;
+
+/// Referrers of referrers followed this deep at most (a guard besides the
+/// visited set: content addressing makes real cycles impossible, a
+/// registry's answers need not be honest).
+const MAX_DEPTH: u32 = 8;
+/// Subjects asked at once.
+const SUBJECTS_IN_PARALLEL: usize = 8;
+
+/// One subject's referrers at the source, with their manifests.
+type Found = Vec<(Value, RawManifest)>;
+
+impl Engine {
+    /// Fills in `repo.referrers` (and their manifests) and each target's
+    /// [`TargetReferrers`]. A failure is an error of the repository; a
+    /// target that could not be read gets no referrer writes this run.
+    pub(super) async fn inventory_referrers(&self, rule: &Rule, repo: &mut RepoInventory) {
+        let roots = subjects(repo);
+        let source_tags: HashSet<&String> =
+            repo.source_tags.iter().flatten().collect::<HashSet<_>>();
+        let ctx = Discover {
+            source: &repo.source,
+            source_tags: &source_tags,
+            types: &rule.referrers_artifact_types,
+        };
+        let (found, manifests, errors) = ctx.walk(roots).await;
+        repo.errors.extend(errors);
+        if found.is_empty() {
+            repo.referrers = found;
+            return;
+        }
+        let wanted: Vec<Digest> = {
+            let mut seen = HashSet::new();
+            found
+                .iter()
+                .filter(|r| seen.insert(r.subject.clone()))
+                .map(|r| r.subject.clone())
+                .collect()
+        };
+        let reads = futures_util::future::join_all(
+            repo.targets
+                .iter()
+                .map(|t| target_referrers(&t.store, &t.listed, &wanted)),
+        )
+        .await;
+        for (t, read) in repo.targets.iter_mut().zip(reads) {
+            t.referrers = read.unwrap_or_else(|e| {
+                repo.errors
+                    .push(RunError::new(t.store.location(), "reading referrers", e));
+                TargetReferrers {
+                    unreadable: true,
+                    ..Default::default()
+                }
+            });
+        }
+        tracing::info!(referrers = found.len(), "referrers found at the source");
+        repo.referrers = found;
+        repo.referrer_manifests = manifests;
+    }
+}
+
+/// The subjects whose referrers are looked for, each with the selected
+/// image it belongs to: every selected tag's digest and the children of the
+/// indexes at hand (those being copied).
+fn subjects(repo: &RepoInventory) -> Vec<(Digest, Digest)> {
+    let mut out: Vec<(Digest, Digest)> = repo
+        .tags
+        .iter()
+        .map(|t| (t.digest.clone(), t.digest.clone()))
+        .collect();
+    for raw in repo.manifests.values() {
+        if let Ok((_, Manifest::Index { manifests, .. })) =
+            Manifest::parse(&raw.media_type, &raw.bytes)
+        {
+            out.extend(
+                manifests
+                    .into_iter()
+                    .map(|d| (d.digest, raw.digest.clone())),
+            );
+        }
+    }
+    let mut seen = HashSet::new();
+    out.retain(|(d, _)| seen.insert(d.clone()));
+    out
+}
+
+/// What discovery at the source needs.
+struct Discover<'a> {
+    source: &'a Store,
+    /// The source's tags: a fallback index is asked only where it is listed.
+    source_tags: &'a HashSet<&'a String>,
+    /// `referrers_artifact_types` (empty: all).
+    types: &'a [String],
+}
+
+impl Discover<'_> {
+    /// Breadth first from `roots`: each level's referrers become the next
+    /// level's subjects; a digest seen before is not followed again.
+    async fn walk(
+        &self,
+        roots: Vec<(Digest, Digest)>,
+    ) -> (
+        Vec<SourceReferrer>,
+        HashMap<Digest, RawManifest>,
+        Vec<RunError>,
+    ) {
+        let mut visited: HashSet<Digest> = roots.iter().map(|(d, _)| d.clone()).collect();
+        let mut found = Vec::new();
+        let mut manifests = HashMap::new();
+        let mut errors = Vec::new();
+        let mut frontier = roots;
+        let mut depth = 1;
+        while !frontier.is_empty() && depth <= MAX_DEPTH {
+            let results = futures_util::stream::iter(frontier)
+                .map(|(s, root)| async move {
+                    let r = self.referrers_of(&s).await;
+                    (s, root, r)
+                })
+                .buffer_unordered(SUBJECTS_IN_PARALLEL)
+                .collect::<Vec<_>>()
+                .await;
+            let mut next = Vec::new();
+            for (subject, root, result) in results {
+                let list = match result {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let what = format!("reading the referrers of {subject}");
+                        errors.push(RunError::new(self.source.location(), &what, e));
+                        continue;
+                    }
+                };
+                for (entry, raw) in list {
+                    if !visited.insert(raw.digest.clone()) {
+                        continue; // seen: a cycle or a shared referrer
+                    }
+                    next.push((raw.digest.clone(), root.clone()));
+                    found.push(SourceReferrer {
+                        subject: subject.clone(),
+                        digest: raw.digest.clone(),
+                        root: root.clone(),
+                        depth,
+                        entry,
+                    });
+                    manifests.insert(raw.digest.clone(), raw);
+                }
+            }
+            next.sort();
+            frontier = next;
+            depth += 1;
+        }
+        // Stable order: by depth, subject, digest.
+        found.sort_by(|a, b| {
+            (a.depth, &a.subject, &a.digest).cmp(&(b.depth, &b.subject, &b.digest))
+        });
+        (found, manifests, errors)
+    }
+
+    /// `subject`'s referrers of the wanted types, with their manifests.
+    async fn referrers_of(&self, subject: &Digest) -> Result<Found, String> {
+        let entries = match self.ask_api(subject).await? {
+            Some(list) => list,
+            None => self.read_fallback(subject).await?,
+        };
+        let fetches = entries.into_iter().map(|entry| async move {
+            let d = entry_digest(&entry)?;
+            match self.source.get_manifest(d.as_str()).await {
+                Ok(Some(raw)) => Ok((entry, raw)),
+                Ok(None) => Err(format!("referrer {d} is listed but absent")),
+                Err(e) => Err(format!("referrer {d}: {e}")),
+            }
+        });
+        futures_util::future::join_all(fetches)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// Through the referrers API, one request (and its pages) per wanted
+    /// type; `None` when the source has no API.
+    async fn ask_api(&self, subject: &Digest) -> Result<Option<Vec<Value>>, String> {
+        if self.types.is_empty() {
+            return self
+                .source
+                .referrers(subject, None)
+                .await
+                .map_err(|e| e.to_string());
+        }
+        let mut all = Vec::new();
+        for t in self.types {
+            match self.source.referrers(subject, Some(t)).await {
+                Ok(Some(list)) => all.extend(list),
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(Some(all))
+    }
+
+    /// The entries of the source's `sha256-<hex>` index, of the wanted types.
+    async fn read_fallback(&self, subject: &Digest) -> Result<Vec<Value>, String> {
+        let tag = fallback_tag(subject);
+        if !self.source_tags.contains(&tag) {
+            return Ok(Vec::new());
+        }
+        let Some(raw) = self
+            .source
+            .get_manifest(&tag)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(Vec::new());
+        };
+        let entries = index_entries(&raw)?;
+        Ok(entries
+            .into_iter()
+            .filter(|e| {
+                self.types.is_empty()
+                    || e.get("artifactType")
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| self.types.iter().any(|w| w == t))
+            })
+            .collect())
+    }
+}
+
+/// What `target` lists for each of `subjects`: through its referrers API
+/// when it has one, else its fallback indexes (asked only when its tag
+/// list has them).
+async fn target_referrers(
+    target: &Store,
+    tags: &HashSet<String>,
+    subjects: &[Digest],
+) -> Result<TargetReferrers, String> {
+    let mut out = TargetReferrers::default();
+    for subject in subjects {
+        if let Some(list) = target
+            .referrers(subject, None)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            out.api = true;
+            let digests = list.iter().filter_map(|e| entry_digest(e).ok()).collect();
+            out.listed.insert(subject.clone(), digests);
+            continue;
+        }
+        let tag = fallback_tag(subject);
+        if !tags.contains(&tag) {
+            continue;
+        }
+        if let Some(raw) = target.get_manifest(&tag).await.map_err(|e| e.to_string())? {
+            let digests = index_entries(&raw)?
+                .iter()
+                .filter_map(|e| entry_digest(e).ok())
+                .collect();
+            out.listed.insert(subject.clone(), digests);
+            out.fallback.insert(subject.clone(), raw);
+        }
+    }
+    Ok(out)
+}
+
+fn entry_digest(entry: &Value) -> Result<Digest, String> {
+    let d = entry.get("digest").and_then(Value::as_str).unwrap_or("");
+    Digest::parse(d).map_err(|e| e.to_string())
+}
+
+/// The `manifests` of a fallback index.
+fn index_entries(raw: &RawManifest) -> Result<Vec<Value>, String> {
+    let v: Value = serde_json::from_slice(&raw.bytes)
+        .map_err(|e| format!("fallback index {}: {e}", raw.digest))?;
+    match v.get("manifests") {
+        Some(Value::Array(a)) => Ok(a.clone()),
+        _ => Err(format!("fallback index {} lists no manifests", raw.digest)),
+    }
+}

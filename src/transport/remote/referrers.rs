@@ -1,0 +1,159 @@
+//! The OCI 1.1 referrers API (`GET /v2/<name>/referrers/<digest>`): an index
+//! of the manifests whose `subject` is a digest, paginated with `Link`,
+//! optionally filtered by `?artifactType=`. Whether a registry has the API is
+//! learned once per run (the endpoint answering an index, or `OCI-Subject` on
+//! a manifest push) and remembered on the [`Registry`].
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
+use reqwest::header;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use super::send::{Req, read_limited};
+use super::{MAX_ERROR_BODY, MAX_MANIFEST, Registry, RemoteRepo, wire};
+use crate::oci::{Digest, OCI_INDEX};
+use crate::transport::Result;
+
+/// What the registry is known to say about the referrers API this run.
+pub(super) const API_UNKNOWN: u8 = 0;
+pub(super) const API_YES: u8 = 1;
+pub(super) const API_NO: u8 = 2;
+
+impl Registry {
+    /// Whether this registry has the referrers API, as far as this run knows.
+    pub fn has_referrers_api(&self) -> Option<bool> {
+        match self.referrers_api.load(Ordering::Relaxed) {
+            API_YES => Some(true),
+            API_NO => Some(false),
+            _ => None,
+        }
+    }
+
+    pub(super) fn learn_referrers_api(&self, yes: bool) {
+        let v = if yes { API_YES } else { API_NO };
+        if self.referrers_api.swap(v, Ordering::Relaxed) != v {
+            tracing::debug!(registry = %self.host, api = yes, "referrers API detected");
+        }
+    }
+}
+
+impl RemoteRepo {
+    /// The descriptors of `subject`'s referrers, as the registry wrote them
+    /// (every page), of `artifact_type` only when given; `None` when the
+    /// registry has no referrers API (then the tag schema is the way).
+    pub async fn referrers(
+        &self,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<Vec<Value>>> {
+        let reg = &self.registry;
+        if reg.has_referrers_api() == Some(false) {
+            return Ok(None);
+        }
+        let mut url = self.url(&format!("referrers/{subject}"))?;
+        if let Some(t) = artifact_type {
+            url = wire::with_query(&url, "artifactType", t);
+        }
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        while seen.insert(url.clone()) {
+            let resp = reg
+                .send(Req::new(Method::GET, url.clone(), self.pull()))
+                .await?;
+            match resp.status() {
+                StatusCode::NOT_FOUND => return self.not_found(resp).await,
+                s if s.is_success() => {}
+                _ => return Err(reg.status_error(&Method::GET, &url, resp).await),
+            }
+            // Header names are case-insensitive (ferro-oci-server sends them
+            // in lower case).
+            let filtered = resp
+                .headers()
+                .get_all("oci-filters-applied")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.split(',').any(|f| f.trim() == "artifactType"));
+            let next = wire::next_link(
+                resp.headers()
+                    .get_all(header::LINK)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok()),
+                &url,
+            );
+            let body = reg
+                .read_body(&Method::GET, &url, resp, MAX_MANIFEST)
+                .await?;
+            let page = page_entries(&body).map_err(|e| reg.protocol(&url, e))?;
+            reg.learn_referrers_api(true);
+            // A registry that ignored the filter: filter here.
+            out.extend(page.into_iter().filter(|e| {
+                filtered || artifact_type.is_none_or(|t| entry_artifact_type(e) == Some(t))
+            }));
+            match next {
+                Some(n) => url = n,
+                None => break,
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// A 404 from the referrers endpoint: a registry without the API answers
+    /// it for the unknown route; one with the API may answer it (with
+    /// `NAME_UNKNOWN`) for a repository that does not exist yet, which has
+    /// no referrers.
+    async fn not_found(&self, resp: reqwest::Response) -> Result<Option<Vec<Value>>> {
+        let body = read_limited(resp, MAX_ERROR_BODY).await.unwrap_or_default();
+        if wire::error_summary(&body).contains("NAME_UNKNOWN") {
+            return Ok(Some(Vec::new()));
+        }
+        self.registry.learn_referrers_api(false);
+        Ok(None)
+    }
+}
+
+/// The `manifests` of one referrers page (an image index). Anything else is
+/// an error: an unreadable list must not look like "no referrers".
+fn page_entries(body: &[u8]) -> std::result::Result<Vec<Value>, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if let Some(mt) = v.get("mediaType").and_then(Value::as_str) {
+        if mt != OCI_INDEX {
+            return Err(format!("referrers answered {mt}, not an image index"));
+        }
+    }
+    let list = match v.get("manifests") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a.clone(),
+        Some(_) => return Err("referrers index without a manifests list".into()),
+    };
+    for e in &list {
+        let d = e.get("digest").and_then(Value::as_str).unwrap_or("");
+        Digest::parse(d).map_err(|e| e.to_string())?;
+    }
+    Ok(list)
+}
+
+/// A descriptor's `artifactType`.
+pub(crate) fn entry_artifact_type(entry: &Value) -> Option<&str> {
+    entry.get("artifactType").and_then(Value::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_are_indexes_of_valid_descriptors() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let ok = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"x","digest":"{d}","size":1,"artifactType":"t"}}]}}"#
+        );
+        let list = page_entries(ok.as_bytes()).unwrap();
+        assert_eq!(entry_artifact_type(&list[0]), Some("t"));
+        assert!(page_entries(br#"{"manifests":null}"#).unwrap().is_empty());
+        assert!(page_entries(br#"{"manifests":[{"digest":"sha256:zz"}]}"#).is_err());
+        assert!(page_entries(br#"{"mediaType":"text/html"}"#).is_err());
+        assert!(page_entries(b"<html>").is_err());
+    }
+}
