@@ -140,7 +140,19 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StateErr
             version,
             source,
         };
-        let tx = conn.transaction().map_err(err)?;
+        // IMMEDIATE takes the write lock at BEGIN, and the version is read
+        // again under it: a second process opening the database at the same
+        // time (`status` beside a starting daemon) skips a step the first
+        // one applied instead of running it twice.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let now: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
+        if now >= version {
+            continue;
+        }
         tx.execute_batch(sql).map_err(err)?;
         tx.pragma_update(None, "user_version", version)
             .map_err(err)?;
