@@ -28,7 +28,7 @@ fi
 # a cold build takes minutes, so once per machine.
 ferro_bin="${CARGO_HOME:-$HOME/.cargo}/bin/ferro-oci-server"
 command -v ferro-oci-server >/dev/null 2>&1 || [ -x "$ferro_bin" ] \
-    || cargo install --locked ferro-oci-server
+    || cargo install --locked --version 1.0.0 ferro-oci-server
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
