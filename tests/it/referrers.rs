@@ -448,3 +448,33 @@ fn api_to_layout_writes_a_fallback_index_and_a_rerun_leaves_it_alone() {
     assert_eq!(copies(&again), BTreeSet::new());
     assert_eq!(std::fs::read(layout.join("index.json")).unwrap(), index);
 }
+
+/// Whether a registry has the referrers API is asked once per registry, not
+/// once per repository: repositories inventoried at once wait for the first
+/// answer (distribution's 404) instead of each sending the probe.
+#[test]
+fn a_registry_without_the_api_is_probed_once_per_run() {
+    let src = Registry::start_plain();
+    let dst = Registry::start_plain();
+    let mut corpus = Corpus::new();
+    let img = corpus.image("one", &ImageSpec::new(&[layer("probe", 3000)]));
+    for i in 0..8 {
+        corpus.push(&src, "one", &format!("pr/app{i}"), "v1");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = src.regkeeper_registry_toml() + &dst.regkeeper_registry_toml();
+    let cfg = config(
+        dir.path(),
+        &hosts,
+        &format!("{}/pr/*", src.host()),
+        &format!("{}/m/*", dst.host()),
+        "",
+    );
+    let mark = src.mark();
+    run_ok(dir.path(), &cfg, &["sync", "--json"]);
+    let probes = src.count_since(mark, |r| r.path.contains("/referrers/"));
+    assert_eq!(probes, 1, "{:#?}", src.requests_since(mark));
+    for i in 0..8 {
+        assert_eq!(dst.digest_of(&format!("m/app{i}"), "v1"), img.digest);
+    }
+}

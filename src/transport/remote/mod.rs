@@ -107,6 +107,9 @@ pub struct Registry {
     observer: OnceLock<Observer>,
     /// Whether the referrers API answers here, and since when that is known.
     referrers_api: Mutex<Option<(bool, std::time::Instant)>>,
+    /// Held by the one request that finds out whether the API exists, so
+    /// that repositories asking at once do not each send the probe.
+    referrers_probe: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -249,6 +252,7 @@ impl Registry {
             stats: Mutex::new(RegistryStats::default()),
             observer: OnceLock::new(),
             referrers_api: Mutex::new(None),
+            referrers_probe: tokio::sync::Mutex::new(()),
         })
     }
 

@@ -48,9 +48,19 @@ impl RemoteRepo {
         artifact_type: Option<&str>,
     ) -> Result<Option<Vec<Value>>> {
         let reg = &self.registry;
-        if reg.has_referrers_api() == Some(false) {
-            return Ok(None);
-        }
+        // While nobody knows yet, one request at a time finds out.
+        let _probe = match reg.has_referrers_api() {
+            Some(false) => return Ok(None),
+            Some(true) => None,
+            None => {
+                let guard = reg.referrers_probe.lock().await;
+                match reg.has_referrers_api() {
+                    Some(false) => return Ok(None),
+                    Some(true) => None,
+                    None => Some(guard),
+                }
+            }
+        };
         let mut url = self.url(&format!("referrers/{subject}"))?;
         if let Some(t) = artifact_type {
             url = wire::with_query(&url, "artifactType", t);
