@@ -35,15 +35,13 @@ pub(crate) fn percent_eta(done: u64, total: u64, elapsed: Duration) -> String {
 }
 
 /// What the line counts towards: the blobs of the image being copied
-/// (`copy`, told by `Engine::on_total`) or the image copies of the rule's
-/// run plan (`sync`, told by `Engine::on_plan`); 0 = not known yet.
+/// (`copy`, told by `Engine::on_total`) or the image copies of the run
+/// plans made so far (`sync`, told by `Engine::on_plan` as each rule's plan
+/// is made; rules run at once); 0 = not known yet.
 #[derive(Default)]
 struct Goal {
     blobs: AtomicU64,
     images: AtomicU64,
-    /// Images copied before the current rule's plan was made: a rule's %
-    /// counts its own copies only.
-    images_before: AtomicU64,
 }
 
 impl Goal {
@@ -55,10 +53,7 @@ impl Goal {
             return percent_eta(done, blobs, elapsed);
         }
         let images = self.images.load(Ordering::Relaxed);
-        let done = t
-            .images_copied
-            .saturating_sub(self.images_before.load(Ordering::Relaxed));
-        percent_eta(done, images, elapsed)
+        percent_eta(t.images_copied, images, elapsed)
     }
 }
 
@@ -80,13 +75,9 @@ pub(crate) fn start(engine: &mut Engine, show: bool) -> Option<ProgressBar> {
     let g = goal.clone();
     engine.on_total(Arc::new(move |n| g.blobs.store(n, Ordering::Relaxed)));
     let stats = engine.live_stats();
-    let (g, s, b) = (goal.clone(), stats.clone(), bar.clone());
+    let g = goal.clone();
     engine.on_plan(Arc::new(move |n| {
-        g.images_before
-            .store(s.totals().images_copied, Ordering::Relaxed);
-        g.images.store(n, Ordering::Relaxed);
-        // The ETA extrapolates this rule's rate, not the previous rule's.
-        b.reset_elapsed();
+        g.images.fetch_add(n, Ordering::Relaxed);
     }));
     let b = bar.clone();
     tokio::spawn(async move {
@@ -130,19 +121,16 @@ mod tests {
     }
 
     #[test]
-    fn sync_counts_the_images_of_the_current_rule_plan() {
+    fn sync_counts_the_images_of_the_plans_made_so_far() {
         let goal = Goal::default();
         let ten = Duration::from_secs(10);
-        let mut t = CopyTotals {
-            images_copied: 7,
-            ..Default::default()
-        };
+        let mut t = CopyTotals::default();
         assert_eq!(goal.describe(&t, ten), "", "no plan yet: no %");
-        // A rule's plan holds 4 copies after 7 images of earlier rules.
-        goal.images_before.store(7, Ordering::Relaxed);
-        goal.images.store(4, Ordering::Relaxed);
+        // Two rules' plans: 3 and 1 image copies.
+        goal.images.fetch_add(3, Ordering::Relaxed);
+        goal.images.fetch_add(1, Ordering::Relaxed);
         assert_eq!(goal.describe(&t, ten), " 0%");
-        t.images_copied = 9;
+        t.images_copied = 2;
         assert_eq!(goal.describe(&t, ten), " 50% ETA 10 seconds");
         // `copy` tells a blob total: it wins.
         goal.blobs.store(10, Ordering::Relaxed);

@@ -1,9 +1,14 @@
 //! `regkeeper sync [RULE...]`: run rules once now; the Apply executor.
 
+use futures_util::StreamExt;
 use regkeeper::engine::{Engine, RunResult};
 
 use super::output::{document, print_retention, print_sync_summary};
 use super::{CliError, EXIT_OK, EXIT_PARTIAL, Globals};
+
+/// Rules of one `sync` in progress at once (each bounded further by the
+/// global transfer limit).
+const RULES_AT_ONCE: usize = 4;
 
 pub(crate) async fn run(g: &Globals, names: &[String], json: bool) -> Result<u8, CliError> {
     let (config, rules) = g.load_rules(names)?;
@@ -21,15 +26,20 @@ pub(crate) async fn run(g: &Globals, names: &[String], json: bool) -> Result<u8,
         .with_clock(g.now)
         .with_shard(shard);
     let bar = super::progress::start(&mut engine, g.on_terminal && !json);
-    let mut reports = Vec::new();
-    for rule in &rules {
-        if let Some(b) = &bar {
-            b.set_prefix(format!("rule {}:", rule.name));
-        }
-        let report =
-            regkeeper::daemon::run_rule(&engine, Some(&state), None, rule, pruner.as_ref()).await;
-        reports.push(report);
+    if let Some(b) = &bar {
+        b.set_prefix(match rules.as_slice() {
+            [one] => format!("rule {}:", one.name),
+            all => format!("{} rules:", all.len()),
+        });
     }
+    // Rules run at once, as in the daemon: they share the engine's blob
+    // tracker (a blob one rule copies, another mounts) and its transfer
+    // limit; reports stay in config order.
+    let reports: Vec<_> = futures_util::stream::iter(&rules)
+        .map(|rule| regkeeper::daemon::run_rule(&engine, Some(&state), None, rule, pruner.as_ref()))
+        .buffered(RULES_AT_ONCE)
+        .collect()
+        .await;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
