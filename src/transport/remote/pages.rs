@@ -1,7 +1,6 @@
 //! Paginated lists (`Link: <...>; rel="next"`): tags and the catalog share
 //! one loop.
 
-use reqwest::header;
 use reqwest::{Method, StatusCode};
 use url::Url;
 
@@ -40,13 +39,7 @@ impl Registry {
                 s if s.is_success() => {}
                 _ => return Err(self.status_error(&Method::GET, &url, resp).await),
             }
-            let next = wire::next_link(
-                resp.headers()
-                    .get_all(header::LINK)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok()),
-                &url,
-            );
+            let next = wire::next_page(resp.headers(), &url);
             let body = self.read_body(&Method::GET, &url, resp, l.limit).await?;
             let items = page_items(&body, l.field).map_err(|e| self.protocol(&url, e))?;
             out.extend(items);

@@ -8,7 +8,6 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use reqwest::header;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -84,13 +83,7 @@ impl RemoteRepo {
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .any(|v| v.split(',').any(|f| f.trim() == "artifactType"));
-            let next = wire::next_link(
-                resp.headers()
-                    .get_all(header::LINK)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok()),
-                &url,
-            );
+            let next = wire::next_page(resp.headers(), &url);
             let body = reg
                 .read_body(&Method::GET, &url, resp, MAX_MANIFEST)
                 .await?;

@@ -8,6 +8,18 @@ use url::Url;
 /// The `rel="next"` target of a `Link` header, resolved against the URL the
 /// response came from (registries send it relative, e.g.
 /// `</v2/_catalog?last=x&n=100>; rel="next"`).
+/// The next page a response's `Link` headers point to, resolved against
+/// `base` (the URL of the page just read).
+pub(crate) fn next_page(headers: &reqwest::header::HeaderMap, base: &Url) -> Option<Url> {
+    next_link(
+        headers
+            .get_all(reqwest::header::LINK)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+        base,
+    )
+}
+
 pub(crate) fn next_link<'a>(values: impl IntoIterator<Item = &'a str>, base: &Url) -> Option<Url> {
     for value in values {
         let mut rest = value;
