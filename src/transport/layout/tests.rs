@@ -1,11 +1,15 @@
+use std::io;
 use std::path::Path;
 use std::process::Command;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use serde_json::{Value, json};
 
+use super::index::REF_NAME;
 use super::*;
-use crate::oci::{OCI_INDEX, OCI_MANIFEST};
+use crate::oci::{ByteStream, Digest, Manifest, OCI_INDEX, OCI_MANIFEST, RawManifest};
+use crate::transport::ManifestHead;
 
 const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
