@@ -337,7 +337,13 @@ class Corpus:
 def corpus_stats(images):
     """What a target must hold; `bytes` (unique blob bytes) is the floor for bytes read at the source."""
     uniq = {b["digest"]: b["size"] for i in images for b in i["blobs"]}
+    holders = collections.defaultdict(set)
+    for i in images:
+        for b in i["blobs"]:
+            holders[b["digest"]].add(i["repo"])
     return {"repos": len({i["repo"] for i in images}), "tags": len(images),
+            # placements of a blob in a repository beyond its first: what a tool can mount
+            "cross_repo": sum(len(r) - 1 for r in holders.values()),
             "manifests": sum(1 + len(i["children"]) for i in images), "blobs": len(uniq),
             "bytes": sum(uniq.values()), "mib": round(sum(uniq.values()) / MiB, 1)}
 
@@ -1037,6 +1043,10 @@ def check_issue11(results):
         fig(tool, "full", "source blob bytes read / unique = 1.00", "read_ratio", 1.005, le)
         fig(tool, "rules", "source blob bytes read / unique = 1.00", "read_ratio", 1.005, le)
         fig(tool, "rules", "mounts >= 40", "mounts", 40, ge)
+        r = get.get((tool, "rules"))
+        reuse = r and (r.get("expect") or {}).get("cross_repo")
+        add(tool, f"rules: mounts = every cross-repository reuse ({reuse})", r and r["figures"]["mounts"], reuse,
+            r and reuse is not None and good(r) and r["figures"]["mounts"] >= reuse)
         fig(tool, "scale", "full copy wall <= 150 s", "wall_s", 150, le)
         fig(tool, "scale", "target requests per image <= 5.5", "dst_per_image", 5.5, le)
         fig(tool, "scalenoop", "requests at both registries per tag <= 1.15", "all_per_tag", 1.15, le)
