@@ -1,5 +1,7 @@
 //! `regkeeper sync [RULE...]`: run rules once now; the Apply executor.
 
+use std::future::Future;
+
 use futures_util::StreamExt;
 use regkeeper::engine::{Engine, RunResult};
 
@@ -35,11 +37,10 @@ pub(crate) async fn run(g: &Globals, names: &[String], json: bool) -> Result<u8,
     // Rules run at once, as in the daemon: they share the engine's blob
     // tracker (a blob one rule copies, another mounts) and its transfer
     // limit; reports stay in config order.
-    let reports: Vec<_> = futures_util::stream::iter(&rules)
-        .map(|rule| regkeeper::daemon::run_rule(&engine, Some(&state), None, rule, pruner.as_ref()))
-        .buffered(RULES_AT_ONCE)
-        .collect()
-        .await;
+    let reports = in_order_at_once(&rules, RULES_AT_ONCE, |rule| {
+        regkeeper::daemon::run_rule(&engine, Some(&state), None, rule, pruner.as_ref())
+    })
+    .await;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -57,4 +58,62 @@ pub(crate) async fn run(g: &Globals, names: &[String], json: bool) -> Result<u8,
     }
     let failed = reports.iter().any(|r| r.result != RunResult::Success);
     Ok(if failed { EXIT_PARTIAL } else { EXIT_OK })
+}
+
+/// Runs `f` on every item, `n` at once, and returns the results in the
+/// items' order. The next item starts as soon as any running one ends: a
+/// long rule does not hold back the rules after it (an ordered stream such
+/// as `buffered` starts nothing new while its first is unfinished, so one
+/// big rule left three slots idle).
+async fn in_order_at_once<T, R, Fut>(
+    items: impl IntoIterator<Item = T>,
+    n: usize,
+    mut f: impl FnMut(T) -> Fut,
+) -> Vec<R>
+where
+    Fut: Future<Output = R>,
+{
+    let mut done: Vec<(usize, R)> = futures_util::stream::iter(items.into_iter().enumerate())
+        .map(|(i, item)| {
+            let run = f(item);
+            async move { (i, run.await) }
+        })
+        .buffer_unordered(n.max(1))
+        .collect()
+        .await;
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::Notify;
+
+    use super::in_order_at_once;
+
+    /// The first item waits until the fifth has started: with 4 at once,
+    /// that only ends if a finished item's slot goes to the next one while
+    /// the first is still running.
+    #[tokio::test]
+    async fn a_long_first_item_does_not_hold_back_the_rest_and_order_is_kept() {
+        let fifth_started = Arc::new(Notify::new());
+        let run = in_order_at_once(0..6, 4, |i| {
+            let fifth_started = fifth_started.clone();
+            async move {
+                match i {
+                    0 => fifth_started.notified().await,
+                    4 => fifth_started.notify_one(),
+                    _ => {}
+                }
+                i * 10
+            }
+        });
+        let got = tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the fifth item never started while the first was running");
+        assert_eq!(got, vec![0, 10, 20, 30, 40, 50]);
+    }
 }

@@ -154,13 +154,21 @@ pub struct Copier {
     pub stop: CancellationToken,
 }
 
-/// The result of preparing an image for one target in a dry run.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+/// What copying an image to one target would take (`plan`, dry runs) or
+/// took (`sync`: what that target itself received).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DryRunCost {
     pub blobs_to_copy: u64,
     pub bytes_to_copy: u64,
     pub blobs_to_mount: u64,
     pub blobs_present: u64,
+}
+
+/// One target's outcome of [`Copier::copy_tree`], with what it received.
+#[derive(Debug)]
+pub struct TargetCopy {
+    pub result: Result<(), CopyError>,
+    pub cost: DryRunCost,
 }
 
 impl Copier {

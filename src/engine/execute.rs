@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use tracing::Instrument;
 
 use super::Engine;
-use super::copy::{self, DryRunCost};
+use super::copy;
 use super::inventory::RepoInventory;
 use super::report::ImageReport;
 use crate::config::Rule;
@@ -126,23 +126,14 @@ impl Engine {
         // its subject).
         let tag =
             matches!(plan.write, Write::Tag | Write::FallbackIndex(_)).then_some(&plan.tag[..]);
-        // A view of the run's copier with counters of this image's own, so
-        // what one copy sent can be told (exactly when one target needs it;
-        // a blob streamed to several targets is not split between them).
+        // A view of the run's copier with counters of this image's own,
+        // added to the run's once the copy is done.
         let copier = self.copier.view();
         let results = copier.copy_tree(source, &tree, tag, &targets).await;
-        let sent = copier.stats.totals();
-        self.add_totals(&sent);
-        if let [i] = needing[..] {
-            reports[i].cost = Some(DryRunCost {
-                blobs_to_copy: sent.blobs_copied,
-                bytes_to_copy: sent.bytes_written,
-                blobs_to_mount: sent.blobs_mounted,
-                blobs_present: sent.blobs_skipped,
-            });
-        }
-        for ((&i, target), result) in needing.iter().zip(&targets).zip(results) {
-            match result {
+        self.add_totals(&copier.stats.totals());
+        for ((&i, target), copied) in needing.iter().zip(&targets).zip(results) {
+            reports[i].cost = Some(copied.cost);
+            match copied.result {
                 Ok(()) => tracing::info!(target = %target.location(), "copied"),
                 Err(e) => {
                     tracing::warn!(target = %target.location(), error = %e, "copy failed");

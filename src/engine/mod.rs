@@ -406,7 +406,7 @@ impl Engine {
             .copier
             .copy_tree(source, &tree, tag, std::slice::from_ref(target))
             .await;
-        results.pop().expect("one target, one result")?;
+        results.pop().expect("one target, one result").result?;
         Ok(digest)
     }
 }

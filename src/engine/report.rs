@@ -62,8 +62,8 @@ pub struct ImageReport {
     pub digest: Digest,
     #[serde(flatten)]
     pub action: TargetAction,
-    /// `plan`: what the copy would transfer to this target; `sync`: what it
-    /// transferred, when this was the only target that needed the image.
+    /// `plan`: what the copy would transfer to this target; `sync`: what
+    /// this target received (a blob streamed to several counts for each).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<DryRunCost>,
     /// Set when this copy failed.

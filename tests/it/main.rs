@@ -7,6 +7,7 @@ mod daemon;
 mod events;
 mod faults;
 mod harness;
+mod jsoncost;
 mod plan;
 mod progress;
 mod referrers;

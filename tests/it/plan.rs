@@ -67,11 +67,10 @@ fn plan_then_sync(
         planned.0.len(),
         planned.1.len()
     );
-    // Bytes: what the plan estimated is what the sync sent (where the sync
-    // can tell per copy: one target needed it).
-    if let (Some(p), Some(s)) = (total_bytes(&plan), total_bytes(&sync)) {
-        assert_eq!(p, s, "bytes planned == bytes sent");
-    }
+    // Bytes: what the plan estimated is what the sync sent.
+    let p = total_bytes(&plan).expect("every planned copy has bytes");
+    let s = total_bytes(&sync).expect("every copy of the sync has bytes");
+    assert_eq!(p, s, "bytes planned == bytes sent");
 
     let again = json(&regkeeper(dir, config, &["plan", "--json"]));
     assert_eq!(sets(&again), Default::default(), "a second plan is empty");

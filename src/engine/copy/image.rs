@@ -6,14 +6,17 @@ use std::sync::atomic::Ordering;
 use futures_util::StreamExt;
 
 use super::tracker::{Claim, OwnerGuard};
-use super::{Copier, CopyError, ImageTree};
+use super::{Copier, CopyError, DryRunCost, ImageTree, TargetCopy};
 use crate::oci::Descriptor;
 use crate::reference::Location;
 use crate::transport::{Store, TransportError};
 
 /// What a blob needs at one target.
 enum Need {
-    Nothing,
+    /// Already there.
+    Present,
+    /// Mounted there just now from another repository of its registry.
+    Mounted,
     Upload(OwnerGuard),
     /// Another copy is uploading it right now; look again once our own uploads are done.
     Later,
@@ -21,7 +24,7 @@ enum Need {
 
 impl Copier {
     /// Decides what `target` needs for `blob`: nothing (present, or mounted
-    /// now), or an upload (the guard is held by the caller until it is done).
+    /// now, as the target's own counts tell), or an upload (the guard is held by the caller until it is done).
     async fn prepare_blob(
         &self,
         target: &Store,
@@ -39,13 +42,13 @@ impl Copier {
             Claim::Busy(_) => Ok(Need::Later),
             Claim::Present => {
                 self.stats.blobs_skipped.fetch_add(1, Ordering::Relaxed);
-                Ok(Need::Nothing)
+                Ok(Need::Present)
             }
             Claim::Elsewhere(from, guard) => {
                 if target.mount_blob(&blob.digest, &from).await? {
                     guard.succeed();
                     self.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Need::Nothing);
+                    return Ok(Need::Mounted);
                 }
                 // Not mountable (gone there, or not shared): this task owns
                 // it in this repository.
@@ -68,7 +71,7 @@ impl Copier {
         if !fresh && target.blob_exists(&blob.digest).await? {
             guard.succeed();
             self.stats.blobs_skipped.fetch_add(1, Ordering::Relaxed);
-            return Ok(Need::Nothing);
+            return Ok(Need::Present);
         }
         // Gone here (a wiped target) but known elsewhere: a mount still
         // spares the source read.
@@ -76,7 +79,7 @@ impl Copier {
             if target.mount_blob(&blob.digest, &from).await? {
                 guard.succeed();
                 self.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
-                return Ok(Need::Nothing);
+                return Ok(Need::Mounted);
             }
             guard.mount_failed(&from);
         }
@@ -84,26 +87,31 @@ impl Copier {
     }
 
     /// Copies `tree` to every target in `targets`, tagging it `tag` (or
-    /// pushing it by digest when `tag` is `None`). Returns one result per
-    /// target: a target that failed is never tagged.
+    /// pushing it by digest when `tag` is `None`). Returns one outcome per
+    /// target, with what that target itself received (a blob streamed to
+    /// several targets counts in full for each): a target that failed is
+    /// never tagged.
     pub async fn copy_tree<'a>(
         &'a self,
         source: &'a Store,
         tree: &'a ImageTree,
         tag: Option<&str>,
         targets: &'a [Store],
-    ) -> Vec<Result<(), CopyError>> {
+    ) -> Vec<TargetCopy> {
         let mut failures: Vec<Vec<String>> = vec![Vec::new(); targets.len()];
+        let mut costs = vec![DryRunCost::default(); targets.len()];
 
         // 1. Blobs: per target, what is needed; then one transfer per blob.
-        let (uploads, later) = self.prepare_all(tree, targets, &mut failures).await;
+        let (uploads, later) = self
+            .prepare_all(tree, targets, &mut failures, &mut costs)
+            .await;
         let transfers = futures_util::stream::iter(uploads)
             .map(|(blob, sinks)| self.upload(source, blob, targets, sinks))
             .buffer_unordered(4)
             .collect::<Vec<_>>()
             .await;
-        for (i, msg) in transfers.into_iter().flatten() {
-            failures[i].push(msg);
+        for (i, outcome) in transfers.into_iter().flatten() {
+            settle(&mut costs[i], &mut failures[i], outcome);
         }
 
         // Blobs other copies were busy with: our own guards are released now,
@@ -112,11 +120,11 @@ impl Copier {
             match self.prepare_blob(&targets[i], blob, true, None).await {
                 Ok(Need::Upload(guard)) => {
                     let sinks = vec![(i, guard)];
-                    for (i, msg) in self.upload(source, blob, targets, sinks).await {
-                        failures[i].push(msg);
+                    for (i, outcome) in self.upload(source, blob, targets, sinks).await {
+                        settle(&mut costs[i], &mut failures[i], outcome);
                     }
                 }
-                Ok(_) => {}
+                Ok(need) => count(&mut costs[i], &need),
                 Err(e) => failures[i].push(format!("blob {}: {e}", blob.digest)),
             }
         }
@@ -126,18 +134,24 @@ impl Copier {
             .iter()
             .zip(failures)
             .map(|(target, failed)| self.push_manifests(tree, tag, target, failed));
-        futures_util::future::join_all(pushes).await
+        let results = futures_util::future::join_all(pushes).await;
+        results
+            .into_iter()
+            .zip(costs)
+            .map(|(result, cost)| TargetCopy { result, cost })
+            .collect()
     }
 
     /// What every target needs of every blob of `tree`, claimed in one go per
     /// blob: the uploads to run (blob, target indexes and their guards) and
     /// the (blob, target) pairs another copy is busy with. Errors go to
-    /// `failures`.
+    /// `failures`, blobs present or mounted to each target's `costs`.
     async fn prepare_all<'a>(
         &self,
         tree: &'a ImageTree,
         targets: &[Store],
         failures: &mut [Vec<String>],
+        costs: &mut [DryRunCost],
     ) -> (Vec<Upload<'a>>, Vec<(&'a Descriptor, usize)>) {
         let prepared = futures_util::stream::iter(tree.blobs.iter())
             .map(|blob| async move {
@@ -161,9 +175,9 @@ impl Copier {
             let mut sinks = Vec::new();
             for (i, need) in needs.into_iter().enumerate() {
                 match need {
-                    Ok(Need::Nothing) => {}
                     Ok(Need::Upload(guard)) => sinks.push((i, guard)),
                     Ok(Need::Later) => later.push((blob, i)),
+                    Ok(need) => count(&mut costs[i], &need),
                     Err(e) => failures[i].push(format!("blob {}: {e}", blob.digest)),
                 }
             }
@@ -178,17 +192,17 @@ impl Copier {
     /// transiently is tried again (its checkpoint, when the registry still
     /// accepts the session, continues it; otherwise the blob restarts).
     /// Source cuts never get here as transient: the source stream resumed
-    /// them itself, and its final failure is permanent. Returns the targets
-    /// that failed for good, with why.
+    /// them itself, and its final failure is permanent. Returns per target
+    /// the bytes its successful attempt sent, or why it failed for good.
     async fn upload(
         &self,
         source: &Store,
         blob: &Descriptor,
         targets: &[Store],
         sinks: Vec<(usize, OwnerGuard)>,
-    ) -> Vec<(usize, String)> {
+    ) -> Vec<(usize, Result<u64, String>)> {
         let mut pending = sinks;
-        let mut errors: Vec<(usize, String)> = Vec::new();
+        let mut outcomes: Vec<(usize, Result<u64, String>)> = Vec::new();
         let mut delays = crate::transport::retry::delays();
         while !pending.is_empty() {
             let stores: Vec<&Store> = pending.iter().map(|(i, _)| &targets[*i]).collect();
@@ -201,12 +215,13 @@ impl Copier {
                         guard.succeed();
                         self.stats.blobs_copied.fetch_add(1, Ordering::Relaxed);
                         self.stats.bytes_written.fetch_add(sent, Ordering::Relaxed);
+                        outcomes.push((i, Ok(sent)));
                     }
                     Err(e) if e.is_transient() && delay.is_some() => {
                         tracing::warn!(digest = %blob.digest, target = %targets[i].location(), error = %e, "blob upload failed; retrying");
                         retry.push((i, guard));
                     }
-                    Err(e) => errors.push((i, format!("blob {}: {e}", blob.digest))),
+                    Err(e) => outcomes.push((i, Err(format!("blob {}: {e}", blob.digest)))),
                 }
             }
             if let (false, Some(d)) = (retry.is_empty(), delay) {
@@ -214,7 +229,7 @@ impl Copier {
             }
             pending = retry;
         }
-        errors
+        outcomes
     }
 
     /// Pushes the child manifests, then the root under `tag` (or its
@@ -248,3 +263,23 @@ impl Copier {
 
 /// One blob to transfer and the targets (index, guard) that need it.
 type Upload<'a> = (&'a Descriptor, Vec<(usize, OwnerGuard)>);
+
+/// Adds a blob a target did not need uploaded to that target's counts.
+fn count(cost: &mut DryRunCost, need: &Need) {
+    match need {
+        Need::Present => cost.blobs_present += 1,
+        Need::Mounted => cost.blobs_to_mount += 1,
+        Need::Upload(_) | Need::Later => {}
+    }
+}
+
+/// Adds an upload's outcome at one target: its bytes, or a failure.
+fn settle(cost: &mut DryRunCost, failures: &mut Vec<String>, outcome: Result<u64, String>) {
+    match outcome {
+        Ok(sent) => {
+            cost.blobs_to_copy += 1;
+            cost.bytes_to_copy += sent;
+        }
+        Err(msg) => failures.push(msg),
+    }
+}
