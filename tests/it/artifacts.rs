@@ -216,6 +216,15 @@ fn seed_buildx(p: &mut Pushed, (base, repo): (&str, &str)) {
 }
 
 /// The layout's tags (index.json's ref.name annotations) and digests.
+/// The bytes the layout at `dir` holds under `digest`, if any.
+fn layout_blob(dir: &Path, digest: &str) -> Option<Vec<u8>> {
+    std::fs::read(
+        dir.join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+    )
+    .ok()
+}
+
 fn layout_tags(dir: &Path) -> BTreeMap<String, String> {
     let index: Value =
         serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("index.json"))
@@ -256,11 +265,8 @@ fn every_artifact_kind_is_mirrored_byte_for_byte_to_a_registry_and_a_layout() {
             Some(&bytes[..]),
             "manifest {digest} at the registry"
         );
-        let file = layout
-            .join("blobs/sha256")
-            .join(digest.trim_start_matches("sha256:"));
         assert_eq!(
-            std::fs::read(&file).ok().as_deref(),
+            layout_blob(&layout, digest).as_deref(),
             Some(&bytes[..]),
             "manifest {digest} in the layout"
         );
@@ -279,11 +285,8 @@ fn every_artifact_kind_is_mirrored_byte_for_byte_to_a_registry_and_a_layout() {
             (200, &bytes[..]),
             "blob {digest} at the registry"
         );
-        let file = layout
-            .join("blobs/sha256")
-            .join(digest.trim_start_matches("sha256:"));
         assert_eq!(
-            std::fs::read(&file).ok().as_deref(),
+            layout_blob(&layout, digest).as_deref(),
             Some(&bytes[..]),
             "blob {digest} in the layout"
         );
