@@ -37,6 +37,10 @@ pub(crate) struct RawRegistry {
     pub chunk_size: Option<Spanned<toml::Value>>,
     pub ratelimit_min: Option<Int>,
     pub read_timeout: Option<Str>,
+    /// A size per second ("10KiB"), or "0" to turn the check off.
+    pub min_rate: Option<Spanned<toml::Value>>,
+    pub max_pages: Option<Int>,
+    pub token_realms: Option<Vec<Str>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

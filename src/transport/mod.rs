@@ -40,6 +40,15 @@ pub struct RegistryOptions {
     pub read_timeout: std::time::Duration,
     /// `RateLimit-Remaining` at or below this pauses manifest GETs.
     pub ratelimit_min: u64,
+    /// A response body slower than this many bytes per second, averaged
+    /// over `MIN_RATE_WINDOW`, is abandoned; 0 = no such check.
+    pub min_rate: u64,
+    /// At most this many pages of one paginated list (tags, catalog,
+    /// referrers) are read before the listing fails.
+    pub max_pages: usize,
+    /// Hosts other than the registry's own that may receive its credentials
+    /// as a token realm even where that would otherwise be refused.
+    pub token_realms: Vec<String>,
 }
 
 impl Default for RegistryOptions {
@@ -56,6 +65,9 @@ impl Default for RegistryOptions {
             chunk_size: 16 * 1024 * 1024,
             read_timeout: std::time::Duration::from_secs(30),
             ratelimit_min: 0,
+            min_rate: 10 * 1024,
+            max_pages: 10_000,
+            token_realms: Vec::new(),
         }
     }
 }

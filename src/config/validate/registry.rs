@@ -84,6 +84,37 @@ impl Loader<'_, '_> {
                 }
             },
         };
+        let min_rate = match &raw.min_rate {
+            None => defaults.min_rate,
+            Some(v) => match self::chunk_size(v.get_ref()) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.d.at(
+                        v.span(),
+                        "min_rate must be a size per second, e.g. \"10KiB\" or \"1MB\", or \"0\" to turn the check off",
+                    );
+                    defaults.min_rate
+                }
+            },
+        };
+        let token_realms = raw
+            .token_realms
+            .iter()
+            .flatten()
+            .filter_map(|h| {
+                let host = h.get_ref().trim().to_ascii_lowercase();
+                match host_problem(&host) {
+                    None => Some(host),
+                    Some(problem) => {
+                        self.d.at(
+                            h.span(),
+                            format!("token_realms entry {host:?} {problem}; write a host, e.g. \"auth.example.com\""),
+                        );
+                        None
+                    }
+                }
+            })
+            .collect();
         RegistryOptions {
             username: raw.username.map(Spanned::into_inner),
             password,
@@ -101,6 +132,9 @@ impl Loader<'_, '_> {
                 .and_then(|s| self.duration(s, "read_timeout"))
                 .filter(|d| !d.is_zero())
                 .unwrap_or(defaults.read_timeout),
+            min_rate,
+            max_pages: self.at_least(raw.max_pages.as_ref(), "max_pages", 1, defaults.max_pages),
+            token_realms,
         }
     }
 
