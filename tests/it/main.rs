@@ -17,3 +17,4 @@ mod store;
 mod support;
 mod sync;
 mod systemd;
+mod untrusted;

@@ -10,8 +10,10 @@
 pub mod accesslog;
 pub mod corpus;
 pub mod ferro;
+pub mod hostile;
 pub mod http;
 pub mod httpfault;
+pub mod measure;
 pub mod proxy;
 pub mod registry;
 pub mod skopeo;
@@ -20,8 +22,10 @@ pub mod token;
 
 pub use accesslog::{LoggedRequest, Mark, PathKind};
 pub use corpus::{Corpus, Descriptor, Image, ImageSpec, Index, LayerSpec, layer, sha256_digest};
+pub use hostile::{Canned, HostileRegistry, Reply, Seen};
 pub use http::HttpResponse;
 pub use httpfault::{Cut, Faults, HttpFaultProxy, Record, StatusFault, inside_announced_windows};
+pub use measure::{Measured, run_measured};
 pub use proxy::FaultProxy;
 pub use registry::{Auth, Registry, RegistryBuilder};
 pub use skopeo::{

@@ -1,0 +1,4 @@
+//! See `untrusted/mod.rs`.
+
+#[allow(unused_imports)]
+use super::common::*;
