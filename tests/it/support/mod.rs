@@ -77,7 +77,13 @@ pub fn tail_file(path: &std::path::Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Path of the regkeeper binary built for this test run.
+/// Path of the regkeeper binary built for this test run, or the one
+/// `REGKEEPER_TEST_BIN` names (to measure an older build with today's tests:
+/// the "before" figures of a fix).
 pub fn regkeeper_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_regkeeper")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("REGKEEPER_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_regkeeper").to_string())
+    })
 }
