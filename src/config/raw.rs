@@ -110,4 +110,7 @@ pub(crate) struct RawRetention {
     pub untagged_older_than: Option<Str>,
     pub delete_removed_at_source: Option<Spanned<bool>>,
     pub max_deletions_per_run: Option<Int>,
+    /// Says that `keep_last = 0` without `older_than` (every matched tag
+    /// deleted) is meant.
+    pub delete_all_matched: Option<bool>,
 }

@@ -244,6 +244,7 @@ targets = ["registry.example.com/c"]
 [rule.retention]
 match = ['.*']
 keep_last = 0
+delete_all_matched = true
 "#);
     assert_eq!(c.daemon.listen, None);
     let a = c.rule("inherits").unwrap();

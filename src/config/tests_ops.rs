@@ -186,3 +186,54 @@ fn misspelt_keys_get_a_suggestion() {
     .to_string();
     assert!(e.contains("did you mean `state_dir`"), "{e}");
 }
+
+#[test]
+fn a_retention_that_deletes_every_matched_tag_must_say_so() {
+    let rule = "version = 1\n[[rule]]\nname = \"wipe\"\ntargets = [\"ghcr.io/o/b\"]\n[rule.retention]\nmatch = ['.*']\n";
+    let e = parse(&format!("{rule}keep_last = 0\n"), Path::new("c.toml")).unwrap_err();
+    assert_eq!(
+        (e.diagnostics[0].line, e.diagnostics[0].column),
+        (7, 13),
+        "{e}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("deletes every tag") && text.contains("delete_all_matched = true"),
+        "{text}"
+    );
+    // said explicitly, or bounded by age, or keeping some: accepted
+    for ok in [
+        "keep_last = 0\ndelete_all_matched = true\n",
+        "keep_last = 0\nolder_than = \"30d\"\n",
+        "keep_last = 1\n",
+    ] {
+        parse(&format!("{rule}{ok}"), Path::new("c.toml")).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+}
+
+#[test]
+fn registry_limits_for_untrusted_sources() {
+    let text = "version = 1\n[registries.\"ghcr.io\"]\nmin_rate = \"64KiB\"\nmax_pages = 50\ntoken_realms = [\"Auth.Example.com\", \"tok.example:8443\"]\n[[rule]]\nname = \"r\"\nsource = \"ghcr.io/o/a\"\ntargets = [\"ghcr.io/o/b\"]\n";
+    let c = parse(text, Path::new("c.toml")).unwrap();
+    let r = &c.registries["ghcr.io"];
+    assert_eq!(r.min_rate, 64 * 1024);
+    assert_eq!(r.max_pages, 50);
+    assert_eq!(r.token_realms, ["auth.example.com", "tok.example:8443"]);
+    let d = crate::transport::RegistryOptions::default();
+    assert_eq!((d.min_rate, d.max_pages), (10 * 1024, 10_000));
+    for (bad, says) in [
+        ("min_rate = \"fast\"", "min_rate must be a size per second"),
+        ("max_pages = 0", "max_pages = 0 is too small"),
+        (
+            "token_realms = [\"https://auth.example.com\"]",
+            "is a URL, not a host",
+        ),
+    ] {
+        let key = bad.split(' ').next().unwrap();
+        let line = text.lines().find(|l| l.starts_with(key)).unwrap();
+        let e = parse(&text.replace(line, bad), Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}

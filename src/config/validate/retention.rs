@@ -71,7 +71,17 @@ impl Loader<'_, '_> {
             || raw.older_than.is_some()
             || raw.untagged_older_than.is_some()
             || delete_removed_at_source;
-        self.check_deletes_something(deletes_something, span, label, &meant);
+        self.check_deletes_something(deletes_something, span.clone(), label, &meant);
+        if keep_last == Some(0) && raw.older_than.is_none() && raw.delete_all_matched != Some(true)
+        {
+            let at = raw.keep_last.as_ref().map_or(span, |k| k.span());
+            self.d.at(
+                at,
+                format!(
+                    "keep_last = 0 without older_than deletes every tag that `match` selects on the targets of {label}; if that is meant, add delete_all_matched = true to its retention, else raise keep_last or add older_than"
+                ),
+            );
+        }
         Retention {
             match_tags,
             keep_last,
