@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use serde::Serialize;
 
 use super::graph::{Graph, Origin, topological};
-pub use super::reasons::{DeleteReason, KeepReason};
+pub use super::reasons::{DeleteReason, KeepReason, RankedBy};
 use crate::config::{OrderBy, Retention};
 use crate::filter::parse_version;
 use crate::oci::Digest;
@@ -520,16 +520,31 @@ fn rank_candidates<'a>(
     kept: &mut BTreeMap<&'a str, KeepReason>,
 ) {
     let ranked = rank(policy, input, now, candidates, kept);
+    let by = RankedBy::from(policy.order_by);
     for (i, &tag) in ranked.iter().enumerate() {
         let rank = i + 1;
         if let Some(n) = policy.keep_last.filter(|&n| rank <= n) {
-            kept.insert(tag, KeepReason::Newest { rank, keep_last: n });
+            kept.insert(
+                tag,
+                KeepReason::Newest {
+                    rank,
+                    by,
+                    keep_last: n,
+                },
+            );
             continue;
         }
         let Some(limit) = policy.older_than else {
             match policy.keep_last {
                 Some(n) => {
-                    proposals.insert(tag, DeleteReason::BeyondKeepLast { rank, keep_last: n });
+                    proposals.insert(
+                        tag,
+                        DeleteReason::BeyondKeepLast {
+                            rank,
+                            by,
+                            keep_last: n,
+                        },
+                    );
                 }
                 None => {
                     kept.insert(tag, KeepReason::NoAgePolicy);
@@ -553,6 +568,7 @@ fn rank_candidates<'a>(
                 tag,
                 DeleteReason::OlderThan {
                     rank,
+                    by,
                     age_seconds: age,
                     older_than_seconds: limit,
                 },
@@ -562,6 +578,7 @@ fn rank_candidates<'a>(
                 tag,
                 KeepReason::TooRecent {
                     rank,
+                    by,
                     age_seconds: age,
                     older_than_seconds: limit,
                 },

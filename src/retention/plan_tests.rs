@@ -134,6 +134,7 @@ fn keep_last_by_semver_table() {
         kept_reason(&p, "v1.9.0"),
         &KeepReason::Newest {
             rank: 3,
+            by: RankedBy::Semver,
             keep_last: 3
         }
     );
@@ -142,8 +143,14 @@ fn keep_last_by_semver_table() {
         del.reason,
         DeleteReason::BeyondKeepLast {
             rank: 4,
+            by: RankedBy::Semver,
             keep_last: 3
         }
+    );
+    // the text names the order used: semver here, not "age"
+    assert_eq!(
+        del.reason.to_string(),
+        "number 4 by version (semver), beyond keep_last = 3"
     );
 }
 
@@ -261,6 +268,7 @@ fn older_than_with_and_without_keep_last() {
         reason,
         &DeleteReason::OlderThan {
             rank: 4,
+            by: RankedBy::from(pol.order_by),
             age_seconds: 100 * DAY,
             older_than_seconds: 90 * DAY
         }

@@ -6,17 +6,53 @@ use std::fmt;
 use serde::Serialize;
 
 use super::plan::Unix;
+use crate::config::OrderBy;
 use crate::oci::Digest;
+
+/// The order a rank counts in: the rule's `order_by`, named in every reason
+/// that gives a rank, so "number 3" says number 3 of what.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RankedBy {
+    Semver,
+    Created,
+    FirstSeen,
+}
+
+impl From<OrderBy> for RankedBy {
+    fn from(o: OrderBy) -> Self {
+        match o {
+            OrderBy::Semver => RankedBy::Semver,
+            OrderBy::Created => RankedBy::Created,
+            OrderBy::FirstSeen => RankedBy::FirstSeen,
+        }
+    }
+}
+
+impl fmt::Display for RankedBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RankedBy::Semver => "by version (semver)",
+            RankedBy::Created => "by created time",
+            RankedBy::FirstSeen => "by first seen",
+        })
+    }
+}
 
 /// Why a manifest is deleted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DeleteReason {
     /// Ranked beyond `keep_last` (rank counts from 1 = newest).
-    BeyondKeepLast { rank: usize, keep_last: usize },
+    BeyondKeepLast {
+        rank: usize,
+        by: RankedBy,
+        keep_last: usize,
+    },
     /// Older than `older_than` (and, with `keep_last`, beyond it).
     OlderThan {
         rank: usize,
+        by: RankedBy,
         age_seconds: i64,
         older_than_seconds: i64,
     },
@@ -36,16 +72,21 @@ pub enum DeleteReason {
 impl fmt::Display for DeleteReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DeleteReason::BeyondKeepLast { rank, keep_last } => {
-                write!(f, "number {rank} by age, beyond keep_last = {keep_last}")
+            DeleteReason::BeyondKeepLast {
+                rank,
+                by,
+                keep_last,
+            } => {
+                write!(f, "number {rank} {by}, beyond keep_last = {keep_last}")
             }
             DeleteReason::OlderThan {
                 rank,
+                by,
                 age_seconds,
                 older_than_seconds,
             } => write!(
                 f,
-                "number {rank} by age, {} old, older than {}",
+                "number {rank} {by}, {} old, older than {}",
                 human(*age_seconds),
                 human(*older_than_seconds)
             ),
@@ -79,11 +120,13 @@ pub enum KeepReason {
     /// Among the newest `keep_last`.
     Newest {
         rank: usize,
+        by: RankedBy,
         keep_last: usize,
     },
     /// Beyond `keep_last` (if any) but not older than `older_than`.
     TooRecent {
         rank: usize,
+        by: RankedBy,
         age_seconds: i64,
         older_than_seconds: i64,
     },
@@ -116,16 +159,21 @@ impl fmt::Display for KeepReason {
         match self {
             KeepReason::NotMatched => f.write_str("not matched by retention.match"),
             KeepReason::Protected => f.write_str("protected"),
-            KeepReason::Newest { rank, keep_last } => {
-                write!(f, "number {rank} by age, within keep_last = {keep_last}")
+            KeepReason::Newest {
+                rank,
+                by,
+                keep_last,
+            } => {
+                write!(f, "number {rank} {by}, within keep_last = {keep_last}")
             }
             KeepReason::TooRecent {
                 rank,
+                by,
                 age_seconds,
                 older_than_seconds,
             } => write!(
                 f,
-                "number {rank} by age, {} old, not older than {}",
+                "number {rank} {by}, {} old, not older than {}",
                 human(*age_seconds),
                 human(*older_than_seconds)
             ),
