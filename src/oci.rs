@@ -142,11 +142,24 @@ pub struct Descriptor {
     #[serde(default)]
     pub media_type: String,
     pub digest: Digest,
+    /// At most `i64::MAX`: the image spec's `size` is an int64, and a larger
+    /// value from a source is refused as a malformed manifest.
+    #[serde(deserialize_with = "size_int64")]
     pub size: u64,
     #[serde(default)]
     pub platform: Option<Platform>,
     #[serde(default)]
     pub artifact_type: Option<String>,
+}
+
+fn size_int64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = u64::deserialize(d)?;
+    if n > i64::MAX as u64 {
+        return Err(serde::de::Error::custom(format!(
+            "descriptor size {n} is larger than an int64 allows"
+        )));
+    }
+    Ok(n)
 }
 
 /// What the copy engine needs to know of a manifest: its children.
@@ -556,5 +569,22 @@ mod tests {
         let (mt, m) = Manifest::parse("", idx).unwrap();
         assert_eq!(mt, OCI_INDEX);
         assert!(matches!(m, Manifest::Index { ref manifests, .. } if manifests.len() == 1));
+    }
+
+    #[test]
+    fn sizes_beyond_int64_are_malformed() {
+        let with = |size: &str| {
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{z}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:{z}","size":{size}}}]}}"#,
+                z = "0".repeat(64)
+            )
+        };
+        assert!(Manifest::parse("", with("9223372036854775807").as_bytes()).is_ok());
+        for bad in ["9223372036854775808", "18446744073709551615", "-1", "1e3"] {
+            assert!(
+                Manifest::parse("", with(bad).as_bytes()).is_err(),
+                "size {bad} accepted"
+            );
+        }
     }
 }

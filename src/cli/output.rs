@@ -217,7 +217,7 @@ pub(crate) fn print_plan(doc: &Document) {
         for c in &r.copies {
             let cost = match (c.bytes, c.blobs) {
                 (Some(b), Some(n)) => {
-                    bytes += b;
+                    bytes = b.saturating_add(bytes);
                     format!(" ({n} blob(s), {} to copy)", human(b))
                 }
                 _ => String::new(),

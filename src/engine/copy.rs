@@ -255,7 +255,7 @@ impl Copier {
                         // blob will find it "present" as it would be by then.
                         guard.succeed();
                         cost.blobs_to_copy += 1;
-                        cost.bytes_to_copy += blob.size;
+                        cost.bytes_to_copy = cost.bytes_to_copy.saturating_add(blob.size);
                     }
                 }
             }

@@ -21,7 +21,10 @@ pub struct ImageTree {
 
 impl ImageTree {
     pub fn total_blob_bytes(&self) -> u64 {
-        self.blobs.iter().map(|b| b.size).sum()
+        // sizes come from the source: summed without overflow
+        self.blobs
+            .iter()
+            .fold(0u64, |t, b| t.saturating_add(b.size))
     }
 }
 

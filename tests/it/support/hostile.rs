@@ -134,6 +134,7 @@ impl HostileRegistry {
         upstream: Option<&str>,
         handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
     ) -> HostileRegistry {
+        super::init_crypto();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind hostile");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("hostile addr");

@@ -6,6 +6,7 @@
 //! line with its figures.
 
 mod common;
+mod extra;
 mod listener;
 mod memory;
 mod names;

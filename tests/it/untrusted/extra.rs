@@ -1,0 +1,142 @@
+//! Attacks beyond the issue's list: a source that serves its own crafted
+//! manifests (no upstream), with absurd sizes, and a pause that would last a
+//! day.
+
+use std::time::Duration;
+
+use super::common::*;
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// A source with one repository `app` and tag `v1` whose manifest is `manifest`
+/// (bytes as given), serving `blobs` by digest; everything else 404.
+fn crafted_source(manifest: Vec<u8>, blobs: Vec<Vec<u8>>) -> HostileRegistry {
+    let digest = sha256_digest(&manifest);
+    let blobs: Vec<(String, Vec<u8>)> = blobs.into_iter().map(|b| (sha256_digest(&b), b)).collect();
+    HostileRegistry::start(None, move |s| {
+        let p = s.path();
+        if p == "/v2/" {
+            return Reply::Respond(Canned::new(200));
+        }
+        if p == "/v2/app/tags/list" {
+            return tag_page("app", &["v1"]);
+        }
+        if p == "/v2/app/manifests/v1" || p == format!("/v2/app/manifests/{digest}") {
+            return Reply::Respond(
+                Canned::new(200)
+                    .header("Content-Type", OCI_MANIFEST)
+                    .header("Docker-Content-Digest", &digest)
+                    .body(manifest.clone()),
+            );
+        }
+        for (d, b) in &blobs {
+            if p == format!("/v2/app/blobs/{d}") {
+                return Reply::Respond(Canned::new(200).body(b.clone()));
+            }
+        }
+        Reply::Respond(Canned::json(
+            404,
+            &serde_json::json!({"errors":[{"code":"BLOB_UNKNOWN","message":"no"}]}),
+        ))
+    })
+}
+
+fn manifest_with_sizes(config: &[u8], layer: &[u8], sizes: &[u64]) -> Vec<u8> {
+    let layers: Vec<serde_json::Value> = sizes
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": sha256_digest(layer),
+                "size": s,
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": sha256_digest(config),
+            "size": config.len(),
+        },
+        "layers": layers,
+    }))
+    .unwrap()
+}
+
+fn run_against(
+    hostile: &HostileRegistry,
+    extra_toml: &str,
+    target: &str,
+    args: &[&str],
+) -> (Measured, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "version = 1\n[daemon]\nstate_dir = {:?}\nlisten = \"\"\n{}\n{extra_toml}\n\
+         [[rule]]\nname = \"r\"\nsource = \"{}/app\"\ntargets = [\"{target}\"]\n",
+        dir.path().join("state").display().to_string(),
+        hostile.registry_toml(""),
+        hostile.host(),
+    );
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let m = run_measured(
+        std::process::Command::new(regkeeper_bin())
+            .args(args)
+            .arg("-c")
+            .arg(&path)
+            .env("REGKEEPER_LOG", "info"),
+        Duration::from_secs(60),
+    );
+    eprintln!("{args:?} -> {:?}\n{}\n{}", m.code, m.stdout, m.stderr);
+    (m, dir)
+}
+
+#[test]
+fn absurd_layer_sizes_fail_the_image_without_a_crash_or_a_tag() {
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+            .to_vec();
+    let layer = b"not really a tarball".to_vec();
+    let big = i64::MAX as u64;
+    // beyond int64 (malformed), and valid int64 sizes whose sum overflows
+    for sizes in [vec![u64::MAX], vec![1 << 63, 1 << 63], vec![big, big, big]] {
+        let manifest = manifest_with_sizes(&config, &layer, &sizes);
+        let hostile = crafted_source(manifest, vec![config.clone(), layer.clone()]);
+        let dst = Registry::start_plain();
+        let reg_toml = format!("[registries.\"{}\"]\nplain_http = true\n", dst.host());
+        let target = format!("{}/mirror/app", dst.host());
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("layout");
+        let oci_target = format!("oci:{}", layout.display());
+        for (t, args) in [
+            (target.as_str(), &["plan"][..]),
+            (target.as_str(), &["sync"][..]),
+            (oci_target.as_str(), &["sync"][..]),
+        ] {
+            let (m, _d) = run_against(&hostile, &reg_toml, t, args);
+            figures(
+                "absurd sizes",
+                &m,
+                hostile.records().len(),
+                &format!("{sizes:?} -> {t} {args:?}"),
+            );
+            assert!(!m.stderr.contains("panicked"), "{}", m.stderr);
+            if args == ["plan"] && sizes.len() == 3 {
+                // a plan of an absurd but well-formed image: an estimate, no crash
+                assert_eq!(m.code, Some(0), "{}", m.stderr);
+                continue;
+            }
+            assert_eq!(
+                m.code,
+                Some(1),
+                "the image fails, the process does not crash: {}",
+                m.stderr
+            );
+            assert!(!m.stderr.contains("panicked"), "{}", m.stderr);
+        }
+        let r = dst.get("/v2/mirror/app/tags/list").unwrap();
+        assert_ne!(r.status, 200, "nothing tagged at the target: {}", r.text());
+    }
+}
