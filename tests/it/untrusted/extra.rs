@@ -6,13 +6,22 @@ use std::time::Duration;
 
 use super::common::*;
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(super) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// A source with one repository `app` and tag `v1` whose manifest is `manifest`
 /// (bytes as given), serving `blobs` by digest; everything else 404.
 fn crafted_source(manifest: Vec<u8>, blobs: Vec<Vec<u8>>) -> HostileRegistry {
+    let blobs = blobs.into_iter().map(|b| (sha256_digest(&b), b)).collect();
+    crafted_registry(manifest, blobs)
+}
+
+/// As `crafted_source`, with each blob's bytes served under the digest given
+/// (which may lie).
+pub(super) fn crafted_registry(
+    manifest: Vec<u8>,
+    blobs: Vec<(String, Vec<u8>)>,
+) -> HostileRegistry {
     let digest = sha256_digest(&manifest);
-    let blobs: Vec<(String, Vec<u8>)> = blobs.into_iter().map(|b| (sha256_digest(&b), b)).collect();
     HostileRegistry::start(None, move |s| {
         let p = s.path();
         if p == "/v2/" {
@@ -41,7 +50,7 @@ fn crafted_source(manifest: Vec<u8>, blobs: Vec<Vec<u8>>) -> HostileRegistry {
     })
 }
 
-fn manifest_with_sizes(config: &[u8], layer: &[u8], sizes: &[u64]) -> Vec<u8> {
+pub(super) fn manifest_with_sizes(config: &[u8], layer: &[u8], sizes: &[u64]) -> Vec<u8> {
     let layers: Vec<serde_json::Value> = sizes
         .iter()
         .map(|s| {
@@ -65,7 +74,7 @@ fn manifest_with_sizes(config: &[u8], layer: &[u8], sizes: &[u64]) -> Vec<u8> {
     .unwrap()
 }
 
-fn run_against(
+pub(super) fn run_against(
     hostile: &HostileRegistry,
     extra_toml: &str,
     target: &str,
@@ -138,5 +147,50 @@ fn absurd_layer_sizes_fail_the_image_without_a_crash_or_a_tag() {
         }
         let r = dst.get("/v2/mirror/app/tags/list").unwrap();
         assert_ne!(r.status, 200, "nothing tagged at the target: {}", r.text());
+    }
+}
+
+#[test]
+fn a_pause_of_a_day_or_an_absurd_retry_after_fails_the_image_at_once() {
+    for value in ["86400", "99999999999999999999999", "-5", "soon"] {
+        let v = value.to_string();
+        let scene = Scene::new(move |s| {
+            if s.path().contains("/manifests/") {
+                return Reply::Respond(
+                    Canned::json(
+                        429,
+                        &serde_json::json!({"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}),
+                    )
+                    .header("Retry-After", &v),
+                );
+            }
+            Reply::Forward
+        });
+        let config = scene.config(
+            "",
+            &scene.rule("app", &format!("{}/mirror/app", scene.dst.host())),
+        );
+        let m = scene.run(&config, &["sync"], Duration::from_secs(120));
+        let manifest_requests = scene.hostile.count(|s| s.path().contains("/manifests/"));
+        figures(
+            "Retry-After",
+            &m,
+            scene.hostile.records().len(),
+            &format!("Retry-After: {value}, {manifest_requests} manifest requests"),
+        );
+        assert_eq!(m.code, Some(1), "{}", m.stderr);
+        assert!(
+            m.wall < Duration::from_secs(60),
+            "waited {:?} for Retry-After: {value}",
+            m.wall
+        );
+        assert!(
+            manifest_requests <= 6,
+            "{manifest_requests} manifest requests"
+        );
+        assert_eq!(
+            scene.dst.get("/v2/mirror/app/tags/list").unwrap().status,
+            404
+        );
     }
 }

@@ -7,6 +7,7 @@
 
 mod common;
 mod extra;
+mod holds;
 mod listener;
 mod memory;
 mod names;
