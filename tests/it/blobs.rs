@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::support::skopeo::{Side, registry_flags, try_skopeo};
 use crate::support::*;
@@ -285,44 +286,13 @@ fn a_run_killed_in_a_new_repository_is_followed_by_one_that_heads_there() {
     assert_eq!(dst.count_since(d1, blob_head), 0);
 }
 
-/// `regkeeper run` in `dir`, killed on drop.
-struct Daemon(std::process::Child);
-
-impl Daemon {
-    fn start(dir: &Path, config: &str) -> Daemon {
-        let port = free_port();
-        let config = config.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
-        let path = dir.join("config.toml");
-        std::fs::write(&path, config).unwrap();
-        let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
-        let child = std::process::Command::new(regkeeper_bin())
-            .args(["run", "-c"])
-            .arg(&path)
-            .env("REGKEEPER_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start regkeeper run");
-        Daemon(child)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(what: &str, dir: &Path, mut cond: impl FnMut() -> bool) {
-    let t = std::time::Instant::now();
-    while !cond() {
-        if t.elapsed().as_secs() > 30 {
-            let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
-            panic!("timed out waiting for {what}; daemon log:\n{log}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+/// `regkeeper run` on `config` (its `listen = ""` given a port) in `dir`.
+fn start_daemon(dir: &Path, config: &str) -> Daemon {
+    let port = free_port();
+    let config = config.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    Daemon::spawn_logging(&path, port, &[], "info")
 }
 
 #[test]
@@ -340,8 +310,10 @@ fn daemon_rules_running_at_once_read_a_shared_blob_once_and_a_wiped_target_is_co
         })
     };
     let (s0, d0) = (src.mark(), dst.mark());
-    let daemon = Daemon::start(dir.path(), &config);
-    wait_for("every rule copied", dir.path(), || all_there(&dst));
+    let daemon = start_daemon(dir.path(), &config);
+    wait_for("every rule copied", Duration::from_secs(30), || {
+        all_there(&dst)
+    });
     let base_reads = src.count_since(s0, |r| {
         r.is("GET", PathKind::Blob) && r.reference() == Some(fam.base.as_str())
     });
@@ -359,7 +331,9 @@ fn daemon_rules_running_at_once_read_a_shared_blob_once_and_a_wiped_target_is_co
     std::fs::remove_dir_all(dst.data_dir()).unwrap();
     std::fs::create_dir_all(dst.data_dir()).unwrap();
     dst.start();
-    wait_for("every rule copied again", dir.path(), || all_there(&dst));
+    wait_for("every rule copied again", Duration::from_secs(30), || {
+        all_there(&dst)
+    });
     drop(daemon);
     for (name, img) in &fam.images {
         assert_complete(&dst, &format!("mirror/{name}"), "v1", &img.digest);

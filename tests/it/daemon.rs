@@ -1,142 +1,18 @@
 //! `regkeeper run` as a subprocess against real registries: schedules,
 //! metrics, reload, signals, checkpoints after SIGTERM/SIGKILL, wiped targets.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-/// A running `regkeeper run`, killed on drop.
-struct Daemon {
-    child: Option<Child>,
-    port: u16,
-    log: PathBuf,
-    config: PathBuf,
-}
-
-impl Daemon {
-    /// Writes `config` (daemon section added) into `dir` and starts the daemon.
-    fn start(dir: &Path, body: &str) -> Daemon {
-        let port = free_port();
-        let config = dir.join("config.toml");
-        std::fs::write(&config, daemon_config(dir, port, body)).unwrap();
-        let mut d = Daemon {
-            child: None,
-            port,
-            log: dir.join("daemon.log"),
-            config,
-        };
-        d.spawn();
-        d
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(regkeeper_bin())
-            .args(["run", "-c"])
-            .arg(&self.config)
-            .env("REGKEEPER_LOG", "info,regkeeper=debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start regkeeper run");
-        self.child = Some(child);
-        let t = Instant::now();
-        while self.get("/readyz").map(|r| r.status) != Some(200) {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "daemon not ready:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig}");
-    }
-
-    /// Waits for the process to exit; returns how long it took.
-    fn wait_exit(&mut self, limit: Duration) -> Duration {
-        let t = Instant::now();
-        let child = self.child.as_mut().expect("running");
-        loop {
-            if child.try_wait().unwrap().is_some() {
-                self.child = None;
-                return t.elapsed();
-            }
-            assert!(t.elapsed() < limit, "daemon did not exit within {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Peak resident memory of the daemon so far (VmHWM), in KiB.
-    fn peak_rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn kill9(&mut self) {
-        self.signal("KILL");
-        self.wait_exit(Duration::from_secs(5));
-    }
-
-    fn get(&self, path: &str) -> Option<HttpResponse> {
-        http::request(
-            None,
-            "GET",
-            &format!("http://127.0.0.1:{}{path}", self.port),
-            &[],
-            None,
-        )
-        .ok()
-    }
-
-    fn metrics(&self) -> String {
-        self.get("/metrics").expect("metrics").text()
-    }
-
-    /// The value of one sample line (`name{labels}`), if present.
-    fn metric(&self, series: &str) -> Option<f64> {
-        self.metrics()
-            .lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// Writes `body` under a daemon section into `dir/config.toml` and starts it.
+fn start(dir: &Path, body: &str) -> Daemon {
+    let port = free_port();
+    let config = dir.join("config.toml");
+    std::fs::write(&config, daemon_config(dir, port, body)).unwrap();
+    Daemon::spawn(&config, port, &[])
 }
 
 fn daemon_config(dir: &Path, port: u16, body: &str) -> String {
@@ -144,14 +20,6 @@ fn daemon_config(dir: &Path, port: u16, body: &str) -> String {
         "version = 1\n[daemon]\nstate_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nmax_concurrent_transfers = 4\n\n{body}",
         dir.join("state").display().to_string()
     )
-}
-
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !cond() {
-        assert!(t.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn small(corpus: &mut Corpus, name: &str) -> Image {
@@ -181,7 +49,7 @@ fn schedule_fires_copies_new_tags_and_status_reports() {
     let v1 = small(&mut corpus, "v1");
     corpus.push(&src, "v1", "it/app", "v1");
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(
+    let d = start(
         dir.path(),
         &format!(
             "{}{}",
@@ -239,7 +107,7 @@ fn schedule_fires_copies_new_tags_and_status_reports() {
     // status reads the state database while the daemon runs.
     let out = Command::new(regkeeper_bin())
         .args(["status", "--json", "-c"])
-        .arg(&d.config)
+        .arg(d.config())
         .output()
         .unwrap();
     assert!(
@@ -255,7 +123,7 @@ fn schedule_fires_copies_new_tags_and_status_reports() {
     assert!(r["lag_seconds"].as_i64().unwrap() < 30);
     let text = Command::new(regkeeper_bin())
         .args(["status", "-c"])
-        .arg(&d.config)
+        .arg(d.config())
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&text.stdout).contains("rule app:"));
@@ -269,7 +137,7 @@ fn lag_grows_while_source_is_down_and_drops_when_back() {
     small(&mut corpus, "v1");
     corpus.push(&src, "v1", "it/app", "v1");
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(
+    let d = start(
         dir.path(),
         &format!(
             "{}{}",
@@ -323,7 +191,7 @@ fn sighup_with_a_broken_config_keeps_the_old_rules_and_a_valid_one_applies() {
         registries(&[&src, &dst]),
         rule("app", &src, &dst, "@every 1s")
     );
-    let d = Daemon::start(dir.path(), &body);
+    let d = start(dir.path(), &body);
     let daemon_started = Instant::now();
     wait_for("v1 copied", Duration::from_secs(20), || {
         dst.try_digest_of("mirror/app", "v1").as_deref() == Some(v1.digest.as_str())
@@ -338,10 +206,10 @@ fn sighup_with_a_broken_config_keeps_the_old_rules_and_a_valid_one_applies() {
     assert_eq!(d.metric(failed_reloads), Some(0.0));
     // Broken: unknown key and a bad regex.
     std::fs::write(
-        &d.config,
+        d.config(),
         daemon_config(
             dir.path(),
-            d.port,
+            d.port(),
             &format!("{body}tags.include = ['(']\nbogus = 1\n"),
         ),
     )
@@ -377,7 +245,7 @@ fn sighup_with_a_broken_config_keeps_the_old_rules_and_a_valid_one_applies() {
         dst.host()
     );
     std::thread::sleep(Duration::from_secs(2));
-    std::fs::write(&d.config, daemon_config(dir.path(), d.port, &other)).unwrap();
+    std::fs::write(d.config(), daemon_config(dir.path(), d.port(), &other)).unwrap();
     d.signal("HUP");
     wait_for("rule other runs", Duration::from_secs(20), || {
         dst.try_digest_of("other/app", "v2").as_deref() == Some(v2.digest.as_str())
@@ -403,7 +271,7 @@ fn a_wiped_target_is_copied_again() {
     let v1 = small(&mut corpus, "v1");
     corpus.push(&src, "v1", "it/app", "v1");
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(
+    let d = start(
         dir.path(),
         &format!(
             "{}{}",
@@ -464,7 +332,7 @@ fn sigterm_and_sigkill_mid_transfer_then_resume() {
     );
     // 32 MB/s: 256 MiB take about 8 s.
     proxy.throttle(Some(32_000_000));
-    let mut d = Daemon::start(dir.path(), &body);
+    let mut d = start(dir.path(), &body);
 
     // SIGTERM a third of the way in.
     wait_for("a third sent", Duration::from_secs(60), || {
@@ -483,7 +351,7 @@ fn sigterm_and_sigkill_mid_transfer_then_resume() {
     let term_offset = cp[0].offset;
 
     // Restart: resumes from the checkpoint; SIGKILL two thirds of the way in.
-    d.spawn();
+    d.restart();
     wait_for("resumed in the log", Duration::from_secs(20), || {
         d.log_text().contains("resuming upload from checkpoint")
     });
@@ -509,7 +377,7 @@ fn sigterm_and_sigkill_mid_transfer_then_resume() {
 
     // Unthrottled restart: the next run completes the image.
     proxy.throttle(None);
-    d.spawn();
+    d.restart();
     wait_for("the image at the target", Duration::from_secs(120), || {
         dst.try_digest_of("mirror/app", "v1").as_deref() == Some(big.digest.as_str())
     });
@@ -537,7 +405,7 @@ fn sigterm_when_idle_exits_quickly_and_state_errors_exit_3() {
     let src = Registry::start_plain();
     let dst = Registry::start_plain();
     let dir = tempfile::tempdir().unwrap();
-    let mut d = Daemon::start(
+    let mut d = start(
         dir.path(),
         &format!(
             "{}{}",
@@ -598,7 +466,7 @@ fn daemon_memory_over_many_runs() {
         corpus.push(&src, &name, "it/app", &name);
     }
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(
+    let d = start(
         dir.path(),
         &format!(
             "{}{}",
@@ -704,7 +572,7 @@ fn tags_of_an_unreachable_target_are_pending() {
     // Nothing listens there.
     let down = format!("127.0.0.1:{}", free_port());
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(
+    let d = start(
         dir.path(),
         &format!(
             "{}[registries.\"{down}\"]\nplain_http = true\n[[rule]]\nname = \"app\"\nsource = \"{}/it/app\"\ntargets = [\"{down}/mirror/app\", \"oci:{}\"]\nschedule = \"@hourly\"\n",

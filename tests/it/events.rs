@@ -3,8 +3,8 @@
 //! mirrored within seconds; bad requests are refused; Harbor payloads and the
 //! trigger URL start the right rule; a burst of events is one or two syncs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -12,133 +12,21 @@ use crate::support::*;
 const TOKEN: &str = "webhook-test-token-7f3a";
 const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
-/// A running `regkeeper run` on a port chosen before it starts (the source
-/// registry's notification endpoint points at it), killed on drop.
-struct Daemon {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    config: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, port: u16, token: Option<&str>, body: &str) -> Daemon {
-        let mut daemon = format!(
-            "version = 1\n[daemon]\nstate_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\n",
-            dir.join("state").display().to_string()
-        );
-        if let Some(t) = token {
-            let file = dir.join("webhook.token");
-            std::fs::write(&file, format!("{t}\n")).unwrap();
-            daemon += &format!("webhook_token_file = {:?}\n", file.display().to_string());
-        }
-        let config = dir.join("config.toml");
-        std::fs::write(&config, format!("{daemon}\n{body}")).unwrap();
-        let log = dir.join("daemon.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(regkeeper_bin())
-            .args(["run", "-c"])
-            .arg(&config)
-            .env("REGKEEPER_LOG", "info,regkeeper=debug")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start regkeeper run");
-        let d = Daemon {
-            child,
-            port,
-            log,
-            config,
-        };
-        wait_for("the daemon to be ready", Duration::from_secs(20), || {
-            d.get("/readyz").map(|r| r.status) == Some(200)
-        });
-        d
+/// Starts `regkeeper run` on `port` (chosen before: the source registry's
+/// notification endpoint points at it), with the webhook token when given.
+fn start(dir: &Path, port: u16, token: Option<&str>, body: &str) -> Daemon {
+    let mut daemon = format!(
+        "version = 1\n[daemon]\nstate_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\n",
+        dir.join("state").display().to_string()
+    );
+    if let Some(t) = token {
+        let file = dir.join("webhook.token");
+        std::fs::write(&file, format!("{t}\n")).unwrap();
+        daemon += &format!("webhook_token_file = {:?}\n", file.display().to_string());
     }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn get(&self, path: &str) -> Option<HttpResponse> {
-        http::request(None, "GET", &self.url(path), &[], None).ok()
-    }
-
-    fn post(&self, path: &str, token: Option<&str>, body: &[u8]) -> HttpResponse {
-        let auth = token.map(|t| format!("Bearer {t}"));
-        let mut headers = vec![("Content-Type", "application/json")];
-        if let Some(a) = &auth {
-            headers.push(("Authorization", a.as_str()));
-        }
-        http::request(None, "POST", &self.url(path), &headers, Some(body.to_vec()))
-            .unwrap_or_else(|e| panic!("POST {path}: {e}\n{}", self.log_text()))
-    }
-
-    /// The value of one sample (`name{labels}`); 0 when absent.
-    fn metric(&self, series: &str) -> f64 {
-        self.get("/metrics")
-            .expect("metrics")
-            .text()
-            .lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    fn has_series(&self, series: &str) -> bool {
-        self.get("/metrics")
-            .expect("metrics")
-            .text()
-            .lines()
-            .any(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-    }
-
-    fn runs(&self, rule: &str) -> f64 {
-        self.metric(&format!(
-            "regkeeper_rule_runs_total{{result=\"success\",rule=\"{rule}\"}}"
-        ))
-    }
-
-    /// Waits until `rule` has `n` successful runs and none is going on.
-    fn wait_runs(&self, rule: &str, n: f64) {
-        wait_for(
-            &format!("{n} runs of {rule}"),
-            Duration::from_secs(30),
-            || self.runs(rule) >= n,
-        );
-    }
-
-    /// Peak resident memory so far (VmHWM), in KiB.
-    fn peak_rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !cond() {
-        assert!(t.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let config = dir.join("config.toml");
+    std::fs::write(&config, format!("{daemon}\n{body}")).unwrap();
+    Daemon::spawn(&config, port, &[])
 }
 
 fn rule(name: &str, src: &Registry, repo: &str, dst: &Registry, target: &str) -> String {
@@ -206,7 +94,7 @@ fn registry_notifications_mirror_each_push_within_seconds() {
     small(&mut corpus, "t0");
     corpus.push(&src, "t0", "it/app", "t0");
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(
+    let d = start(
         dir.path(),
         port,
         Some(TOKEN),
@@ -249,11 +137,11 @@ fn registry_notifications_mirror_each_push_within_seconds() {
         assert_eq!(dst.digest_of("mirror/app", tag), img.digest);
     }
     assert!(
-        d.metric("regkeeper_events_total{kind=\"distribution\",result=\"matched\"}")
+        d.value("regkeeper_events_total{kind=\"distribution\",result=\"matched\"}")
             >= pushes as f64
     );
     // Blob pushes and the daemon's own pulls were ignored, not synced.
-    assert!(d.metric("regkeeper_events_total{kind=\"distribution\",result=\"ignored\"}") > 0.0);
+    assert!(d.value("regkeeper_events_total{kind=\"distribution\",result=\"ignored\"}") > 0.0);
 }
 
 #[test]
@@ -269,7 +157,7 @@ fn bad_requests_are_refused_and_the_daemon_stays_ready() {
         registries(&[&src, &dst]),
         rule("app", &src, "it/app", &dst, "mirror/app")
     );
-    let d = Daemon::start(dir.path(), free_port(), Some(TOKEN), &body);
+    let d = start(dir.path(), free_port(), Some(TOKEN), &body);
     d.wait_runs("app", 1.0);
     for kind in ["distribution", "harbor", "trigger"] {
         for result in ["matched", "ignored", "rejected"] {
@@ -293,7 +181,7 @@ fn bad_requests_are_refused_and_the_daemon_stays_ready() {
     assert_eq!(d.post("/v1/rules/nope/sync", Some(TOKEN), b"").status, 404);
     assert_eq!(d.get("/readyz").unwrap().status, 200);
     let m = |k: &str, r: &str| {
-        d.metric(&format!(
+        d.value(&format!(
             "regkeeper_events_total{{kind=\"{k}\",result=\"{r}\"}}"
         ))
     };
@@ -307,7 +195,7 @@ fn bad_requests_are_refused_and_the_daemon_stays_ready() {
 
     // Without daemon.webhook_token_file the paths do not exist.
     let dir2 = tempfile::tempdir().unwrap();
-    let plain = Daemon::start(dir2.path(), free_port(), None, &body);
+    let plain = start(dir2.path(), free_port(), None, &body);
     assert_eq!(plain.post(path, Some(TOKEN), &good).status, 404);
     assert_eq!(
         plain.post("/v1/rules/app/sync", Some(TOKEN), b"").status,
@@ -325,7 +213,7 @@ fn harbor_payload_and_trigger_start_the_right_rule() {
     corpus.push(&src, "v1", "it/a", "v1");
     corpus.push(&src, "v1", "it/b", "v1");
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(
+    let d = start(
         dir.path(),
         free_port(),
         Some(TOKEN),
@@ -338,7 +226,7 @@ fn harbor_payload_and_trigger_start_the_right_rule() {
     );
     d.wait_runs("a", 1.0);
     d.wait_runs("b", 1.0);
-    let success_before = d.metric("regkeeper_rule_last_success_timestamp_seconds{rule=\"a\"}");
+    let success_before = d.value("regkeeper_rule_last_success_timestamp_seconds{rule=\"a\"}");
 
     // Harbor's documented PUSH_ARTIFACT shape.
     let h1 = small(&mut corpus, "h1");
@@ -364,7 +252,7 @@ fn harbor_payload_and_trigger_start_the_right_rule() {
     assert_eq!(dst.digest_of("mirror/a", "h1"), h1.digest);
     assert_eq!(d.runs("b"), 1.0, "rule b did not run");
     assert!(
-        d.metric("regkeeper_rule_last_success_timestamp_seconds{rule=\"a\"}") >= success_before,
+        d.value("regkeeper_rule_last_success_timestamp_seconds{rule=\"a\"}") >= success_before,
         "the event-driven run counts for lag"
     );
 
@@ -376,17 +264,17 @@ fn harbor_payload_and_trigger_start_the_right_rule() {
     assert_eq!(dst.digest_of("mirror/b", "t1"), t1.digest);
     assert_eq!(d.runs("a"), 2.0, "rule a did not run again");
     assert_eq!(
-        d.metric("regkeeper_events_total{kind=\"harbor\",result=\"matched\"}"),
+        d.value("regkeeper_events_total{kind=\"harbor\",result=\"matched\"}"),
         1.0
     );
     assert_eq!(
-        d.metric("regkeeper_events_total{kind=\"trigger\",result=\"matched\"}"),
+        d.value("regkeeper_events_total{kind=\"trigger\",result=\"matched\"}"),
         1.0
     );
     // `status` shows the event-driven runs.
     let out = Command::new(regkeeper_bin())
         .args(["status", "--json", "-c"])
-        .arg(&d.config)
+        .arg(d.config())
         .output()
         .unwrap();
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
@@ -430,7 +318,7 @@ fn a_burst_of_200_events_is_one_or_two_syncs() {
     small(&mut corpus, "v1");
     corpus.push(&src, "v1", "it/app", "v1");
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(
+    let d = start(
         dir.path(),
         free_port(),
         Some(TOKEN),
@@ -456,7 +344,7 @@ fn a_burst_of_200_events_is_one_or_two_syncs() {
     assert!((1..=2).contains(&listings), "{listings} tag listings");
     assert_eq!(dst.digest_of("mirror/app", "v2"), v2.digest);
     assert_eq!(
-        d.metric("regkeeper_events_total{kind=\"distribution\",result=\"matched\"}"),
+        d.value("regkeeper_events_total{kind=\"distribution\",result=\"matched\"}"),
         200.0
     );
 
@@ -493,7 +381,7 @@ fn an_event_syncs_one_repository_of_a_prefix_rule() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(
+    let d = start(
         dir.path(),
         free_port(),
         Some(TOKEN),

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -307,93 +307,33 @@ fn sequential_shards_split_rules_and_repositories() {
     }
 }
 
-/// A running `regkeeper run`, killed on drop.
-struct Daemon {
-    child: Option<Child>,
-    port: u16,
-    config: PathBuf,
-    log: PathBuf,
+/// `regkeeper run` over `body` in `dir`, as shard `shard` when given.
+fn start(dir: &Path, body: &str, shard: Option<&str>) -> Daemon {
+    let port = free_port();
+    let config = write_config(dir, &format!("127.0.0.1:{port}"), "", body);
+    let args: Vec<&str> = shard.map(|s| vec!["--shard", s]).unwrap_or_default();
+    Daemon::spawn_logging(&config, port, &args, "info")
 }
 
-impl Daemon {
-    fn start(dir: &Path, body: &str, shard: Option<&str>) -> Daemon {
-        let port = free_port();
-        let config = write_config(dir, &format!("127.0.0.1:{port}"), "", body);
-        let log = dir.join("daemon.log");
-        let mut cmd = Command::new(regkeeper_bin());
-        cmd.args(["run", "-c"]).arg(&config);
-        if let Some(s) = shard {
-            cmd.args(["--shard", s]);
-        }
-        let file = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .env("REGKEEPER_LOG", "info")
-            .env_remove("REGKEEPER_SHARD")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("start regkeeper run");
-        let d = Daemon {
-            child: Some(child),
-            port,
-            config,
-            log,
-        };
-        let t = Instant::now();
-        while d.get("/readyz").map(|r| r.status) != Some(200) {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "not ready:\n{}",
-                tail_file(&d.log, 30)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
-    }
-
-    fn get(&self, path: &str) -> Option<HttpResponse> {
-        let url = format!("http://127.0.0.1:{}{path}", self.port);
-        http::request(None, "GET", &url, &[], None).ok()
-    }
-
-    fn metrics(&self) -> String {
-        self.get("/metrics").expect("metrics").text()
-    }
-
-    /// Rules with a `regkeeper_rule_last_success_timestamp_seconds` series,
-    /// and those with any `rule` label at all.
-    fn rules(&self) -> (BTreeSet<String>, BTreeSet<String>) {
-        let text = self.metrics();
-        let label = |l: &str| {
-            let rest = &l[l.find("rule=\"")? + 6..];
-            Some(rest[..rest.find('"')?].to_string())
-        };
-        let succeeded = text
-            .lines()
-            .filter(|l| l.starts_with("regkeeper_rule_last_success_timestamp_seconds{"))
-            .filter_map(label)
-            .collect();
-        let any = text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(label)
-            .collect();
-        (succeeded, any)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Rules with a `regkeeper_rule_last_success_timestamp_seconds` series,
+/// and those with any `rule` label at all.
+fn rules_seen(d: &Daemon) -> (BTreeSet<String>, BTreeSet<String>) {
+    let text = d.metrics();
+    let label = |l: &str| {
+        let rest = &l[l.find("rule=\"")? + 6..];
+        Some(rest[..rest.find('"')?].to_string())
+    };
+    let succeeded = text
+        .lines()
+        .filter(|l| l.starts_with("regkeeper_rule_last_success_timestamp_seconds{"))
+        .filter_map(label)
+        .collect();
+    let any = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(label)
+        .collect();
+    (succeeded, any)
 }
 
 fn all_rule_names() -> BTreeSet<String> {
@@ -407,7 +347,7 @@ fn all_rule_names() -> BTreeSet<String> {
 fn wait_in_step(daemons: &[&Daemon], since: Instant) -> Duration {
     loop {
         let done = daemons.iter().all(|d| {
-            let (ok, any) = d.rules();
+            let (ok, any) = rules_seen(d);
             !any.is_empty() && ok == any
         });
         if done {
@@ -423,7 +363,7 @@ fn wait_in_step(daemons: &[&Daemon], since: Instant) -> Duration {
 
 /// Per rule, `lag_seconds` from `regkeeper status --json` of one shard.
 fn status_lags(d: &Daemon, shard: &str) -> BTreeMap<String, i64> {
-    let out = regkeeper(&d.config, &["status", "--json", "--shard", shard], &[]);
+    let out = regkeeper(d.config(), &["status", "--json", "--shard", shard], &[]);
     assert_eq!(out.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v["rules"]
@@ -452,13 +392,13 @@ fn three_daemons_share_the_work_and_a_dead_one_costs_only_its_share() {
     let whole_dst = Registry::start_plain();
     let whole_dir = tempfile::tempdir().unwrap();
     let t = Instant::now();
-    let whole = Daemon::start(
+    let whole = start(
         whole_dir.path(),
         &rules(&src.reg, &whole_dst, "@every 2s", false),
         None,
     );
     let one = wait_in_step(&[&whole], t);
-    assert_eq!(whole.rules().1, all_rule_names());
+    assert_eq!(rules_seen(&whole).1, all_rule_names());
     drop(whole);
 
     let dst = Registry::start_plain();
@@ -468,7 +408,7 @@ fn three_daemons_share_the_work_and_a_dead_one_costs_only_its_share() {
     let mut daemons: Vec<Daemon> = dirs
         .iter()
         .enumerate()
-        .map(|(k, d)| Daemon::start(d.path(), &body, Some(&format!("{k}/3"))))
+        .map(|(k, d)| start(d.path(), &body, Some(&format!("{k}/3"))))
         .collect();
     let three = wait_in_step(&daemons.iter().collect::<Vec<_>>(), t);
     println!(
@@ -491,7 +431,7 @@ fn three_daemons_share_the_work_and_a_dead_one_costs_only_its_share() {
         let text = d.metrics();
         let info = format!("regkeeper_shard_info{{shard=\"{k}\",shards=\"3\"}} 1");
         assert!(text.contains(&info), "shard {k} metrics lack {info}");
-        let (_, any) = d.rules();
+        let (_, any) = rules_seen(d);
         assert!(any.contains("all"), "the /* rule runs on shard {k}");
         owned.push(
             any.iter()

@@ -9,6 +9,7 @@
 
 pub mod accesslog;
 pub mod corpus;
+pub mod daemon;
 pub mod ferro;
 pub mod hostile;
 pub mod http;
@@ -22,6 +23,7 @@ pub mod token;
 
 pub use accesslog::{LoggedRequest, Mark, PathKind};
 pub use corpus::{Corpus, Descriptor, Image, ImageSpec, Index, LayerSpec, layer, sha256_digest};
+pub use daemon::{Daemon, wait_for};
 pub use hostile::{Canned, HostileRegistry, Reply, Seen};
 pub use http::HttpResponse;
 pub use httpfault::{Cut, Faults, HttpFaultProxy, Record, StatusFault, inside_announced_windows};
