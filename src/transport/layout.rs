@@ -33,12 +33,14 @@ use crate::reference::Location;
 
 mod atomic;
 mod blobs;
+mod confine;
 mod discover;
 mod index;
 mod manifests;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use confine::confined;
 pub use discover::list_repositories;
 
 const OCI_LAYOUT_FILE: &str = "oci-layout";
