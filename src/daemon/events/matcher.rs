@@ -153,6 +153,25 @@ mod tests {
     }
 
     #[test]
+    fn an_event_repository_that_is_not_a_repository_path_selects_nothing() {
+        let rs = rules(&format!(
+            "{}{}",
+            rule("team", "a.example:5000/team/*", "b.example/m/*"),
+            rule("all", "c.example/*", "b.example/c/*"),
+        ));
+        for bad in [
+            "team/../victim/app",
+            "team/%2e%2e/victim",
+            "team//etc/x",
+            "team/Upper",
+            "/etc/x",
+            "../x",
+        ] {
+            assert!(matching(&rs, bad, None).is_empty(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn request_host_picks_among_rules_sharing_a_path() {
         let rs = rules(&format!(
             "{}{}",

@@ -51,3 +51,31 @@ pub(crate) fn confined(root: &Path, path: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::confined;
+
+    #[test]
+    fn only_paths_that_resolve_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, outside) = (dir.path().join("root"), dir.path().join("outside"));
+        std::fs::create_dir_all(root.join("in/app")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("out")).unwrap();
+        std::os::unix::fs::symlink(root.join("in"), root.join("alias")).unwrap();
+        // a layout's blob store linked out of the prefix
+        std::fs::create_dir_all(root.join("lay")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("lay/blobs")).unwrap();
+        assert!(confined(&root, &root.join("new/app")).is_ok());
+        assert!(confined(&root, &root.join("in/app")).is_ok());
+        assert!(confined(&root, &root.join("alias/app")).is_ok());
+        let e = confined(&root, &root.join("out/app")).unwrap_err();
+        assert!(e.contains("outside"), "{e}");
+        assert!(confined(&root, &root.join("lay")).is_err());
+        assert!(confined(&root, &root.join("../outside")).is_err());
+        assert!(confined(&root, &outside).is_err());
+        // a root that does not exist yet holds nothing to escape through
+        assert!(confined(&dir.path().join("none"), &dir.path().join("none/a")).is_ok());
+    }
+}
