@@ -6,6 +6,11 @@ use std::path::PathBuf;
 
 use crate::oci::Digest;
 
+mod names;
+pub use names::InvalidName;
+use names::valid_repo_component;
+pub(crate) use names::{NameKind, check_repo_path, check_tag, valid_repo_path, valid_tag};
+
 /// Docker Hub's name in references and the host its API is served from.
 pub const DOCKER_HUB: &str = "docker.io";
 pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
@@ -22,21 +27,35 @@ pub enum Location {
 
 impl Location {
     /// The same location with `child` appended (used to map repositories found
-    /// under a `/*` source onto the target prefix).
-    pub fn join(&self, child: &str) -> Location {
-        match self {
-            Location::Registry { host, repo } => Location::Registry {
-                host: host.clone(),
-                repo: if repo.is_empty() {
+    /// under a `/*` source onto the target prefix). `child` comes from a
+    /// catalog, a directory listing or an event, so it is checked first: only
+    /// a relative repository path of the distribution grammar is joined (no
+    /// `..`, no absolute path, no empty or upper-case component), and the
+    /// whole repository name must stay within the length limit.
+    pub fn join(&self, child: &str) -> Result<Location, InvalidName> {
+        let refuse = || InvalidName::new(NameKind::Repository, child);
+        if !valid_repo_path(child) {
+            return Err(refuse());
+        }
+        Ok(match self {
+            Location::Registry { host, repo } => {
+                let repo = if repo.is_empty() {
                     child.to_string()
                 } else {
                     format!("{repo}/{child}")
-                },
-            },
+                };
+                if host.len() + 1 + repo.len() > MAX_NAME_LEN {
+                    return Err(refuse());
+                }
+                Location::Registry {
+                    host: host.clone(),
+                    repo,
+                }
+            }
             Location::Layout { path } => Location::Layout {
                 path: path.join(child),
             },
-        }
+        })
     }
 }
 
@@ -129,29 +148,9 @@ fn bad(input: &str, reason: impl Into<String>) -> ReferenceError {
     }
 }
 
-fn valid_tag(tag: &str) -> bool {
-    // OCI distribution: [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}
-    let b = tag.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-}
-
-/// One path component as the distribution spec allows it: lowercase
-/// alphanumerics, separated by one `.`, one or two `_`, or any number of `-`
-/// (so `a_-_b` is refused here rather than by the registry with a bare 404).
-fn valid_repo_component(c: &str) -> bool {
-    static COMPONENT: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$").expect("component regex")
-    });
-    COMPONENT.is_match(c)
-}
-
 /// The distribution spec's limit on `host/name` (clients and registries
 /// refuse longer names).
-const MAX_NAME_LEN: usize = 255;
+pub(crate) const MAX_NAME_LEN: usize = 255;
 
 /// `docker://` (skopeo's transport prefix) names a registry reference.
 fn strip_transport(input: &str) -> Result<&str, ReferenceError> {
@@ -426,6 +425,9 @@ mod tests {
         assert_eq!(s.location, reg("127.0.0.1:5000", ""));
         assert!(RepoSpec::parse("127.0.0.1:5000/a:tag").is_err());
         assert!(RepoSpec::parse("127.0.0.1:5000/a*b").is_err());
-        assert_eq!(s.location.join("x/y"), reg("127.0.0.1:5000", "x/y"));
+        assert_eq!(
+            s.location.join("x/y").unwrap(),
+            reg("127.0.0.1:5000", "x/y")
+        );
     }
 }

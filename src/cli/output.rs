@@ -59,6 +59,9 @@ struct Rule {
     kept: Vec<Kept>,
     errors: Vec<Error>,
     warnings: Vec<String>,
+    /// Names from the source that were skipped as invalid (each also a warning).
+    #[serde(skip_serializing_if = "is_zero")]
+    names_skipped: usize,
     /// With `--shard`, for a `/*` rule: the source repositories this shard owns.
     #[serde(skip_serializing_if = "Option::is_none")]
     shard_repositories: Option<Vec<String>>,
@@ -117,8 +120,13 @@ fn rule(r: &RuleReport) -> Rule {
         kept,
         errors,
         warnings: r.warnings.clone(),
+        names_skipped: r.names_skipped,
         shard_repositories: r.shard_repositories.clone(),
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A copy that was made (sync) or would be (plan).

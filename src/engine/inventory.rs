@@ -16,7 +16,7 @@ use crate::config::Rule;
 use crate::filter::select_tags;
 use crate::oci::{Digest, Platform, RawManifest, is_index};
 use crate::plan::{SourceTag, referrer_subject};
-use crate::reference::Location;
+use crate::reference::{InvalidName, Location, NameKind, RepoSpec, check_tag};
 use crate::state::TagState;
 use crate::transport::Store;
 
@@ -31,6 +31,23 @@ pub(crate) struct RuleInventory {
     /// Failures that concern the whole rule (listing the repositories under a
     /// `/*` source): nothing of the rule may be deleted then.
     pub errors: Vec<RunError>,
+    /// Names the source sent that the distribution grammar does not allow
+    /// (repositories here, tags in each repository's own list): skipped.
+    pub skipped: Vec<SkippedName>,
+}
+
+/// A name from the source that was skipped, never used in a URL or a path.
+#[derive(Debug, Clone)]
+pub(crate) struct SkippedName {
+    /// Where it came from (the `/*` source, or the repository it was listed in).
+    pub at: String,
+    pub name: InvalidName,
+}
+
+impl std::fmt::Display for SkippedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.at, self.name)
+    }
 }
 
 /// One source repository and its targets.
@@ -57,6 +74,8 @@ pub(crate) struct RepoInventory {
     /// Every tag this run considered (selected and referrers).
     pub considered: Vec<String>,
     pub errors: Vec<RunError>,
+    /// Tags the source listed that are not valid tags (skipped).
+    pub skipped: Vec<SkippedName>,
 }
 
 pub(crate) struct TargetInventory {
@@ -92,6 +111,7 @@ impl Engine {
         let mut inv = RuleInventory {
             repos: Vec::new(),
             errors: Vec::new(),
+            skipped: Vec::new(),
         };
         let Some(source) = &rule.source else {
             return inv; // cleanup-only rule
@@ -101,9 +121,12 @@ impl Engine {
                 Ok(repos) => repos
                     .into_iter()
                     .filter(|rel| self.shard.owns_repository(&rule.name, rel))
-                    .map(|rel| {
-                        let targets = rule.targets.iter().map(|t| t.location.join(&rel)).collect();
-                        (source.location.join(&rel), targets)
+                    .filter_map(|rel| match self.pair_under(rule, source, &rel) {
+                        Ok(pair) => Some(pair),
+                        Err(name) => {
+                            skip(&mut inv.skipped, source.to_string(), name);
+                            None
+                        }
                     })
                     .collect(),
                 Err(e) => {
@@ -158,13 +181,14 @@ impl Engine {
             targets: Vec::new(),
             considered: Vec::new(),
             errors: Vec::new(),
+            skipped: Vec::new(),
         };
         let (listing, targets) = tokio::join!(
             repo.source.tag_listing(),
             self.list_targets(rule, &target_locs)
         );
         let all_tags = match listing {
-            Ok(Some(tags)) => tags,
+            Ok(Some(tags)) => valid_tags(&src, tags, &mut repo.skipped),
             Ok(None) => {
                 let e = RunError::new(
                     &src,
@@ -211,6 +235,31 @@ impl Engine {
             self.inventory_referrers(rule, &mut repo).await;
         }
         Ok(repo)
+    }
+
+    /// The source and target locations of `rel`, a repository the catalog of a
+    /// `/*` source listed: a valid repository path whose every location stays
+    /// under its prefix (an `oci:` target's resolved path inside its directory).
+    fn pair_under(
+        &self,
+        rule: &Rule,
+        source: &RepoSpec,
+        rel: &str,
+    ) -> Result<(Location, Vec<Location>), InvalidName> {
+        let src = source.location.join(rel)?;
+        let targets = rule
+            .targets
+            .iter()
+            .map(|t| {
+                let loc = t.location.join(rel)?;
+                if let Err(why) = crate::transport::confined(&t.location, &loc) {
+                    tracing::warn!(repository = rel, target = %t, why, "outside the target");
+                    return Err(InvalidName::new(NameKind::Escapes, rel));
+                }
+                Ok(loc)
+            })
+            .collect::<Result<_, InvalidName>>()?;
+        Ok((src, targets))
     }
 
     /// Tag lists of every target at once, with the state's beliefs about
@@ -494,4 +543,29 @@ pub(crate) async fn resolve_source(
                 .join(", ")
         ))),
     }
+}
+
+/// Records a skipped name and says so in the log.
+fn skip(skipped: &mut Vec<SkippedName>, at: String, name: InvalidName) {
+    let s = SkippedName { at, name };
+    tracing::warn!(at = %s.at, kind = s.name.kind_word(), name = %s.name.shown(), "skipping an invalid name the source sent");
+    skipped.push(s);
+}
+
+/// The tags of a source listing that are valid tags; the others are skipped
+/// (with a warning each), so they never reach a URL, a file or a target.
+pub(crate) fn valid_tags(
+    src: &Location,
+    tags: Vec<String>,
+    skipped: &mut Vec<SkippedName>,
+) -> Vec<String> {
+    tags.into_iter()
+        .filter(|t| match check_tag(t) {
+            Ok(()) => true,
+            Err(name) => {
+                skip(skipped, src.to_string(), name);
+                false
+            }
+        })
+        .collect()
 }

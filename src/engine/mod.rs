@@ -340,25 +340,32 @@ impl Engine {
             report.shard_repositories = Some(repos.collect());
         }
         report.errors.extend(inv.errors.iter().cloned());
+        let skipped = inv.repos.iter().flat_map(|r| &r.skipped);
+        for s in inv.skipped.iter().chain(skipped) {
+            report.names_skipped += 1;
+            report.warnings.push(s.to_string());
+        }
+        let mut empty_selections = Vec::new();
         for repo in &inv.repos {
             report.errors.extend(repo.errors.iter().cloned());
             report.tags_selected += repo.selected;
             report.tags_unreachable += repo.selected * repo.unreadable_targets;
             let listed = repo.source_tags.as_ref().map_or(0, Vec::len);
             if listed > 0 && repo.selected == 0 {
-                report.warnings.push(format!(
+                empty_selections.push(format!(
                     "{}: the tag filters select 0 of {listed} tags",
                     repo.source.location()
                 ));
             }
         }
-        if !report.warnings.is_empty() {
+        if !empty_selections.is_empty() {
             tracing::warn!(
-                repositories = report.warnings.len(),
-                first = %report.warnings[0],
+                repositories = empty_selections.len(),
+                first = %empty_selections[0],
                 "tag filters select nothing"
             );
         }
+        report.warnings.extend(empty_selections);
         let images = futures_util::stream::iter(inv.repos.iter().zip(copies))
             .map(|(repo, plans)| {
                 let span = tracing::info_span!("repo", source = %repo.source.location());

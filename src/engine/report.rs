@@ -109,6 +109,10 @@ pub struct RuleReport {
     /// Things an operator should know that are not failures (filters that
     /// select nothing).
     pub warnings: Vec<String>,
+    /// Names the source sent (tags, repositories) that are not valid
+    /// distribution names, or that would land outside the rule's `oci:`
+    /// target: skipped, each with a warning.
+    pub names_skipped: usize,
     /// Manifests deleted by retention in this run (`regkeeper_retention_deleted_total`).
     pub retention_deleted: usize,
     /// The retention step, for rules that have one.
@@ -139,6 +143,7 @@ impl RuleReport {
             images: Vec::new(),
             errors: Vec::new(),
             warnings: Vec::new(),
+            names_skipped: 0,
             retention_deleted: 0,
             retention: None,
             shard_repositories: None,

@@ -129,15 +129,23 @@ impl Pruner {
                 if !self.shard.owns_repository(&rule.name, &rel) {
                     continue;
                 }
+                // A name the grammar refuses is never read or pruned.
+                let location = match target.location.join(&rel) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(target = %target, name = %e.shown(), "retention skips: {e}");
+                        continue;
+                    }
+                };
                 // A target repository without a source counterpart has no
                 // source listing: nothing is deleted as removed.
                 let source = match (&rule.source, &sources) {
-                    (Some(s), Some(known)) if known.contains(&rel) => Some(s.location.join(&rel)),
+                    (Some(s), Some(known)) if known.contains(&rel) => s.location.join(&rel).ok(),
                     _ => None,
                 };
                 jobs.push(RepoJob {
                     target: target.to_string(),
-                    location: target.location.join(&rel),
+                    location,
                     source,
                 });
             }

@@ -4,7 +4,9 @@
 //! `blobs/sha256/<hex>`. Manifests and blobs share `blobs/`; a tag is an entry
 //! of `index.json` whose `org.opencontainers.image.ref.name` annotation is the
 //! tag. Layouts written by skopeo (`oci:DIR:TAG`) and umoci store the bare tag
-//! there too, so the annotation is taken as the tag as is.
+//! there too, so the annotation is taken as the tag as is when it is a tag of
+//! the distribution grammar; any other ref name (`alpine:3.19`, a path) is
+//! skipped by the inventory and refused here (`parse_ref`).
 //!
 //! Crash safety: every file is written under a temporary name in its final
 //! directory, fsynced, then renamed into place, so a reader (or a later run)
@@ -33,12 +35,14 @@ use crate::reference::Location;
 
 mod atomic;
 mod blobs;
+mod confine;
 mod discover;
 mod index;
 mod manifests;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use confine::confined;
 pub use discover::list_repositories;
 
 const OCI_LAYOUT_FILE: &str = "oci-layout";

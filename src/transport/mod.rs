@@ -211,6 +211,18 @@ impl Store {
     }
 }
 
+/// `Ok` when `location` (a repository under the `/*` prefix `prefix`) is
+/// written inside the prefix: always for a registry (the name was checked);
+/// for an `oci:` directory, on the resolved path (no symlink out of it).
+pub(crate) fn confined(prefix: &Location, location: &Location) -> Result<(), String> {
+    match (prefix, location) {
+        (Location::Layout { path: root }, Location::Layout { path }) => {
+            layout::confined(root, path)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Opens stores, sharing one HTTP client, token cache and set of limits per
 /// registry host.
 pub struct Transports {

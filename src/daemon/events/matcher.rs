@@ -2,7 +2,7 @@
 //! that one repository. Pure.
 
 use crate::config::Rule;
-use crate::reference::{Location, RepoSpec, api_host};
+use crate::reference::{Location, RepoSpec, api_host, valid_repo_path};
 
 /// What one pass of a rule covers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,12 +33,12 @@ fn covered(prefix: &str, wildcard: bool, repository: &str) -> Option<String> {
         return (prefix == repository).then(String::new);
     }
     if prefix.is_empty() {
-        return (!repository.is_empty()).then(|| repository.to_string());
+        return valid_repo_path(repository).then(|| repository.to_string());
     }
     repository
         .strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix('/'))
-        .filter(|rel| !rel.is_empty())
+        .filter(|rel| valid_repo_path(rel))
         .map(str::to_string)
 }
 
@@ -87,15 +87,14 @@ pub(crate) fn restrict(rule: &Rule, pass: &Pass) -> Rule {
         Pass::Normal => return r,
         Pass::AllRepos => {}
         Pass::Repo(rel) => {
-            let narrow = |spec: &RepoSpec| {
-                if spec.wildcard && !rel.is_empty() {
-                    RepoSpec {
-                        location: spec.location.join(rel),
-                        wildcard: false,
-                    }
-                } else {
-                    spec.clone()
-                }
+            // `rel` passed `covered` (a valid repository path); should it
+            // not join, the pass covers the whole prefix, as a full run does.
+            let narrow = |spec: &RepoSpec| match spec.location.join(rel) {
+                Ok(location) if spec.wildcard && !rel.is_empty() => RepoSpec {
+                    location,
+                    wildcard: false,
+                },
+                _ => spec.clone(),
             };
             r.source = r.source.as_ref().map(narrow);
             if rule.source.as_ref().is_some_and(|s| s.wildcard) {
@@ -151,6 +150,25 @@ mod tests {
             matching(&all, "it/app", None),
             [("all".into(), "it/app".into())]
         );
+    }
+
+    #[test]
+    fn an_event_repository_that_is_not_a_repository_path_selects_nothing() {
+        let rs = rules(&format!(
+            "{}{}",
+            rule("team", "a.example:5000/team/*", "b.example/m/*"),
+            rule("all", "c.example/*", "b.example/c/*"),
+        ));
+        for bad in [
+            "team/../victim/app",
+            "team/%2e%2e/victim",
+            "team//etc/x",
+            "team/Upper",
+            "/etc/x",
+            "../x",
+        ] {
+            assert!(matching(&rs, bad, None).is_empty(), "{bad:?}");
+        }
     }
 
     #[test]

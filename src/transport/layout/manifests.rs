@@ -8,6 +8,7 @@ use super::LayoutRepo;
 use super::atomic::{io_err, is_absent, write_atomic};
 use super::index::INDEX_FILE;
 use crate::oci::{Digest, Manifest, RawManifest};
+use crate::reference::check_tag;
 
 /// Anything bigger than this is not treated as a manifest. Registries refuse
 /// manifests over 4 MiB; the margin only guards against reading a multi-GB
@@ -35,14 +36,16 @@ enum Ref<'a> {
 }
 
 impl LayoutRepo {
+    /// A digest, or a tag of the distribution grammar (anything else is refused).
     fn parse_ref<'a>(&self, reference: &'a str) -> Result<Ref<'a>> {
         // A tag can never contain ':', so any colon means a digest.
         if reference.contains(':') {
             Digest::parse(reference)
                 .map(Ref::Digest)
                 .map_err(|e| self.protocol(e.to_string()))
-        } else if reference.is_empty() {
-            Err(self.protocol("empty tag"))
+        } else if let Err(e) = check_tag(reference) {
+            // index.json never receives (nor serves) a name the grammar refuses
+            Err(self.protocol(e.to_string()))
         } else {
             Ok(Ref::Tag(reference))
         }

@@ -14,7 +14,7 @@ use super::{
     scopes, strip_params,
 };
 use crate::oci::{ByteStream, Digest, MANIFEST_ACCEPT, RawManifest};
-use crate::reference::Location;
+use crate::reference::{Location, check_repo_path, check_tag};
 use crate::transport::{ManifestHead, Result, TransportError};
 
 #[derive(Clone, Debug)]
@@ -49,8 +49,32 @@ impl RemoteRepo {
     pub(super) fn push(&self) -> Scopes {
         scopes([repo_scope(&self.repo, "pull,push")])
     }
+    /// `/v2/<repo>/<rest>`. The repository path is checked against the
+    /// distribution grammar here, the last place before a request: a name
+    /// with `..`, `%2e`, `?` or `#` would make the URL parser (WHATWG: `%2e%2e`
+    /// is `..`) address another repository or drop part of the path.
     pub(super) fn url(&self, rest: &str) -> Result<Url> {
+        check_repo_path(&self.repo).map_err(|e| self.bad_name(e))?;
         self.registry.url(&format!("/v2/{}/{rest}", self.repo))
+    }
+    /// `/v2/<repo>/manifests/<reference>`: a digest, or a tag of the
+    /// grammar (refused otherwise, never sent), added as one percent-encoded
+    /// path segment.
+    pub(super) fn manifest_url(&self, reference: &str) -> Result<Url> {
+        if Digest::parse(reference).is_err() {
+            check_tag(reference).map_err(|e| self.bad_name(e))?;
+        }
+        let mut url = self.url("manifests")?;
+        url.path_segments_mut()
+            .map_err(|()| self.bad_name("the registry URL cannot take a path"))?
+            .push(reference);
+        Ok(url)
+    }
+    fn bad_name(&self, e: impl std::fmt::Display) -> TransportError {
+        TransportError::Protocol {
+            location: self.registry.host.clone(),
+            detail: format!("refusing to send a request: {e}"),
+        }
     }
     pub(super) fn integrity(&self, what: String, detail: String) -> TransportError {
         TransportError::Integrity {
@@ -68,7 +92,7 @@ impl RemoteRepo {
         reference: &str,
     ) -> Result<Option<reqwest::Response>> {
         let reg = &self.registry;
-        let url = self.url(&format!("manifests/{reference}"))?;
+        let url = self.manifest_url(reference)?;
         let resp = reg
             .send(
                 Req::new(method.clone(), url.clone(), self.pull())
@@ -162,7 +186,7 @@ impl RemoteRepo {
 
     pub async fn put_manifest(&self, reference: &str, m: &RawManifest) -> Result<()> {
         let reg = &self.registry;
-        let url = self.url(&format!("manifests/{reference}"))?;
+        let url = self.manifest_url(reference)?;
         let resp = reg
             .send(
                 Req::new(Method::PUT, url.clone(), self.push())

@@ -30,6 +30,39 @@ fn base_urls() {
     );
 }
 
+#[test]
+fn request_paths_take_only_valid_names() {
+    let opts = RegistryOptions {
+        plain_http: true,
+        ..Default::default()
+    };
+    let reg = Arc::new(Registry::new("127.0.0.1:5000", &opts, false).unwrap());
+    let repo = RemoteRepo::new(reg.clone(), "a/b");
+    assert_eq!(
+        repo.manifest_url("v1").unwrap().as_str(),
+        "http://127.0.0.1:5000/v2/a/b/manifests/v1"
+    );
+    let d = format!("sha256:{}", "c".repeat(64));
+    assert!(repo.manifest_url(&d).unwrap().path().ends_with(&d));
+    for bad in [
+        "../../../victim/app/manifests/prod",
+        "%2e%2e/x",
+        "v1?x=1",
+        "v1#f",
+        "",
+        "a/b",
+    ] {
+        let e = repo.manifest_url(bad).unwrap_err();
+        assert!(e.to_string().contains("refusing to send"), "{bad:?}: {e}");
+    }
+    for bad in ["a/../victim", "/etc/x", "a/%2e%2e/b", "A"] {
+        assert!(
+            RemoteRepo::new(reg.clone(), bad).url("tags/list").is_err(),
+            "{bad:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn read_only_refuses_writes_before_sending() {
     let opts = RegistryOptions {
