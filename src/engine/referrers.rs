@@ -7,7 +7,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use futures_util::StreamExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures_util::{StreamExt, TryStreamExt};
 use serde_json::Value;
 
 use super::Engine;
@@ -17,6 +19,7 @@ use super::report::RunError;
 use crate::config::Rule;
 use crate::oci::{Digest, Manifest, RawManifest};
 use crate::transport::Store;
+use crate::transport::remote::referrers::MAX_REFERRERS;
 
 /// Referrers of referrers followed this deep at most (a guard besides the
 /// visited set: content addressing makes real cycles impossible, a
@@ -24,6 +27,12 @@ use crate::transport::Store;
 const MAX_DEPTH: u32 = 8;
 /// Subjects asked at once.
 const SUBJECTS_IN_PARALLEL: usize = 8;
+/// Referrer manifests of one subject fetched at once.
+const FETCHES_IN_PARALLEL: usize = 4;
+/// Most bytes of referrer manifests one repository's discovery holds (they
+/// are kept until they are copied): far above real signatures and SBOM
+/// manifests (a few KiB each); a source that lists more is refused.
+const MAX_HELD_BYTES: usize = 64 * 1024 * 1024;
 
 /// One subject's referrers at the source, with their manifests.
 type Found = Vec<(Value, RawManifest)>;
@@ -40,6 +49,7 @@ impl Engine {
             source: &repo.source,
             source_tags: &source_tags,
             types: &rule.referrers_artifact_types,
+            held: AtomicUsize::new(0),
         };
         let (found, manifests, errors) = ctx.walk(roots).await;
         repo.errors.extend(errors);
@@ -109,6 +119,9 @@ struct Discover<'a> {
     source_tags: &'a HashSet<&'a String>,
     /// `referrers_artifact_types` (empty: all).
     types: &'a [String],
+    /// Bytes of referrer manifests fetched so far (bounded by
+    /// [`MAX_HELD_BYTES`]).
+    held: AtomicUsize,
 }
 
 impl Discover<'_> {
@@ -179,18 +192,30 @@ impl Discover<'_> {
             Some(list) => list,
             None => self.read_fallback(subject).await?,
         };
-        let fetches = entries.into_iter().map(|entry| async move {
-            let d = entry_digest(&entry)?;
-            match self.source.get_manifest(d.as_str()).await {
-                Ok(Some(raw)) => Ok((entry, raw)),
-                Ok(None) => Err(format!("referrer {d} is listed but absent")),
-                Err(e) => Err(format!("referrer {d}: {e}")),
-            }
-        });
-        futures_util::future::join_all(fetches)
+        futures_util::stream::iter(entries)
+            .map(|entry| self.fetch(entry))
+            .buffered(FETCHES_IN_PARALLEL)
+            .try_collect()
             .await
-            .into_iter()
-            .collect()
+    }
+
+    /// One listed referrer's manifest, counted against [`MAX_HELD_BYTES`].
+    async fn fetch(&self, entry: Value) -> Result<(Value, RawManifest), String> {
+        let d = entry_digest(&entry)?;
+        let raw = match self.source.get_manifest(d.as_str()).await {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return Err(format!("referrer {d} is listed but absent")),
+            Err(e) => return Err(format!("referrer {d}: {e}")),
+        };
+        let held = self.held.fetch_add(raw.bytes.len(), Ordering::Relaxed) + raw.bytes.len();
+        if held > MAX_HELD_BYTES {
+            return Err(format!(
+                "the referrers' manifests add up to more than {} MiB; refused as a hostile \
+                 or broken source",
+                MAX_HELD_BYTES >> 20
+            ));
+        }
+        Ok((entry, raw))
     }
 
     /// Through the referrers API, one request (and its pages) per wanted
@@ -287,6 +312,10 @@ fn index_entries(raw: &RawManifest) -> Result<Vec<Value>, String> {
     let v: Value = serde_json::from_slice(&raw.bytes)
         .map_err(|e| format!("fallback index {}: {e}", raw.digest))?;
     match v.get("manifests") {
+        Some(Value::Array(a)) if a.len() > MAX_REFERRERS => Err(format!(
+            "fallback index {} lists more than {MAX_REFERRERS} referrers",
+            raw.digest
+        )),
         Some(Value::Array(a)) => Ok(a.clone()),
         _ => Err(format!("fallback index {} lists no manifests", raw.digest)),
     }

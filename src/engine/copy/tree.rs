@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 
 use super::CopyError;
 use crate::oci::{Descriptor, Digest, Manifest, Platform, RawManifest, is_index};
@@ -84,9 +85,17 @@ fn attestation_of(entry: &serde_json::Value) -> Option<&str> {
         .flatten()
 }
 
-/// Fetches the children of `root` (when it is an index) and lists the blobs
-/// of every image manifest in the tree. `root` must already be filtered by
-/// platform (see [`filter_index`]).
+/// Child manifests of an index fetched at once.
+const CHILDREN_IN_PARALLEL: usize = 4;
+/// Most bytes of manifests one tree may hold (root and children). The tree
+/// is held until its copy ends (children are pushed after the blobs), so
+/// this is what bounds its memory: real indexes are a few KiB per platform;
+/// a source that lists more is refused, not followed.
+pub(crate) const MAX_TREE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Fetches the children of `root` (when it is an index), a few at a time,
+/// and lists the blobs of every image manifest in the tree. `root` must
+/// already be filtered by platform (see [`filter_index`]).
 pub async fn expand(source: &Store, root: RawManifest) -> Result<ImageTree, CopyError> {
     let bad = |digest: &Digest, reason: String| CopyError::BadManifest {
         location: source.location().to_string(),
@@ -96,58 +105,87 @@ pub async fn expand(source: &Store, root: RawManifest) -> Result<ImageTree, Copy
     let (_, parsed) = Manifest::parse(&root.media_type, &root.bytes)
         .map_err(|e| bad(&root.digest, e.to_string()))?;
     let mut children = Vec::new();
-    let mut images = Vec::new();
+    let mut blobs = Blobs::default();
     match &parsed {
-        Manifest::Image { .. } => images.push(parsed.clone()),
+        Manifest::Image { .. } => blobs.add(&parsed),
         Manifest::Index { manifests, .. } => {
-            let fetches = manifests.iter().map(|desc| async move {
-                let child = source
-                    .get_manifest(desc.digest.as_str())
-                    .await?
-                    .ok_or_else(|| {
-                        bad(
-                            &desc.digest,
-                            "listed by the index but absent at the source".into(),
-                        )
-                    })?;
-                if child.bytes.len() as u64 != desc.size {
+            let mut held = root.bytes.len();
+            let mut fetches = futures_util::stream::iter(manifests)
+                .map(|desc| fetch_child(source, desc))
+                .buffered(CHILDREN_IN_PARALLEL);
+            while let Some(result) = fetches.next().await {
+                let (child, m) = result?;
+                held += child.bytes.len();
+                if held > MAX_TREE_BYTES {
                     return Err(bad(
-                        &desc.digest,
+                        &root.digest,
                         format!(
-                            "size {} differs from the index's {}",
-                            child.bytes.len(),
-                            desc.size
+                            "its child manifests add up to more than {} MiB (the index lists \
+                             {}); refused as a hostile or broken image",
+                            MAX_TREE_BYTES >> 20,
+                            manifests.len()
                         ),
                     ));
                 }
-                let (_, m) = Manifest::parse(&child.media_type, &child.bytes)
-                    .map_err(|e| bad(&desc.digest, e.to_string()))?;
-                if matches!(m, Manifest::Index { .. }) {
-                    return Err(bad(&desc.digest, "nested indexes are not supported".into()));
-                }
-                Ok::<_, CopyError>((child, m))
-            });
-            for result in futures_util::future::join_all(fetches).await {
-                let (child, m) = result?;
+                blobs.add(&m);
                 children.push(child);
-                images.push(m);
-            }
-        }
-    }
-    let mut seen = HashSet::new();
-    let mut blobs = Vec::new();
-    for image in &images {
-        for blob in image.blobs() {
-            if seen.insert(blob.digest.clone()) {
-                blobs.push(blob.clone());
             }
         }
     }
     Ok(ImageTree {
         root,
         children,
-        blobs,
+        blobs: blobs.list,
     })
+}
+
+/// One child of an index, checked against its descriptor and parsed.
+async fn fetch_child(
+    source: &Store,
+    desc: &Descriptor,
+) -> Result<(RawManifest, Manifest), CopyError> {
+    let bad = |reason: String| CopyError::BadManifest {
+        location: source.location().to_string(),
+        digest: desc.digest.clone(),
+        reason,
+    };
+    if desc.size > MAX_TREE_BYTES as u64 {
+        return Err(bad(format!("the index says it has {} bytes", desc.size)));
+    }
+    let child = source
+        .get_manifest(desc.digest.as_str())
+        .await?
+        .ok_or_else(|| bad("listed by the index but absent at the source".into()))?;
+    if child.bytes.len() as u64 != desc.size {
+        return Err(bad(format!(
+            "size {} differs from the index's {}",
+            child.bytes.len(),
+            desc.size
+        )));
+    }
+    let (_, m) =
+        Manifest::parse(&child.media_type, &child.bytes).map_err(|e| bad(e.to_string()))?;
+    if matches!(m, Manifest::Index { .. }) {
+        return Err(bad("nested indexes are not supported".into()));
+    }
+    Ok((child, m))
+}
+
+/// The unique blobs of a tree's image manifests, in first-seen order.
+#[derive(Default)]
+struct Blobs {
+    seen: HashSet<Digest>,
+    list: Vec<Descriptor>,
+}
+
+impl Blobs {
+    fn add(&mut self, image: &Manifest) {
+        for blob in image.blobs() {
+            if self.seen.insert(blob.digest.clone()) {
+                self.list.push(blob.clone());
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -148,9 +148,14 @@ impl RemoteRepo {
             .map(|c| strip_params(c).to_string())
             .unwrap_or_default();
         let url = resp.url().clone();
+        let status = resp.status().as_u16();
         let bytes = reg
             .read_body(&Method::GET, &url, resp, MAX_MANIFEST)
             .await?;
+        if super::wire::is_html(&content_type, &bytes) {
+            let why = super::wire::not_json(status, &content_type, &bytes, "");
+            return Err(reg.protocol(&url, format!("manifest {reference}: {why}")));
+        }
         let digest = Digest::of(&bytes);
         if let Ok(want) = Digest::parse(reference) {
             if want != digest {

@@ -103,6 +103,8 @@ pub struct Registry {
     token_fetch: tokio::sync::Mutex<()>,
     limits: limits::Limits,
     chunk_size: u64,
+    /// Pages of one paginated list read at most (`max_pages`).
+    max_pages: usize,
     stats: Mutex<RegistryStats>,
     observer: OnceLock<Observer>,
     /// Whether the referrers API answers here, and since when that is known.
@@ -249,6 +251,7 @@ impl Registry {
                 opts.ratelimit_min,
             ),
             chunk_size: opts.chunk_size,
+            max_pages: opts.max_pages,
             stats: Mutex::new(RegistryStats::default()),
             observer: OnceLock::new(),
             referrers_api: Mutex::new(None),

@@ -18,6 +18,11 @@ use crate::transport::Result;
 
 /// How long an answer about the API is believed before it is asked again.
 const API_KNOWN_FOR: Duration = Duration::from_secs(3600);
+/// Most referrers one subject may have (over all pages): a registry's answer
+/// beyond that is refused rather than held in memory.
+pub(crate) const MAX_REFERRERS: usize = 10_000;
+/// Most bytes of referrers pages read for one subject.
+const MAX_LISTING_BYTES: usize = 4 * MAX_MANIFEST;
 
 impl Registry {
     /// Whether this registry has the referrers API, as far as is known.
@@ -64,9 +69,15 @@ impl RemoteRepo {
         if let Some(t) = artifact_type {
             url = wire::with_query(&url, "artifactType", t);
         }
+        let first = url.clone();
         let mut out = Vec::new();
         let mut seen = HashSet::new();
-        while seen.insert(url.clone()) {
+        let mut total = 0;
+        for page in 1.. {
+            if page > reg.max_pages {
+                return Err(reg.protocol(&first, too_many(reg.max_pages, &reg.host)));
+            }
+            seen.insert(url.clone());
             let resp = reg
                 .send(Req::new(Method::GET, url.clone(), self.pull()))
                 .await?;
@@ -84,20 +95,37 @@ impl RemoteRepo {
                 .filter_map(|v| v.to_str().ok())
                 .any(|v| v.split(',').any(|f| f.trim() == "artifactType"));
             let next = wire::next_page(resp.headers(), &url);
+            let (status, content_type) = wire::status_and_type(&resp);
             let body = reg
                 .read_body(&Method::GET, &url, resp, MAX_MANIFEST)
                 .await?;
-            let page = page_entries(&body).map_err(|e| reg.protocol(&url, e))?;
+            total += body.len();
+            let page = page_entries(&body).map_err(|e| {
+                let why = match e {
+                    PageError::Json(e) => wire::not_json(status, &content_type, &body, e),
+                    PageError::Shape(e) => e,
+                };
+                reg.protocol(&url, why)
+            })?;
             reg.learn_referrers_api(true);
             // A registry that ignored the filter: filter here.
             out.extend(
                 page.into_iter()
                     .filter(|e| wanted(e, filtered, artifact_type)),
             );
-            match next {
-                Some(n) => url = n,
-                None => break,
+            if out.len() > MAX_REFERRERS || total > MAX_LISTING_BYTES {
+                return Err(reg.protocol(
+                    &first,
+                    format!(
+                        "more than {MAX_REFERRERS} referrers or {MAX_LISTING_BYTES} bytes of \
+                         them for {subject}; refused as a hostile or broken answer"
+                    ),
+                ));
             }
+            let Some(n) = next else { break };
+            super::pages::advance(&first, &url, &n, &seen)
+                .map_err(|why| reg.protocol(&url, why))?;
+            url = n;
         }
         Ok(Some(out))
     }
@@ -116,23 +144,42 @@ impl RemoteRepo {
     }
 }
 
+fn too_many(max: usize, host: &str) -> String {
+    format!(
+        "the referrers listing goes on past {max} pages (max_pages), so it is taken as \
+         endless; if it really is that long, raise max_pages for [registries.\"{host}\"]"
+    )
+}
+
+/// Why a referrers page is unusable: not JSON at all, or JSON of another shape.
+#[derive(Debug)]
+enum PageError {
+    Json(serde_json::Error),
+    Shape(String),
+}
+
+/// One referrers page as read: only what is used, the entries capped.
+#[derive(serde::Deserialize)]
+struct Page {
+    #[serde(default, rename = "mediaType")]
+    media_type: Option<String>,
+    #[serde(default)]
+    manifests: Option<wire::Capped<Value, MAX_REFERRERS>>,
+}
+
 /// The `manifests` of one referrers page (an image index). Anything else is
 /// an error: an unreadable list must not look like "no referrers".
-fn page_entries(body: &[u8]) -> std::result::Result<Vec<Value>, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    if let Some(mt) = v.get("mediaType").and_then(Value::as_str) {
-        if mt != OCI_INDEX {
-            return Err(format!("referrers answered {mt}, not an image index"));
-        }
+fn page_entries(body: &[u8]) -> std::result::Result<Vec<Value>, PageError> {
+    let page: Page = serde_json::from_slice(body).map_err(PageError::Json)?;
+    if let Some(mt) = page.media_type.filter(|mt| mt != OCI_INDEX) {
+        return Err(PageError::Shape(format!(
+            "referrers answered {mt}, not an image index"
+        )));
     }
-    let list = match v.get("manifests") {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Array(a)) => a.clone(),
-        Some(_) => return Err("referrers index without a manifests list".into()),
-    };
+    let list = page.manifests.map(|c| c.0).unwrap_or_default();
     for e in &list {
         let d = e.get("digest").and_then(Value::as_str).unwrap_or("");
-        Digest::parse(d).map_err(|e| e.to_string())?;
+        Digest::parse(d).map_err(|e| PageError::Shape(e.to_string()))?;
     }
     Ok(list)
 }
@@ -161,6 +208,12 @@ mod tests {
         let list = page_entries(ok.as_bytes()).unwrap();
         assert_eq!(entry_artifact_type(&list[0]), Some("t"));
         assert!(page_entries(br#"{"manifests":null}"#).unwrap().is_empty());
+        assert!(page_entries(br#"{"manifests":{"a":1}}"#).is_err());
+        let many = format!(
+            r#"{{"manifests":[{}]}}"#,
+            vec!["{}"; MAX_REFERRERS + 1].join(",")
+        );
+        assert!(page_entries(many.as_bytes()).is_err());
         assert!(page_entries(br#"{"manifests":[{"digest":"sha256:zz"}]}"#).is_err());
         assert!(page_entries(br#"{"mediaType":"text/html"}"#).is_err());
         assert!(page_entries(b"<html>").is_err());

@@ -115,6 +115,79 @@ pub(crate) fn error_summary(body: &[u8]) -> String {
     }
 }
 
+/// A response's status and `Content-Type` (without parameters), kept for
+/// the message when its body turns out not to be what was expected.
+pub(crate) fn status_and_type(resp: &reqwest::Response) -> (u16, String) {
+    let content_type = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|c| super::strip_params(c).to_string())
+        .unwrap_or_default();
+    (resp.status().as_u16(), content_type)
+}
+
+/// Whether a body that should be JSON is HTML (a login page, a captive
+/// portal, a proxy's error page).
+pub(crate) fn is_html(content_type: &str, body: &[u8]) -> bool {
+    let ct = content_type.to_ascii_lowercase();
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    first == Some(&b'<')
+        || ((ct == "text/html" || ct == "application/xhtml+xml") && first != Some(&b'{'))
+}
+
+/// Why a body the registry answered with `status` is not the JSON expected:
+/// says so plainly when it is HTML rather than quoting the parser.
+pub(crate) fn not_json(
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    err: impl std::fmt::Display,
+) -> String {
+    if is_html(content_type, body) {
+        format!(
+            "the registry answered HTML (a login page or proxy?), not JSON \
+             (status {status}, Content-Type {content_type:?}); check the registry's \
+             address and any proxy in between"
+        )
+    } else {
+        format!("the registry's answer (status {status}) is not the JSON expected: {err}")
+    }
+}
+
+/// A JSON list of at most `N` items: deserializing fails at item `N + 1`,
+/// so a registry's answer cannot make us hold more than that.
+#[derive(Debug)]
+pub(crate) struct Capped<T, const N: usize>(pub Vec<T>);
+
+impl<'de, T: serde::Deserialize<'de>, const N: usize> serde::Deserialize<'de> for Capped<T, N> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Seq<T, const N: usize>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>, const N: usize> serde::de::Visitor<'de> for Seq<T, N> {
+            type Value = Capped<T, N>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "a list of at most {N} entries")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(item) = a.next_element::<T>()? {
+                    if out.len() == N {
+                        return Err(serde::de::Error::custom(format!(
+                            "the list holds more than {N} entries"
+                        )));
+                    }
+                    out.push(item);
+                }
+                Ok(Capped(out))
+            }
+        }
+        d.deserialize_seq(Seq::<T, N>(std::marker::PhantomData))
+    }
+}
+
 /// `Retry-After` in seconds (the HTTP-date form is rare on registries and is
 /// treated as absent).
 pub(crate) fn retry_after(value: Option<&str>) -> Option<Duration> {
@@ -193,6 +266,21 @@ mod tests {
         );
         assert_eq!(error_summary(b"404 page\n not found"), "404 page not found");
         assert_eq!(error_summary(&[b'x'; 300]).len(), 203);
+    }
+
+    #[test]
+    fn html_is_named_as_such() {
+        let m = not_json(
+            200,
+            "text/html",
+            b"<html>",
+            "expected value at line 1 column 1",
+        );
+        assert!(m.contains("answered HTML") && m.contains("200"), "{m}");
+        let m = not_json(200, "", b"  \n<!DOCTYPE html>", "x");
+        assert!(m.contains("answered HTML"), "{m}");
+        let m = not_json(200, "application/json", b"{\"tags\":1}", "invalid type");
+        assert!(!m.contains("HTML") && m.contains("invalid type"), "{m}");
     }
 
     #[test]
