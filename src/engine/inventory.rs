@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use futures_util::StreamExt;
 use tracing::Instrument;
 
+use super::budget::{ManifestBudget, RULE_MANIFEST_BUDGET};
 use super::referrer_plan::{SourceReferrer, TargetReferrers};
 use super::report::RunError;
 use super::{Engine, REVERIFY_AFTER_SECS};
@@ -140,10 +141,13 @@ impl Engine {
             vec![(source.location.clone(), targets)]
         };
         tracing::info!(repositories = pairs.len(), "inventory");
+        let budget = ManifestBudget::new(RULE_MANIFEST_BUDGET);
+        let budget = &budget;
         let repos = futures_util::stream::iter(pairs)
             .map(|(src, targets)| {
                 let span = tracing::info_span!("repo", source = %src);
-                self.inventory_repo(rule, src, targets).instrument(span)
+                self.inventory_repo(rule, src, targets, budget)
+                    .instrument(span)
             })
             .buffer_unordered(REPOS_IN_PARALLEL)
             .collect::<Vec<_>>()
@@ -164,6 +168,7 @@ impl Engine {
         rule: &Rule,
         src: Location,
         target_locs: Vec<Location>,
+        budget: &ManifestBudget,
     ) -> Result<RepoInventory, RunError> {
         let source = self
             .transports
@@ -214,7 +219,8 @@ impl Engine {
         if repo.targets.is_empty() {
             return Ok(repo);
         }
-        self.resolve_tags(rule, &mut repo, &selected, false).await;
+        self.resolve_tags(rule, &mut repo, &selected, false, budget)
+            .await;
         repo.considered = selected.clone();
         if rule.referrers {
             let subjects: HashSet<String> =
@@ -230,7 +236,7 @@ impl Engine {
                 .cloned()
                 .collect();
             repo.considered.extend(referrer_tags.iter().cloned());
-            self.resolve_tags(rule, &mut repo, &referrer_tags, true)
+            self.resolve_tags(rule, &mut repo, &referrer_tags, true, budget)
                 .await;
             self.inventory_referrers(rule, &mut repo).await;
         }
@@ -304,6 +310,7 @@ impl Engine {
         repo: &mut RepoInventory,
         tags: &[String],
         referrer: bool,
+        budget: &ManifestBudget,
     ) {
         let platforms: &[Platform] = if referrer { &[] } else { &rule.platforms };
         let hints: Vec<HashMap<String, TagState>> = repo
@@ -317,6 +324,7 @@ impl Engine {
             hints: &hints,
             platforms,
             now: self.now(),
+            budget,
         };
         let results = futures_util::stream::iter(tags.iter().cloned())
             .map(|tag| ctx.resolve(tag))
@@ -339,7 +347,8 @@ impl Engine {
         let order: HashMap<&String, usize> = tags.iter().enumerate().map(|(i, t)| (t, i)).collect();
         resolved.sort_by_key(|r| order.get(&r.tag).copied().unwrap_or(usize::MAX));
         for r in resolved {
-            self.fold_resolved(repo, r, referrer, platforms).await;
+            self.fold_resolved(repo, r, referrer, platforms, budget)
+                .await;
         }
     }
 
@@ -349,12 +358,20 @@ impl Engine {
         r: Resolved,
         referrer: bool,
         platforms: &[Platform],
+        budget: &ManifestBudget,
     ) {
         let differs = r.at_targets.iter().any(|d| d.as_ref() != Some(&r.digest));
         let mut manifest = r.manifest;
         if differs && manifest.is_none() {
             match resolve_source(&repo.source, &r.tag, true, platforms).await {
-                Ok(Some((d, Some(m)))) if d == r.digest => manifest = Some(m),
+                Ok(Some((d, Some(m)))) if d == r.digest => match budget.take(m.bytes.len()) {
+                    Ok(()) => manifest = Some(m),
+                    Err(e) => repo.errors.push(RunError::new(
+                        repo.source.location(),
+                        &format!("reading tag {}", r.tag),
+                        e,
+                    )),
+                },
                 Ok(_) => repo.errors.push(RunError::new(
                     repo.source.location(),
                     &format!("reading tag {}", r.tag),
@@ -426,6 +443,7 @@ struct ResolveCtx<'a> {
     hints: &'a [HashMap<String, TagState>],
     platforms: &'a [Platform],
     now: i64,
+    budget: &'a ManifestBudget,
 }
 
 impl ResolveCtx<'_> {
@@ -463,6 +481,11 @@ impl ResolveCtx<'_> {
         let Some((digest, manifest)) = source? else {
             return Ok(None);
         };
+        if let Some(m) = &manifest {
+            self.budget
+                .take(m.bytes.len())
+                .map_err(|e| (tag.clone(), e))?;
+        }
         let mut at_targets = at_targets.into_iter().collect::<Result<Vec<_>, _>>()?;
         let mut hinted = Vec::new();
         for (i, target) in self.targets.iter().enumerate() {

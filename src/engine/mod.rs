@@ -5,6 +5,7 @@
 //! inventory and the same plan, so `plan` says what `sync` will do. A
 //! failure on one image or repository is recorded and the rule goes on.
 
+mod budget;
 pub mod copy;
 mod execute;
 mod fresh;

@@ -194,3 +194,93 @@ fn a_pause_of_a_day_or_an_absurd_retry_after_fails_the_image_at_once() {
         );
     }
 }
+
+/// A source whose every tag has its own manifest of almost 4 MiB (the most
+/// one manifest may be): the inventory would hold them all at once.
+#[test]
+fn many_large_manifests_are_held_only_up_to_a_budget() {
+    // 128 x 4 MiB is twice the 256 MiB a rule's inventory may hold
+    const TAGS: usize = 128;
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let layer = b"one small layer".to_vec();
+    // one JSON head, then a different tag annotation and 4 MiB of padding
+    let head = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": sha256_digest(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": sha256_digest(&layer), "size": layer.len()}],
+    })
+    .to_string();
+    let pad = "p".repeat(4 * 1024 * 1024 - head.len() - 100);
+    let manifest_of = |i: usize| -> Vec<u8> {
+        let open = &head[..head.len() - 1];
+        format!(r#"{open},"annotations":{{"tag":"{i}","pad":"{pad}"}}}}"#).into_bytes()
+    };
+    let manifests: Vec<(String, Vec<u8>)> = (0..TAGS)
+        .map(|i| {
+            let m = manifest_of(i);
+            (sha256_digest(&m), m)
+        })
+        .collect();
+    let blobs = [config.clone(), layer.clone()];
+    let tags: Vec<String> = (0..TAGS).map(|i| format!("t{i}")).collect();
+    let hostile = HostileRegistry::start(None, move |s| {
+        let p = s.path();
+        if p == "/v2/" {
+            return Reply::Respond(Canned::new(200));
+        }
+        if p == "/v2/app/tags/list" {
+            let names: Vec<&str> = tags.iter().map(String::as_str).collect();
+            return tag_page("app", &names);
+        }
+        if let Some(i) = p
+            .strip_prefix("/v2/app/manifests/t")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            let Some((digest, m)) = manifests.get(i) else {
+                return Reply::Respond(Canned::new(404));
+            };
+            return Reply::Respond(
+                Canned::new(200)
+                    .header("Content-Type", OCI_MANIFEST)
+                    .header("Docker-Content-Digest", digest)
+                    .body(m.clone()),
+            );
+        }
+        for b in &blobs {
+            if p == format!("/v2/app/blobs/{}", sha256_digest(b)) {
+                return Reply::Respond(Canned::new(200).body(b.clone()));
+            }
+        }
+        Reply::Respond(Canned::new(404))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let (m, _d) = run_against(
+        &hostile,
+        "",
+        &format!("oci:{}", layout.display()),
+        &["sync"],
+    );
+    figures(
+        "128 manifests of 4 MiB",
+        &m,
+        hostile.records().len(),
+        &format!("{TAGS} tags"),
+    );
+    assert_eq!(m.code, Some(1), "the tags beyond the budget fail");
+    assert!(m.stdout.contains("add up to more than 256"), "{}", m.stdout);
+    assert!(
+        m.peak_rss_mib() < 330.0,
+        "peak {:.1} MiB: the inventory held every manifest",
+        m.peak_rss_mib()
+    );
+    // what fit was copied
+    let index = std::fs::read_to_string(layout.join("index.json")).unwrap();
+    assert!(
+        index.contains("\"t0\"") || index.contains("ref.name"),
+        "{index}"
+    );
+}
