@@ -9,4 +9,5 @@ mod common;
 mod listener;
 mod memory;
 mod names;
+mod realms;
 mod time;
