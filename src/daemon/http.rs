@@ -1,4 +1,5 @@
-//! `/metrics`, `/healthz`, `/readyz` on `daemon.listen`.
+//! `/metrics`, `/healthz`, `/readyz` on `daemon.listen` (served by
+//! `listener.rs`, which bounds time and connections).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,12 +33,7 @@ pub(crate) async fn serve_with(
         .route("/readyz", get(ready_handler))
         .with_state(Shared { metrics, ready })
         .merge(extra);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-    {
-        tracing::error!(error = %e, "metrics server failed");
-    }
+    super::listener::serve(listener, app, super::listener::Bounds::DEFAULT, stop).await;
 }
 
 async fn metrics_handler(State(s): State<Shared>) -> impl IntoResponse {

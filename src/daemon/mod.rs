@@ -6,6 +6,7 @@
 
 mod events;
 pub(crate) mod http;
+mod listener;
 pub(crate) mod schedule;
 mod scheduler;
 pub mod status;

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use url::Url;
 
 use crate::reference::DOCKER_HUB;
 use crate::secret::Secret;
@@ -239,6 +240,38 @@ fn split_challenges(value: &str) -> Vec<(String, Vec<(String, String)>)> {
     out
 }
 
+/// Why the token realm `realm` may not receive the credentials of the
+/// registry at `registry` (`None`: it may). Over HTTPS any realm may (Docker
+/// Hub's is `auth.docker.io`); over plain HTTP only the registry's own host
+/// when the registry itself is plain HTTP (`plain_http`), or a host the
+/// registry's `token_realms` lists (`host` or `host:port`, lowercase).
+pub(crate) fn realm_refusal(
+    registry: &Url,
+    realm: &Url,
+    token_realms: &[String],
+) -> Option<String> {
+    let host = realm.host_str().unwrap_or("");
+    let host_port = match realm.port_or_known_default() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    let listed = token_realms.iter().any(|h| *h == host || *h == host_port);
+    match realm.scheme() {
+        "https" => None,
+        "http" if listed => None,
+        "http" if registry.scheme() == "http" && registry.host_str() == Some(host) => None,
+        "http" => Some(format!(
+            "refused to send credentials to the token realm http://{host_port}{} over plain HTTP \
+             (they would travel in clear text); nothing was sent. If that token service is \
+             trusted, list it: token_realms = [\"{host_port}\"]",
+            realm.path()
+        )),
+        other => Some(format!(
+            "refused to send credentials to the token realm {host_port}: scheme {other:?} is not HTTPS"
+        )),
+    }
+}
+
 /// A set of token scopes (`repository:NAME:pull,push`, `registry:catalog:*`),
 /// kept sorted so equal sets share one cache entry.
 pub(crate) type Scopes = BTreeSet<String>;
@@ -399,6 +432,50 @@ mod tests {
         let bad = r#"{"auths":{"h":{"auth":"!!!"}}}"#;
         let err = from_docker_config_bytes(bad.as_bytes(), "h").unwrap_err();
         assert!(!err.contains("!!!"));
+    }
+
+    #[test]
+    fn credentials_go_to_a_realm_over_https_or_where_allowed() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        let tls = u("https://reg.example/");
+        let plain = u("http://reg.example:5000/");
+        let none: &[String] = &[];
+        // HTTPS: any host (Docker Hub's realm is on auth.docker.io)
+        assert_eq!(
+            realm_refusal(&tls, &u("https://auth.docker.io/token"), none),
+            None
+        );
+        // plain HTTP from an https registry: refused, even on its own host
+        let why = realm_refusal(&tls, &u("http://auth.example:8080/token?x=1"), none).unwrap();
+        assert!(why.contains("http://auth.example:8080/token"), "{why}");
+        assert!(
+            why.contains(r#"token_realms = ["auth.example:8080"]"#),
+            "{why}"
+        );
+        assert!(realm_refusal(&tls, &u("http://reg.example/token"), none).is_some());
+        // ... unless listed, by host or host:port
+        for allowed in ["auth.example", "auth.example:8080"] {
+            let list = [allowed.to_string()];
+            assert_eq!(
+                realm_refusal(&tls, &u("http://auth.example:8080/t"), &list),
+                None
+            );
+        }
+        assert!(
+            realm_refusal(
+                &tls,
+                &u("http://auth.example:8080/t"),
+                &["auth.example:9".into()]
+            )
+            .is_some()
+        );
+        // a plain_http registry's own host (any port) over HTTP; not another host
+        assert_eq!(
+            realm_refusal(&plain, &u("http://reg.example:5001/token"), none),
+            None
+        );
+        assert!(realm_refusal(&plain, &u("http://evil.example/token"), none).is_some());
+        assert!(realm_refusal(&tls, &u("ftp://reg.example/token"), none).is_some());
     }
 
     #[test]

@@ -93,6 +93,13 @@ impl Registry {
         let mut realm_url = Url::parse(realm)
             .map_err(|e| auth_err(format!("token realm {realm:?} is not a URL: {e}")))?;
         let creds = self.credentials().await?;
+        if !creds.is_anonymous() {
+            if let Some(why) = auth::realm_refusal(&self.base, &realm_url, &self.token_realms) {
+                tracing::warn!(registry = %self.host, realm = %realm_url.host_str().unwrap_or(""),
+                    "token realm refused: credentials not sent");
+                return Err(auth_err(format!("{why} in [registries.\"{}\"]", self.host)));
+            }
+        }
         let started = Instant::now();
         let request = match creds {
             Credentials::IdentityToken(refresh) => {

@@ -93,6 +93,8 @@ pub struct Registry {
     read_only: bool,
     explicit: Option<Credentials>,
     docker_config: Option<(PathBuf, bool)>,
+    /// Hosts that may receive the credentials as a token realm over plain HTTP.
+    token_realms: Vec<String>,
     credentials: tokio::sync::OnceCell<Credentials>,
     /// The scheme the registry asked for, learned from its first 401, so
     /// later requests authenticate up front without a probe.
@@ -240,6 +242,7 @@ impl Registry {
             read_only,
             explicit,
             docker_config,
+            token_realms: opts.token_realms.clone(),
             credentials: tokio::sync::OnceCell::new(),
             challenge: RwLock::new(None),
             probed: AtomicBool::new(false),

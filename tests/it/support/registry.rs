@@ -696,6 +696,14 @@ impl Registry {
             Some(t) => out += &format!("ca_file = {}\n", q(&t.ca_pem.display().to_string())),
             None => out += "plain_http = true\n",
         }
+        // The harness's token server speaks plain HTTP: a TLS registry must
+        // allow it by name to send it credentials.
+        if let (Some(_), Some(ts)) = (&self.tls, self.token_server()) {
+            let realm = url::Url::parse(&ts.realm()).expect("token realm URL");
+            let port = realm.port_or_known_default().expect("realm port");
+            let host = format!("{}:{port}", realm.host_str().expect("realm host"));
+            out += &format!("token_realms = [{}]\n", q(&host));
+        }
         if let Some((user, pass)) = self.credentials() {
             let pw = self.root.join("regkeeper-password");
             fs::write(&pw, pass).expect("write password file");

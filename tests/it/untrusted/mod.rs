@@ -11,4 +11,5 @@ mod holds;
 mod listener;
 mod memory;
 mod names;
+mod realms;
 mod time;
