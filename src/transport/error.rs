@@ -76,10 +76,10 @@ pub enum TransportError {
 
 impl TransportError {
     /// Whether trying again later in this run may succeed (reset, timeout,
-    /// stall, 5xx, 429).
+    /// stall, 5xx, 408, 429).
     pub fn is_transient(&self) -> bool {
         match self {
-            TransportError::Status { status, .. } => *status == 429 || *status >= 500,
+            TransportError::Status { status, .. } => matches!(*status, 408 | 429) || *status >= 500,
             TransportError::Connect { .. } => true,
             TransportError::Stream { transient, .. } => *transient,
             TransportError::Io { source, .. } => io_is_transient(source),

@@ -471,7 +471,7 @@ fn refused(s: StatusCode) -> bool {
 
 /// Whether a response says "try again later".
 fn transient_status(s: StatusCode) -> bool {
-    s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error()
+    s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT || s.is_server_error()
 }
 
 /// How fast error and token bodies must arrive; what came by the end of a
