@@ -65,14 +65,21 @@ pub enum TransportError {
     /// does not let this run finish; the next run continues.
     #[error("{registry}: rate-limit budget exhausted: {detail}; the next run continues")]
     Budget { registry: String, detail: String },
+    /// A transient failure retried where it happened until its attempts
+    /// were spent: permanent from here on, so no layer above tries again.
+    #[error("{last}; gave up after {attempts} attempts (the next run tries again)")]
+    GaveUp {
+        attempts: usize,
+        last: Box<TransportError>,
+    },
 }
 
 impl TransportError {
     /// Whether trying again later in this run may succeed (reset, timeout,
-    /// stall, 5xx, 429).
+    /// stall, 5xx, 408, 429).
     pub fn is_transient(&self) -> bool {
         match self {
-            TransportError::Status { status, .. } => *status == 429 || *status >= 500,
+            TransportError::Status { status, .. } => matches!(*status, 408 | 429) || *status >= 500,
             TransportError::Connect { .. } => true,
             TransportError::Stream { transient, .. } => *transient,
             TransportError::Io { source, .. } => io_is_transient(source),
@@ -142,6 +149,16 @@ mod tests {
         };
         assert!(e.is_transient());
         assert!(e.shared("src").is_transient());
+        let spent = TransportError::GaveUp {
+            attempts: 6,
+            last: Box::new(TransportError::Connect {
+                registry: "r".into(),
+                detail: "reset".into(),
+            }),
+        };
+        assert!(!spent.is_transient());
+        assert!(!spent.shared("src").is_transient());
+        assert!(spent.to_string().contains("gave up after 6 attempts"));
         let bad = stream_fault(false, "digest mismatch");
         assert!(!io_is_transient(&bad));
         assert!(!io_is_transient(&std::io::Error::other("disk full")));

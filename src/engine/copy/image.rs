@@ -190,10 +190,12 @@ impl Copier {
 
     /// The retry layer of blob uploads: a target whose upload failed
     /// transiently is tried again (its checkpoint, when the registry still
-    /// accepts the session, continues it; otherwise the blob restarts).
-    /// Source cuts never get here as transient: the source stream resumed
-    /// them itself, and its final failure is permanent. Returns per target
-    /// the bytes its successful attempt sent, or why it failed for good.
+    /// accepts the session, continues it; otherwise the blob restarts), at
+    /// most `retry::RETRIES + 1` attempts in all. Source failures never get
+    /// here as transient: the source's requests and its resuming stream
+    /// spent their own budget, and their final failure is permanent
+    /// (`GaveUp`), so attempts do not multiply. Returns per target the
+    /// bytes its successful attempt sent, or why it failed for good.
     async fn upload(
         &self,
         source: &Store,
@@ -203,11 +205,12 @@ impl Copier {
     ) -> Vec<(usize, Result<u64, String>)> {
         let mut pending = sinks;
         let mut outcomes: Vec<(usize, Result<u64, String>)> = Vec::new();
-        let mut delays = crate::transport::retry::delays();
+        let mut budget = crate::transport::retry::Budget::new();
         while !pending.is_empty() {
             let stores: Vec<&Store> = pending.iter().map(|(i, _)| &targets[*i]).collect();
             let results = self.transfer(source, blob, &stores).await;
-            let delay = delays.next();
+            let attempts = budget.attempts();
+            let delay = budget.next_delay();
             let mut retry = Vec::new();
             for ((i, guard), result) in pending.into_iter().zip(results) {
                 match result {
@@ -221,6 +224,13 @@ impl Copier {
                         tracing::warn!(digest = %blob.digest, target = %targets[i].location(), error = %e, "blob upload failed; retrying");
                         retry.push((i, guard));
                     }
+                    Err(e) if e.is_transient() => outcomes.push((
+                        i,
+                        Err(format!(
+                            "blob {}: {e}; gave up after {attempts} attempts (the next run tries again)",
+                            blob.digest
+                        )),
+                    )),
                     Err(e) => outcomes.push((i, Err(format!("blob {}: {e}", blob.digest)))),
                 }
             }

@@ -237,18 +237,23 @@ impl RemoteRepo {
     /// The blob's bytes from `offset` on (HTTP Range), for resuming a
     /// download. Returns the offset the stream actually starts at: 0 when the
     /// registry ignored the range and sends the whole blob.
+    /// One attempt budget covers the whole read: the first GET, its retries
+    /// and every GET that resumes a cut or slow body.
     pub async fn get_blob_from(&self, d: &Digest, offset: u64) -> Result<(ByteStream, u64)> {
-        let (resp, start) = self.open_blob(d, offset).await?;
-        let body = resume::Resuming::new(self.clone(), d.clone(), resp, start);
+        let mut budget = crate::transport::retry::Budget::new();
+        let (resp, start) = self.open_blob(d, offset, &mut budget).await?;
+        let body = resume::Resuming::new(self.clone(), d.clone(), resp, start, budget);
         Ok((body.into_stream(), start))
     }
 
-    /// One GET of the blob from `offset` (Range); the response and the offset
-    /// its body starts at (0 when the registry ignored the range).
+    /// One GET of the blob from `offset` (Range), within `budget`; the
+    /// response and the offset its body starts at (0 when the registry
+    /// ignored the range).
     pub(super) async fn open_blob(
         &self,
         d: &Digest,
         offset: u64,
+        budget: &mut crate::transport::retry::Budget,
     ) -> Result<(reqwest::Response, u64)> {
         let reg = &self.registry;
         let url = self.url(&format!("blobs/{d}"))?;
@@ -256,7 +261,7 @@ impl RemoteRepo {
         if offset > 0 {
             req = req.header(header::RANGE, &format!("bytes={offset}-"));
         }
-        let resp = reg.send(req).await?;
+        let resp = reg.send_within(req, budget).await?;
         let start = match resp.status() {
             StatusCode::NOT_FOUND => {
                 return Err(TransportError::NotFound {

@@ -134,13 +134,16 @@ impl Registry {
                 rb
             }
         };
-        let resp = request.send().await.map_err(|e| {
-            auth_err(format!(
-                "token server {} unreachable: {}",
-                realm_url.host_str().unwrap_or(realm),
-                error_chain(&e)
-            ))
-        })?;
+        let resp = tokio::time::timeout(self.head_deadline, request.send())
+            .await
+            .map_err(|_| auth_err("the token server sent no response head in time".into()))?
+            .map_err(|e| {
+                auth_err(format!(
+                    "token server {} unreachable: {}",
+                    realm_url.host_str().unwrap_or(realm),
+                    error_chain(&e)
+                ))
+            })?;
         let status = resp.status();
         tracing::debug!(registry = %self.host, realm = %realm_url.path(), status = status.as_u16(),
             ms = started.elapsed().as_millis() as u64, scopes = %scope_text, "token request");
@@ -175,7 +178,7 @@ impl Registry {
         let url = self.url("/v2/")?;
         // boxed: send() calls this function
         let resp = Box::pin(self.send(Req::new(Method::GET, url, Scopes::new()))).await?;
-        let _ = resp.bytes().await;
+        let _ = read_limited(resp, MAX_ERROR_BODY).await;
         self.probed.store(true, Ordering::Relaxed);
         Ok(())
     }

@@ -12,12 +12,20 @@
 //! Redirects are followed (blob GETs are commonly redirected to object
 //! storage). reqwest drops `Authorization` (and cookies) when a redirect goes
 //! to another host, port or scheme (`redirect::remove_sensitive_headers` in
-//! reqwest 0.13.5), so registry tokens never reach the storage host.
+//! reqwest 0.13.5), so registry tokens never reach the storage host; no
+//! `Referer` is sent either (reqwest's default would name the registry URL).
+//! A redirect loop, more than 10 redirects or a redirect to a scheme other
+//! than http(s) fails at once: the same request would meet the same answer.
+//!
+//! Time is bounded per request (`pace`): the response head within
+//! 2 x `read_timeout`, a body at `min_rate` or faster, silence at most
+//! `read_timeout`.
 
 mod api;
 mod auth;
 mod authz;
 mod limits;
+mod pace;
 mod pages;
 mod probe;
 mod push;
@@ -107,6 +115,10 @@ pub struct Registry {
     chunk_size: u64,
     /// Pages of one paginated list read at most (`max_pages`).
     max_pages: usize,
+    /// Bytes per second a response body must keep up (0 = off).
+    min_rate: u64,
+    /// How long a response head may take (`pace::head_deadline`).
+    head_deadline: Duration,
     stats: Mutex<RegistryStats>,
     observer: OnceLock<Observer>,
     /// Whether the referrers API answers here, and since when that is known.
@@ -196,7 +208,9 @@ impl Registry {
             .read_timeout(opts.read_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_keepalive(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::limited(10));
+            .redirect(reqwest::redirect::Policy::limited(10))
+            // the source URL is nobody else's business (object storage, a CDN)
+            .referer(false);
         if let Some(ca) = &opts.ca_file {
             let pem = std::fs::read(ca).map_err(|source| TransportError::Io {
                 path: ca.clone(),
@@ -255,6 +269,8 @@ impl Registry {
             ),
             chunk_size: opts.chunk_size,
             max_pages: opts.max_pages,
+            min_rate: opts.min_rate,
+            head_deadline: pace::head_deadline(opts.read_timeout),
             stats: Mutex::new(RegistryStats::default()),
             observer: OnceLock::new(),
             referrers_api: Mutex::new(None),

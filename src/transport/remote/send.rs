@@ -2,6 +2,7 @@
 //! concurrency and rate limits, retries, counting; and the errors made from
 //! failed requests and unexpected responses.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use url::Url;
 
 use super::auth::{self, Challenge, Scopes};
 use super::limits::OverBudget;
+use super::pace::RateFloor;
 use super::{MAX_ERROR_BODY, Registry, RequestEvent, error_chain, header_str, scope_covered, wire};
 use crate::oci::ByteStream;
 use crate::secret::Secret;
@@ -33,6 +35,9 @@ pub(super) struct Req {
     pub(super) body: ReqBody,
     /// Whether 5xx, 429 and connection errors may be retried.
     pub(super) idempotent: bool,
+    /// Notified once a streamed body has been handed over whole: the head
+    /// deadline starts then (an upload's head comes after its body).
+    body_sent: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Req {
@@ -48,6 +53,7 @@ impl Req {
             headers: HeaderMap::new(),
             body: ReqBody::Empty,
             idempotent,
+            body_sent: None,
         }
     }
     pub(super) fn header(mut self, name: header::HeaderName, value: &str) -> Self {
@@ -61,6 +67,20 @@ impl Req {
         self
     }
     pub(super) fn stream(mut self, s: ByteStream, len: u64) -> Self {
+        let done = Arc::new(tokio::sync::Notify::new());
+        if len == 0 {
+            done.notify_one();
+        }
+        let (d, mut sent) = (done.clone(), 0u64);
+        let s = s.inspect(move |item| {
+            if let Ok(b) = item {
+                sent += b.len() as u64;
+                if sent >= len && !b.is_empty() {
+                    d.notify_one();
+                }
+            }
+        });
+        self.body_sent = Some(done);
         self.body = ReqBody::Stream(Some(reqwest::Body::wrap_stream(s)), len);
         self.idempotent = false;
         self
@@ -104,8 +124,21 @@ impl Registry {
     /// idempotent request on any transient failure (5xx, 429, reset,
     /// timeout), any replayable request on a 429/503 refusal. A streamed
     /// body cannot be sent again; its caller retries (the copier).
-    /// Returns any other response; the caller judges it.
-    pub(super) async fn send(&self, mut req: Req) -> Result<reqwest::Response> {
+    /// Returns any other response; the caller judges it. When the attempts
+    /// are spent on a failure that would be retried, the error is
+    /// [`TransportError::GaveUp`]: permanent, so no layer above retries it.
+    pub(super) async fn send(&self, req: Req) -> Result<reqwest::Response> {
+        self.send_within(req, &mut retry::Budget::new()).await
+    }
+
+    /// [`Registry::send`] within an attempt budget shared with the caller
+    /// (a blob read: its first GET, the retries of that GET and the GETs
+    /// that resume its body all count against one budget).
+    pub(super) async fn send_within(
+        &self,
+        mut req: Req,
+        budget: &mut retry::Budget,
+    ) -> Result<reqwest::Response> {
         if self.read_only && !matches!(req.method, Method::GET | Method::HEAD) {
             return Err(TransportError::ReadOnly {
                 registry: self.host.clone(),
@@ -116,7 +149,6 @@ impl Registry {
         if !req.replayable() {
             self.ensure_challenge().await?;
         }
-        let mut delays = retry::delays();
         loop {
             let outcome = self.attempt(&mut req).await;
             let retry = req.replayable()
@@ -130,8 +162,17 @@ impl Registry {
             if !retry {
                 return outcome;
             }
-            let Some(delay) = delays.next() else {
-                return outcome;
+            let Some(delay) = budget.next_delay() else {
+                let last = match outcome {
+                    Ok(resp) => self.status_error(&req.method, &req.url, resp).await,
+                    Err(e) => e,
+                };
+                tracing::warn!(registry = %self.host, method = %req.method, path = %wire::display_path(&req.url),
+                    attempts = budget.attempts(), error = %last, "giving up");
+                return Err(TransportError::GaveUp {
+                    attempts: budget.attempts(),
+                    last: Box::new(last),
+                });
             };
             let why = match &outcome {
                 Ok(r) => r.status().as_u16().to_string(),
@@ -199,7 +240,30 @@ impl Registry {
             .await
             .map_err(|o| self.over_budget(&o))?;
         let started = Instant::now();
-        let result = rb.send().await;
+        let head_deadline = async {
+            if let Some(sent) = &req.body_sent {
+                sent.notified().await;
+            }
+            tokio::time::sleep(self.head_deadline).await;
+        };
+        let result = tokio::select! {
+            r = rb.send() => r,
+            () = head_deadline => {
+                drop(permit);
+                self.record(&req.method, None, started.elapsed());
+                let err = TransportError::Connect {
+                    registry: self.host.clone(),
+                    detail: format!(
+                        "{} {}: no complete response head within {} s (2 x read_timeout)",
+                        req.method,
+                        req.url.path(),
+                        self.head_deadline.as_secs_f64()
+                    ),
+                };
+                tracing::debug!(registry = %self.host, method = %req.method, path = %wire::display_path(&req.url), "request failed: {err}");
+                return Err(err);
+            }
+        };
         // Held until the response head (an upload's body has been sent by
         // then), not while a downloaded body streams: a copy between two
         // repositories of one registry holds a GET body open while its
@@ -286,6 +350,7 @@ impl Registry {
         e: reqwest::Error,
     ) -> TransportError {
         let timeout = e.is_timeout();
+        let refused_redirect = redirect_refusal(&e);
         // the path is named below; the full URL may carry long upload state
         let e = e.without_url();
         let chain = error_chain(&e);
@@ -316,6 +381,13 @@ impl Registry {
             String::new()
         };
         let registry = self.host.clone();
+        if let Some(why) = refused_redirect {
+            // the same request meets the same redirect: not worth a retry
+            return TransportError::Protocol {
+                location: format!("{registry}{}", url.path()),
+                detail: format!("{method}: {why}: {chain}"),
+            };
+        }
         let detail = format!("{method} {}: {chain}{hint}", url.path());
         if tls {
             // the same handshake fails the same way: not worth a retry
@@ -370,9 +442,18 @@ impl Registry {
         if resp.content_length().is_some_and(|l| l > limit as u64) {
             return Err(self.protocol(url, format!("response larger than {limit} bytes")));
         }
+        let mut floor = RateFloor::new(self.min_rate, resp.content_length());
         let mut out = bytes::BytesMut::new();
         let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
+        loop {
+            let item = floor
+                .next(&mut stream)
+                .await
+                .map_err(|slow| TransportError::Connect {
+                    registry: self.host.clone(),
+                    detail: format!("{method} {}: {slow}", url.path()),
+                })?;
+            let Some(chunk) = item else { break };
             let chunk = chunk.map_err(|e| self.connect_error(method, url, e))?;
             if out.len() + chunk.len() > limit {
                 return Err(self.protocol(url, format!("response larger than {limit} bytes")));
@@ -390,16 +471,24 @@ fn refused(s: StatusCode) -> bool {
 
 /// Whether a response says "try again later".
 fn transient_status(s: StatusCode) -> bool {
-    s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error()
+    s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT || s.is_server_error()
 }
 
+/// How fast error and token bodies must arrive; what came by the end of a
+/// window that missed it is all that is read.
+const SMALL_BODY_RATE: u64 = 10 * 1024;
+
+/// Up to `limit` bytes of a body (error messages, tokens), at
+/// `SMALL_BODY_RATE` or faster: a trickled answer is cut short.
 pub(super) async fn read_limited(
     resp: reqwest::Response,
     limit: usize,
 ) -> Result<Bytes, reqwest::Error> {
+    let len = resp.content_length().map(|l| l.min(limit as u64));
+    let mut floor = RateFloor::new(SMALL_BODY_RATE, len);
     let mut out = bytes::BytesMut::new();
     let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
+    while let Ok(Some(chunk)) = floor.next(&mut stream).await {
         let chunk = chunk?;
         let room = limit.saturating_sub(out.len());
         out.extend_from_slice(&chunk[..chunk.len().min(room)]);
@@ -408,4 +497,25 @@ pub(super) async fn read_limited(
         }
     }
     Ok(out.freeze())
+}
+
+/// Why a request failed in a way that no retry changes: a redirect loop or
+/// too many redirects, or a redirect reqwest cannot follow (a scheme other
+/// than http and https, a `Location` that is not a URL).
+fn redirect_refusal(e: &reqwest::Error) -> Option<&'static str> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(x) = cur {
+        if let Some(r) = x.downcast_ref::<reqwest::Error>() {
+            if r.is_redirect() {
+                return Some("redirected in a loop or more than 10 times");
+            }
+            if r.is_builder() {
+                return Some(
+                    "redirected to a URL that cannot be followed (only http and https are)",
+                );
+            }
+        }
+        cur = x.source();
+    }
+    None
 }
