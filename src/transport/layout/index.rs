@@ -13,6 +13,11 @@ use super::atomic::{io_err, is_absent, write_atomic};
 use super::{LayoutRepo, OCI_LAYOUT_CONTENT, OCI_LAYOUT_FILE};
 use crate::oci::{Digest, OCI_INDEX};
 
+/// The largest `index.json` read: a layout written by another tool is input
+/// too, and this is far above a real one (100,000 tags of ~300 bytes each are
+/// 30 MB).
+const MAX_INDEX_JSON: u64 = 64 * 1024 * 1024;
+
 /// The annotation that names a tag in `index.json`.
 pub(super) const REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub(super) const INDEX_FILE: &str = "index.json";
@@ -127,11 +132,26 @@ impl LayoutRepo {
     /// fields and entries this code does not know about.
     async fn read_index(&self) -> Result<Option<Map<String, Value>>> {
         let path = self.index_path();
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(b) => b,
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
             Err(e) if is_absent(&e) => return Ok(None),
             Err(e) => return Err(io_err(&path)(e)),
         };
+        // read at most one byte past the cap, whatever the file claims
+        let mut bytes = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(
+            &mut tokio::io::AsyncReadExt::take(file, MAX_INDEX_JSON + 1),
+            &mut bytes,
+        )
+        .await
+        .map_err(io_err(&path))?;
+        if bytes.len() as u64 > MAX_INDEX_JSON {
+            return Err(self.protocol(format!(
+                "{}: larger than {} MiB; not an index.json this tool reads",
+                path.display(),
+                MAX_INDEX_JSON / (1024 * 1024)
+            )));
+        }
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(map)) => Ok(Some(map)),
             Ok(_) => Err(self.protocol(format!("{}: not a JSON object", path.display()))),

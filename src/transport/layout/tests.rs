@@ -267,6 +267,18 @@ async fn missing_layout_is_empty() {
 }
 
 #[tokio::test]
+async fn an_oversized_index_json_is_refused_without_reading_it_all() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("oci-layout"), OCI_LAYOUT_CONTENT).unwrap();
+    // a sparse file of 1 GiB: reading it whole would take 1 GiB of memory
+    let f = std::fs::File::create(tmp.path().join("index.json")).unwrap();
+    f.set_len(1 << 30).unwrap();
+    let repo = LayoutRepo::new(tmp.path(), false);
+    let e = repo.list_tags().await.unwrap_err().to_string();
+    assert!(e.contains("larger than 64 MiB"), "{e}");
+}
+
+#[tokio::test]
 async fn corrupt_manifest_is_an_integrity_error() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = LayoutRepo::new(tmp.path(), false);
