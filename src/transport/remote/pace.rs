@@ -8,6 +8,12 @@
 //! than 2 s. A window that ends before its quota arrived abandons the body
 //! like a stall (transient: a blob body resumes with Range within the same
 //! attempt budget).
+//!
+//! Only the time spent waiting for the body counts: while the consumer does
+//! not ask for more (a target that is slow or paused by its own rate limit
+//! holds the source body back), the window's clock stands still. So
+//! back-pressure from the other side never fails a healthy source. Once every
+//! expected byte arrived, only `read_timeout` applies to the end of the body.
 
 use std::time::Duration;
 
@@ -32,7 +38,9 @@ pub(super) struct RateFloor {
     /// Bytes still expected (`Content-Length` minus what arrived), if known.
     remaining: Option<u64>,
     window: Duration,
-    window_end: Instant,
+    /// Time spent waiting for the body in this window (not the time the
+    /// consumer took between asks).
+    waited: Duration,
     /// Bytes this window must deliver.
     quota: u64,
     got: u64,
@@ -67,7 +75,7 @@ impl RateFloor {
             min_rate,
             remaining: len,
             window: MAX_WINDOW,
-            window_end: Instant::now(),
+            waited: Duration::ZERO,
             quota: 0,
             got: 0,
         };
@@ -85,7 +93,7 @@ impl RateFloor {
             _ => (MAX_WINDOW, full),
         };
         self.window = window;
-        self.window_end = Instant::now() + window;
+        self.waited = Duration::ZERO;
         self.quota = quota;
         self.got = 0;
     }
@@ -119,17 +127,23 @@ impl RateFloor {
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
     {
-        if self.min_rate == 0 {
+        if self.min_rate == 0 || self.remaining == Some(0) {
             return Ok(body.next().await);
         }
+        let started = Instant::now();
+        let left = self.window.saturating_sub(self.waited);
         tokio::select! {
             item = body.next() => {
+                self.waited += started.elapsed();
                 if let Some(Ok(b)) = &item {
                     self.delivered(b.len() as u64);
                 }
                 Ok(item)
             }
-            _ = tokio::time::sleep_until(self.window_end) => Err(self.too_slow()),
+            _ = tokio::time::sleep(left) => {
+                self.waited = self.window;
+                Err(self.too_slow())
+            }
         }
     }
 }
@@ -189,5 +203,22 @@ mod tests {
         for _ in 0..5 {
             assert!(off.next(&mut body).await.is_ok());
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_the_consumer_takes_between_asks_does_not_count() {
+        // a healthy body (each piece at once) read by a consumer that
+        // pauses 10 s between pieces (a target that throttles)
+        let mut body = Box::pin(futures_util::stream::iter(
+            (0..5).map(|_| Ok::<_, std::io::Error>(Bytes::from_static(b"xxxx"))),
+        ));
+        let mut f = RateFloor::new(10 * 1024, Some(20));
+        for _ in 0..5 {
+            assert!(f.next(&mut body).await.is_ok());
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        // every byte arrived: the end of the body waits as long as it takes
+        assert_eq!(f.remaining, Some(0));
+        assert!(matches!(f.next(&mut body).await, Ok(None)));
     }
 }
