@@ -552,7 +552,10 @@ fn record_arrivals(read: &mut RuleRead, report: &RuleReport, facts: &CopyFacts, 
             .map(|i| (i.tag.clone(), i.digest.clone()))
             .collect();
         if !arrived.is_empty() {
-            r.input = runplan::project(&r.input, &arrived, facts, now);
+            let after = runplan::project(&r.input, &arrived, facts, now);
+            r.updates
+                .extend(runplan::untagged_changes(&r.input, &after));
+            r.input = after;
         }
     }
 }

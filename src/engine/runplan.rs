@@ -14,7 +14,7 @@ use crate::oci::Digest;
 use crate::plan::{SourceTag, TagPlan, TargetAction, TargetTags, Write, plan_tags};
 use crate::reference::Location;
 use crate::retention::{
-    Listing, ManifestInfo, RepoInput, RepoPlan, Unix, apply_cap, plan_retention,
+    Listing, ManifestInfo, RepoInput, RepoPlan, StateUpdate, Unix, apply_cap, plan_retention,
 };
 
 /// What the source says about the digests a copy would bring to a target:
@@ -198,8 +198,13 @@ pub(crate) fn project(
     let Listing::Complete(tags) = &mut p.listing else {
         return p; // nothing is deleted from an incomplete listing anyway
     };
+    let mut displaced = Vec::new();
     for (tag, digest) in arriving {
-        tags.insert(tag.clone(), digest.clone());
+        if let Some(before) = tags.insert(tag.clone(), digest.clone()) {
+            if before != *digest {
+                displaced.push(before);
+            }
+        }
         // Without the manifest, the planner refuses: safe.
         if let Some(info) = facts.manifests.get(digest) {
             p.manifests.insert(digest.clone(), info.clone());
@@ -211,7 +216,42 @@ pub(crate) fn project(
         p.first_seen.entry(tag.clone()).or_insert(now);
         p.untagged_since.remove(digest);
     }
+    // A manifest whose last tag a copy re-points is untagged from now on:
+    // tracked like one found untagged, so `untagged_older_than` expires it.
+    let tagged: HashSet<&Digest> = tags.values().collect();
+    for before in displaced {
+        if !tagged.contains(&before) && p.manifests.contains_key(&before) {
+            p.untagged_since.entry(before).or_insert(now);
+        }
+    }
     p
+}
+
+/// What the state should learn when `before` (retention's reading) became
+/// `after` (its projection with the copies made): manifests that lost their
+/// last tag to a copy, and tracked ones a copy tagged again.
+pub(crate) fn untagged_changes(before: &RepoInput, after: &RepoInput) -> Vec<StateUpdate> {
+    let mut lost: Vec<(&Digest, Unix)> = after
+        .untagged_since
+        .iter()
+        .filter(|(d, _)| !before.untagged_since.contains_key(*d))
+        .map(|(d, &since)| (d, since))
+        .collect();
+    lost.sort();
+    let mut found: Vec<&Digest> = before
+        .untagged_since
+        .keys()
+        .filter(|d| !after.untagged_since.contains_key(*d))
+        .collect();
+    found.sort();
+    let lost = lost.into_iter().map(|(d, since)| StateUpdate::Untagged {
+        digest: d.clone(),
+        since,
+    });
+    let found = found
+        .into_iter()
+        .map(|d| StateUpdate::Forget { digest: d.clone() });
+    lost.chain(found).collect()
 }
 
 #[cfg(test)]

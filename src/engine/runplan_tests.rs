@@ -339,6 +339,51 @@ fn projection_puts_copies_in_place() {
 }
 
 #[test]
+fn a_copy_that_moves_the_last_tag_of_a_digest_leaves_it_untagged_from_now() {
+    // 1.0.0 moves from 1 to 2; 3 keeps a tag (latest) while 2.0.0 moves
+    // off it; 4 was tracked as untagged and a copy tags it again.
+    let mut input = read("app", &[("1.0.0", 1), ("2.0.0", 3), ("latest", 3)]);
+    input.manifests.insert(d(4), image());
+    input.untagged_since.insert(d(4), NOW - 50);
+    let arriving = [
+        ("1.0.0".into(), d(2)),
+        ("2.0.0".into(), d(5)),
+        ("3.0.0".into(), d(4)),
+    ];
+    let p = project(&input, &arriving, &facts(), NOW);
+    assert_eq!(p.untagged_since, HashMap::from([(d(1), NOW)]));
+    assert_eq!(
+        untagged_changes(&input, &p),
+        vec![
+            StateUpdate::Untagged {
+                digest: d(1),
+                since: NOW
+            },
+            StateUpdate::Forget { digest: d(4) },
+        ]
+    );
+    // Recorded now, so not expired in this run even at a zero window; a
+    // later run past the window deletes it.
+    let mut policy = keep_last(10);
+    policy.untagged_older_than = Some(std::time::Duration::from_secs(0));
+    assert!(plan_retention(&policy, &p, NOW).deletions.is_empty());
+    policy.untagged_older_than = Some(std::time::Duration::from_secs(60));
+    let later = plan_retention(&policy, &p, NOW + 61);
+    let gone: Vec<&Digest> = later.deletions.iter().map(|x| &x.digest).collect();
+    assert_eq!(gone, vec![&d(1)]);
+}
+
+#[test]
+fn an_unchanged_or_incomplete_reading_learns_nothing() {
+    let input = read("app", &[("1.0.0", 1)]);
+    let same = project(&input, &[("1.0.0".into(), d(1))], &facts(), NOW);
+    assert!(untagged_changes(&input, &same).is_empty());
+    let broken = RepoInput::incomplete("app", "unreadable");
+    let p = project(&broken, &[("1.0.0".into(), d(2))], &facts(), NOW);
+    assert!(untagged_changes(&broken, &p).is_empty());
+}
+
+#[test]
 fn referrers_by_digest_are_planned_after_tags_and_never_count_as_tags_for_retention() {
     // keep_last 1 over every tag: a referrer by digest is no tag, so
     // retention neither drops its copy nor sees it arrive.

@@ -16,7 +16,7 @@ mod referrers;
 pub(crate) mod state;
 
 pub use execute::{DeletionStatus, Pruner, RetentionReport};
-pub(crate) use read::{RepoJob, RepoRead, RuleRead};
+pub(crate) use read::{RepoJob, RepoRead, RuleRead, StateUpdate};
 pub(crate) use state::{JournalEntry, JournalId, JournalRecord, SeenTag, StateError};
 pub use state::{JournalStatus, RetentionState};
 
