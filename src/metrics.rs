@@ -338,7 +338,10 @@ impl Metrics {
     }
 
     /// Accounts a finished run that started at `started` (unix seconds).
-    pub fn run_finished(&self, report: &RuleReport, started: f64, pending: i64) {
+    /// Only a run of the `whole` rule sets what speaks for every repository
+    /// (tags selected, last success, the lag basis): an event pass over one
+    /// repository says nothing of the others.
+    pub fn run_finished(&self, report: &RuleReport, started: f64, pending: i64, whole: bool) {
         let rule = report.rule.as_str();
         self.runs
             .with_label_values(&[rule, report.result.as_str()])
@@ -365,10 +368,13 @@ impl Metrics {
             .with_label_values(&[rule])
             .inc_by(report.referrers_copied as u64);
         self.tags_pending.with_label_values(&[rule]).set(pending);
+        self.retention_deleted(rule, report.retention_deleted as u64);
+        if !whole {
+            return;
+        }
         self.tags_selected
             .with_label_values(&[rule])
             .set(report.tags_selected as i64);
-        self.retention_deleted(rule, report.retention_deleted as u64);
         if report.result == crate::engine::RunResult::Success {
             self.last_success.with_label_values(&[rule]).set(started);
             self.lag_basis
@@ -462,5 +468,30 @@ mod tests {
         assert!(text.contains("regkeeper_shard_info{shard=\"1\",shards=\"3\"} 1"));
         m.remove_rule("r");
         assert!(!m.render().unwrap().contains("rule=\"r\""));
+    }
+
+    #[test]
+    fn only_a_whole_run_puts_the_rule_in_step() {
+        let m = Metrics::new().unwrap();
+        let basis = now() - 600.0;
+        m.init_rule("r", basis, None, None, 0);
+        let mut pass = RuleReport::new("r", false);
+        pass.tags_selected = 1;
+        // A successful event pass over one repository: counted, but the
+        // rule's lag still counts from the basis.
+        m.run_finished(&pass, now(), 0, false);
+        assert!(m.lag_seconds("r").unwrap() >= 600.0);
+        let text = m.render().unwrap();
+        assert!(text.contains("regkeeper_rule_runs_total{result=\"success\",rule=\"r\"} 1"));
+        assert!(!text.contains("regkeeper_rule_last_success_timestamp_seconds{rule=\"r\"}"));
+        assert!(!text.contains("regkeeper_rule_tags_selected{rule=\"r\"} 1"));
+        // A whole run resets it.
+        m.run_finished(&pass, now(), 0, true);
+        assert!(m.lag_seconds("r").unwrap() < 60.0);
+        assert!(
+            m.render()
+                .unwrap()
+                .contains("regkeeper_rule_tags_selected{rule=\"r\"} 1")
+        );
     }
 }

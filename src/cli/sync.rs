@@ -38,7 +38,14 @@ pub(crate) async fn run(g: &Globals, names: &[String], json: bool) -> Result<u8,
     // tracker (a blob one rule copies, another mounts) and its transfer
     // limit; reports stay in config order.
     let reports = in_order_at_once(&rules, RULES_AT_ONCE, |rule| {
-        regkeeper::daemon::run_rule(&engine, Some(&state), None, rule, pruner.as_ref())
+        regkeeper::daemon::run_rule(
+            &engine,
+            Some(&state),
+            None,
+            rule,
+            pruner.as_ref(),
+            regkeeper::daemon::Scope::Whole,
+        )
     })
     .await;
     if let Some(b) = bar {

@@ -64,24 +64,42 @@ pub fn transports(config: &Config, read_only: bool) -> Arc<Transports> {
 /// modules import.
 pub(crate) use crate::clock::now_unix_f64 as unix_now;
 
+/// How much of a rule one run stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The whole rule (schedule, trigger, `sync`): copies and deletions, and
+    /// a success puts the rule in step (last success, lag).
+    Whole,
+    /// An event pass (one repository, or every repository without
+    /// deletions): the full plan's copies, no deletion, and never the
+    /// rule's last success or lag, which only a whole run can vouch for.
+    Narrowed,
+}
+
 /// Runs one rule and records the run in the state and the metrics (either
-/// may be absent). State trouble is logged, never fatal to the run.
+/// may be absent). State trouble is logged, never fatal to the run. A
+/// narrowed run counts in `regkeeper_rule_runs_total` and the transfer
+/// counters, and its tags are recorded, but it is no run of the rule: no row
+/// in the run history (where last success and lag come from after a
+/// restart) and no last-run, last-success or lag update.
 pub async fn run_rule(
     engine: &Engine,
     state: Option<&State>,
     metrics: Option<&Metrics>,
     rule: &Rule,
     pruner: Option<&crate::retention::Pruner>,
+    scope: Scope,
 ) -> RuleReport {
     let started = unix_now();
-    let id = state.and_then(|s| {
+    let whole = scope == Scope::Whole;
+    let id = state.filter(|_| whole).and_then(|s| {
         s.run_started(&rule.name, started as i64)
             .map_err(
                 |e| tracing::warn!(rule = %rule.name, error = %e, "cannot record the run start"),
             )
             .ok()
     });
-    if let Some(m) = metrics {
+    if let Some(m) = metrics.filter(|_| whole) {
         m.run_started(&rule.name, started);
     }
     let report = engine.run_rule(rule, pruner).await;
@@ -116,6 +134,8 @@ pub async fn run_rule(
         if let Err(e) = s.run_finished(id, &rec) {
             tracing::warn!(rule = %rule.name, error = %e, "cannot record the run result");
         }
+    }
+    if let Some(s) = state {
         // Tags of a target that could not be read are pending too: the
         // state has no row for them.
         match s.tags_pending(&rule.name) {
@@ -124,7 +144,7 @@ pub async fn run_rule(
         }
     }
     if let Some(m) = metrics {
-        m.run_finished(&report, started, pending);
+        m.run_finished(&report, started, pending, whole);
     }
     report
 }

@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
-    DaemonError, SHUTDOWN_GRACE, init_registries, log_warnings, notify, restore_rule_metrics,
-    restrict_to_shard, run_rule, schedule, shard_of, transports, unix_now,
+    DaemonError, SHUTDOWN_GRACE, Scope, init_registries, log_warnings, notify,
+    restore_rule_metrics, restrict_to_shard, run_rule, schedule, shard_of, transports, unix_now,
 };
 use crate::config::{self, Config, Rule};
 use crate::engine::Engine;
@@ -295,6 +295,7 @@ impl Scheduler {
                         state: self.state.clone(),
                         metrics: self.metrics.clone(),
                         shard: shard_of(&self.generation.config),
+                        scope: Scope::Whole,
                     };
                     let span = tracing::info_span!("run", rule = %run.rule.name);
                     spawn_run(&mut self.tasks, run, guard, span);
@@ -429,10 +430,15 @@ pub(crate) struct RunContext {
     pub(crate) rule: Arc<Rule>,
     pub(crate) state: State,
     pub(crate) metrics: Arc<Metrics>,
+    /// The repositories retention reads (a `/*` target's catalog is
+    /// filtered by it).
     pub(crate) shard: crate::shard::Shard,
+    /// A narrowed run (an event pass) plans with retention like any run
+    /// but deletes nothing and does not speak for the whole rule.
+    pub(crate) scope: Scope,
 }
 
-/// Runs `run.rule` (sync, then retention when the rule has one) inside
+/// Runs `run.rule` (its copies and retention planned together) inside
 /// `span`, holding `guard` until it ends. Scheduled fires and event passes
 /// both start their runs here.
 pub(crate) fn spawn_run(
@@ -453,19 +459,25 @@ pub(crate) fn spawn_run(
             state,
             metrics,
             shard,
+            scope,
         } = run;
         handle.block_on(
             async move {
-                // Retention runs after the sync step, on the same
-                // transports, its journal in the state database.
+                // Every pass plans with the rule's retention (the same
+                // transports, its journal in the state database); only a
+                // whole run sends the deletions.
                 let pruner = rule.retention.as_ref().map(|_| {
-                    crate::retention::Pruner::for_run(
+                    let p = crate::retention::Pruner::for_run(
                         engine.transports(),
                         Some(&state),
                         false,
                         unix_now() as i64,
                     )
-                    .with_shard(shard)
+                    .with_shard(shard);
+                    match scope {
+                        Scope::Whole => p,
+                        Scope::Narrowed => p.without_deletions(),
+                    }
                 });
                 run_rule(
                     &engine,
@@ -473,6 +485,7 @@ pub(crate) fn spawn_run(
                     Some(&metrics),
                     &rule,
                     pruner.as_ref(),
+                    scope,
                 )
                 .await;
             }

@@ -22,7 +22,7 @@ use crate::transport::{Store, TransportError, Transports};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum DeletionStatus {
-    /// Dry run, or refused: not sent.
+    /// Dry run, refused, or a pass that leaves deletions out: not sent.
     Planned,
     Deleted,
     Failed {
@@ -91,6 +91,9 @@ pub struct Pruner {
     pub(super) transports: Arc<Transports>,
     pub(super) state: Arc<dyn RetentionState>,
     dry_run: bool,
+    /// `false`: the plan's deletions are reported, never sent (an event
+    /// pass); state updates are still written in a real run.
+    deletes: bool,
     /// The clock the policy is evaluated at (`--now` in tests).
     pub(super) now: Unix,
     /// This instance's share of the repositories of `/*` targets.
@@ -110,9 +113,17 @@ impl Pruner {
             transports,
             state,
             dry_run,
+            deletes: true,
             now,
             shard: crate::shard::Shard::WHOLE,
         }
+    }
+
+    /// Plans as ever but sends no deletion (an event pass: the same plan,
+    /// so nothing retention would delete is copied, and nothing deleted).
+    pub fn without_deletions(mut self) -> Self {
+        self.deletes = false;
+        self
     }
 
     /// Prunes only repositories this shard owns, so that no two instances
@@ -250,7 +261,13 @@ impl Pruner {
             tracing::warn!(reason = %why, planned = plan.deletions.len(), "deleting nothing");
             report.refused = true;
         }
-        let send = !self.dry_run && plan.refused.is_none();
+        let send = !self.dry_run && self.deletes && plan.refused.is_none();
+        if !self.deletes && !plan.deletions.is_empty() {
+            tracing::info!(
+                planned = plan.deletions.len(),
+                "this pass deletes nothing; the rule's next full run does"
+            );
+        }
         let store = match self.transports.open(&job.location) {
             Ok(s) => Some(s),
             Err(e) => {

@@ -21,7 +21,8 @@ pub(crate) struct Launch<'a> {
     pub engine: &'a Arc<Engine>,
     pub state: &'a State,
     pub metrics: &'a Arc<Metrics>,
-    /// Normal runs prune only this shard's repositories, like scheduled ones.
+    /// Passes over every repository read (and normal runs prune) only this
+    /// shard's repositories, like scheduled runs.
     pub shard: crate::shard::Shard,
 }
 
@@ -52,14 +53,21 @@ impl Hub {
             };
             let span = tracing::info_span!("event_pass", rule = %rule.name, ?pass, repository);
             tracing::info!(parent: &span, "event pass starting");
-            // Only a normal run prunes: `restrict` cleared the retention of
-            // every other pass, so spawn_run builds no pruner for it.
+            // Every pass plans with the rule's retention (nothing it would
+            // delete is copied); only a normal run deletes (`Pass::scope`).
+            // A repository pass reads one repository this shard owns (the
+            // hub took its event only then): no shard filter on it.
+            let shard = match &pass {
+                Pass::Repo(_) => crate::shard::Shard::WHOLE,
+                _ => launch.shard,
+            };
             let run = RunContext {
                 engine: launch.engine.clone(),
                 rule: Arc::new(narrowed),
                 state: launch.state.clone(),
                 metrics: launch.metrics.clone(),
-                shard: launch.shard,
+                shard,
+                scope: pass.scope(),
             };
             spawn_run(launch.tasks, run, guard, span);
         }

@@ -2,19 +2,32 @@
 //! that one repository. Pure.
 
 use crate::config::Rule;
+use crate::daemon::Scope;
 use crate::reference::{Location, RepoSpec, api_host, valid_repo_path};
 
 /// What one pass of a rule covers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Pass {
     /// One repository: its path under the rule's `/*` prefix (`""` for a
-    /// rule on one repository). Never deletes (no retention).
+    /// rule on one repository). Plans with the rule's retention, deletes
+    /// nothing.
     Repo(String),
-    /// Every repository of the rule, without retention (what pending
+    /// Every repository of the rule, deleting nothing (what pending
     /// repository passes collapse into when too many are waiting).
     AllRepos,
-    /// A normal run, as the schedule would start it (with retention).
+    /// A normal run, as the schedule would start it (with deletions).
     Normal,
+}
+
+impl Pass {
+    /// How much of the rule the pass stands for: only a normal run deletes
+    /// and puts the whole rule in step (its lag).
+    pub(crate) fn scope(&self) -> Scope {
+        match self {
+            Pass::Normal => Scope::Whole,
+            Pass::Repo(_) | Pass::AllRepos => Scope::Narrowed,
+        }
+    }
 }
 
 /// The rule's source repository, split into host and path, when it is a
@@ -79,13 +92,14 @@ pub(crate) fn matching(
 }
 
 /// The rule as one pass runs it: for a repository, the source and every
-/// target narrowed to it (the same pairs, and so the same state keys, as a
-/// full run of a `/*` rule produces); retention only in a normal run.
+/// target narrowed to it (the same pairs, and so the same state keys and
+/// journal, as a full run of a `/*` rule produces). Retention stays: the
+/// pass plans as the full rule does for that repository (never copying what
+/// it would delete); that it sends no deletion is its `scope`'s business.
 pub(crate) fn restrict(rule: &Rule, pass: &Pass) -> Rule {
     let mut r = rule.clone();
     match pass {
-        Pass::Normal => return r,
-        Pass::AllRepos => {}
+        Pass::Normal | Pass::AllRepos => {}
         Pass::Repo(rel) => {
             // `rel` passed `covered` (a valid repository path); should it
             // not join, the pass covers the whole prefix, as a full run does.
@@ -102,7 +116,6 @@ pub(crate) fn restrict(rule: &Rule, pass: &Pass) -> Rule {
             }
         }
     }
-    r.retention = None;
     r
 }
 
@@ -188,15 +201,25 @@ mod tests {
     }
 
     #[test]
-    fn a_repository_pass_narrows_source_and_targets_and_never_retains() {
+    fn a_repository_pass_narrows_source_and_targets_and_keeps_retention() {
         let rs = rules(
             "[[rule]]\nname = \"team\"\nsource = \"a.example/team/*\"\ntargets = [\"b.example/m/*\"]\nschedule = \"@every 1h\"\n[rule.retention]\nmatch = [\"^v\"]\nkeep_last = 3\n",
         );
         let r = restrict(&rs[0], &Pass::Repo("x/y".into()));
         assert_eq!(r.source.as_ref().unwrap().to_string(), "a.example/team/x/y");
         assert_eq!(r.targets[0].to_string(), "b.example/m/x/y");
-        assert!(r.retention.is_none());
-        assert!(restrict(&rs[0], &Pass::AllRepos).retention.is_none());
-        assert!(restrict(&rs[0], &Pass::Normal).retention.is_some());
+        // The same plan as a full run for that repository: retention stays
+        // (what it would delete is not copied); the scope leaves deletions out.
+        let text = |r: &Rule| format!("{r:?}");
+        assert_eq!(
+            format!("{:?}", r.retention),
+            format!("{:?}", rs[0].retention)
+        );
+        assert!(r.retention.is_some());
+        assert_eq!(text(&restrict(&rs[0], &Pass::AllRepos)), text(&rs[0]));
+        assert_eq!(text(&restrict(&rs[0], &Pass::Normal)), text(&rs[0]));
+        assert_eq!(Pass::Repo("x/y".into()).scope(), Scope::Narrowed);
+        assert_eq!(Pass::AllRepos.scope(), Scope::Narrowed);
+        assert_eq!(Pass::Normal.scope(), Scope::Whole);
     }
 }

@@ -5,7 +5,8 @@
 //! keys (`matcher`), and added to a coalescing set (`pending`); the
 //! scheduler loop takes due keys whose rule is not running and starts them
 //! (`launch`). An event only triggers: the pass reads the source as any run
-//! does, and a repository pass never runs retention.
+//! does and makes the rule's plan for what it covers (retention included,
+//! so it never copies what retention would delete), but sends no deletion.
 
 mod launch;
 mod matcher;
