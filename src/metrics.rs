@@ -17,6 +17,7 @@ use prometheus::{
 };
 
 use crate::engine::RuleReport;
+use crate::transport::ErrorClass;
 use crate::transport::Transports;
 use crate::transport::remote::RequestEvent;
 
@@ -33,6 +34,7 @@ pub struct Metrics {
     tags_selected: IntGaugeVec,
     runs: IntCounterVec,
     runs_skipped: IntCounterVec,
+    errors: IntCounterVec,
     run_duration: HistogramVec,
     bytes: IntCounterVec,
     blobs: IntCounterVec,
@@ -110,6 +112,13 @@ impl Metrics {
                     "Scheduled fires skipped because the previous run of the rule was still going"
                 ),
                 rule
+            )?),
+            errors: reg!(IntCounterVec::new(
+                Opts::new(
+                    "regkeeper_rule_errors_total",
+                    "Failures in rule runs by class (authentication, not_found, rate_limited, ...), each counted once per run"
+                ),
+                &["rule", "class"]
             )?),
             run_duration: reg!(HistogramVec::new(
                 HistogramOpts::new(
@@ -284,6 +293,9 @@ impl Metrics {
         for action in ["copied", "mounted", "skipped", "resumed"] {
             self.blobs.with_label_values(&[rule, action]);
         }
+        for class in ErrorClass::ALL {
+            self.errors.with_label_values(&[rule, class.as_str()]);
+        }
         self.bytes.with_label_values(&[rule]);
         self.run_duration.with_label_values(&[rule]);
         self.manifests.with_label_values(&[rule]);
@@ -327,6 +339,9 @@ impl Metrics {
         for action in ["copied", "mounted", "skipped", "resumed"] {
             let _ = self.blobs.remove_label_values(&[rule, action]);
         }
+        for class in ErrorClass::ALL {
+            let _ = self.errors.remove_label_values(&[rule, class.as_str()]);
+        }
     }
 
     pub fn run_started(&self, rule: &str, started: f64) {
@@ -369,6 +384,11 @@ impl Metrics {
             .inc_by(report.referrers_copied as u64);
         self.tags_pending.with_label_values(&[rule]).set(pending);
         self.retention_deleted(rule, report.retention_deleted as u64);
+        for failure in report.failures() {
+            self.errors
+                .with_label_values(&[rule, failure.class.as_str()])
+                .inc();
+        }
         if !whole {
             return;
         }
@@ -445,6 +465,8 @@ mod tests {
             "regkeeper_manifests_pushed_total{rule=\"r\"} 0",
             "regkeeper_referrers_copied_total{rule=\"r\"} 0",
             "regkeeper_retention_deleted_total{rule=\"r\"} 0",
+            "regkeeper_rule_errors_total{class=\"authentication\",rule=\"r\"} 0",
+            "regkeeper_rule_errors_total{class=\"other\",rule=\"r\"} 0",
             "regkeeper_registry_requests_total{code=\"429\",method=\"GET\",registry=\"127.0.0.1:5000\"} 1",
             "regkeeper_registry_request_duration_seconds_bucket",
             "regkeeper_registry_throttled_total{registry=\"127.0.0.1:5000\"} 1",
@@ -493,5 +515,31 @@ mod tests {
                 .unwrap()
                 .contains("regkeeper_rule_tags_selected{rule=\"r\"} 1")
         );
+    }
+
+    #[test]
+    fn each_failure_of_a_run_counts_once_under_its_class() {
+        use crate::engine::{Failure, RunError};
+        use crate::transport::ErrorClass;
+        let m = Metrics::new().unwrap();
+        m.init_rule("r", now(), None, None, 0);
+        let mut report = RuleReport::new("r", false);
+        let auth = Failure::new(ErrorClass::Authentication, "401");
+        report
+            .errors
+            .push(RunError::new("src", "listing tags", auth));
+        let nf = Failure::new(ErrorClass::NotFound, "gone");
+        report
+            .errors
+            .push(RunError::new("src/b", "listing tags", nf));
+        m.run_finished(&report, now(), 0, true);
+        let text = m.render().unwrap();
+        for line in [
+            "regkeeper_rule_errors_total{class=\"authentication\",rule=\"r\"} 1",
+            "regkeeper_rule_errors_total{class=\"not_found\",rule=\"r\"} 1",
+            "regkeeper_rule_errors_total{class=\"timeout\",rule=\"r\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing in:\n{text}");
+        }
     }
 }

@@ -47,6 +47,8 @@ struct Kept {
 struct Error {
     target: String,
     what: String,
+    /// What kind of failure (`authentication`, `not_found`...).
+    class: &'static str,
     error: String,
 }
 
@@ -89,24 +91,18 @@ pub(crate) fn document(dry_run: bool, reports: &[RuleReport]) -> Document {
 fn rule(r: &RuleReport) -> Rule {
     let mut copies: Vec<Copy> = r.images.iter().filter_map(|i| copy(r.dry_run, i)).collect();
     let mut errors: Vec<Error> = r
-        .errors
-        .iter()
+        .failures()
+        .into_iter()
         .map(|e| Error {
-            target: e.target.clone(),
-            what: e.what.clone(),
-            error: e.error.clone(),
+            target: e.target,
+            what: e.what,
+            class: e.class.as_str(),
+            error: e.error,
         })
         .collect();
-    errors.extend(r.images.iter().filter_map(|i| {
-        Some(Error {
-            target: i.target.clone(),
-            what: format!("copying {}:{}", i.source, i.tag),
-            error: i.error.clone()?,
-        })
-    }));
     let (mut deletions, mut kept) = (Vec::new(), Vec::new());
     if let Some(ret) = &r.retention {
-        retention(ret, &mut deletions, &mut kept, &mut errors);
+        retention(ret, &mut deletions, &mut kept);
     }
     copies.sort();
     deletions.sort();
@@ -150,14 +146,9 @@ fn copy(dry_run: bool, i: &ImageReport) -> Option<Copy> {
     })
 }
 
-/// Deletions done (sync) or that will be sent (plan: not refused), kept
-/// tags with why, and refusals as errors.
-fn retention(
-    ret: &RetentionReport,
-    deletions: &mut Vec<Deletion>,
-    kept: &mut Vec<Kept>,
-    errors: &mut Vec<Error>,
-) {
+/// Deletions done (sync) or that will be sent (plan: not refused), and
+/// kept tags with why (failures and refusals are in `RuleReport::failures`).
+fn retention(ret: &RetentionReport, deletions: &mut Vec<Deletion>, kept: &mut Vec<Kept>) {
     for repo in &ret.repositories {
         for d in &repo.deletions {
             let counts = match d.status {
@@ -173,13 +164,6 @@ fn retention(
                     reason: d.reason_text.clone(),
                 });
             }
-            if let DeletionStatus::Failed { error } = &d.status {
-                errors.push(Error {
-                    target: repo.repository.clone(),
-                    what: format!("deleting {}", d.deletion.digest),
-                    error: error.clone(),
-                });
-            }
         }
         for k in &repo.kept {
             if let Some(tag) = &k.tag {
@@ -190,20 +174,6 @@ fn retention(
                 });
             }
         }
-        if let Some(why) = &repo.refused {
-            errors.push(Error {
-                target: repo.repository.clone(),
-                what: "retention refused".into(),
-                error: why.clone(),
-            });
-        }
-    }
-    for e in &ret.errors {
-        errors.push(Error {
-            target: String::new(),
-            what: "retention".into(),
-            error: e.clone(),
-        });
     }
 }
 
@@ -249,7 +219,10 @@ pub(crate) fn print_plan(doc: &Document) {
             );
         }
         for e in &r.errors {
-            println!("  ERROR {}: {}: {}", e.target, e.what, e.error);
+            println!(
+                "  ERROR [{}] {}: {}: {}",
+                e.class, e.target, e.what, e.error
+            );
         }
         println!(
             "  {} to copy ({}), {} to delete",
@@ -348,16 +321,15 @@ pub(crate) fn print_sync_summary(r: &RuleReport) {
     for w in &r.warnings {
         println!("  WARNING {w}");
     }
-    for image in r.images.iter().filter(|i| i.error.is_some()) {
-        println!(
-            "  FAILED {}:{} -> {}: {}",
-            image.source,
-            image.tag,
-            image.target,
-            image.error.as_deref().unwrap_or("")
-        );
+    for image in r.images.iter() {
+        if let Some(e) = &image.error {
+            println!(
+                "  FAILED [{}] {}:{} -> {}: {e}",
+                e.class, image.source, image.tag, image.target
+            );
+        }
     }
     for e in &r.errors {
-        println!("  FAILED {e}");
+        println!("  FAILED [{}] {e}", e.class);
     }
 }

@@ -110,6 +110,10 @@ pub async fn run_rule(
                 .map(|e| format!("{}:{} -> {}: {e}", i.source, i.tag, i.target))
         })
     });
+    let error_class = report.errors.first().map(|e| e.class).or_else(|| {
+        let mut failed = report.images.iter().filter_map(|i| i.error.as_ref());
+        failed.next().map(|e| e.class)
+    });
     let mut pending = (report.tags_failed + report.tags_unreachable) as i64;
     if let (Some(s), Some(id)) = (state, id) {
         let t = &report.totals;
@@ -129,6 +133,7 @@ pub async fn run_rule(
             blobs_resumed: t.blobs_resumed as i64,
             manifests_pushed: t.manifests_pushed as i64,
             last_error,
+            error_class: error_class.map(|c| c.as_str().to_string()),
             warning: report.warnings.first().cloned(),
         };
         if let Err(e) = s.run_finished(id, &rec) {

@@ -18,6 +18,8 @@ pub struct RuleStatus {
     pub tags_pending: i64,
     pub unfinished_uploads: Vec<UploadCheckpoint>,
     pub last_error: Option<String>,
+    /// What kind of failure `last_error` is (`authentication`, `not_found`...).
+    pub last_error_class: Option<String>,
     pub last_deletions: Vec<Deletion>,
 }
 
@@ -57,6 +59,7 @@ pub fn collect(config: &Config, state: &State) -> Result<Vec<RuleStatus>, StateE
             tags_pending: state.tags_pending(&rule.name)?,
             unfinished_uploads,
             last_error: last_run.as_ref().and_then(|r| r.last_error.clone()),
+            last_error_class: last_run.as_ref().and_then(|r| r.error_class.clone()),
             last_deletions: state.deletions(&rule.name, 5)?,
             last_run,
         });
@@ -123,7 +126,10 @@ pub fn render_text(rules: &[RuleStatus]) -> String {
             }
         }
         if let Some(e) = &r.last_error {
-            s += &format!("  last error:  {e}\n");
+            match &r.last_error_class {
+                Some(class) => s += &format!("  last error:  [{class}] {e}\n"),
+                None => s += &format!("  last error:  {e}\n"),
+            }
         }
         if let Some(w) = r.last_run.as_ref().and_then(|run| run.warning.as_ref()) {
             s += &format!("  warning:     {w}\n");

@@ -24,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 use crate::oci::Digest;
 use crate::reference::Location;
 use crate::state::State;
-use crate::transport::{Store, TransportError};
+use crate::transport::{ErrorClass, Side, Store, TransportError};
+
+use super::report::Failure;
 
 pub use tracker::BlobTracker;
 use tracker::Claim;
@@ -59,8 +61,23 @@ pub enum CopyError {
     Incomplete {
         target: String,
         missing: usize,
-        first: String,
+        /// The first failure, whose class is the copy's.
+        first: Failure,
     },
+}
+
+impl CopyError {
+    /// The class of this failure; `side` for transport failures that have
+    /// no kind of their own (a source failure shared with the targets
+    /// keeps the source's class).
+    pub(crate) fn class(&self, side: Side) -> ErrorClass {
+        match self {
+            CopyError::Transport(e) => e.class(side),
+            CopyError::BadManifest { .. } => ErrorClass::InvalidInput,
+            CopyError::Blob { .. } => ErrorClass::InvalidInput,
+            CopyError::Incomplete { first, .. } => first.class,
+        }
+    }
 }
 
 /// Counters shared by every copy of one run.

@@ -10,11 +10,11 @@ use tracing::Instrument;
 use super::Engine;
 use super::copy;
 use super::inventory::RepoInventory;
-use super::report::ImageReport;
+use super::report::{Failure, ImageReport};
 use crate::config::Rule;
 use crate::plan::{TagPlan, TargetAction, Write};
 use crate::state::TagObservation;
-use crate::transport::Store;
+use crate::transport::{ErrorClass, Side, Store};
 
 /// Images of one repository copied at once (each bounded further by the
 /// global transfer limit).
@@ -85,16 +85,15 @@ impl Engine {
         if needing.is_empty() {
             return reports;
         }
-        let fail_all = |reports: &mut Vec<ImageReport>, msg: String| {
+        let fail_all = |reports: &mut Vec<ImageReport>, f: Failure| {
+            tracing::warn!(class = f.class.as_str(), error = %f, "copy failed");
             for &i in &needing {
-                reports[i].error = Some(msg.clone());
+                reports[i].error = Some(f.clone());
             }
         };
         if self.copier.stop.is_cancelled() {
-            fail_all(
-                &mut reports,
-                "not started: shutting down; the next run copies it".into(),
-            );
+            let why = "not started: shutting down; the next run copies it";
+            fail_all(&mut reports, Failure::new(ErrorClass::Interrupted, why));
             return reports;
         }
         let tree = match super::referrer_exec::tree_of(repo, &plan).await {
@@ -117,7 +116,11 @@ impl Engine {
             for (&i, target) in needing.iter().zip(&targets) {
                 match self.copier.dry_run_cost(&tree, target).await {
                     Ok(cost) => reports[i].cost = Some(cost),
-                    Err(e) => reports[i].error = Some(e.to_string()),
+                    Err(e) => {
+                        let f = Failure::transport(&e, Side::Target);
+                        tracing::warn!(target = %target.location(), class = f.class.as_str(), error = %f, "estimate failed");
+                        reports[i].error = Some(f);
+                    }
                 }
             }
             return reports;
@@ -136,8 +139,9 @@ impl Engine {
             match copied.result {
                 Ok(()) => tracing::info!(target = %target.location(), "copied"),
                 Err(e) => {
-                    tracing::warn!(target = %target.location(), error = %e, "copy failed");
-                    reports[i].error = Some(e.to_string());
+                    let class = e.class(Side::Target);
+                    tracing::warn!(target = %target.location(), class = class.as_str(), error = %e, "copy failed");
+                    reports[i].error = Some(Failure::new(class, e));
                 }
             }
         }

@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::budget::{ManifestBudget, RULE_MANIFEST_BUDGET};
 use super::referrer_plan::{SourceReferrer, TargetReferrers};
-use super::report::RunError;
+use super::report::{Failure, RunError};
 use super::{Engine, REVERIFY_AFTER_SECS};
 use crate::config::Rule;
 use crate::filter::select_tags;
@@ -19,7 +19,7 @@ use crate::oci::{Digest, Platform, RawManifest, is_index};
 use crate::plan::{SourceTag, referrer_subject};
 use crate::reference::{InvalidName, Location, NameKind, RepoSpec, check_tag};
 use crate::state::TagState;
-use crate::transport::Store;
+use crate::transport::{ErrorClass, Side, Store, TransportError};
 
 /// Repositories of a `/*` rule inventoried at once.
 const REPOS_IN_PARALLEL: usize = 16;
@@ -131,8 +131,9 @@ impl Engine {
                     })
                     .collect(),
                 Err(e) => {
+                    let f = Failure::transport(&e, Side::Source);
                     inv.errors
-                        .push(RunError::new(source, "listing repositories", e));
+                        .push(RunError::new(source, "listing repositories", f));
                     Vec::new()
                 }
             }
@@ -170,10 +171,13 @@ impl Engine {
         target_locs: Vec<Location>,
         budget: &ManifestBudget,
     ) -> Result<RepoInventory, RunError> {
-        let source = self
-            .transports
-            .open(&src)
-            .map_err(|e| RunError::new(&src, "opening the source", e))?;
+        let source = self.transports.open(&src).map_err(|e| {
+            RunError::new(
+                &src,
+                "opening the source",
+                Failure::transport(&e, Side::Source),
+            )
+        })?;
         let mut repo = RepoInventory {
             source,
             source_tags: None,
@@ -195,17 +199,16 @@ impl Engine {
         let all_tags = match listing {
             Ok(Some(tags)) => valid_tags(&src, tags, &mut repo.skipped),
             Ok(None) => {
-                let e = RunError::new(
-                    &src,
-                    "listing tags",
+                let f = Failure::new(
+                    ErrorClass::NotFound,
                     "the source repository does not exist (404 / NAME_UNKNOWN, or no oci: layout there); nothing is copied or deleted for it",
                 );
-                tracing::error!(error = %e.error, "source missing");
-                repo.errors.push(e);
+                repo.errors.push(RunError::new(&src, "listing tags", f));
                 return Ok(repo);
             }
             Err(e) => {
-                repo.errors.push(RunError::new(&src, "listing tags", e));
+                let f = Failure::transport(&e, Side::Source);
+                repo.errors.push(RunError::new(&src, "listing tags", f));
                 return Ok(repo);
             }
         };
@@ -294,7 +297,10 @@ impl Engine {
                     referrers: TargetReferrers::default(),
                     store,
                 }),
-                Err(e) => errors.push(RunError::new(loc, "listing tags", e)),
+                Err(e) => {
+                    let f = Failure::transport(&e, Side::Target);
+                    errors.push(RunError::new(loc, "listing tags", f));
+                }
             }
         }
         (targets, errors)
@@ -369,13 +375,16 @@ impl Engine {
                     Err(e) => repo.errors.push(RunError::new(
                         repo.source.location(),
                         &format!("reading tag {}", r.tag),
-                        e,
+                        Failure::new(ErrorClass::InvalidInput, e),
                     )),
                 },
                 Ok(_) => repo.errors.push(RunError::new(
                     repo.source.location(),
                     &format!("reading tag {}", r.tag),
-                    "the source tag moved or vanished during the inventory; the next run copies it",
+                    Failure::new(
+                        ErrorClass::Other,
+                        "the source tag moved or vanished during the inventory; the next run copies it",
+                    ),
                 )),
                 Err((_, e)) => repo.errors.push(RunError::new(
                     repo.source.location(),
@@ -456,7 +465,7 @@ impl ResolveCtx<'_> {
             .and_then(|h| h.target_digest.clone())
     }
 
-    async fn resolve(&self, tag: String) -> Result<Option<Resolved>, (String, String)> {
+    async fn resolve(&self, tag: String) -> Result<Option<Resolved>, (String, Failure)> {
         let lists = |i: usize| self.targets[i].listed.contains(&tag);
         let missing_somewhere = (0..self.targets.len()).any(|i| !lists(i));
         // The source and every target that lists the tag (and has no usable
@@ -471,7 +480,7 @@ impl ResolveCtx<'_> {
                     }
                     let head = target.store.resolve(tag).await;
                     head.map(|h| h.map(|h| h.digest))
-                        .map_err(|e| (tag.clone(), e.to_string()))
+                        .map_err(|e| (tag.clone(), Failure::transport(&e, Side::Target)))
                 }
             }));
         let (source, at_targets) = tokio::join!(
@@ -484,7 +493,7 @@ impl ResolveCtx<'_> {
         if let Some(m) = &manifest {
             self.budget
                 .take(m.bytes.len())
-                .map_err(|e| (tag.clone(), e))?;
+                .map_err(|e| (tag.clone(), Failure::new(ErrorClass::InvalidInput, e)))?;
         }
         let mut at_targets = at_targets.into_iter().collect::<Result<Vec<_>, _>>()?;
         let mut hinted = Vec::new();
@@ -501,7 +510,7 @@ impl ResolveCtx<'_> {
                 // The source moved: ask the target what it has.
                 let head = target.store.resolve(&tag).await;
                 at_targets[i] = head
-                    .map_err(|e| (tag.clone(), e.to_string()))?
+                    .map_err(|e| (tag.clone(), Failure::transport(&e, Side::Target)))?
                     .map(|h| h.digest);
             }
         }
@@ -522,23 +531,16 @@ pub(crate) async fn resolve_source(
     reference: &str,
     fetch: bool,
     platforms: &[Platform],
-) -> Result<Option<(Digest, Option<RawManifest>)>, (String, String)> {
-    let err = |e: String| (reference.to_string(), e);
+) -> Result<Option<(Digest, Option<RawManifest>)>, (String, Failure)> {
+    let err = |f: Failure| (reference.to_string(), f);
+    let read = |e: TransportError| err(Failure::transport(&e, Side::Source));
     let raw = if fetch {
-        match source
-            .get_manifest(reference)
-            .await
-            .map_err(|e| err(e.to_string()))?
-        {
+        match source.get_manifest(reference).await.map_err(read)? {
             Some(m) => m,
             None => return Ok(None),
         }
     } else {
-        let Some(head) = source
-            .resolve(reference)
-            .await
-            .map_err(|e| err(e.to_string()))?
-        else {
+        let Some(head) = source.resolve(reference).await.map_err(read)? else {
             return Ok(None);
         };
         if platforms.is_empty() || !is_index(&head.media_type) {
@@ -547,23 +549,30 @@ pub(crate) async fn resolve_source(
         match source
             .get_manifest(head.digest.as_str())
             .await
-            .map_err(|e| err(e.to_string()))?
+            .map_err(read)?
         {
             Some(m) => m,
             None => return Ok(None),
         }
     };
-    let filtered = super::copy::filter_index(&raw, platforms)
-        .map_err(|e| err(format!("index {}: {e}", raw.digest)))?;
+    let filtered = super::copy::filter_index(&raw, platforms).map_err(|e| {
+        err(Failure::new(
+            ErrorClass::InvalidInput,
+            format!("index {}: {e}", raw.digest),
+        ))
+    })?;
     match filtered {
         Some(m) => Ok(Some((m.digest.clone(), Some(m)))),
-        None => Err(err(format!(
-            "none of the platforms {} is in the index",
-            platforms
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+        None => Err(err(Failure::new(
+            ErrorClass::NotFound,
+            format!(
+                "none of the platforms {} is in the index",
+                platforms
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         ))),
     }
 }

@@ -33,7 +33,7 @@ use crate::transport::{Store, TransportError, Transports};
 
 use copy::{Copier, CopyError, CopyStats, CopyTotals};
 use inventory::{RepoInventory, RuleInventory};
-pub use report::{ImageReport, RuleReport, RunError, RunResult};
+pub use report::{Failure, ImageReport, RuleReport, RunError, RunResult};
 use runplan::{CopyFacts, RepoFacts, RuleFacts, TargetFacts};
 
 /// Repository pairs of a `/*` rule executed at once.
@@ -401,7 +401,7 @@ impl Engine {
             Err((_, e)) => {
                 return Err(CopyError::Transport(TransportError::Protocol {
                     location: source.location().to_string(),
-                    detail: e,
+                    detail: e.message,
                 }));
             }
         };

@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, HashSet};
 
 use super::copy::{self, ImageTree};
 use super::inventory::RepoInventory;
-use super::report::ImageReport;
+use super::report::{Failure, ImageReport};
 use crate::plan::{TagPlan, Write};
+use crate::transport::{ErrorClass, Side};
 
 /// `plans` grouped by [`TagPlan::stage`], in the order they are written.
 pub(super) fn stages(plans: Vec<TagPlan>) -> Vec<Vec<TagPlan>> {
@@ -53,7 +54,10 @@ pub(super) fn hold_back(
                 digest: plan.digest.clone(),
                 action,
                 cost: None,
-                error: Some("not written: a referrer it lists could not be copied here".into()),
+                error: Some(Failure::new(
+                    ErrorClass::Other,
+                    "not written: a referrer it lists could not be copied here",
+                )),
                 referrer_write: true,
                 pushed_by_digest: false,
             });
@@ -69,7 +73,7 @@ pub(super) fn hold_back(
 /// The tree a plan copies: a tag's root (from the inventory) or a
 /// referrer's manifest, expanded at the source; a fallback index alone (its
 /// entries are pushed already, or are another tool's and stay as they are).
-pub(super) async fn tree_of(repo: &RepoInventory, plan: &TagPlan) -> Result<ImageTree, String> {
+pub(super) async fn tree_of(repo: &RepoInventory, plan: &TagPlan) -> Result<ImageTree, Failure> {
     let root = match &plan.write {
         Write::FallbackIndex(raw) => {
             return Ok(ImageTree {
@@ -83,8 +87,8 @@ pub(super) async fn tree_of(repo: &RepoInventory, plan: &TagPlan) -> Result<Imag
     };
     let root = root
         .cloned()
-        .ok_or_else(|| "the inventory holds no manifest for it".to_string())?;
+        .ok_or_else(|| Failure::new(ErrorClass::Other, "the inventory holds no manifest for it"))?;
     copy::expand(&repo.source, root)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| Failure::new(e.class(Side::Source), e))
 }

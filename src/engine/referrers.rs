@@ -15,11 +15,11 @@ use serde_json::Value;
 use super::Engine;
 use super::inventory::RepoInventory;
 use super::referrer_plan::{SourceReferrer, TargetReferrers, fallback_tag};
-use super::report::RunError;
+use super::report::{Failure, RunError};
 use crate::config::Rule;
 use crate::oci::{Digest, Manifest, RawManifest};
-use crate::transport::Store;
 use crate::transport::remote::referrers::MAX_REFERRERS;
+use crate::transport::{ErrorClass, Side, Store, TransportError};
 
 /// Referrers of referrers followed this deep at most (a guard besides the
 /// visited set: content addressing makes real cycles impossible, a
@@ -187,7 +187,7 @@ impl Discover<'_> {
     }
 
     /// `subject`'s referrers of the wanted types, with their manifests.
-    async fn referrers_of(&self, subject: &Digest) -> Result<Found, String> {
+    async fn referrers_of(&self, subject: &Digest) -> Result<Found, Failure> {
         let entries = match self.ask_api(subject).await? {
             Some(list) => list,
             None => self.read_fallback(subject).await?,
@@ -200,47 +200,53 @@ impl Discover<'_> {
     }
 
     /// One listed referrer's manifest, counted against [`MAX_HELD_BYTES`].
-    async fn fetch(&self, entry: Value) -> Result<(Value, RawManifest), String> {
+    async fn fetch(&self, entry: Value) -> Result<(Value, RawManifest), Failure> {
         let d = entry_digest(&entry)?;
         let raw = match self.source.get_manifest(d.as_str()).await {
             Ok(Some(raw)) => raw,
-            Ok(None) => return Err(format!("referrer {d} is listed but absent")),
-            Err(e) => return Err(format!("referrer {d}: {e}")),
+            Ok(None) => {
+                let why = format!("referrer {d} is listed but absent");
+                return Err(Failure::new(ErrorClass::NotFound, why));
+            }
+            Err(e) => {
+                let class = e.class(Side::Source);
+                return Err(Failure::new(class, format!("referrer {d}: {e}")));
+            }
         };
         let held = self.held.fetch_add(raw.bytes.len(), Ordering::Relaxed) + raw.bytes.len();
         if held > MAX_HELD_BYTES {
-            return Err(format!(
+            return Err(invalid(format!(
                 "the referrers' manifests add up to more than {} MiB; refused as a hostile \
                  or broken source",
                 MAX_HELD_BYTES >> 20
-            ));
+            )));
         }
         Ok((entry, raw))
     }
 
     /// Through the referrers API, one request (and its pages) per wanted
     /// type; `None` when the source has no API.
-    async fn ask_api(&self, subject: &Digest) -> Result<Option<Vec<Value>>, String> {
+    async fn ask_api(&self, subject: &Digest) -> Result<Option<Vec<Value>>, Failure> {
         if self.types.is_empty() {
             return self
                 .source
                 .referrers(subject, None)
                 .await
-                .map_err(|e| e.to_string());
+                .map_err(source_failure);
         }
         let mut all = Vec::new();
         for t in self.types {
             match self.source.referrers(subject, Some(t)).await {
                 Ok(Some(list)) => all.extend(list),
                 Ok(None) => return Ok(None),
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(source_failure(e)),
             }
         }
         Ok(Some(all))
     }
 
     /// The entries of the source's `sha256-<hex>` index, of the wanted types.
-    async fn read_fallback(&self, subject: &Digest) -> Result<Vec<Value>, String> {
+    async fn read_fallback(&self, subject: &Digest) -> Result<Vec<Value>, Failure> {
         let tag = fallback_tag(subject);
         if !self.source_tags.contains(&tag) {
             return Ok(Vec::new());
@@ -249,7 +255,7 @@ impl Discover<'_> {
             .source
             .get_manifest(&tag)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(source_failure)?
         else {
             return Ok(Vec::new());
         };
@@ -273,13 +279,14 @@ async fn target_referrers(
     target: &Store,
     tags: &HashSet<String>,
     subjects: &[Digest],
-) -> Result<TargetReferrers, String> {
+) -> Result<TargetReferrers, Failure> {
+    let target_failure = |e: TransportError| Failure::transport(&e, Side::Target);
     let mut out = TargetReferrers::default();
     for subject in subjects {
         if let Some(list) = target
             .referrers(subject, None)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(target_failure)?
         {
             out.api = true;
             let digests = list.iter().filter_map(|e| entry_digest(e).ok()).collect();
@@ -290,7 +297,7 @@ async fn target_referrers(
         if !tags.contains(&tag) {
             continue;
         }
-        if let Some(raw) = target.get_manifest(&tag).await.map_err(|e| e.to_string())? {
+        if let Some(raw) = target.get_manifest(&tag).await.map_err(target_failure)? {
             let digests = index_entries(&raw)?
                 .iter()
                 .filter_map(|e| entry_digest(e).ok())
@@ -302,21 +309,34 @@ async fn target_referrers(
     Ok(out)
 }
 
-fn entry_digest(entry: &Value) -> Result<Digest, String> {
+fn entry_digest(entry: &Value) -> Result<Digest, Failure> {
     let d = entry.get("digest").and_then(Value::as_str).unwrap_or("");
-    Digest::parse(d).map_err(|e| e.to_string())
+    Digest::parse(d).map_err(invalid)
+}
+
+/// A failure reading the source.
+fn source_failure(e: TransportError) -> Failure {
+    Failure::transport(&e, Side::Source)
+}
+
+/// What a registry sent that cannot be used.
+fn invalid(why: impl ToString) -> Failure {
+    Failure::new(ErrorClass::InvalidInput, why)
 }
 
 /// The `manifests` of a fallback index.
-fn index_entries(raw: &RawManifest) -> Result<Vec<Value>, String> {
+fn index_entries(raw: &RawManifest) -> Result<Vec<Value>, Failure> {
     let v: Value = serde_json::from_slice(&raw.bytes)
-        .map_err(|e| format!("fallback index {}: {e}", raw.digest))?;
+        .map_err(|e| invalid(format!("fallback index {}: {e}", raw.digest)))?;
     match v.get("manifests") {
-        Some(Value::Array(a)) if a.len() > MAX_REFERRERS => Err(format!(
+        Some(Value::Array(a)) if a.len() > MAX_REFERRERS => Err(invalid(format!(
             "fallback index {} lists more than {MAX_REFERRERS} referrers",
             raw.digest
-        )),
+        ))),
         Some(Value::Array(a)) => Ok(a.clone()),
-        _ => Err(format!("fallback index {} lists no manifests", raw.digest)),
+        _ => Err(invalid(format!(
+            "fallback index {} lists no manifests",
+            raw.digest
+        ))),
     }
 }

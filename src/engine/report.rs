@@ -6,7 +6,8 @@ use serde::Serialize;
 use super::copy::{CopyTotals, DryRunCost};
 use crate::oci::Digest;
 use crate::plan::TargetAction;
-use crate::retention::RetentionReport;
+use crate::retention::{DeletionStatus, RetentionReport};
+use crate::transport::{ErrorClass, Side, TransportError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -26,6 +27,34 @@ impl RunResult {
     }
 }
 
+/// Why something failed: its class (from the typed error where it
+/// happened) and the message for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(class: ErrorClass, message: impl ToString) -> Self {
+        Failure {
+            class,
+            message: message.to_string(),
+        }
+    }
+
+    /// A transport failure at the source or at a target.
+    pub(crate) fn transport(e: &TransportError, side: Side) -> Self {
+        Failure::new(e.class(side), e)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// A failure not tied to one copy: a repository that could not be listed, a
 /// source that does not exist.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -34,16 +63,21 @@ pub struct RunError {
     pub target: String,
     /// What was being done, e.g. `listing tags`.
     pub what: String,
+    pub class: ErrorClass,
     pub error: String,
 }
 
 impl RunError {
-    pub(crate) fn new(target: impl ToString, what: &str, error: impl ToString) -> Self {
-        RunError {
+    /// The failure, logged once here with its class.
+    pub(crate) fn new(target: impl ToString, what: &str, failure: Failure) -> Self {
+        let e = RunError {
             target: target.to_string(),
             what: what.to_string(),
-            error: error.to_string(),
-        }
+            class: failure.class,
+            error: failure.message,
+        };
+        tracing::warn!(target = %e.target, what = %e.what, class = e.class.as_str(), error = %e.error, "failed");
+        e
     }
 }
 
@@ -68,7 +102,7 @@ pub struct ImageReport {
     pub cost: Option<DryRunCost>,
     /// Set when this copy failed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub error: Option<Failure>,
     /// A referrer pushed by digest or a fallback index merged (no tag of
     /// the selection: the state records no tag for it).
     #[serde(skip)]
@@ -173,6 +207,47 @@ impl RuleReport {
         };
     }
 
+    /// Every failure of the run, once each, with its class: the run's own
+    /// errors, failed copies, and retention's failed deletions, refusals
+    /// and errors. What `--json` lists under `errors` and
+    /// `regkeeper_rule_errors_total` counts.
+    pub fn failures(&self) -> Vec<RunError> {
+        let mut out = self.errors.clone();
+        out.extend(self.images.iter().filter_map(|i| {
+            let f = i.error.as_ref()?;
+            Some(failure(
+                &i.target,
+                format!("copying {}:{}", i.source, i.tag),
+                f.class,
+                &f.message,
+            ))
+        }));
+        let Some(ret) = &self.retention else {
+            return out;
+        };
+        for repo in &ret.repositories {
+            for d in &repo.deletions {
+                if let DeletionStatus::Failed { error } = &d.status {
+                    let what = format!("deleting {}", d.deletion.digest);
+                    out.push(failure(
+                        &repo.repository,
+                        what,
+                        ErrorClass::TargetRefused,
+                        error,
+                    ));
+                }
+            }
+            if let Some(why) = &repo.refused {
+                let what = "retention refused".to_string();
+                out.push(failure(&repo.repository, what, ErrorClass::Other, why));
+            }
+        }
+        for e in &ret.errors {
+            out.push(failure("", "retention".into(), ErrorClass::Other, e));
+        }
+        out
+    }
+
     /// Folds the retention step in: its deletions count, and a retention
     /// that failed or refused makes the run partial (or failed, for a
     /// cleanup-only rule that deleted nothing).
@@ -186,5 +261,15 @@ impl RuleReport {
             };
         }
         self.retention = Some(retention);
+    }
+}
+
+/// A failure as reported (not logged again).
+fn failure(target: &str, what: String, class: ErrorClass, error: &str) -> RunError {
+    RunError {
+        target: target.to_string(),
+        what,
+        class,
+        error: error.to_string(),
     }
 }

@@ -108,6 +108,8 @@ pub struct RunRecord {
     pub blobs_resumed: i64,
     pub manifests_pushed: i64,
     pub last_error: Option<String>,
+    /// The class of `last_error` (`authentication`, `not_found`...).
+    pub error_class: Option<String>,
     /// The first warning of the run (tag filters that select nothing).
     pub warning: Option<String>,
 }
@@ -288,7 +290,7 @@ impl State {
                 "UPDATE runs SET finished = ?2, result = ?3, tags_copied = ?4, tags_in_sync = ?5,
                    tags_failed = ?6, bytes_copied = ?7, blobs_copied = ?8, blobs_mounted = ?9,
                    blobs_skipped = ?10, blobs_resumed = ?11, manifests_pushed = ?12, last_error = ?13,
-                   warning = ?14
+                   warning = ?14, error_class = ?15
                  WHERE id = ?1",
                 params![
                     id,
@@ -304,7 +306,8 @@ impl State {
                     r.blobs_resumed,
                     r.manifests_pushed,
                     r.last_error,
-                    r.warning
+                    r.warning,
+                    r.error_class
                 ],
             )?;
             Ok(())
@@ -336,7 +339,7 @@ impl State {
         let sql = format!(
             "SELECT id, rule, started, finished, result, tags_copied, tags_in_sync, tags_failed,
                     bytes_copied, blobs_copied, blobs_mounted, blobs_skipped, blobs_resumed,
-                    manifests_pushed, last_error, warning
+                    manifests_pushed, last_error, warning, error_class
              FROM runs WHERE rule = ?1 AND {cond} ORDER BY started DESC, id DESC LIMIT 1"
         );
         self.with(|c| {
@@ -358,6 +361,7 @@ impl State {
                     manifests_pushed: r.get::<_, Option<i64>>(13)?.unwrap_or(0),
                     last_error: r.get(14)?,
                     warning: r.get(15)?,
+                    error_class: r.get(16)?,
                 })
             })
             .optional()

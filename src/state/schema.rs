@@ -114,6 +114,9 @@ const MIGRATIONS: &[&str] = &[
         since INTEGER NOT NULL,
         PRIMARY KEY (target, repo)
     ) WITHOUT ROWID;",
+    // 6: the class of a run's first failure (`authentication`,
+    // `not_found`...), for `status`.
+    "ALTER TABLE runs ADD COLUMN error_class TEXT;",
 ];
 
 /// The schema version this build writes.

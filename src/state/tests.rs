@@ -60,6 +60,7 @@ fn runs_last_success_and_first_start() {
             finished: Some(210),
             result: Some("partial".into()),
             last_error: Some("boom".into()),
+            error_class: Some("timeout".into()),
             ..Default::default()
         },
     )
@@ -71,6 +72,10 @@ fn runs_last_success_and_first_start() {
     assert_eq!(
         st.last_run("r").unwrap().unwrap().last_error.as_deref(),
         Some("boom")
+    );
+    assert_eq!(
+        st.last_run("r").unwrap().unwrap().error_class.as_deref(),
+        Some("timeout")
     );
     assert_eq!(
         st.prune_runs(1000).unwrap(),

@@ -7,6 +7,8 @@
 
 use std::path::PathBuf;
 
+use super::class::{ErrorClass, Side};
+
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     #[error("{registry}: {method} {path} answered {status}: {message}")]
@@ -26,6 +28,10 @@ pub enum TransportError {
     /// No response: refused, reset, timed out, stalled past `read_timeout`.
     #[error("{registry}: {detail}")]
     Connect { registry: String, detail: String },
+    /// No complete response in time: the head deadline, a read that timed
+    /// out, a body slower than `min_rate`.
+    #[error("{registry}: {detail}")]
+    Timeout { registry: String, detail: String },
     /// The TLS handshake failed (certificate not trusted, not TLS): trying
     /// again gives the same answer.
     #[error("{registry}: {detail}")]
@@ -38,12 +44,14 @@ pub enum TransportError {
         source: std::io::Error,
     },
     /// A blob stream failed part-way (the source's body cut or stalled, a
-    /// digest mismatch): `transient` says whether reading it again may help.
+    /// digest mismatch): `transient` says whether reading it again may help,
+    /// `class` what kind of failure it was where it happened.
     #[error("{location}: {detail}")]
     Stream {
         location: String,
         detail: String,
         transient: bool,
+        class: ErrorClass,
     },
     #[error("{location}: {what} failed verification: {detail}")]
     Integrity {
@@ -80,7 +88,7 @@ impl TransportError {
     pub fn is_transient(&self) -> bool {
         match self {
             TransportError::Status { status, .. } => matches!(*status, 408 | 429) || *status >= 500,
-            TransportError::Connect { .. } => true,
+            TransportError::Connect { .. } | TransportError::Timeout { .. } => true,
             TransportError::Stream { transient, .. } => *transient,
             TransportError::Io { source, .. } => io_is_transient(source),
             _ => false,
@@ -88,12 +96,14 @@ impl TransportError {
     }
 
     /// The same failure, for another consumer of one shared stream (the
-    /// fan-out reports one source failure to every target), kind kept.
+    /// fan-out reports one source failure to every target), kind and
+    /// class (as a source failure) kept.
     pub fn shared(&self, location: &str) -> TransportError {
         TransportError::Stream {
             location: location.to_string(),
             detail: self.to_string(),
             transient: self.is_transient(),
+            class: self.class(Side::Source),
         }
     }
 }

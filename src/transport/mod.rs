@@ -3,11 +3,13 @@
 //! [`remote`] (a registry over HTTP(S)) and [`layout`] (an OCI image-layout
 //! directory). The copy engine above does not know which one it talks to.
 
+mod class;
 mod error;
 pub mod layout;
 pub mod remote;
 pub mod retry;
 
+pub use class::{ErrorClass, Side};
 pub use error::{StreamFault, TransportError, io_is_transient, stream_fault};
 
 use std::collections::HashMap;

@@ -4,6 +4,7 @@ mod artifacts;
 mod blobs;
 mod copy_cli;
 mod daemon;
+mod errorclass;
 mod event_passes;
 mod events;
 mod faults;

@@ -7,9 +7,10 @@ use futures_util::StreamExt;
 
 use super::tracker::{Claim, OwnerGuard};
 use super::{Copier, CopyError, DryRunCost, ImageTree, TargetCopy};
+use crate::engine::report::Failure;
 use crate::oci::Descriptor;
 use crate::reference::Location;
-use crate::transport::{Store, TransportError};
+use crate::transport::{Side, Store, TransportError};
 
 /// What a blob needs at one target.
 enum Need {
@@ -98,7 +99,7 @@ impl Copier {
         tag: Option<&str>,
         targets: &'a [Store],
     ) -> Vec<TargetCopy> {
-        let mut failures: Vec<Vec<String>> = vec![Vec::new(); targets.len()];
+        let mut failures: Vec<Vec<Failure>> = vec![Vec::new(); targets.len()];
         let mut costs = vec![DryRunCost::default(); targets.len()];
 
         // 1. Blobs: per target, what is needed; then one transfer per blob.
@@ -125,7 +126,7 @@ impl Copier {
                     }
                 }
                 Ok(need) => count(&mut costs[i], &need),
-                Err(e) => failures[i].push(format!("blob {}: {e}", blob.digest)),
+                Err(e) => failures[i].push(blob_failure(blob, &e)),
             }
         }
 
@@ -150,7 +151,7 @@ impl Copier {
         &self,
         tree: &'a ImageTree,
         targets: &[Store],
-        failures: &mut [Vec<String>],
+        failures: &mut [Vec<Failure>],
         costs: &mut [DryRunCost],
     ) -> (Vec<Upload<'a>>, Vec<(&'a Descriptor, usize)>) {
         let prepared = futures_util::stream::iter(tree.blobs.iter())
@@ -178,7 +179,7 @@ impl Copier {
                     Ok(Need::Upload(guard)) => sinks.push((i, guard)),
                     Ok(Need::Later) => later.push((blob, i)),
                     Ok(need) => count(&mut costs[i], &need),
-                    Err(e) => failures[i].push(format!("blob {}: {e}", blob.digest)),
+                    Err(e) => failures[i].push(blob_failure(blob, &e)),
                 }
             }
             if !sinks.is_empty() {
@@ -202,9 +203,9 @@ impl Copier {
         blob: &Descriptor,
         targets: &[Store],
         sinks: Vec<(usize, OwnerGuard)>,
-    ) -> Vec<(usize, Result<u64, String>)> {
+    ) -> Vec<(usize, Result<u64, Failure>)> {
         let mut pending = sinks;
-        let mut outcomes: Vec<(usize, Result<u64, String>)> = Vec::new();
+        let mut outcomes: Vec<(usize, Result<u64, Failure>)> = Vec::new();
         let mut budget = crate::transport::retry::Budget::new();
         while !pending.is_empty() {
             let stores: Vec<&Store> = pending.iter().map(|(i, _)| &targets[*i]).collect();
@@ -226,12 +227,15 @@ impl Copier {
                     }
                     Err(e) if e.is_transient() => outcomes.push((
                         i,
-                        Err(format!(
-                            "blob {}: {e}; gave up after {attempts} attempts (the next run tries again)",
-                            blob.digest
+                        Err(Failure::new(
+                            e.class(Side::Target),
+                            format!(
+                                "blob {}: {e}; gave up after {attempts} attempts (the next run tries again)",
+                                blob.digest
+                            ),
                         )),
                     )),
-                    Err(e) => outcomes.push((i, Err(format!("blob {}: {e}", blob.digest)))),
+                    Err(e) => outcomes.push((i, Err(blob_failure(blob, &e)))),
                 }
             }
             if let (false, Some(d)) = (retry.is_empty(), delay) {
@@ -250,7 +254,7 @@ impl Copier {
         tree: &ImageTree,
         tag: Option<&str>,
         target: &Store,
-        failed: Vec<String>,
+        failed: Vec<Failure>,
     ) -> Result<(), CopyError> {
         if let Some(first) = failed.first() {
             return Err(CopyError::Incomplete {
@@ -284,7 +288,7 @@ fn count(cost: &mut DryRunCost, need: &Need) {
 }
 
 /// Adds an upload's outcome at one target: its bytes, or a failure.
-fn settle(cost: &mut DryRunCost, failures: &mut Vec<String>, outcome: Result<u64, String>) {
+fn settle(cost: &mut DryRunCost, failures: &mut Vec<Failure>, outcome: Result<u64, Failure>) {
     match outcome {
         Ok(sent) => {
             cost.blobs_to_copy += 1;
@@ -292,4 +296,10 @@ fn settle(cost: &mut DryRunCost, failures: &mut Vec<String>, outcome: Result<u64
         }
         Err(msg) => failures.push(msg),
     }
+}
+
+/// A blob that did not reach a target: a target failure unless the error
+/// says otherwise (a source failure shared with every target keeps its class).
+fn blob_failure(blob: &Descriptor, e: &TransportError) -> Failure {
+    Failure::new(e.class(Side::Target), format!("blob {}: {e}", blob.digest))
 }

@@ -142,11 +142,10 @@ impl Copier {
             Ok(opened) => opened,
             Err(e) => {
                 // One source failure, reported to every target with its kind
-                // kept, so a transient one stays transient for each of them.
+                // and class kept, so a transient one stays transient for each
+                // of them and a 404 at the source is not the target's fault.
                 let loc = source.location().to_string();
-                let mut out: Vec<_> = sinks.iter().skip(1).map(|_| Err(e.shared(&loc))).collect();
-                out.insert(0, Err(e));
-                return out;
+                return sinks.iter().map(|_| Err(e.shared(&loc))).collect();
             }
         };
         let chunk_sizes: Vec<u64> = sinks

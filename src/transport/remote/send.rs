@@ -251,7 +251,7 @@ impl Registry {
             () = head_deadline => {
                 drop(permit);
                 self.record(&req.method, None, started.elapsed());
-                let err = TransportError::Connect {
+                let err = TransportError::Timeout {
                     registry: self.host.clone(),
                     detail: format!(
                         "{} {}: no complete response head within {} s (2 x read_timeout)",
@@ -392,6 +392,8 @@ impl Registry {
         if tls {
             // the same handshake fails the same way: not worth a retry
             TransportError::Tls { registry, detail }
+        } else if timeout {
+            TransportError::Timeout { registry, detail }
         } else {
             TransportError::Connect { registry, detail }
         }
@@ -449,7 +451,7 @@ impl Registry {
             let item = floor
                 .next(&mut stream)
                 .await
-                .map_err(|slow| TransportError::Connect {
+                .map_err(|slow| TransportError::Timeout {
                     registry: self.host.clone(),
                     detail: format!("{method} {}: {slow}", url.path()),
                 })?;
