@@ -8,6 +8,7 @@
 //! - [`execute`]: sends the deletions (journaled first) and writes the state.
 
 pub(crate) mod execute;
+mod facts;
 mod graph;
 pub(crate) mod plan;
 pub(crate) mod read;
@@ -17,7 +18,9 @@ pub(crate) mod state;
 
 pub use execute::{DeletionStatus, Pruner, RetentionReport};
 pub(crate) use read::{RepoJob, RepoRead, RuleRead, StateUpdate};
-pub(crate) use state::{JournalEntry, JournalId, JournalRecord, SeenTag, StateError};
+pub(crate) use state::{
+    JournalEntry, JournalId, JournalRecord, ManifestFacts, SeenTag, StateError,
+};
 pub use state::{JournalStatus, RetentionState};
 
 pub use plan::{KeepReason, Unix};

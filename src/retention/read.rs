@@ -10,6 +10,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use tracing::Instrument;
 
 use super::execute::{Pruner, RetentionError};
+use super::facts::FactReader;
 use super::plan::{Child, Listing, ManifestInfo, RepoInput, Unix};
 use crate::config::{OrderBy, Retention, Rule};
 use crate::oci::{Digest, Manifest, RawManifest, Verified, is_index};
@@ -167,17 +168,19 @@ impl Pruner {
             (Some(loc), true) => Some(self.source_tags(loc).await?),
             _ => None,
         };
-        let (tags, mut manifests) = read_tags(&store).await?;
+        let facts = FactReader::new(&store, self.state.as_ref(), needs_created(policy));
+        let (tags, mut manifests) = read_tags(&store, &facts).await?;
         let (untagged_since, updates) = self
-            .read_untagged(&store, &repo_key, &tags, &mut manifests)
+            .read_untagged(&facts, &repo_key, &tags, &mut manifests)
             .await?;
-        read_nested(&store, &mut manifests).await?;
-        super::referrers::read_api_referrers(&store, &mut manifests).await?;
+        read_nested(&facts, &mut manifests).await?;
+        super::referrers::read_api_referrers(&store, &facts, &mut manifests).await?;
         let created = if needs_created(policy) {
-            read_created(&store, policy, &tags).await?
+            read_created(&facts, policy, &tags).await?
         } else {
             HashMap::new()
         };
+        facts.finish();
         let seen = self.state.seen_tags(&repo_key)?;
         let first_seen = seen.into_iter().map(|(t, s)| (t, s.first_seen)).collect();
         let input = RepoInput {
@@ -208,7 +211,7 @@ impl Pruner {
     /// away since the last run; and what the state should learn.
     async fn read_untagged(
         &self,
-        store: &Store,
+        facts: &FactReader<'_>,
         repo_key: &str,
         tags: &BTreeMap<String, Digest>,
         manifests: &mut HashMap<Digest, ManifestInfo>,
@@ -233,8 +236,8 @@ impl Pruner {
                 updates.push(StateUpdate::Forget { digest });
                 continue;
             }
-            match fetch_info(store, digest.as_str()).await? {
-                Some((_, info)) => {
+            match facts.info_if_present(&digest).await? {
+                Some(info) => {
                     manifests.insert(digest.clone(), info);
                     since.insert(digest, at);
                 }
@@ -246,20 +249,26 @@ impl Pruner {
     }
 }
 
-/// Every tag and its manifest (one GET each: digest, children and subject at
-/// once). A repository that does not exist has no tags.
+/// Every tag, its digest (one HEAD each) and its manifest's facts (kept,
+/// or one GET). A repository that does not exist has no tags.
 async fn read_tags(
     store: &Store,
+    facts: &FactReader<'_>,
 ) -> Result<(BTreeMap<String, Digest>, HashMap<Digest, ManifestInfo>), RetentionError> {
     let tag_list = store.list_tags().await?;
     let fetched: Vec<(String, Digest, ManifestInfo)> = futures_util::stream::iter(tag_list)
         .map(|tag| async move {
-            let (digest, info) = fetch_info(store, &tag).await?.ok_or_else(|| {
+            let vanished = || {
                 RetentionError::Inventory(format!(
                     "tag {tag:?} vanished while the repository was read"
                 ))
-            })?;
-            Ok::<_, RetentionError>((tag, digest, info))
+            };
+            let head = store.resolve(&tag).await?.ok_or_else(vanished)?;
+            let info = facts
+                .info_of_present(&head.digest)
+                .await?
+                .ok_or_else(vanished)?;
+            Ok::<_, RetentionError>((tag, head.digest, info))
         })
         .buffer_unordered(READS_IN_PARALLEL)
         .try_collect()
@@ -275,7 +284,7 @@ async fn read_tags(
 
 /// Nested indexes: their children decide what stays.
 async fn read_nested(
-    store: &Store,
+    facts: &FactReader<'_>,
     manifests: &mut HashMap<Digest, ManifestInfo>,
 ) -> Result<(), RetentionError> {
     loop {
@@ -289,7 +298,7 @@ async fn read_nested(
             return Ok(());
         }
         for d in missing {
-            let (_, info) = fetch_info(store, d.as_str()).await?.ok_or_else(|| {
+            let info = facts.info_if_present(&d).await?.ok_or_else(|| {
                 RetentionError::Inventory(format!("index {d} is referenced but missing"))
             })?;
             manifests.insert(d, info);
@@ -308,7 +317,7 @@ pub(crate) fn needs_created(policy: &Retention) -> bool {
 
 /// Image creation times of the candidates (matched, not protected).
 async fn read_created(
-    store: &Store,
+    facts: &FactReader<'_>,
     policy: &Retention,
     tags: &BTreeMap<String, Digest>,
 ) -> Result<HashMap<String, Unix>, RetentionError> {
@@ -323,7 +332,7 @@ async fn read_created(
         .collect();
     let times: Vec<(String, Option<Unix>)> = futures_util::stream::iter(candidates)
         .map(|(tag, digest)| async move {
-            Ok::<_, RetentionError>((tag, created_of(store, &digest).await?))
+            Ok::<_, RetentionError>((tag, facts.created(&digest).await?))
         })
         .buffer_unordered(READS_IN_PARALLEL)
         .try_collect()
@@ -332,17 +341,6 @@ async fn read_created(
         .into_iter()
         .filter_map(|(t, c)| c.map(|c| (t, c)))
         .collect())
-}
-
-/// A manifest's digest and references; `None` when absent.
-pub(super) async fn fetch_info(
-    store: &Store,
-    reference: &str,
-) -> Result<Option<(Digest, ManifestInfo)>, RetentionError> {
-    let Some(raw) = store.get_manifest(reference).await? else {
-        return Ok(None);
-    };
-    Ok(Some((raw.digest.clone(), manifest_info(&raw)?)))
 }
 
 /// What the planner needs of a manifest: media type, children, subject.

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use super::execute::RetentionError;
+use super::facts::FactReader;
 use super::plan::ManifestInfo;
 use crate::oci::Digest;
 use crate::transport::Store;
@@ -18,6 +19,7 @@ use crate::transport::Store;
 /// (an error: nothing is deleted), never silently short.
 pub(super) async fn read_api_referrers(
     store: &Store,
+    facts: &FactReader<'_>,
     manifests: &mut HashMap<Digest, ManifestInfo>,
 ) -> Result<(), RetentionError> {
     let mut frontier: Vec<Digest> = manifests.keys().cloned().collect();
@@ -37,13 +39,9 @@ pub(super) async fn read_api_referrers(
             if manifests.contains_key(&d) {
                 continue;
             }
-            let (_, info) = super::read::fetch_info(store, d.as_str())
-                .await?
-                .ok_or_else(|| {
-                    RetentionError::Inventory(format!(
-                        "referrer {d} of {subject} is listed but absent"
-                    ))
-                })?;
+            let info = facts.info_if_present(&d).await?.ok_or_else(|| {
+                RetentionError::Inventory(format!("referrer {d} of {subject} is listed but absent"))
+            })?;
             manifests.insert(d.clone(), info);
             frontier.push(d);
         }

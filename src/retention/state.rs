@@ -4,7 +4,10 @@
 //!   seen (`order_by = "first_seen"`, and noticing a tag that moved);
 //! - per repository and digest: since when a manifest has had no tag
 //!   (`untagged_older_than`);
-//! - the deletion journal: every deletion written before it is sent.
+//! - the deletion journal: every deletion written before it is sent;
+//! - per digest: what retention derives from a manifest (`ManifestFacts`).
+//!   A digest names its content, so these never go stale: a run reads them
+//!   instead of GETting the manifest (and config) again.
 //!
 //! Repositories are keyed by their location as displayed
 //! (`host/path/repo` or `oci:/dir`).
@@ -13,7 +16,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::plan::Unix;
+use super::plan::{ManifestInfo, Unix};
 use crate::oci::Digest;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +44,17 @@ pub struct JournalEntry {
     pub tags: Vec<String>,
     pub reason: String,
     pub time: Unix,
+}
+
+/// What retention derives from one manifest, kept by its digest: the same
+/// wherever and whenever that digest is read (content-addressed).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ManifestFacts {
+    /// Media type, children, subject.
+    pub info: ManifestInfo,
+    /// The image's `created` time: `None` when not read yet (the policy did
+    /// not need it), `Some(None)` when read and the image has none.
+    pub created: Option<Option<Unix>>,
 }
 
 pub type JournalId = i64;
@@ -90,6 +104,19 @@ pub trait RetentionState: Send + Sync {
     fn journal_done(&self, id: JournalId, result: Result<(), &str>) -> Result<(), StateError>;
     /// The latest journal records, newest first (for `status`).
     fn recent_deletions(&self, limit: usize) -> Result<Vec<JournalRecord>, StateError>;
+    /// The facts known of `digest`, if any.
+    fn manifest_facts(&self, digest: &Digest) -> Result<Option<ManifestFacts>, StateError>;
+    /// Keeps `facts` of `digest` (a later call adds a `created` time the
+    /// first did not have), used at `now`.
+    fn record_manifest_facts(
+        &self,
+        digest: &Digest,
+        facts: &ManifestFacts,
+        now: Unix,
+    ) -> Result<(), StateError>;
+    /// Marks the facts of `digests` used at `now`, and drops the facts not
+    /// used since `stale` (digests no run has seen for a long time).
+    fn facts_used(&self, digests: &[Digest], now: Unix, stale: Unix) -> Result<(), StateError>;
 }
 
 /// A state for `plan` and dry runs: reads pass through, writes are dropped,
@@ -126,6 +153,20 @@ impl RetentionState for ReadOnly {
     fn recent_deletions(&self, limit: usize) -> Result<Vec<JournalRecord>, StateError> {
         self.0.recent_deletions(limit)
     }
+    fn manifest_facts(&self, digest: &Digest) -> Result<Option<ManifestFacts>, StateError> {
+        self.0.manifest_facts(digest)
+    }
+    fn record_manifest_facts(
+        &self,
+        _: &Digest,
+        _: &ManifestFacts,
+        _: Unix,
+    ) -> Result<(), StateError> {
+        Ok(())
+    }
+    fn facts_used(&self, _: &[Digest], _: Unix, _: Unix) -> Result<(), StateError> {
+        Ok(())
+    }
 }
 
 /// No state at all (a plan before any run): nothing seen, nothing
@@ -161,5 +202,19 @@ impl RetentionState for NoState {
     }
     fn recent_deletions(&self, _: usize) -> Result<Vec<JournalRecord>, StateError> {
         Ok(Vec::new())
+    }
+    fn manifest_facts(&self, _: &Digest) -> Result<Option<ManifestFacts>, StateError> {
+        Ok(None)
+    }
+    fn record_manifest_facts(
+        &self,
+        _: &Digest,
+        _: &ManifestFacts,
+        _: Unix,
+    ) -> Result<(), StateError> {
+        Err(StateError::Other("no state database".into()))
+    }
+    fn facts_used(&self, _: &[Digest], _: Unix, _: Unix) -> Result<(), StateError> {
+        Err(StateError::Other("no state database".into()))
     }
 }

@@ -11,6 +11,7 @@
 //! synchronous statement (sub-millisecond in WAL mode with
 //! `synchronous = NORMAL`), so async callers call them inline.
 
+mod facts;
 mod lock;
 mod retention;
 mod schema;

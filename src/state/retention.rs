@@ -9,7 +9,7 @@ use rusqlite::params;
 use super::State;
 use crate::oci::Digest;
 use crate::retention::{
-    JournalEntry, JournalId, JournalRecord, JournalStatus, RetentionState, SeenTag,
+    JournalEntry, JournalId, JournalRecord, JournalStatus, ManifestFacts, RetentionState, SeenTag,
     StateError as RetentionStateError, Unix,
 };
 
@@ -166,5 +166,32 @@ impl RetentionState for State {
             .collect()
         })
         .map_err(err)
+    }
+
+    fn manifest_facts(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<ManifestFacts>, RetentionStateError> {
+        State::manifest_facts(self, digest).map_err(err)
+    }
+
+    fn record_manifest_facts(
+        &self,
+        digest: &Digest,
+        facts: &ManifestFacts,
+        now: Unix,
+    ) -> Result<(), RetentionStateError> {
+        State::record_manifest_facts(self, digest, facts, now).map_err(err)
+    }
+
+    fn facts_used(
+        &self,
+        digests: &[Digest],
+        now: Unix,
+        stale: Unix,
+    ) -> Result<(), RetentionStateError> {
+        self.manifest_facts_used(digests, now, stale)
+            .map(drop)
+            .map_err(err)
     }
 }

@@ -117,6 +117,19 @@ const MIGRATIONS: &[&str] = &[
     // 6: the class of a run's first failure (`authentication`,
     // `not_found`...), for `status`.
     "ALTER TABLE runs ADD COLUMN error_class TEXT;",
+    // 7: what retention derives from a manifest, by digest (content-
+    // addressed, so never stale): media type, children and subject, and the
+    // image's `created` time once read (`created_known`). `used`: the last
+    // run that needed them; facts unused for long are dropped.
+    "CREATE TABLE manifest_facts (
+        digest TEXT NOT NULL PRIMARY KEY,
+        media_type TEXT NOT NULL,
+        children TEXT NOT NULL,
+        subject TEXT,
+        created INTEGER,
+        created_known INTEGER NOT NULL DEFAULT 0,
+        used INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes.

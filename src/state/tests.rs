@@ -315,3 +315,58 @@ fn touched_repositories_are_recorded_until_tagged() {
     st.untouch_repo("reg:5000", "m/a").unwrap();
     assert!(!st.touched("reg:5000", "m/a").unwrap());
 }
+
+#[test]
+fn manifest_facts_are_kept_by_digest_completed_and_bounded() {
+    use crate::retention::plan::Child;
+    use crate::retention::state::ReadOnly;
+    use crate::retention::{ManifestFacts, ManifestInfo, RetentionState};
+    let (_d, st) = open();
+    let d = |c: char| {
+        crate::oci::Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
+    };
+    let index = ManifestFacts {
+        info: ManifestInfo {
+            media_type: "application/vnd.oci.image.index.v1+json".into(),
+            children: vec![Child {
+                digest: d('b'),
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            }],
+            subject: Some(d('c')),
+        },
+        created: None,
+    };
+    let rs: &dyn RetentionState = &st;
+    assert_eq!(rs.manifest_facts(&d('a')).unwrap(), None);
+
+    // A dry run's state reads them but writes none.
+    let ro = ReadOnly(std::sync::Arc::new(st.clone()));
+    ro.record_manifest_facts(&d('a'), &index, 1_000).unwrap();
+    assert_eq!(rs.manifest_facts(&d('a')).unwrap(), None);
+
+    rs.record_manifest_facts(&d('a'), &index, 1_000).unwrap();
+    assert_eq!(ro.manifest_facts(&d('a')).unwrap(), Some(index.clone()));
+    // A `created` time read later completes the row; "none" is a fact too,
+    // and a known time is never replaced.
+    let dated = ManifestFacts {
+        created: Some(Some(1_700_000_000)),
+        ..index.clone()
+    };
+    rs.record_manifest_facts(&d('a'), &dated, 1_000).unwrap();
+    assert_eq!(rs.manifest_facts(&d('a')).unwrap(), Some(dated.clone()));
+    let undated = ManifestFacts {
+        created: Some(None),
+        ..index.clone()
+    };
+    rs.record_manifest_facts(&d('a'), &undated, 1_000).unwrap();
+    assert_eq!(rs.manifest_facts(&d('a')).unwrap(), Some(dated.clone()));
+    rs.record_manifest_facts(&d('e'), &undated, 1_000).unwrap();
+    assert_eq!(rs.manifest_facts(&d('e')).unwrap(), Some(undated));
+
+    // Facts used stay; facts no run used since `stale` go.
+    let later = 1_000 + 40 * 86_400;
+    rs.facts_used(&[d('a')], later, later - 30 * 86_400)
+        .unwrap();
+    assert_eq!(rs.manifest_facts(&d('a')).unwrap(), Some(dated));
+    assert_eq!(rs.manifest_facts(&d('e')).unwrap(), None);
+}

@@ -7,6 +7,7 @@ mod daemon;
 mod errorclass;
 mod event_passes;
 mod events;
+mod facts;
 mod faults;
 mod harness;
 mod jsoncost;
