@@ -356,8 +356,18 @@ impl Metrics {
     /// Only a run of the `whole` rule sets what speaks for every repository
     /// (tags selected, last success, the lag basis): an event pass over one
     /// repository says nothing of the others.
+    /// A run of a rule that is no longer configured (removed by a reload
+    /// while it ran) is not accounted: its series are gone and stay gone.
     pub fn run_finished(&self, report: &RuleReport, started: f64, pending: i64, whole: bool) {
         let rule = report.rule.as_str();
+        if !self
+            .lag_basis
+            .lock()
+            .expect("metrics poisoned")
+            .contains_key(rule)
+        {
+            return;
+        }
         self.runs
             .with_label_values(&[rule, report.result.as_str()])
             .inc();
@@ -489,6 +499,13 @@ mod tests {
         let text = m.render().unwrap();
         assert!(text.contains("regkeeper_shard_info{shard=\"1\",shards=\"3\"} 1"));
         m.remove_rule("r");
+        // a run that was in flight when its rule was removed finishes later
+        let late = RuleReport::new("r", false);
+        m.run_finished(&late, now(), 0, true);
+        assert!(
+            !m.render().unwrap().contains("rule=\"r\""),
+            "a removed rule's series came back"
+        );
         assert!(!m.render().unwrap().contains("rule=\"r\""));
     }
 

@@ -13,10 +13,10 @@ fn sync_on_a_terminal_shows_percent_of_the_plan_and_an_eta() {
     let dst = Registry::start_plain();
     let seeded = seed_two_repos(&src, "pg");
     let dir = tempfile::tempdir().unwrap();
-    // A slow source (4 requests/s, as an operator under a rate limit sets
+    // A slow source (2 requests/s, as an operator under a rate limit sets
     // it) keeps the run going for several redraws of the line.
     let config = format!(
-        "{}[registries.\"{}\"]\nplain_http = true\nrequests_per_second = 4\n\
+        "{}[registries.\"{}\"]\nplain_http = true\nrequests_per_second = 2\n\
          [[rule]]\nname = \"mirror\"\nsource = \"{}/pg/*\"\ntargets = [\"{}/m/*\"]\n",
         header(dir.path(), &[&dst]),
         src.host(),
