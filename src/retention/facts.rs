@@ -83,6 +83,34 @@ impl<'a> FactReader<'a> {
         self.fetch(digest).await
     }
 
+    /// The digest of `tag` and its manifest's facts. When the digest the tag
+    /// had at the last run (`last`) has kept facts, one HEAD confirms it;
+    /// otherwise one GET by tag gives digest and facts at once (a HEAD then
+    /// a GET would be two requests for what one answers). `None` when the
+    /// tag is gone.
+    pub(super) async fn info_of_tag(
+        &self,
+        tag: &str,
+        last: Option<&Digest>,
+    ) -> Result<Option<(Digest, ManifestInfo)>, RetentionError> {
+        if let Some(f) = last.and_then(|d| self.known(d)) {
+            let Some(head) = self.store.resolve(tag).await? else {
+                return Ok(None);
+            };
+            if Some(&head.digest) == last {
+                return Ok(Some((head.digest, f.info)));
+            }
+            // moved since the last run
+            let info = self.info_of_present(&head.digest).await?;
+            return Ok(info.map(|i| (head.digest, i)));
+        }
+        let Some(raw) = self.store.get_manifest(tag).await? else {
+            return Ok(None);
+        };
+        let digest = raw.digest.clone();
+        Ok(Some((digest, self.learn(raw)?)))
+    }
+
     /// The facts of a manifest that may be gone (untagged, referenced):
     /// with kept facts, a HEAD says whether it is still there; else one GET.
     pub(super) async fn info_if_present(
@@ -105,16 +133,22 @@ impl<'a> FactReader<'a> {
         let Some(raw) = self.store.get_manifest(digest.as_str()).await? else {
             return Ok(None);
         };
+        self.learn(raw).map(Some)
+    }
+
+    /// The facts of a manifest just read: kept, and the manifest held when
+    /// `created` times will be asked.
+    fn learn(&self, raw: RawManifest) -> Result<ManifestInfo, RetentionError> {
         let info = manifest_info(&raw)?;
         let facts = ManifestFacts {
             info: info.clone(),
             created: None,
         };
-        self.keep(digest, &facts);
+        self.keep(&raw.digest, &facts);
         if self.hold_fetched && raw.bytes.len() <= HELD_MANIFEST_BYTES {
-            self.fetched.lock().unwrap().insert(digest.clone(), raw);
+            self.fetched.lock().unwrap().insert(raw.digest.clone(), raw);
         }
-        Ok(Some(info))
+        Ok(info)
     }
 
     /// The `created` time of an image in the repository (for an index: its

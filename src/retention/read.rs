@@ -12,6 +12,7 @@ use tracing::Instrument;
 use super::execute::{Pruner, RetentionError};
 use super::facts::FactReader;
 use super::plan::{Child, Listing, ManifestInfo, RepoInput, Unix};
+use super::state::SeenTag;
 use crate::config::{OrderBy, Retention, Rule};
 use crate::oci::{Digest, Manifest, RawManifest, Verified, is_index};
 use crate::plan::referrer_subject;
@@ -169,7 +170,8 @@ impl Pruner {
             _ => None,
         };
         let facts = FactReader::new(&store, self.state.as_ref(), needs_created(policy));
-        let (tags, mut manifests) = read_tags(&store, &facts).await?;
+        let seen = self.state.seen_tags(&repo_key)?;
+        let (tags, mut manifests) = read_tags(&store, &facts, &seen).await?;
         let (untagged_since, updates) = self
             .read_untagged(&facts, &repo_key, &tags, &mut manifests)
             .await?;
@@ -181,7 +183,6 @@ impl Pruner {
             HashMap::new()
         };
         facts.finish();
-        let seen = self.state.seen_tags(&repo_key)?;
         let first_seen = seen.into_iter().map(|(t, s)| (t, s.first_seen)).collect();
         let input = RepoInput {
             repository: repo_key,
@@ -249,11 +250,13 @@ impl Pruner {
     }
 }
 
-/// Every tag, its digest (one HEAD each) and its manifest's facts (kept,
-/// or one GET). A repository that does not exist has no tags.
+/// Every tag, its digest and its manifest's facts: one HEAD when the
+/// digest the tag had at the last run (`seen`) is unchanged and its facts
+/// are kept, else one GET. A repository that does not exist has no tags.
 async fn read_tags(
     store: &Store,
     facts: &FactReader<'_>,
+    seen: &BTreeMap<String, SeenTag>,
 ) -> Result<(BTreeMap<String, Digest>, HashMap<Digest, ManifestInfo>), RetentionError> {
     let tag_list = store.list_tags().await?;
     let fetched: Vec<(String, Digest, ManifestInfo)> = futures_util::stream::iter(tag_list)
@@ -263,12 +266,9 @@ async fn read_tags(
                     "tag {tag:?} vanished while the repository was read"
                 ))
             };
-            let head = store.resolve(&tag).await?.ok_or_else(vanished)?;
-            let info = facts
-                .info_of_present(&head.digest)
-                .await?
-                .ok_or_else(vanished)?;
-            Ok::<_, RetentionError>((tag, head.digest, info))
+            let last = seen.get(&tag).map(|s| &s.digest);
+            let (digest, info) = facts.info_of_tag(&tag, last).await?.ok_or_else(vanished)?;
+            Ok::<_, RetentionError>((tag, digest, info))
         })
         .buffer_unordered(READS_IN_PARALLEL)
         .try_collect()
