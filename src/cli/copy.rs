@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use regkeeper::config::LogFormat;
-use regkeeper::engine::Engine;
+use regkeeper::engine::{Engine, Mode};
 use regkeeper::oci::Platform;
 use regkeeper::reference::{ImageRef, Location, Reference};
 use regkeeper::transport::{RegistryOptions, Transports};
@@ -194,7 +194,7 @@ async fn build_transports(
     let [s, d] = access.sides();
     apply_side(&mut options, &src.location, &s).await?;
     apply_side(&mut options, &dst.location, &d).await?;
-    Ok(Arc::new(Transports::new(options, false)))
+    Ok(Arc::new(Transports::new(options, Mode::Apply.read_only())))
 }
 
 /// A missing `oci:` source directory is named as such, not left to a
@@ -246,7 +246,7 @@ pub(crate) async fn run(
     let target = transports
         .open(&dst.location)
         .map_err(anyhow::Error::from)?;
-    let mut engine = Engine::new(transports, limit, false);
+    let mut engine = Engine::new(transports, limit, Mode::Apply);
     let bar = super::progress::start(&mut engine, g.on_terminal);
     let result = engine
         .copy_image(

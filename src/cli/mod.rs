@@ -19,7 +19,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use regkeeper::config::{self, Config, LogFormat, Rule};
-use regkeeper::retention::{Pruner, Unix};
+use regkeeper::engine::Mode;
 use regkeeper::shard::Shard;
 use regkeeper::state::State;
 use regkeeper::transport::Transports;
@@ -191,11 +191,6 @@ impl Globals {
         .resolve()
         .map_err(|e| CliError::Usage(format!("error: {e}")))
     }
-
-    /// The one clock of a run: now, or the hidden `--now`.
-    fn now(&self) -> Unix {
-        self.now.unwrap_or_else(regkeeper::state::now_unix)
-    }
 }
 
 pub async fn run(cli: Cli) -> Result<u8, CliError> {
@@ -279,8 +274,8 @@ fn init_logging(format: LogFormat, quiet: bool) {
     };
 }
 
-fn transports(config: &Config, read_only: bool) -> Arc<Transports> {
-    regkeeper::daemon::transports(config, read_only)
+fn transports(config: &Config, mode: Mode) -> Arc<Transports> {
+    regkeeper::daemon::transports(config, mode)
 }
 
 /// Takes the exclusive lock on `state_dir` (`run`, `sync`, `prune`), held
@@ -300,9 +295,4 @@ fn open_state(config: &Config) -> Result<State, CliError> {
 /// is no database yet.
 fn open_state_read_only(config: &Config) -> Result<Option<State>, CliError> {
     State::open_read_only(&config.daemon.state_dir).map_err(|e| CliError::State(e.to_string()))
-}
-
-/// A command's pruner (`Pruner::for_run`, as the daemon's).
-fn pruner(transports: &Arc<Transports>, state: Option<&State>, dry_run: bool, now: Unix) -> Pruner {
-    Pruner::for_run(transports, state, dry_run, now)
 }

@@ -3,7 +3,7 @@
 //! transports, with the state database opened read-only (its journal and
 //! first-seen times are read as data; nothing is written).
 
-use regkeeper::engine::{Engine, RunResult};
+use regkeeper::engine::{Engine, Mode, Pass, RunResult};
 
 use super::output::{document, print_plan};
 use super::{CliError, EXIT_OK, EXIT_PARTIAL, Globals};
@@ -12,22 +12,23 @@ pub(crate) async fn run(g: &Globals, names: &[String], json: bool) -> Result<u8,
     let (config, rules) = g.load_rules(names)?;
     let shard = g.shard(&config)?;
     super::init_logging(config.daemon.log_format, true);
-    // Read-only transports: a write request is refused before it is sent.
-    let transports = super::transports(&config, true);
+    // An estimate: transports that refuse a write before it is sent, the
+    // state read-only.
+    let transports = super::transports(&config, Mode::Estimate);
     let state = super::open_state_read_only(&config)?;
-    let pruner = rules
-        .iter()
-        .any(|r| r.retention.is_some())
-        .then(|| super::pruner(&transports, state.as_ref(), true, g.now()).with_shard(shard));
-    let mut engine = Engine::new(transports, config.daemon.max_concurrent_transfers, true)
-        .with_clock(g.now)
-        .with_shard(shard);
+    let mut engine = Engine::new(
+        transports,
+        config.daemon.max_concurrent_transfers,
+        Mode::Estimate,
+    )
+    .with_clock(g.now)
+    .with_shard(shard);
     if let Some(s) = state {
         engine = engine.with_state(s);
     }
     let mut reports = Vec::new();
     for rule in &rules {
-        reports.push(engine.run_rule(rule, pruner.as_ref()).await);
+        reports.push(engine.run_rule(rule, Pass::Whole).await);
     }
     let mut doc = document(true, &reports);
     doc.shard = (!shard.is_whole()).then_some(shard);

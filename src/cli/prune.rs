@@ -1,5 +1,7 @@
 //! `regkeeper prune [RULE...] [--dry-run]`: retention only.
 
+use regkeeper::engine::{Engine, Mode, Pass};
+
 use super::output::print_retention;
 use super::{CliError, EXIT_OK, EXIT_PARTIAL, Globals};
 
@@ -29,19 +31,26 @@ pub(crate) async fn run(
         true => None,
         false => Some(super::lock_state(&config)?),
     };
-    let state = if dry_run {
-        super::open_state_read_only(&config)?
-    } else {
-        Some(super::open_state(&config)?)
+    let mode = if dry_run { Mode::Estimate } else { Mode::Apply };
+    let state = match mode {
+        Mode::Estimate => super::open_state_read_only(&config)?,
+        Mode::Apply => Some(super::open_state(&config)?),
     };
-    // A dry run's transports refuse every write before it is sent.
-    let transports = super::transports(&config, dry_run);
-    let pruner = super::pruner(&transports, state.as_ref(), dry_run, g.now()).with_shard(shard);
+    // The rule's one plan (the same inventory as `sync`), of which a prune
+    // carries out the deletions only.
+    let transports = super::transports(&config, mode);
+    let mut engine = Engine::new(transports, config.daemon.max_concurrent_transfers, mode)
+        .with_clock(g.now)
+        .with_shard(shard);
+    if let Some(s) = state {
+        engine = engine.with_state(s);
+    }
     let mut code = EXIT_OK;
     let mut reports = Vec::new();
     for rule in &rules {
-        if let Some(r) = pruner.prune_rule(rule).await {
-            if !r.ok() {
+        let report = engine.run_rule(rule, Pass::NoCopies).await;
+        if let Some(r) = report.retention {
+            if !r.ok() || !report.errors.is_empty() {
                 code = EXIT_PARTIAL;
             }
             reports.push((rule.name.clone(), r));

@@ -3,7 +3,7 @@
 use std::future::Future;
 
 use futures_util::StreamExt;
-use regkeeper::engine::{Engine, RunResult};
+use regkeeper::engine::{Engine, Mode, RunResult};
 
 use super::output::{document, print_retention, print_sync_summary};
 use super::{CliError, EXIT_OK, EXIT_PARTIAL, Globals};
@@ -18,15 +18,15 @@ pub(crate) async fn run(g: &Globals, names: &[String], json: bool) -> Result<u8,
     super::init_logging(config.daemon.log_format, g.on_terminal);
     let _lock = super::lock_state(&config)?;
     let state = super::open_state(&config)?;
-    let transports = super::transports(&config, false);
-    let pruner = rules
-        .iter()
-        .any(|r| r.retention.is_some())
-        .then(|| super::pruner(&transports, Some(&state), false, g.now()).with_shard(shard));
-    let mut engine = Engine::new(transports, config.daemon.max_concurrent_transfers, false)
-        .with_state(state.clone())
-        .with_clock(g.now)
-        .with_shard(shard);
+    let transports = super::transports(&config, Mode::Apply);
+    let mut engine = Engine::new(
+        transports,
+        config.daemon.max_concurrent_transfers,
+        Mode::Apply,
+    )
+    .with_state(state.clone())
+    .with_clock(g.now)
+    .with_shard(shard);
     let bar = super::progress::start(&mut engine, g.on_terminal && !json);
     if let Some(b) = &bar {
         b.set_prefix(match rules.as_slice() {
@@ -43,7 +43,6 @@ pub(crate) async fn run(g: &Globals, names: &[String], json: bool) -> Result<u8,
             Some(&state),
             None,
             rule,
-            pruner.as_ref(),
             regkeeper::daemon::Scope::Whole,
         )
     })

@@ -53,11 +53,12 @@ pub enum DaemonError {
     },
 }
 
-/// Transports for a config, with the metrics observer installed.
-pub fn transports(config: &Config, read_only: bool) -> Arc<Transports> {
+/// Transports for a config in `mode` (an estimate's refuse every write
+/// before it is sent).
+pub fn transports(config: &Config, mode: crate::engine::Mode) -> Arc<Transports> {
     let options: std::collections::HashMap<String, RegistryOptions> =
         config.registries.clone().into_iter().collect();
-    Arc::new(Transports::new(options, read_only))
+    Arc::new(Transports::new(options, mode.read_only()))
 }
 
 /// The process's one clock (fractional seconds), under the name the daemon's
@@ -76,6 +77,16 @@ pub enum Scope {
     Narrowed,
 }
 
+impl Scope {
+    /// What a run of this scope carries out of the rule's plan.
+    pub fn pass(self) -> crate::engine::Pass {
+        match self {
+            Scope::Whole => crate::engine::Pass::Whole,
+            Scope::Narrowed => crate::engine::Pass::NoDeletions,
+        }
+    }
+}
+
 /// Runs one rule and records the run in the state and the metrics (either
 /// may be absent). State trouble is logged, never fatal to the run. A
 /// narrowed run counts in `regkeeper_rule_runs_total` and the transfer
@@ -87,7 +98,6 @@ pub async fn run_rule(
     state: Option<&State>,
     metrics: Option<&Metrics>,
     rule: &Rule,
-    pruner: Option<&crate::retention::Pruner>,
     scope: Scope,
 ) -> RuleReport {
     let started = unix_now();
@@ -102,7 +112,7 @@ pub async fn run_rule(
     if let Some(m) = metrics.filter(|_| whole) {
         m.run_started(&rule.name, started);
     }
-    let report = engine.run_rule(rule, pruner).await;
+    let report = engine.run_rule(rule, scope.pass()).await;
     let last_error = report.errors.first().map(|e| e.to_string()).or_else(|| {
         report.images.iter().find_map(|i| {
             i.error

@@ -95,13 +95,17 @@ fn build_generation(
     stop: &CancellationToken,
     previous: Option<&Generation>,
 ) -> Generation {
-    let tr = transports(&config, false);
+    let tr = transports(&config, crate::engine::Mode::Apply);
     tr.set_observer(metrics.observer());
     metrics.watch_transports(tr.clone());
-    let mut engine = Engine::new(tr, config.daemon.max_concurrent_transfers, false)
-        .with_state(state.clone())
-        .with_stop(stop.clone())
-        .with_shard(shard_of(&config));
+    let mut engine = Engine::new(
+        tr,
+        config.daemon.max_concurrent_transfers,
+        crate::engine::Mode::Apply,
+    )
+    .with_state(state.clone())
+    .with_stop(stop.clone())
+    .with_shard(shard_of(&config));
     if let Some(prev) = previous {
         // One blob tracker per process: runs of the old generation may
         // still be mounting, and two trackers could mount one blob into one
@@ -256,7 +260,6 @@ impl Scheduler {
                 engine: &self.generation.engine,
                 state: &self.state,
                 metrics: &self.metrics,
-                shard: shard_of(&self.generation.config),
             },
         );
     }
@@ -294,7 +297,6 @@ impl Scheduler {
                         rule: slot.rule.clone(),
                         state: self.state.clone(),
                         metrics: self.metrics.clone(),
-                        shard: shard_of(&self.generation.config),
                         scope: Scope::Whole,
                     };
                     let span = tracing::info_span!("run", rule = %run.rule.name);
@@ -430,9 +432,6 @@ pub(crate) struct RunContext {
     pub(crate) rule: Arc<Rule>,
     pub(crate) state: State,
     pub(crate) metrics: Arc<Metrics>,
-    /// The repositories retention reads (a `/*` target's catalog is
-    /// filtered by it).
-    pub(crate) shard: crate::shard::Shard,
     /// A narrowed run (an event pass) plans with retention like any run
     /// but deletes nothing and does not speak for the whole rule.
     pub(crate) scope: Scope,
@@ -458,7 +457,6 @@ pub(crate) fn spawn_run(
             rule,
             state,
             metrics,
-            shard,
             scope,
         } = run;
         handle.block_on(
@@ -466,28 +464,7 @@ pub(crate) fn spawn_run(
                 // Every pass plans with the rule's retention (the same
                 // transports, its journal in the state database); only a
                 // whole run sends the deletions.
-                let pruner = rule.retention.as_ref().map(|_| {
-                    let p = crate::retention::Pruner::for_run(
-                        engine.transports(),
-                        Some(&state),
-                        false,
-                        unix_now() as i64,
-                    )
-                    .with_shard(shard);
-                    match scope {
-                        Scope::Whole => p,
-                        Scope::Narrowed => p.without_deletions(),
-                    }
-                });
-                run_rule(
-                    &engine,
-                    Some(&state),
-                    Some(&metrics),
-                    &rule,
-                    pruner.as_ref(),
-                    scope,
-                )
-                .await;
+                run_rule(&engine, Some(&state), Some(&metrics), &rule, scope).await;
             }
             .instrument(span),
         );

@@ -48,7 +48,7 @@ impl Engine {
                 .await;
             images.extend(results.into_iter().flatten());
         }
-        if !self.dry_run {
+        if self.mode == super::Mode::Apply {
             let tags: Vec<ImageReport> = images
                 .iter()
                 .filter(|i| !i.referrer_write)
@@ -112,7 +112,7 @@ impl Engine {
             })
             .map(|t| t.store.clone())
             .collect();
-        if self.dry_run {
+        if self.mode == super::Mode::Estimate {
             for (&i, target) in needing.iter().zip(&targets) {
                 match self.copier.dry_run_cost(&tree, target).await {
                     Ok(cost) => reports[i].cost = Some(cost),

@@ -50,7 +50,7 @@ impl Engine {
         if fresh.is_empty() {
             return;
         }
-        if let (false, Some(state)) = (self.dry_run, &self.state) {
+        if let (false, Some(state)) = (self.mode == super::Mode::Estimate, &self.state) {
             let keys: Vec<(String, String)> = fresh.iter().map(|l| copy::state_key(l)).collect();
             if let Err(e) = state.touch_repos(&keys, self.now()) {
                 tracing::warn!(error = %e, "cannot record new target repositories; blob HEADs as usual");
@@ -63,7 +63,11 @@ impl Engine {
     /// After a repository's copies: a fresh target that got a tag lists it
     /// now, so its record has nothing left to say.
     pub(super) fn settle_fresh(&self, repo: &RepoInventory, images: &[ImageReport]) {
-        let Some(state) = self.state.as_ref().filter(|_| !self.dry_run) else {
+        let Some(state) = self
+            .state
+            .as_ref()
+            .filter(|_| self.mode == super::Mode::Apply)
+        else {
             return;
         };
         for t in repo.targets.iter().filter(|t| t.absent) {

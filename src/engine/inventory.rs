@@ -12,14 +12,16 @@ use tracing::Instrument;
 use super::budget::{ManifestBudget, RULE_MANIFEST_BUDGET};
 use super::referrer_plan::{SourceReferrer, TargetReferrers};
 use super::report::{Failure, RunError};
-use super::{Engine, REVERIFY_AFTER_SECS};
+use super::resolve::{ResolveCtx, Resolved, resolve_source};
+use super::targets::TargetReading;
+use super::{Engine, Pass};
 use crate::config::Rule;
 use crate::filter::select_tags;
-use crate::oci::{Digest, Platform, RawManifest, is_index};
+use crate::oci::{Digest, Platform, RawManifest};
 use crate::plan::{SourceTag, referrer_subject};
 use crate::reference::{InvalidName, Location, NameKind, RepoSpec, check_tag};
 use crate::state::TagState;
-use crate::transport::{ErrorClass, Side, Store, TransportError};
+use crate::transport::{ErrorClass, Side, Store};
 
 /// Repositories of a `/*` rule inventoried at once.
 const REPOS_IN_PARALLEL: usize = 16;
@@ -72,6 +74,8 @@ pub(crate) struct RepoInventory {
     pub referrers: Vec<SourceReferrer>,
     pub referrer_manifests: HashMap<Digest, RawManifest>,
     pub targets: Vec<TargetInventory>,
+    /// Targets whose tag list could not be read: (as configured, where).
+    pub failed_targets: Vec<(String, Location)>,
     /// Every tag this run considered (selected and referrers).
     pub considered: Vec<String>,
     pub errors: Vec<RunError>,
@@ -80,6 +84,8 @@ pub(crate) struct RepoInventory {
 }
 
 pub(crate) struct TargetInventory {
+    /// The target as configured (e.g. `host/mirror/*`).
+    pub target: String,
     pub store: Store,
     /// Every tag the target lists (none: empty or absent).
     pub listed: HashSet<String>,
@@ -94,21 +100,29 @@ pub(crate) struct TargetInventory {
     pub absent: bool,
     /// What the target lists of the source's referrers' subjects.
     pub referrers: TargetReferrers,
+    /// Retention's reading of the whole repository (rules with a
+    /// retention): every tag's digest, so the copies need no HEAD of their own.
+    pub reading: Option<TargetReading>,
 }
 
-/// A tag's digests at the source and at each target.
-struct Resolved {
-    tag: String,
-    digest: Digest,
-    manifest: Option<RawManifest>,
-    at_targets: Vec<Option<Digest>>,
-    hinted: Vec<usize>,
+impl TargetInventory {
+    /// The digest of `tag` by a complete reading of this run, if there is one
+    /// (`Some(None)`: read, and the tag is absent).
+    pub(super) fn read_digest(&self, tag: &str) -> Option<Option<Digest>> {
+        match &self.reading {
+            Some(Ok((input, _))) => match &input.listing {
+                crate::retention::Listing::Complete(tags) => Some(tags.get(tag).cloned()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
 }
 
 impl Engine {
     /// The repository pairs of a rule (one, or every repository under a `/*`
     /// source) and what each holds.
-    pub(crate) async fn inventory(&self, rule: &Rule) -> RuleInventory {
+    pub(crate) async fn inventory(&self, rule: &Rule, pass: Pass) -> RuleInventory {
         let mut inv = RuleInventory {
             repos: Vec::new(),
             errors: Vec::new(),
@@ -147,7 +161,7 @@ impl Engine {
         let repos = futures_util::stream::iter(pairs)
             .map(|(src, targets)| {
                 let span = tracing::info_span!("repo", source = %src);
-                self.inventory_repo(rule, src, targets, budget)
+                self.inventory_repo(rule, pass, src, targets, budget)
                     .instrument(span)
             })
             .buffer_unordered(REPOS_IN_PARALLEL)
@@ -167,6 +181,7 @@ impl Engine {
     async fn inventory_repo(
         &self,
         rule: &Rule,
+        pass: Pass,
         src: Location,
         target_locs: Vec<Location>,
         budget: &ManifestBudget,
@@ -188,6 +203,7 @@ impl Engine {
             referrers: Vec::new(),
             referrer_manifests: HashMap::new(),
             targets: Vec::new(),
+            failed_targets: Vec::new(),
             considered: Vec::new(),
             errors: Vec::new(),
             skipped: Vec::new(),
@@ -212,14 +228,17 @@ impl Engine {
                 return Ok(repo);
             }
         };
-        let (targets, errors) = targets;
-        repo.unreadable_targets = errors.len();
-        repo.errors.extend(errors);
+        let (targets, failed) = targets;
+        repo.unreadable_targets = failed.len();
+        for (target, loc, e) in failed {
+            repo.errors.push(e);
+            repo.failed_targets.push((target, loc));
+        }
         repo.targets = targets;
         let selected = select_tags(&rule.tags, &all_tags);
         repo.selected = selected.len();
         repo.source_tags = Some(all_tags.clone());
-        if repo.targets.is_empty() {
+        if repo.targets.is_empty() || !pass.copies() {
             return Ok(repo);
         }
         self.resolve_tags(rule, &mut repo, &selected, false, budget)
@@ -272,38 +291,50 @@ impl Engine {
     }
 
     /// Tag lists of every target at once, with the state's beliefs about
-    /// each. A target that does not exist lists no tags.
+    /// each, and (rules with a retention) each target repository read
+    /// whole, once. A target that does not exist lists no tags. `locs` are
+    /// in the order of `rule.targets`.
     async fn list_targets(
         &self,
         rule: &Rule,
         locs: &[Location],
-    ) -> (Vec<TargetInventory>, Vec<RunError>) {
+    ) -> (Vec<TargetInventory>, Vec<(String, Location, RunError)>) {
         let listings = futures_util::future::join_all(locs.iter().map(|loc| async move {
             let store = self.transports.open(loc)?;
             let tags = store.tag_listing().await?;
-            Ok::<_, crate::transport::TransportError>((store, tags))
+            let reading = match &rule.retention {
+                Some(policy) => Some(self.read_target(&store, tags.clone(), policy).await),
+                None => None,
+            };
+            Ok::<_, crate::transport::TransportError>((store, tags, reading))
         }))
         .await;
         let mut targets = Vec::new();
-        let mut errors = Vec::new();
-        for (loc, listing) in locs.iter().zip(listings) {
+        let mut failed = Vec::new();
+        for (k, (loc, listing)) in locs.iter().zip(listings).enumerate() {
+            let target = rule
+                .targets
+                .get(k)
+                .map_or(loc.to_string(), |t| t.to_string());
             match listing {
-                Ok((store, tags)) => targets.push(TargetInventory {
+                Ok((store, tags, reading)) => targets.push(TargetInventory {
+                    target,
                     retained_away: self.retained_away(rule, loc),
                     absent: tags.is_none() && !self.touched(loc),
                     listed: tags.into_iter().flatten().collect(),
                     digests: HashMap::new(),
                     hinted: HashSet::new(),
                     referrers: TargetReferrers::default(),
+                    reading,
                     store,
                 }),
                 Err(e) => {
                     let f = Failure::transport(&e, Side::Target);
-                    errors.push(RunError::new(loc, "listing tags", f));
+                    failed.push((target, loc.clone(), RunError::new(loc, "listing tags", f)));
                 }
             }
         }
-        (targets, errors)
+        (targets, failed)
     }
 
     /// Resolves `tags` at the source and at each target. A tag a target lacks
@@ -442,138 +473,6 @@ impl Engine {
                 HashSet::new()
             }
         }
-    }
-}
-
-/// What resolving one tag needs.
-struct ResolveCtx<'a> {
-    source: &'a Store,
-    targets: &'a [TargetInventory],
-    hints: &'a [HashMap<String, TagState>],
-    platforms: &'a [Platform],
-    now: i64,
-    budget: &'a ManifestBudget,
-}
-
-impl ResolveCtx<'_> {
-    /// A target digest the state confirmed recently; used only if the
-    /// source still has that digest.
-    fn hint(&self, i: usize, tag: &str) -> Option<String> {
-        self.hints[i]
-            .get(tag)
-            .filter(|h| self.now - h.verified < REVERIFY_AFTER_SECS)
-            .and_then(|h| h.target_digest.clone())
-    }
-
-    async fn resolve(&self, tag: String) -> Result<Option<Resolved>, (String, Failure)> {
-        let lists = |i: usize| self.targets[i].listed.contains(&tag);
-        let missing_somewhere = (0..self.targets.len()).any(|i| !lists(i));
-        // The source and every target that lists the tag (and has no usable
-        // hint), asked at once.
-        let at_targets =
-            futures_util::future::join_all(self.targets.iter().enumerate().map(|(i, target)| {
-                let tag = &tag;
-                let skip = !lists(i) || self.hint(i, tag).is_some();
-                async move {
-                    if skip {
-                        return Ok(None);
-                    }
-                    let head = target.store.resolve(tag).await;
-                    head.map(|h| h.map(|h| h.digest))
-                        .map_err(|e| (tag.clone(), Failure::transport(&e, Side::Target)))
-                }
-            }));
-        let (source, at_targets) = tokio::join!(
-            resolve_source(self.source, &tag, missing_somewhere, self.platforms),
-            at_targets
-        );
-        let Some((digest, manifest)) = source? else {
-            return Ok(None);
-        };
-        if let Some(m) = &manifest {
-            self.budget
-                .take(m.bytes.len())
-                .map_err(|e| (tag.clone(), Failure::new(ErrorClass::InvalidInput, e)))?;
-        }
-        let mut at_targets = at_targets.into_iter().collect::<Result<Vec<_>, _>>()?;
-        let mut hinted = Vec::new();
-        for (i, target) in self.targets.iter().enumerate() {
-            let Some(believed) = self.hint(i, &tag).filter(|_| lists(i)) else {
-                continue;
-            };
-            if believed == digest.as_str() {
-                // Listed, and the registry confirmed recently that it points
-                // at what the source has now.
-                at_targets[i] = Some(digest.clone());
-                hinted.push(i);
-            } else {
-                // The source moved: ask the target what it has.
-                let head = target.store.resolve(&tag).await;
-                at_targets[i] = head
-                    .map_err(|e| (tag.clone(), Failure::transport(&e, Side::Target)))?
-                    .map(|h| h.digest);
-            }
-        }
-        Ok(Some(Resolved {
-            tag,
-            digest,
-            manifest,
-            at_targets,
-            hinted,
-        }))
-    }
-}
-
-/// The digest the targets should hold for `reference`, and the manifest when
-/// it had to be fetched (`fetch`, or an index to filter by platform).
-pub(crate) async fn resolve_source(
-    source: &Store,
-    reference: &str,
-    fetch: bool,
-    platforms: &[Platform],
-) -> Result<Option<(Digest, Option<RawManifest>)>, (String, Failure)> {
-    let err = |f: Failure| (reference.to_string(), f);
-    let read = |e: TransportError| err(Failure::transport(&e, Side::Source));
-    let raw = if fetch {
-        match source.get_manifest(reference).await.map_err(read)? {
-            Some(m) => m,
-            None => return Ok(None),
-        }
-    } else {
-        let Some(head) = source.resolve(reference).await.map_err(read)? else {
-            return Ok(None);
-        };
-        if platforms.is_empty() || !is_index(&head.media_type) {
-            return Ok(Some((head.digest, None)));
-        }
-        match source
-            .get_manifest(head.digest.as_str())
-            .await
-            .map_err(read)?
-        {
-            Some(m) => m,
-            None => return Ok(None),
-        }
-    };
-    let filtered = super::copy::filter_index(&raw, platforms).map_err(|e| {
-        err(Failure::new(
-            ErrorClass::InvalidInput,
-            format!("index {}: {e}", raw.digest),
-        ))
-    })?;
-    match filtered {
-        Some(m) => Ok(Some((m.digest.clone(), Some(m)))),
-        None => Err(err(Failure::new(
-            ErrorClass::NotFound,
-            format!(
-                "none of the platforms {} is in the index",
-                platforms
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ))),
     }
 }
 

@@ -10,13 +10,16 @@ pub mod copy;
 mod execute;
 mod fresh;
 mod inventory;
+mod mode;
 mod referrer_exec;
 mod referrer_plan;
 mod referrers;
 mod report;
+mod resolve;
 mod runplan;
+mod targets;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -27,12 +30,13 @@ use tracing::Instrument;
 
 use crate::config::{Retention, Rule};
 use crate::oci::{Digest, Platform};
-use crate::retention::{Pruner, RepoInput, RepoJob, RepoRead, RuleRead};
+use crate::retention::{Pruner, RuleRead};
 use crate::state::{State, now_unix};
 use crate::transport::{Store, TransportError, Transports};
 
 use copy::{Copier, CopyError, CopyStats, CopyTotals};
 use inventory::{RepoInventory, RuleInventory};
+pub use mode::{Mode, Pass};
 pub use report::{Failure, ImageReport, RuleReport, RunError, RunResult};
 use runplan::{CopyFacts, RepoFacts, RuleFacts, TargetFacts};
 
@@ -73,7 +77,7 @@ impl LiveStats {
 pub struct Engine {
     transports: Arc<Transports>,
     copier: Copier,
-    dry_run: bool,
+    mode: Mode,
     /// Hints about targets (spared HEADs) and where runs are recorded.
     state: Option<State>,
     /// A fixed clock (`--now`); `None`: the system clock.
@@ -91,13 +95,14 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// `dry_run`: inventory and plan only; count what would be copied with
-    /// read requests, write nothing (the transports should be read-only too).
-    pub fn new(
-        transports: Arc<Transports>,
-        max_concurrent_transfers: usize,
-        dry_run: bool,
-    ) -> Self {
+    /// An engine in `mode`, on transports built for that mode (an estimate
+    /// on transports that could write is a bug: refused here).
+    pub fn new(transports: Arc<Transports>, max_concurrent_transfers: usize, mode: Mode) -> Self {
+        assert_eq!(
+            transports.read_only(),
+            mode.read_only(),
+            "the transports must be built for the engine's mode"
+        );
         Engine {
             transports,
             copier: Copier {
@@ -110,7 +115,7 @@ impl Engine {
                 checkpoints: None,
                 stop: tokio_util::sync::CancellationToken::new(),
             },
-            dry_run,
+            mode,
             state: None,
             clock: None,
             shard: crate::shard::Shard::WHOLE,
@@ -131,7 +136,7 @@ impl Engine {
     /// observations recorded after each repository and upload checkpoints
     /// (real runs only; a plan should pass a read-only state).
     pub fn with_state(mut self, state: State) -> Self {
-        if !self.dry_run {
+        if self.mode == Mode::Apply {
             self.copier.checkpoints = Some(state.clone());
         }
         self.state = Some(state);
@@ -205,15 +210,16 @@ impl Engine {
         &self.copier.stats
     }
 
-    /// Runs one rule through the pipeline: its copies and (with a pruner
-    /// and a `[rule.retention]`) its retention, planned together. Never
-    /// panics on registry trouble: failures end up in the report.
-    pub async fn run_rule(&self, rule: &Rule, pruner: Option<&Pruner>) -> RuleReport {
-        let span = tracing::info_span!("rule", rule = %rule.name, dry_run = self.dry_run);
+    /// Runs one rule through the pipeline: its copies and its retention,
+    /// planned together, of which `pass` carries out its part. Never panics
+    /// on registry trouble: failures end up in the report.
+    pub async fn run_rule(&self, rule: &Rule, pass: Pass) -> RuleReport {
+        let dry_run = self.mode.read_only();
+        let span = tracing::info_span!("rule", rule = %rule.name, dry_run, pass = ?pass);
         let run = Engine {
             transports: self.transports.clone(),
             copier: self.copier.for_run(),
-            dry_run: self.dry_run,
+            mode: self.mode,
             state: self.state.clone(),
             clock: self.clock,
             shard: self.shard,
@@ -223,7 +229,7 @@ impl Engine {
         };
         let stats = run.copier.stats.clone();
         self.live_runs().push(stats.clone());
-        let report = run.run_inner(rule, pruner).instrument(span).await;
+        let report = run.run_inner(rule, pass).instrument(span).await;
         // Out of the live list as the totals move in, under one lock: a
         // reader sees the run counted exactly once.
         let mut runs = self.live_runs();
@@ -231,6 +237,22 @@ impl Engine {
         self.add_totals(&report.totals);
         drop(runs);
         report
+    }
+
+    /// The retention executor of a pass: this engine's mode, transports,
+    /// state and clock; an event pass sends no deletion.
+    fn pruner(&self, pass: Pass) -> Pruner {
+        let p = Pruner::new(
+            self.transports.clone(),
+            self.retention_state(),
+            self.mode.read_only(),
+            self.now(),
+        );
+        if pass.deletes() {
+            p
+        } else {
+            p.without_deletions()
+        }
     }
 
     fn live_runs(&self) -> std::sync::MutexGuard<'_, Vec<Arc<CopyStats>>> {
@@ -263,32 +285,29 @@ impl Engine {
         }
     }
 
-    async fn run_inner(&self, rule: &Rule, pruner: Option<&Pruner>) -> RuleReport {
+    async fn run_inner(&self, rule: &Rule, pass: Pass) -> RuleReport {
         let started = Instant::now();
-        let mut report = RuleReport::new(&rule.name, self.dry_run);
+        let mut report = RuleReport::new(&rule.name, self.mode.read_only());
         report.started_unix = self.now() as u64;
-        let retention = pruner.zip(rule.retention.as_ref());
+        let policy = rule.retention.as_ref();
         let now = self.now();
 
-        // 1. Inventory: read-only, for plan and sync alike.
-        let inv = self.inventory(rule).await;
-        let mut read = match retention {
-            Some((p, policy)) => {
-                let mut read = p.read_rule(rule, policy, false).await;
-                complete_read(rule, policy, &inv, &mut read);
-                Some(read)
-            }
+        // 1. Inventory: read-only, for every pass alike; each target
+        // repository read once, for copies and retention.
+        let inv = self.inventory(rule, pass).await;
+        let mut read = match policy {
+            Some(policy) => Some(self.retention_read(rule, policy, &inv).await),
             None => None,
         };
-        let copy_facts = match retention {
-            Some((_, policy)) => copy_facts(&inv, policy).await,
+        let copy_facts = match policy {
+            Some(policy) => copy_facts(&inv, policy).await,
             None => CopyFacts::default(),
         };
 
         // 2. The run plan: pure.
         let facts = RuleFacts {
             immutable: rule.immutable,
-            retention: retention.map(|(_, policy)| policy),
+            retention: policy,
             now,
             repos: inv.repos.iter().map(repo_facts).collect(),
             retention_inputs: read
@@ -305,9 +324,11 @@ impl Engine {
         // 3. Execute: copies, then the retention plan.
         self.execute_rule(rule, &inv, plan.copies, &mut report)
             .await;
-        if let (Some((pruner, _)), Some(mut read)) = (retention, read.take()) {
+        if let Some(mut read) = read.take().filter(|_| policy.is_some()) {
             record_arrivals(&mut read, &report, &facts.copy_facts, now);
+            keep_copy_facts(self.retention_state().as_ref(), &facts.copy_facts);
             let held = held_repositories(&report);
+            let pruner = self.pruner(pass);
             let r = pruner.apply_rule(rule, read, plan.retention, &held).await;
             report.add_retention(r, rule.source.is_none());
         }
@@ -390,7 +411,7 @@ impl Engine {
         tag: Option<&str>,
         platforms: &[Platform],
     ) -> Result<Digest, CopyError> {
-        let root = match inventory::resolve_source(source, reference, true, platforms).await {
+        let root = match resolve::resolve_source(source, reference, true, platforms).await {
             Ok(Some((_, Some(m)))) => m,
             Ok(_) => {
                 return Err(CopyError::Transport(TransportError::NotFound {
@@ -437,85 +458,14 @@ fn repo_facts(repo: &RepoInventory) -> RepoFacts {
     }
 }
 
-/// Joins retention's reading with the sync inventory: the source tags (for
-/// `delete_removed_at_source`) come from the inventory; a repository whose
-/// source could not be read deletes nothing (never "everything was removed
-/// at the source"); a target repository the copies will create (under a
-/// `/*` target) is planned as empty.
-fn complete_read(rule: &Rule, policy: &Retention, inv: &RuleInventory, read: &mut RuleRead) {
-    let mut by_target: HashMap<String, (&RepoInventory, usize)> = HashMap::new();
-    for repo in &inv.repos {
-        for (k, t) in repo.targets.iter().enumerate() {
-            by_target.insert(t.store.location().to_string(), (repo, k));
-        }
-    }
-    let rule_source_failed = !inv.errors.is_empty();
-    for r in &mut read.repos {
-        let why = match by_target.get(&r.input.repository) {
-            _ if rule_source_failed => {
-                Some("the source repositories could not be listed".to_string())
-            }
-            Some((repo, _)) => match &repo.source_tags {
-                None => Some(format!(
-                    "the source {} could not be read",
-                    repo.source.location()
-                )),
-                Some(tags) => {
-                    if policy.delete_removed_at_source {
-                        r.input.source_tags = Some(tags.iter().cloned().collect::<BTreeSet<_>>());
-                    }
-                    None
-                }
-            },
-            None => None,
-        };
-        if let Some(why) = why {
-            r.input = RepoInput::incomplete(r.input.repository.clone(), why);
-        }
-    }
-    let known: std::collections::HashSet<String> = read
-        .repos
-        .iter()
-        .map(|r| r.input.repository.clone())
-        .collect();
-    for (name, (repo, k)) in by_target {
-        if known.contains(&name) {
-            continue;
-        }
-        let target = &repo.targets[k];
-        let mut input = if target.listed.is_empty() {
-            RepoInput::new(name.clone(), Default::default())
-        } else {
-            RepoInput::incomplete(name.clone(), "not found in the target's catalog")
-        };
-        if policy.delete_removed_at_source {
-            input.source_tags = repo
-                .source_tags
-                .as_ref()
-                .map(|t| t.iter().cloned().collect());
-        }
-        read.repos.push(RepoRead {
-            job: RepoJob {
-                target: rule.targets.get(k).map_or(name.clone(), |t| t.to_string()),
-                location: target.store.location().clone(),
-                source: Some(repo.source.location().clone()),
-            },
-            input,
-            updates: Vec::new(),
-        });
-    }
-    read.repos
-        .sort_by(|a, b| a.input.repository.cmp(&b.input.repository));
-}
-
 /// What retention needs of the manifests a copy may bring (read-only, from
 /// the source): references, and creation times where the policy needs them.
 async fn copy_facts(inv: &RuleInventory, policy: &Retention) -> CopyFacts {
     let mut facts = CopyFacts::default();
-    let with_created = crate::retention::read::needs_created(policy);
+    let with_created = crate::retention::needs_created(policy);
     for repo in &inv.repos {
         for raw in repo.manifests.values() {
-            match crate::retention::read::manifest_info(raw) {
+            match targets::manifest_info(raw) {
                 Ok(info) => facts.manifests.insert(raw.digest.clone(), info),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read a manifest's references");
@@ -523,7 +473,7 @@ async fn copy_facts(inv: &RuleInventory, policy: &Retention) -> CopyFacts {
                 }
             };
             if with_created {
-                match crate::retention::read::created_in(&repo.source, raw).await {
+                match targets::created_in(&repo.source, raw).await {
                     Ok(Some(t)) => {
                         facts.created.insert(raw.digest.clone(), t);
                     }
@@ -556,6 +506,24 @@ fn record_arrivals(read: &mut RuleRead, report: &RuleReport, facts: &CopyFacts, 
             r.updates
                 .extend(runplan::untagged_changes(&r.input, &after));
             r.input = after;
+        }
+    }
+}
+
+/// Keeps the facts of the manifests this run read at the source for its
+/// copies (content-addressed: true wherever the digest is), so the next
+/// reading of a target they reached HEADs them instead of GETting them. An
+/// estimate's state drops the writes.
+fn keep_copy_facts(state: &dyn crate::retention::RetentionState, facts: &CopyFacts) {
+    let now = crate::clock::now_unix();
+    for (digest, info) in &facts.manifests {
+        let kept = crate::retention::ManifestFacts {
+            info: info.clone(),
+            created: facts.created.get(digest).map(|t| Some(*t)),
+        };
+        if let Err(e) = state.record_manifest_facts(digest, &kept, now) {
+            tracing::debug!(%digest, error = %e, "cannot keep manifest facts");
+            return;
         }
     }
 }
@@ -599,7 +567,11 @@ mod live_tests {
 
     #[test]
     fn live_stats_add_runs_in_progress_to_finished_ones() {
-        let engine = Engine::new(Arc::new(Transports::new(HashMap::new(), false)), 1, false);
+        let engine = Engine::new(
+            Arc::new(Transports::new(HashMap::new(), false)),
+            1,
+            Mode::Apply,
+        );
         let live = engine.live_stats();
         engine
             .copier

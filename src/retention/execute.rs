@@ -1,9 +1,8 @@
-//! Retention's executor: journals and sends the deletions a plan lists,
-//! parents first, and writes what the reading found due to the state. A dry
-//! run reports the plan and writes nothing (neither to registries nor to the
-//! state). `prune` = read (`read.rs`) -> plan (pure) -> cap -> apply; `sync`
-//! plans retention together with its copies (`engine::runplan`) and applies
-//! it here.
+//! Retention's executor: journals and sends the deletions of a rule's run
+//! plan, parents first, and writes what the inventory's reading found due to
+//! the state. An estimate reports the plan and writes nothing (neither to
+//! registries nor to the state). The engine builds it for every pass from
+//! the pass's mode; it reads nothing and decides nothing.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -11,12 +10,12 @@ use std::sync::Arc;
 use serde::Serialize;
 use tracing::Instrument;
 
-use super::plan::{Deletion, Listing, RepoInput, RepoPlan, Unix, apply_cap, plan_retention};
-use super::read::{RepoJob, RuleRead, StateUpdate};
-use super::state::{JournalEntry, RetentionState, StateError};
+use super::plan::{Deletion, Listing, RepoInput, RepoPlan, Unix};
+use super::reading::{RepoJob, RuleRead, StateUpdate};
+use super::state::{JournalEntry, RetentionState};
 use crate::config::Rule;
 use crate::oci::Digest;
-use crate::transport::{Store, TransportError, Transports};
+use crate::transport::{Store, Transports};
 
 /// What happened to one planned deletion.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -76,34 +75,23 @@ impl RetentionReport {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RetentionError {
-    #[error(transparent)]
-    Transport(#[from] TransportError),
-    #[error(transparent)]
-    State(#[from] StateError),
-    #[error("{0}")]
-    Inventory(String),
-}
-
 /// Applies retention. One per run; cheap to share.
 pub struct Pruner {
-    pub(super) transports: Arc<Transports>,
-    pub(super) state: Arc<dyn RetentionState>,
+    transports: Arc<Transports>,
+    state: Arc<dyn RetentionState>,
     dry_run: bool,
     /// `false`: the plan's deletions are reported, never sent (an event
     /// pass); state updates are still written in a real run.
     deletes: bool,
-    /// The clock the policy is evaluated at (`--now` in tests).
-    pub(super) now: Unix,
-    /// This instance's share of the repositories of `/*` targets.
-    pub(super) shard: crate::shard::Shard,
+    /// The clock of the run (`--now` in tests).
+    now: Unix,
 }
 
 impl Pruner {
-    /// `dry_run`: read and plan only (the transports should be read-only
-    /// too). `now`: the clock the policy is evaluated at.
-    pub fn new(
+    /// Built by the engine from its mode: `dry_run` for an estimate (whose
+    /// transports are read-only and whose state drops writes). `now`: the
+    /// run's clock.
+    pub(crate) fn new(
         transports: Arc<Transports>,
         state: Arc<dyn RetentionState>,
         dry_run: bool,
@@ -115,73 +103,21 @@ impl Pruner {
             dry_run,
             deletes: true,
             now,
-            shard: crate::shard::Shard::WHOLE,
         }
     }
 
     /// Plans as ever but sends no deletion (an event pass: the same plan,
     /// so nothing retention would delete is copied, and nothing deleted).
-    pub fn without_deletions(mut self) -> Self {
+    pub(crate) fn without_deletions(mut self) -> Self {
         self.deletes = false;
         self
-    }
-
-    /// Prunes only repositories this shard owns, so that no two instances
-    /// ever prune the same repository.
-    pub fn with_shard(mut self, shard: crate::shard::Shard) -> Self {
-        self.shard = shard;
-        self
-    }
-
-    /// The one way a run builds its pruner: a real run journals in `state`;
-    /// a dry run only reads it (when there is one) and writes nothing.
-    pub fn for_run(
-        transports: &Arc<Transports>,
-        state: Option<&crate::state::State>,
-        dry_run: bool,
-        now: Unix,
-    ) -> Self {
-        use super::state::{NoState, ReadOnly};
-        let state: Arc<dyn RetentionState> = match state {
-            Some(s) if !dry_run => Arc::new(s.clone()),
-            Some(s) => Arc::new(ReadOnly(Arc::new(s.clone()))),
-            None => Arc::new(ReadOnly(Arc::new(NoState))),
-        };
-        Pruner::new(transports.clone(), state, dry_run, now)
-    }
-
-    pub fn now(&self) -> Unix {
-        self.now
-    }
-
-    /// Retention alone (`prune`): reads each target of `rule`, plans, applies
-    /// the cap across the run, then deletes. `None` when the rule has no
-    /// retention.
-    pub async fn prune_rule(&self, rule: &Rule) -> Option<RetentionReport> {
-        let policy = rule.retention.as_ref()?;
-        let span = tracing::info_span!("retention", rule = %rule.name, dry_run = self.dry_run);
-        let read = self
-            .read_rule(rule, policy, true)
-            .instrument(span.clone())
-            .await;
-        let mut plans: Vec<RepoPlan> = read
-            .repos
-            .iter()
-            .map(|r| plan_retention(policy, &r.input, self.now))
-            .collect();
-        apply_cap(&mut plans, policy.max_deletions_per_run);
-        let report = self
-            .apply_rule(rule, read, plans, &HashMap::new())
-            .instrument(span)
-            .await;
-        Some(report)
     }
 
     /// Carries out a rule's retention plans (one per repository read, in
     /// order). `held` names repositories whose deletions must not be sent
     /// (this run's copies there failed, so the target is not as planned),
     /// with why.
-    pub async fn apply_rule(
+    pub(crate) async fn apply_rule(
         &self,
         rule: &Rule,
         read: RuleRead,

@@ -192,7 +192,7 @@ async fn copy_image_reports_its_blob_total() {
     };
     let source = open(format!("{}/cf/total", src.host()));
     let target = open(format!("{}/cf/total", dst.host()));
-    let mut engine = Engine::new(transports.clone(), 2, false);
+    let mut engine = Engine::new(transports.clone(), 2, regkeeper::engine::Mode::Apply);
     let total = Arc::new(AtomicU64::new(0));
     let t = total.clone();
     engine.on_total(Arc::new(move |n| t.store(n, Ordering::Relaxed)));

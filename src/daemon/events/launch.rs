@@ -21,9 +21,6 @@ pub(crate) struct Launch<'a> {
     pub engine: &'a Arc<Engine>,
     pub state: &'a State,
     pub metrics: &'a Arc<Metrics>,
-    /// Passes over every repository read (and normal runs prune) only this
-    /// shard's repositories, like scheduled runs.
-    pub shard: crate::shard::Shard,
 }
 
 impl Hub {
@@ -55,18 +52,11 @@ impl Hub {
             tracing::info!(parent: &span, "event pass starting");
             // Every pass plans with the rule's retention (nothing it would
             // delete is copied); only a normal run deletes (`Pass::scope`).
-            // A repository pass reads one repository this shard owns (the
-            // hub took its event only then): no shard filter on it.
-            let shard = match &pass {
-                Pass::Repo(_) => crate::shard::Shard::WHOLE,
-                _ => launch.shard,
-            };
             let run = RunContext {
                 engine: launch.engine.clone(),
                 rule: Arc::new(narrowed),
                 state: launch.state.clone(),
                 metrics: launch.metrics.clone(),
-                shard,
                 scope: pass.scope(),
             };
             spawn_run(launch.tasks, run, guard, span);

@@ -8,10 +8,10 @@
 
 use std::collections::HashMap;
 
-use super::execute::RetentionError;
+use super::error::ReadError;
 use super::facts::FactReader;
-use super::plan::ManifestInfo;
 use crate::oci::Digest;
+use crate::retention::ManifestInfo;
 use crate::transport::Store;
 
 /// Adds the referrers of every manifest in `manifests` (and theirs) that the
@@ -21,7 +21,7 @@ pub(super) async fn read_api_referrers(
     store: &Store,
     facts: &FactReader<'_>,
     manifests: &mut HashMap<Digest, ManifestInfo>,
-) -> Result<(), RetentionError> {
+) -> Result<(), ReadError> {
     let mut frontier: Vec<Digest> = manifests.keys().cloned().collect();
     frontier.sort();
     while let Some(subject) = frontier.pop() {
@@ -40,7 +40,7 @@ pub(super) async fn read_api_referrers(
                 continue;
             }
             let info = facts.info_if_present(&d).await?.ok_or_else(|| {
-                RetentionError::Inventory(format!("referrer {d} of {subject} is listed but absent"))
+                ReadError::Inconsistent(format!("referrer {d} of {subject} is listed but absent"))
             })?;
             manifests.insert(d.clone(), info);
             frontier.push(d);
