@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::support::accesslog::PathKind;
 use crate::support::corpus::{MT_INDEX, MT_MANIFEST};
 use crate::support::*;
 use crate::sync::{header, regkeeper_with, stdout};
@@ -138,6 +139,32 @@ impl World {
         assert_eq!(self.targets(), want, "{what}: [mirror/app, pinned/app]");
     }
 
+    /// Asserts what a pass did since `mark`: both targets hold `want`;
+    /// the manifests of `deleted` (images) were deleted at each target and
+    /// nothing else; `1.0.0`, beyond the newest 2, was never written.
+    fn expect_pass(&self, what: &str, mark: Mark, want: [Held; 2], deleted: &[&str]) {
+        self.expect(what, want);
+        let [puts, deletes] = manifest_writes(&self.dst, mark);
+        let want_deletes: BTreeSet<(String, String)> = RULES
+            .iter()
+            .flat_map(|(_, target, _)| {
+                deleted
+                    .iter()
+                    .map(|i| (target.to_string(), self.digest[i].clone()))
+            })
+            .collect();
+        assert_eq!(deletes, want_deletes, "{what}: manifests deleted");
+        let never = ["1.0.0", self.digest["1.0.0"].as_str()];
+        let written: Vec<_> = puts
+            .iter()
+            .filter(|(_, r)| never.contains(&r.as_str()))
+            .collect();
+        assert!(
+            written.is_empty(),
+            "{what}: copied what retention deletes: {written:?}"
+        );
+    }
+
     /// The end state of a full pass after phase 1: the newest 2 releases
     /// and `latest`, never `1.0.0`.
     fn phase1(&self) -> [Held; 2] {
@@ -180,12 +207,17 @@ fn held(reg: &Registry, repo: &str) -> Held {
         .collect()
 }
 
-/// DELETE requests the target received since `mark`.
-fn deletes_since(reg: &Registry, mark: Mark) -> usize {
-    reg.requests_since(mark)
-        .iter()
-        .filter(|r| r.method == "DELETE")
-        .count()
+/// The manifest writes `reg` received since `mark`: PUTs as (repository,
+/// tag or digest) and DELETEs as (repository, digest).
+fn manifest_writes(reg: &Registry, mark: Mark) -> [BTreeSet<(String, String)>; 2] {
+    let of = |method: &str| {
+        reg.requests_since(mark)
+            .iter()
+            .filter(|q| q.is(method, PathKind::Manifest))
+            .map(|q| (q.repo.clone().unwrap(), q.reference().unwrap().to_string()))
+            .collect()
+    };
+    [of("PUT"), of("DELETE")]
 }
 
 fn run_ok(config: &Path, args: &[&str]) -> Output {
@@ -228,11 +260,13 @@ fn sync_pass() {
     let dir = tempfile::tempdir().unwrap();
     let config = w.cli_config(dir.path());
     w.seed();
+    let mark = w.dst.mark();
     run_ok(&config, &["sync"]);
-    w.expect("sync, phase 1", w.phase1());
+    w.expect_pass("sync, phase 1", mark, w.phase1(), &[]);
     w.change_source();
+    let mark = w.dst.mark();
     run_ok(&config, &["sync"]);
-    w.expect("sync, phase 2", w.phase2());
+    w.expect_pass("sync, phase 2", mark, w.phase2(), &["1.1.0"]);
 }
 
 /// The copies and deletions of a `--json` document, keyed by target
@@ -281,7 +315,7 @@ fn changes(before: &[Held; 2], after: &[Held; 2]) -> Listing {
 
 /// `plan --json` sends no write and lists exactly what the `sync` after it
 /// does, as read at the target before and after.
-fn plan_then_sync(w: &World, config: &Path, phase: &str, want: [Held; 2]) {
+fn plan_then_sync(w: &World, config: &Path, phase: &str, want: [Held; 2], deleted: &[&str]) {
     let before = w.targets();
     let mark = w.dst.mark();
     let plan = run_ok(config, &["plan", "--json"]);
@@ -292,9 +326,10 @@ fn plan_then_sync(w: &World, config: &Path, phase: &str, want: [Held; 2]) {
     );
     assert_eq!(w.targets(), before);
     let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let mark = w.dst.mark();
     run_ok(config, &["sync"]);
+    w.expect_pass(&format!("{phase}: sync after plan"), mark, want, deleted);
     let after = w.targets();
-    assert_eq!(after, want, "{phase}: sync after plan");
     assert_eq!(
         listed(&plan, &w.dst),
         changes(&before, &after),
@@ -308,9 +343,9 @@ fn plan_pass() {
     let dir = tempfile::tempdir().unwrap();
     let config = w.cli_config(dir.path());
     w.seed();
-    plan_then_sync(&w, &config, "phase 1", w.phase1());
+    plan_then_sync(&w, &config, "phase 1", w.phase1(), &[]);
     w.change_source();
-    plan_then_sync(&w, &config, "phase 2", w.phase2());
+    plan_then_sync(&w, &config, "phase 2", w.phase2(), &["1.1.0"]);
     let again: Value =
         serde_json::from_slice(&run_ok(&config, &["plan", "--json"]).stdout).unwrap();
     assert_eq!(
@@ -325,18 +360,20 @@ fn scheduled_pass() {
     let w = World::new();
     let dir = tempfile::tempdir().unwrap();
     w.seed();
+    let mark = w.dst.mark();
     let d = w.daemon(dir.path(), "@every 2s");
     for (rule, _, _) in RULES {
         d.wait_runs(rule, 1.0);
     }
-    w.expect("scheduled, phase 1", w.phase1());
+    w.expect_pass("scheduled, phase 1", mark, w.phase1(), &[]);
+    let mark = w.dst.mark();
     w.change_source();
     // Two more runs each: at least one started after the change.
     for (rule, _, _) in RULES {
         let n = d.runs(rule);
         d.wait_runs(rule, n + 2.0);
     }
-    w.expect("scheduled, phase 2", w.phase2());
+    w.expect_pass("scheduled, phase 2", mark, w.phase2(), &["1.1.0"]);
 }
 
 /// POSTs the trigger of every rule and waits for run `n` of each.
@@ -356,11 +393,13 @@ fn trigger_pass() {
     let dir = tempfile::tempdir().unwrap();
     let d = daemon_before_source(&w, dir.path());
     w.seed();
+    let mark = w.dst.mark();
     trigger_all(&d, 1.0);
-    w.expect("trigger, phase 1", w.phase1());
+    w.expect_pass("trigger, phase 1", mark, w.phase1(), &[]);
     w.change_source();
+    let mark = w.dst.mark();
     trigger_all(&d, 2.0);
-    w.expect("trigger, phase 2", w.phase2());
+    w.expect_pass("trigger, phase 2", mark, w.phase2(), &["1.1.0"]);
 }
 
 /// A distribution push envelope for `app:tag` at the source.
@@ -393,8 +432,9 @@ fn event_pass() {
     for (rule, _, _) in RULES {
         d.wait_runs(rule, 1.0);
     }
-    w.expect("event, phase 1", w.phase1());
+    w.expect_pass("event, phase 1", mark, w.phase1(), &[]);
     w.change_source();
+    let mark = w.dst.mark();
     push_event(&d, &w.src, "1.3.0");
     for (rule, _, _) in RULES {
         d.wait_runs(rule, 2.0);
@@ -402,11 +442,11 @@ fn event_pass() {
     let [mut mirror, mut pinned] = w.phase2();
     mirror.insert("1.1.0".into(), w.digest["1.1.0"].clone());
     pinned.insert("1.1.0".into(), w.digest["1.1.0"].clone());
-    w.expect("event, phase 2", [mirror, pinned]);
-    assert_eq!(
-        deletes_since(&w.dst, mark),
-        0,
-        "an event pass deletes nothing"
+    w.expect_pass(
+        "event, phase 2: deletes nothing",
+        mark,
+        [mirror, pinned],
+        &[],
     );
 }
 
@@ -425,12 +465,15 @@ fn prune_pass() {
         }
         w.corpus.push(&w.dst, "1.2.0", target, "latest");
     }
+    let mark = w.dst.mark();
     run_ok(&config, &["prune"]);
-    w.expect("prune, phase 1", w.phase1());
+    w.expect_pass("prune, phase 1", mark, w.phase1(), &["1.0.0"]);
     w.change_source();
     run_ok(&config, &["prune"]);
     let h = w.held(&[("1.2.0", "1.2.0"), ("latest", "1.2.0")]);
-    w.expect("prune, phase 2", [h.clone(), h]);
+    w.expect_pass("prune, phase 2", mark, [h.clone(), h], &["1.0.0", "1.1.0"]);
+    let [puts, _] = manifest_writes(&w.dst, mark);
+    assert_eq!(puts, BTreeSet::new(), "prune copies nothing");
 }
 
 /// Untagged expiry by each deleting pass: `v1` moves at the source from
