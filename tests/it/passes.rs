@@ -113,20 +113,7 @@ impl World {
 
     /// `regkeeper run` on `schedule`, with the webhook token.
     fn daemon(&self, dir: &Path, schedule: &str) -> Daemon {
-        let port = free_port();
-        let token = dir.join("webhook.token");
-        std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-        let config = dir.join("config.toml");
-        let body = format!(
-            "version = 1\n[daemon]\nstate_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nwebhook_token_file = {:?}\n\n{}{}{}",
-            dir.join("state").display().to_string(),
-            token.display().to_string(),
-            self.src.regkeeper_registry_toml(),
-            self.dst.regkeeper_registry_toml(),
-            self.rules(schedule),
-        );
-        std::fs::write(&config, body).unwrap();
-        Daemon::spawn(&config, port, &[])
+        start_daemon(dir, &[&self.src, &self.dst], &self.rules(schedule))
     }
 
     /// What each rule's target holds, read with raw HTTP.
@@ -218,6 +205,25 @@ fn manifest_writes(reg: &Registry, mark: Mark) -> [BTreeSet<(String, String)>; 2
             .collect()
     };
     [of("PUT"), of("DELETE")]
+}
+
+/// `regkeeper run` on a config of `registries` and `rules` in `dir`, with
+/// the webhook token.
+fn start_daemon(dir: &Path, registries: &[&Registry], rules: &str) -> Daemon {
+    let port = free_port();
+    let token = dir.join("webhook.token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let config = dir.join("config.toml");
+    let mut body = format!(
+        "version = 1\n[daemon]\nstate_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nwebhook_token_file = {:?}\n\n",
+        dir.join("state").display().to_string(),
+        token.display().to_string(),
+    );
+    for r in registries {
+        body += &r.regkeeper_registry_toml();
+    }
+    std::fs::write(&config, body + rules).unwrap();
+    Daemon::spawn(&config, port, &[])
 }
 
 fn run_ok(config: &Path, args: &[&str]) -> Output {
@@ -546,20 +552,8 @@ impl Moved {
     /// A daemon on `schedule` with `untagged_older_than = "1s"`, after its
     /// start-up run copied `v1`.
     fn daemon(&self, dir: &Path, schedule: &str) -> Daemon {
-        let port = free_port();
-        let token = dir.join("webhook.token");
-        std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-        let config = dir.join("config.toml");
-        let body = format!(
-            "version = 1\n[daemon]\nstate_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nwebhook_token_file = {:?}\n\n{}{}{}",
-            dir.join("state").display().to_string(),
-            token.display().to_string(),
-            self.src.regkeeper_registry_toml(),
-            self.dst.regkeeper_registry_toml(),
-            self.rule(schedule, "1s"),
-        );
-        std::fs::write(&config, body).unwrap();
-        let d = Daemon::spawn(&config, port, &[]);
+        let rule = self.rule(schedule, "1s");
+        let d = start_daemon(dir, &[&self.src, &self.dst], &rule);
         d.wait_runs("u", 1.0);
         d
     }
