@@ -11,6 +11,7 @@ mod facts;
 mod faults;
 mod harness;
 mod jsoncost;
+mod passes;
 mod plan;
 mod progress;
 mod referrers;
