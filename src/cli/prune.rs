@@ -25,6 +25,7 @@ pub(crate) async fn run(
         }
     }
     super::init_logging(config.daemon.log_format, json);
+    let interrupt = super::signals::Interrupt::install(Vec::new())?;
     let _lock = match dry_run {
         true => None,
         false => Some(super::lock_state(&config)?),
@@ -36,10 +37,19 @@ pub(crate) async fn run(
     };
     // A dry run's transports refuse every write before it is sent.
     let transports = super::transports(&config, dry_run);
-    let pruner = super::pruner(&transports, state.as_ref(), dry_run, g.now()).with_shard(shard);
+    let pruner = super::pruner(&transports, state.as_ref(), dry_run, g.now())
+        .with_shard(shard)
+        .with_stop(interrupt.token());
     let mut code = EXIT_OK;
     let mut reports = Vec::new();
     for rule in &rules {
+        if interrupt.interrupted() {
+            eprintln!(
+                "rule {}: not started (interrupted); the next run does it",
+                rule.name
+            );
+            continue;
+        }
         if let Some(r) = pruner.prune_rule(rule).await {
             if !r.ok() {
                 code = EXIT_PARTIAL;
@@ -60,5 +70,5 @@ pub(crate) async fn run(
             print_retention(name, r);
         }
     }
-    Ok(code)
+    Ok(interrupt.finish(code).await)
 }
