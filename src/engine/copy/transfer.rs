@@ -221,7 +221,18 @@ impl Copier {
         let (Some((remote, _)), Some((target, repo)), Some(state)) =
             (sink.resumable_uploads(), plan.checkpoint, &self.checkpoints)
         else {
-            return Box::pin(sink.put_blob(&blob.digest, blob.size, body));
+            // Nothing of an unchunked upload (or a layout's file) can be
+            // kept: a stop abandons it at once (its temporary file goes).
+            let stop = self.stop.clone();
+            return Box::pin(async move {
+                tokio::select! {
+                    r = sink.put_blob(&blob.digest, blob.size, body) => r,
+                    _ = stop.cancelled() => Err(TransportError::Interrupted {
+                        location: sink.location().to_string(),
+                        detail: format!("upload of blob {} abandoned", blob.digest),
+                    }),
+                }
+            });
         };
         let state = state.clone();
         let snapshots = snapshots.clone();
