@@ -246,7 +246,16 @@ pub(crate) async fn run(
     let target = transports
         .open(&dst.location)
         .map_err(anyhow::Error::from)?;
-    let mut engine = Engine::new(transports, limit, Mode::Apply);
+    let layout = match &dst.location {
+        Location::Layout { path } => vec![super::signals::LayoutRoot {
+            path: path.clone(),
+            prefix: false,
+        }],
+        Location::Registry { .. } => Vec::new(),
+    };
+    let interrupt = super::signals::Interrupt::install(layout)?;
+    interrupt.sweep_dead().await;
+    let mut engine = Engine::new(transports, limit, Mode::Apply).with_stop(interrupt.token());
     let bar = super::progress::start(&mut engine, g.on_terminal);
     let result = engine
         .copy_image(
@@ -264,7 +273,7 @@ pub(crate) async fn run(
         Ok(d) => d,
         Err(e) => {
             eprintln!("error: copying {src} to {dst}: {e}");
-            return Ok(EXIT_PARTIAL);
+            return Ok(interrupt.finish(EXIT_PARTIAL).await);
         }
     };
     if let Some(Reference::Digest(want)) = &dst.reference {

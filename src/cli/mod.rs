@@ -9,6 +9,7 @@ mod output;
 mod plan;
 mod progress;
 mod prune;
+mod signals;
 mod status;
 mod sync;
 

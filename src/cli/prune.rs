@@ -27,6 +27,7 @@ pub(crate) async fn run(
         }
     }
     super::init_logging(config.daemon.log_format, json);
+    let interrupt = super::signals::Interrupt::install(Vec::new())?;
     let _lock = match dry_run {
         true => None,
         false => Some(super::lock_state(&config)?),
@@ -41,13 +42,21 @@ pub(crate) async fn run(
     let transports = super::transports(&config, mode);
     let mut engine = Engine::new(transports, config.daemon.max_concurrent_transfers, mode)
         .with_clock(g.now)
-        .with_shard(shard);
+        .with_shard(shard)
+        .with_stop(interrupt.token());
     if let Some(s) = state {
         engine = engine.with_state(s);
     }
     let mut code = EXIT_OK;
     let mut reports = Vec::new();
     for rule in &rules {
+        if interrupt.interrupted() {
+            eprintln!(
+                "rule {}: not started (interrupted); the next run does it",
+                rule.name
+            );
+            continue;
+        }
         let report = engine.run_rule(rule, Pass::NoCopies).await;
         if let Some(r) = report.retention {
             if !r.ok() || !report.errors.is_empty() {
@@ -69,5 +78,5 @@ pub(crate) async fn run(
             print_retention(name, r);
         }
     }
-    Ok(code)
+    Ok(interrupt.finish(code).await)
 }

@@ -6,6 +6,7 @@ use futures_util::StreamExt;
 use regkeeper::engine::{Engine, Mode, RunResult};
 
 use super::output::{document, print_retention, print_sync_summary};
+use super::signals::{self, Interrupt};
 use super::{CliError, EXIT_OK, EXIT_PARTIAL, Globals};
 
 /// Rules of one `sync` in progress at once (each bounded further by the
@@ -16,7 +17,9 @@ pub(crate) async fn run(g: &Globals, names: &[String], json: bool) -> Result<u8,
     let (config, rules) = g.load_rules(names)?;
     let shard = g.shard(&config)?;
     super::init_logging(config.daemon.log_format, g.on_terminal);
+    let interrupt = Interrupt::install(signals::layouts_of(&rules))?;
     let _lock = super::lock_state(&config)?;
+    interrupt.sweep_dead().await;
     let state = super::open_state(&config)?;
     let transports = super::transports(&config, Mode::Apply);
     let mut engine = Engine::new(
@@ -26,7 +29,8 @@ pub(crate) async fn run(g: &Globals, names: &[String], json: bool) -> Result<u8,
     )
     .with_state(state.clone())
     .with_clock(g.now)
-    .with_shard(shard);
+    .with_shard(shard)
+    .with_stop(interrupt.token());
     let bar = super::progress::start(&mut engine, g.on_terminal && !json);
     if let Some(b) = &bar {
         b.set_prefix(match rules.as_slice() {
@@ -37,16 +41,25 @@ pub(crate) async fn run(g: &Globals, names: &[String], json: bool) -> Result<u8,
     // Rules run at once, as in the daemon: they share the engine's blob
     // tracker (a blob one rule copies, another mounts) and its transfer
     // limit; reports stay in config order.
-    let reports = in_order_at_once(&rules, RULES_AT_ONCE, |rule| {
-        regkeeper::daemon::run_rule(
-            &engine,
-            Some(&state),
-            None,
-            rule,
-            regkeeper::daemon::Scope::Whole,
-        )
+    // After a signal, rules not yet started stay so.
+    let outcomes = in_order_at_once(&rules, RULES_AT_ONCE, |rule| {
+        let (engine, state, interrupt) = (&engine, &state, &interrupt);
+        async move {
+            if interrupt.interrupted() {
+                return Err(rule.name.clone());
+            }
+            Ok(regkeeper::daemon::run_rule(
+                engine,
+                Some(state),
+                None,
+                rule,
+                regkeeper::daemon::Scope::Whole,
+            )
+            .await)
+        }
     })
     .await;
+    let (reports, not_started) = signals::split_started(outcomes);
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -62,8 +75,13 @@ pub(crate) async fn run(g: &Globals, names: &[String], json: bool) -> Result<u8,
             }
         }
     }
+    for name in &not_started {
+        eprintln!("rule {name}: not started (interrupted); the next run does it");
+    }
     let failed = reports.iter().any(|r| r.result != RunResult::Success);
-    Ok(if failed { EXIT_PARTIAL } else { EXIT_OK })
+    Ok(interrupt
+        .finish(if failed { EXIT_PARTIAL } else { EXIT_OK })
+        .await)
 }
 
 /// Runs `f` on every item, `n` at once, and returns the results in the

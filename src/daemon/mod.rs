@@ -132,7 +132,11 @@ pub async fn run_rule(
             rule: rule.name.clone(),
             started: started as i64,
             finished: Some(unix_now() as i64),
-            result: Some(report.result.as_str().to_string()),
+            // `status` tells a run a signal stopped from one that failed.
+            result: Some(match report.interrupted() {
+                true => "interrupted".to_string(),
+                false => report.result.as_str().to_string(),
+            }),
             tags_copied: report.tags_copied as i64,
             tags_in_sync: report.tags_in_sync as i64,
             tags_failed: report.tags_failed as i64,

@@ -207,6 +207,16 @@ impl RuleReport {
         };
     }
 
+    /// Whether a stop (a signal) cut this run short: it did not succeed and
+    /// some failure is of class `interrupted`.
+    pub fn interrupted(&self) -> bool {
+        self.result != RunResult::Success
+            && self
+                .failures()
+                .iter()
+                .any(|f| f.class == crate::transport::ErrorClass::Interrupted)
+    }
+
     /// Every failure of the run, once each, with its class: the run's own
     /// errors, failed copies, and retention's failed deletions, refusals
     /// and errors. What `--json` lists under `errors` and

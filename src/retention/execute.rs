@@ -85,6 +85,8 @@ pub struct Pruner {
     deletes: bool,
     /// The clock of the run (`--now` in tests).
     now: Unix,
+    /// Once cancelled (a signal), no further deletion is sent.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl Pruner {
@@ -103,7 +105,15 @@ impl Pruner {
             dry_run,
             deletes: true,
             now,
+            stop: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Sends no further deletion once `stop` is cancelled (`sync` and
+    /// `prune` after SIGINT/SIGTERM); the rest are reported as skipped.
+    pub fn with_stop(mut self, stop: tokio_util::sync::CancellationToken) -> Self {
+        self.stop = stop;
+        self
     }
 
     /// Plans as ever but sends no deletion (an event pass: the same plan,
@@ -212,9 +222,17 @@ impl Pruner {
             }
         };
         let mut stopped = false;
+        let mut halted = false;
         let mut deleted_tags: HashSet<String> = HashSet::new();
         for deletion in &plan.deletions {
-            let status = match (&store, send, stopped) {
+            if send && !stopped && !halted && self.stop.is_cancelled() {
+                halted = true;
+                report.errors.push(format!(
+                    "{}: interrupted; the remaining deletions are left to the next run",
+                    plan.repository
+                ));
+            }
+            let status = match (&store, send, stopped || halted) {
                 (_, false, _) => DeletionStatus::Planned,
                 (None, true, _) | (_, true, true) => DeletionStatus::Skipped,
                 (Some(store), true, false) => {

@@ -25,7 +25,8 @@
 //! checked) and mounts blobs; `manifests.rs` is the manifest operations of a
 //! `Store` (by tag or digest); `atomic.rs` is the temporary-file-and-rename
 //! write and the shared I/O error helpers; `discover.rs` finds the layouts
-//! under a directory. This file holds the repository type and what they all
+//! under a directory; `sweep.rs` removes temporary files a killed writer
+//! left. This file holds the repository type and what they all
 //! share.
 
 use std::path::{Path, PathBuf};
@@ -39,11 +40,13 @@ mod confine;
 mod discover;
 mod index;
 mod manifests;
+mod sweep;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use confine::confined;
 pub use discover::list_repositories;
+pub use sweep::{Owner, sweep_temp_files};
 
 const OCI_LAYOUT_FILE: &str = "oci-layout";
 const OCI_LAYOUT_CONTENT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;

@@ -10,6 +10,7 @@ mod events;
 mod facts;
 mod faults;
 mod harness;
+mod interrupt;
 mod jsoncost;
 mod passes;
 mod plan;

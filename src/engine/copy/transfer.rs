@@ -21,14 +21,21 @@ type PutFuture<'a> = Pin<Box<dyn Future<Output = Result<(), TransportError>> + S
 struct SinkPlan {
     /// Set when the upload is checkpointed: (target, repo) in the state.
     checkpoint: Option<(String, String)>,
-    /// A session that still holds the first `offset` bytes, with the hash
-    /// state at that offset.
-    resume: Option<(UploadSession, Vec<u8>)>,
+    /// A session that still holds its first `offset` bytes, with a hash
+    /// state at an offset at or before it (the source is read from there).
+    resume: Option<(UploadSession, HashAt)>,
 }
+
+/// A saved SHA-256 state and the offset it was taken at (empty at 0).
+type HashAt = (Vec<u8>, u64);
 
 impl SinkPlan {
     fn offset(&self) -> u64 {
         self.resume.as_ref().map_or(0, |(s, _)| s.offset)
+    }
+    /// Where the source must be read (and hashed) from for this sink.
+    fn read_from(&self) -> u64 {
+        self.resume.as_ref().map_or(0, |(_, (_, at))| *at)
     }
 }
 
@@ -75,14 +82,31 @@ impl Copier {
                         url,
                         offset: cp.offset,
                     };
+                    // The registry says where the session stands (its
+                    // Range); the source is read from the checkpoint's hash
+                    // state (or from 0) and the bytes the session already
+                    // holds are skipped.
                     match remote.upload_status(&at).await {
-                        Ok(Some(s)) if s.offset == cp.offset => resume = Some((s, hash)),
+                        Ok(Some(s)) if s.offset <= blob.size => {
+                            if s.offset != cp.offset {
+                                tracing::info!(
+                                    digest,
+                                    checkpoint = cp.offset,
+                                    registry_offset = s.offset,
+                                    "the upload session is not where the checkpoint says; continuing from the registry's offset"
+                                );
+                            }
+                            resume = Some(match s.offset >= cp.offset {
+                                true => (s, (hash, cp.offset)),
+                                false => (s, (Vec::new(), 0)),
+                            });
+                        }
                         Ok(Some(s)) => {
                             tracing::info!(
                                 digest,
                                 offset = cp.offset,
                                 registry_offset = s.offset,
-                                "upload session moved past its checkpoint; starting the blob over"
+                                "upload session holds more than the blob; starting the blob over"
                             );
                             remote.cancel_upload(&s).await;
                         }
@@ -171,7 +195,7 @@ impl Copier {
                     rx.recv().await.map(|item| (item, rx))
                 }));
             let offset = plan.offset();
-            skips.push(offset - start);
+            skips.push(offset.saturating_sub(start));
             sent.push(blob.size - offset);
             puts.push(self.sink_put(sink, blob, plan, &snapshots, body));
         }
@@ -197,7 +221,18 @@ impl Copier {
         let (Some((remote, _)), Some((target, repo)), Some(state)) =
             (sink.resumable_uploads(), plan.checkpoint, &self.checkpoints)
         else {
-            return Box::pin(sink.put_blob(&blob.digest, blob.size, body));
+            // Nothing of an unchunked upload (or a layout's file) can be
+            // kept: a stop abandons it at once (its temporary file goes).
+            let stop = self.stop.clone();
+            return Box::pin(async move {
+                tokio::select! {
+                    r = sink.put_blob(&blob.digest, blob.size, body) => r,
+                    _ = stop.cancelled() => Err(TransportError::Interrupted {
+                        location: sink.location().to_string(),
+                        detail: format!("upload of blob {} abandoned", blob.digest),
+                    }),
+                }
+            });
         };
         let state = state.clone();
         let snapshots = snapshots.clone();
@@ -293,20 +328,20 @@ impl Copier {
 
 type Sender = Option<tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>>;
 
-/// Opens the source stream at the lowest offset any target resumes from
-/// (0 when none resumes, or when the source ignores the range or the saved
+/// Opens the source stream at the lowest offset any target resumes hashing
+/// from (0 when none resumes, or when the source ignores the range or the saved
 /// hash state is unusable). Returns the verifying stream and its offset.
 async fn open_source(
     source: &Store,
     blob: &Descriptor,
     plans: &[SinkPlan],
 ) -> Result<(Verified, u64), TransportError> {
-    let start = plans.iter().map(SinkPlan::offset).min().unwrap_or(0);
+    let start = plans.iter().map(SinkPlan::read_from).min().unwrap_or(0);
     if start > 0 {
         let hash = plans
             .iter()
-            .find_map(|p| p.resume.as_ref().filter(|(s, _)| s.offset == start))
-            .map(|(_, h)| h.clone())
+            .find_map(|p| p.resume.as_ref().filter(|(_, (_, at))| *at == start))
+            .map(|(_, (h, _))| h.clone())
             .unwrap_or_default();
         let (stream, got) = source.get_blob_from(&blob.digest, blob.size, start).await?;
         if got != start {

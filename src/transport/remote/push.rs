@@ -121,7 +121,9 @@ impl RemoteRepo {
                     ),
                 });
             }
-            let n = chunk.min(size - session.offset);
+            // Chunks end at multiples of `chunk` (where hash states are
+            // saved), also after resuming at another offset.
+            let n = (chunk - session.offset % chunk).min(size - session.offset);
             let expected = session.offset + n;
             *session = self
                 .upload_chunk(session.clone(), source.take(n), n)
