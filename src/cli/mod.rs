@@ -81,7 +81,13 @@ enum Command {
         access: copy::AccessFlags,
     },
     /// Daemon: schedules, metrics, reload (SIGHUP), orderly stop (SIGTERM).
-    Run,
+    Run {
+        /// Where the other shards listen, for events another shard owns:
+        /// a URL with {shard} for the shard number, e.g.
+        /// http://regkeeper-{shard}.regkeeper:9469
+        #[arg(long, env = "REGKEEPER_PEER_URL", value_name = "URL")]
+        peer_url: Option<String>,
+    },
     /// Per-rule status from the state database: last run, result, lag, pending work.
     Status {
         /// Print JSON instead of text.
@@ -126,7 +132,7 @@ impl CliError {
 
 impl Cli {
     pub fn is_daemon(&self) -> bool {
-        matches!(self.command, Command::Run)
+        matches!(self.command, Command::Run { .. })
     }
 }
 
@@ -215,7 +221,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             platforms,
             access,
         } => copy::run(&g, &src, &dst, &platforms, &access).await,
-        Command::Run => daemon::run(&g).await,
+        Command::Run { peer_url } => daemon::run(&g, peer_url.as_deref()).await,
         Command::Status { json } => status::run(&g, json),
         Command::Prune {
             rules,

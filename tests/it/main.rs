@@ -16,6 +16,7 @@ mod plan;
 mod progress;
 mod referrers;
 mod retention;
+mod shard_events;
 mod shards;
 mod store;
 mod support;
