@@ -69,7 +69,14 @@ enum Command {
         json: bool,
     },
     /// Validate the configuration offline.
-    Check,
+    Check {
+        /// Do not read secret files (password_file, webhook_token_file):
+        /// check a config whose secrets exist only where it runs (a
+        /// Kubernetes Secret, systemd credentials). Their paths are still
+        /// checked for form.
+        #[arg(long)]
+        skip_secrets: bool,
+    },
     /// Copy one image (tag or digest) ad hoc.
     Copy {
         src: String,
@@ -212,7 +219,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         shard: cli.shard,
     };
     match cli.command {
-        Command::Check => check::run(&g),
+        Command::Check { skip_secrets } => check::run(&g, skip_secrets),
         Command::Sync { rules, json } => sync::run(&g, &rules, json).await,
         Command::Plan { rules, json } => plan::run(&g, &rules, json).await,
         Command::Copy {
