@@ -5,7 +5,11 @@
 # checks every target tag with skopeo and runs the sync again (a no-op).
 #
 #   examples/demo.sh     # installs docker-registry, skopeo, curl, python3 with apt-get when missing
+#   examples/demo.sh /usr/bin/regkeeper   # or REGKEEPER_BIN=...: use that binary, build nothing
 set -euo pipefail
+# A binary given by path is taken relative to where the demo was started.
+given=${1:-${REGKEEPER_BIN:-}}
+case $given in */*) given=$(realpath "$given") ;; esac
 cd "$(dirname "$0")/.."
 # Debian package per command the demo runs.
 need=()
@@ -106,8 +110,14 @@ source = "127.0.0.1:$SRC/demo/*"
 targets = ["127.0.0.1:$DST/mirror/*", "oci:$work/dr/*"]
 TOML
 
-cargo build --release --quiet
-bin=target/release/regkeeper
+# An installed or prebuilt binary when given (argument or REGKEEPER_BIN),
+# else one built from this checkout.
+bin=$given
+if [ -z "$bin" ]; then
+    cargo build --release --quiet
+    bin=target/release/regkeeper
+fi
+[ -x "$bin" ] || command -v "$bin" >/dev/null 2>&1 || { echo "demo: $bin is not an executable" >&2; exit 2; }
 echo; echo "== regkeeper plan"; $bin plan -c "$work/config.toml"
 echo; echo "== regkeeper sync"; $bin sync -c "$work/config.toml"
 echo; echo "== checking every target tag with skopeo"

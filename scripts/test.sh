@@ -16,6 +16,8 @@ command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 # script: a pseudo-terminal for the progress line test.
 command -v script >/dev/null 2>&1 || need+=(bsdutils)
+# promtool and prometheus: the shipped alerting rules (tests/it/alerts.rs).
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}"
     SUDO=""

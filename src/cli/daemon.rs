@@ -2,13 +2,20 @@
 
 use super::{CliError, EXIT_OK, Globals};
 
-pub(crate) async fn run(g: &Globals) -> Result<u8, CliError> {
+pub(crate) async fn run(g: &Globals, peer_url: Option<&str>) -> Result<u8, CliError> {
     let path = g.config_path();
     let config = super::load_config(&path)?;
     super::init_logging(config.daemon.log_format, false);
     let shard = g.shard(&config)?;
+    let peers = match peer_url.filter(|_| !shard.is_whole()) {
+        Some(p) => Some(
+            regkeeper::daemon::Peers::parse(p)
+                .map_err(|e| CliError::Usage(format!("error: --peer-url: {e}")))?,
+        ),
+        None => None,
+    };
     let _lock = super::lock_state(&config)?;
-    match regkeeper::daemon::run(config, path, shard).await {
+    match regkeeper::daemon::run(config, path, shard, peers).await {
         Ok(()) => Ok(EXIT_OK),
         Err(e @ regkeeper::daemon::DaemonError::State(_)) => {
             tracing::error!("{e}");

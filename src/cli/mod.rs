@@ -70,7 +70,14 @@ enum Command {
         json: bool,
     },
     /// Validate the configuration offline.
-    Check,
+    Check {
+        /// Do not read secret files (password_file, webhook_token_file):
+        /// check a config whose secrets exist only where it runs (a
+        /// Kubernetes Secret, systemd credentials). Their paths are still
+        /// checked for form.
+        #[arg(long)]
+        skip_secrets: bool,
+    },
     /// Copy one image (tag or digest) ad hoc.
     Copy {
         src: String,
@@ -82,7 +89,13 @@ enum Command {
         access: copy::AccessFlags,
     },
     /// Daemon: schedules, metrics, reload (SIGHUP), orderly stop (SIGTERM).
-    Run,
+    Run {
+        /// Where the other shards listen, for events another shard owns:
+        /// a URL with {shard} for the shard number, e.g.
+        /// http://regkeeper-{shard}.regkeeper:9469
+        #[arg(long, env = "REGKEEPER_PEER_URL", value_name = "URL")]
+        peer_url: Option<String>,
+    },
     /// Per-rule status from the state database: last run, result, lag, pending work.
     Status {
         /// Print JSON instead of text.
@@ -127,7 +140,7 @@ impl CliError {
 
 impl Cli {
     pub fn is_daemon(&self) -> bool {
-        matches!(self.command, Command::Run)
+        matches!(self.command, Command::Run { .. })
     }
 }
 
@@ -202,7 +215,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         shard: cli.shard,
     };
     match cli.command {
-        Command::Check => check::run(&g),
+        Command::Check { skip_secrets } => check::run(&g, skip_secrets),
         Command::Sync { rules, json } => sync::run(&g, &rules, json).await,
         Command::Plan { rules, json } => plan::run(&g, &rules, json).await,
         Command::Copy {
@@ -211,7 +224,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             platforms,
             access,
         } => copy::run(&g, &src, &dst, &platforms, &access).await,
-        Command::Run => daemon::run(&g).await,
+        Command::Run { peer_url } => daemon::run(&g, peer_url.as_deref()).await,
         Command::Status { json } => status::run(&g, json),
         Command::Prune {
             rules,

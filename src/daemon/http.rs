@@ -11,12 +11,14 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
+use super::health::Heartbeat;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
 struct Shared {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    heartbeat: Arc<Heartbeat>,
 }
 
 /// Serves these routes and `extra` (the event endpoints) until `stop`.
@@ -24,14 +26,19 @@ pub(crate) async fn serve_with(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    heartbeat: Arc<Heartbeat>,
     stop: CancellationToken,
     extra: Router,
 ) {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(health_handler))
         .route("/readyz", get(ready_handler))
-        .with_state(Shared { metrics, ready })
+        .with_state(Shared {
+            metrics,
+            ready,
+            heartbeat,
+        })
         .merge(extra);
     super::listener::serve(listener, app, super::listener::Bounds::DEFAULT, stop).await;
 }
@@ -51,6 +58,14 @@ async fn metrics_handler(State(s): State<Shared>) -> impl IntoResponse {
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             format!("{e}\n"),
         ),
+    }
+}
+
+/// 200 while the scheduler loop goes round, 503 once it is stuck.
+async fn health_handler(State(s): State<Shared>) -> impl IntoResponse {
+    match s.heartbeat.stalled(std::time::Instant::now()) {
+        None => (StatusCode::OK, "ok\n".to_string()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 

@@ -5,6 +5,8 @@
 //! on SIGTERM/SIGINT, and systemd notifications.
 
 mod events;
+pub use events::{PeerUrlError, Peers};
+mod health;
 pub(crate) mod http;
 mod listener;
 pub(crate) mod schedule;
@@ -239,26 +241,31 @@ fn restrict_to_shard(config: &mut Config, shard: Shard) {
 }
 
 /// The daemon. `config` is loaded and valid; returns after SIGTERM/SIGINT.
-/// Only `shard`'s rules (and repositories of `/*` rules) are run.
+/// Only `shard`'s rules (and repositories of `/*` rules) are run; events
+/// for another shard's go to it through `peers`, when given.
 pub async fn run(
     mut config: Config,
     config_path: PathBuf,
     shard: Shard,
+    peers: Option<events::Peers>,
 ) -> Result<(), DaemonError> {
     let daemon_start = unix_now();
     let metrics = Metrics::new()?;
     metrics.shard_info(shard)?;
+    let all_rules = config.rules.clone();
     restrict_to_shard(&mut config, shard);
     tracing::info!(%shard, rules = config.rules.len(), "shard");
     let ready = Arc::new(AtomicBool::new(false));
+    let heartbeat = Arc::new(health::Heartbeat::new());
     let mut signals = Signals::install()?;
     // Event endpoints (SPEC section 10) only with a webhook token.
     let events = match &config.daemon.webhook_token {
         Some(token) => Some(events::Hub::new(
             token.clone(),
-            &config.rules,
+            &all_rules,
             &metrics,
             shard,
+            peers,
         )?),
         None => None,
     };
@@ -273,6 +280,7 @@ pub async fn run(
                 listener,
                 metrics.clone(),
                 ready.clone(),
+                heartbeat.clone(),
                 http_stop.clone(),
                 events
                     .as_ref()
@@ -287,7 +295,7 @@ pub async fn run(
         restore_rule_metrics(&state, &metrics, &rule.name, daemon_start);
     }
     init_registries(&config, &metrics);
-    let mut scheduler = Scheduler::new(config, config_path, state, metrics, events);
+    let mut scheduler = Scheduler::new(config, config_path, state, metrics, events, heartbeat);
     ready.store(true, Ordering::SeqCst);
     notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(rules = scheduler.rules(), "regkeeper running");

@@ -158,6 +158,8 @@ pub(super) struct Scheduler {
     next_prune: Instant,
     /// The event endpoints' pending passes (SPEC section 10), when enabled.
     events: Option<Arc<super::events::Hub>>,
+    /// Beaten each time round the loop; `/healthz` reads it.
+    heartbeat: Arc<super::health::Heartbeat>,
 }
 
 impl Scheduler {
@@ -167,6 +169,7 @@ impl Scheduler {
         state: State,
         metrics: Arc<Metrics>,
         events: Option<Arc<super::events::Hub>>,
+        heartbeat: Arc<super::health::Heartbeat>,
     ) -> Scheduler {
         let stop = CancellationToken::new();
         let generation = build_generation(config, &state, &metrics, &stop, None);
@@ -191,6 +194,7 @@ impl Scheduler {
             next_watchdog: now,
             next_prune: now,
             events,
+            heartbeat,
         }
     }
 
@@ -233,6 +237,7 @@ impl Scheduler {
     /// `RUN_HISTORY` dropped (each rule keeps its first run, last run and
     /// last success, which lag depends on).
     fn housekeeping(&mut self, now: Instant) {
+        self.heartbeat.beat();
         if let Some(every) = self.watchdog
             && now >= self.next_watchdog
         {
@@ -270,7 +275,8 @@ impl Scheduler {
             .values()
             .filter_map(|s| s.next)
             .min()
-            .unwrap_or(now + Duration::from_secs(60));
+            .unwrap_or(now + Duration::from_secs(60))
+            .min(now + super::health::BEAT_EVERY);
         if let Some(t) = self.events.as_ref().and_then(|h| h.next_due(now)) {
             wake = wake.min(t);
         }
@@ -336,6 +342,7 @@ impl Scheduler {
                 "daemon.state_dir, daemon.listen, daemon.log_format and daemon.webhook_token_file take effect at the next restart"
             );
         }
+        let all_rules = new.rules.clone();
         restrict_to_shard(&mut new, shard_of(&self.generation.config));
         let (added, changed, removed) = self.apply_rules(&new);
         let next = build_generation(
@@ -347,7 +354,7 @@ impl Scheduler {
         );
         self.generation = next;
         if let Some(h) = &self.events {
-            h.set_rules(&self.generation.config.rules);
+            h.set_rules(&all_rules);
         }
         tracing::info!(
             added,

@@ -1,5 +1,6 @@
 //! Integration tests for regkeeper: real CNCF distribution registries on 127.0.0.1.
 
+mod alerts;
 mod artifacts;
 mod blobs;
 mod copy_cli;
@@ -17,6 +18,7 @@ mod plan;
 mod progress;
 mod referrers;
 mod retention;
+mod shard_events;
 mod shards;
 mod store;
 mod support;

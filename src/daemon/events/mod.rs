@@ -11,6 +11,7 @@
 mod launch;
 mod matcher;
 mod parse;
+mod peers;
 mod pending;
 mod routes;
 
@@ -28,6 +29,7 @@ use crate::shard::Shard;
 pub(crate) use launch::Launch;
 use matcher::Pass;
 use parse::{Change, Parsed};
+pub use peers::{PeerUrlError, Peers};
 use pending::{Key, Pending};
 
 /// Where an event came from (the `kind` label).
@@ -54,6 +56,8 @@ pub(crate) enum Outcome {
     Matched,
     Ignored,
     Rejected,
+    /// Sent on to the shard that owns it.
+    Forwarded,
 }
 
 impl Outcome {
@@ -62,6 +66,7 @@ impl Outcome {
             Outcome::Matched => "matched",
             Outcome::Ignored => "ignored",
             Outcome::Rejected => "rejected",
+            Outcome::Forwarded => "forwarded",
         }
     }
 }
@@ -72,28 +77,56 @@ pub(crate) struct Matched {
     pub rule: String,
     /// The source repository the pass covers; `None` for a whole-rule run.
     pub repository: Option<String>,
+    /// The shard the event was forwarded to, when another one owns it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarded_to: Option<u32>,
+}
+
+/// What a request asked for: passes queued here, and the shards it goes on to.
+#[derive(Debug, Default)]
+pub(crate) struct Submitted {
+    pub matched: Vec<Matched>,
+    pub forward: std::collections::BTreeSet<u32>,
+}
+
+/// What became of a trigger call.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Triggered {
+    /// No rule has that name.
+    Unknown,
+    /// Queued here; forward to these shards too (a `/*` rule runs on all).
+    Queued(Vec<u32>),
+    /// Another shard owns the rule: forward it there.
+    Elsewhere(u32),
 }
 
 /// Receives events and holds the passes they ask for.
 pub struct Hub {
     token: Secret,
+    /// Every rule of the config, not only this shard's: an event for a rule
+    /// or repository another shard owns is forwarded there.
     rules: RwLock<Vec<Rule>>,
     pending: Mutex<Pending>,
     wake: Notify,
     events: IntCounterVec,
-    /// Of a `/*` rule, only this shard's repositories are synced here (the
-    /// rules are this shard's already).
+    /// Of a `/*` rule, only this shard's repositories are synced here; of
+    /// the other rules, only this shard's.
     shard: Shard,
+    /// Where the other shards listen; without it, what another shard owns
+    /// is ignored here.
+    peers: Option<Peers>,
 }
 
 impl Hub {
-    /// A hub checking `token`, for these rules; its counters are
-    /// registered in `metrics` (every series at 0 from the start).
+    /// A hub checking `token`, for these rules (all of the config's); its
+    /// counters are registered in `metrics` (every series at 0 from the
+    /// start).
     pub fn new(
         token: Secret,
         rules: &[Rule],
         metrics: &Metrics,
         shard: Shard,
+        peers: Option<Peers>,
     ) -> Result<Arc<Hub>, MetricsError> {
         let events = IntCounterVec::new(
             Opts::new(
@@ -105,7 +138,12 @@ impl Hub {
         .map_err(MetricsError::from)?;
         metrics.register(Box::new(events.clone()))?;
         for kind in [Kind::Distribution, Kind::Harbor, Kind::Trigger] {
-            for result in [Outcome::Matched, Outcome::Ignored, Outcome::Rejected] {
+            for result in [
+                Outcome::Matched,
+                Outcome::Ignored,
+                Outcome::Rejected,
+                Outcome::Forwarded,
+            ] {
                 events.with_label_values(&[kind.as_str(), result.as_str()]);
             }
         }
@@ -116,10 +154,12 @@ impl Hub {
             wake: Notify::new(),
             events,
             shard,
+            peers,
         }))
     }
 
-    /// The rules events are matched against (after a reload).
+    /// The rules events are matched against (after a reload): all of the
+    /// config's.
     pub fn set_rules(&self, rules: &[Rule]) {
         *self.rules.write().expect("event rules poisoned") = rules.to_vec();
     }
@@ -149,57 +189,96 @@ impl Hub {
         self.wake.notify_one();
     }
 
-    /// Queues the passes a parsed payload asks for; returns what matched.
-    pub(crate) fn submit(&self, kind: Kind, parsed: Parsed) -> Vec<Matched> {
+    /// Queues the passes a parsed payload asks for that this shard owns;
+    /// the rest goes to its owner (`forward`), unless the request was
+    /// forwarded already or no peers are known (then it is ignored here).
+    pub(crate) fn submit(&self, kind: Kind, parsed: Parsed, forwarded: bool) -> Submitted {
         self.count(kind, Outcome::Ignored, parsed.ignored);
+        let may_forward = !forwarded && self.peers.is_some();
         // Matching is pure and quick: hold the read lock, no copy per request.
         let rules = self.rules.read().expect("event rules poisoned");
-        let mut out = Vec::new();
+        let mut out = Submitted::default();
         for n in parsed.notices {
-            let mut found = matcher::matching(&rules, &n.repository, n.host.as_deref());
-            // A repository of a `/*` rule that another shard owns is that
-            // shard's to copy (it gets the event too, or its schedule).
-            found.retain(|(rule, rel)| {
-                n.change == Change::Delete
-                    || rel.is_empty()
-                    || self.shard.owns_repository(rule, rel)
-            });
-            if found.is_empty() {
-                tracing::debug!(kind = kind.as_str(), repository = %n.repository, "event matches no rule");
+            let found = matcher::matching(&rules, &n.repository, n.host.as_deref());
+            let (mut here, mut there) = (Vec::new(), Vec::new());
+            for (rule, rel) in found {
+                match peers::owner(self.shard, &rule, &rel) {
+                    o if o == self.shard.index => here.push((rule, rel)),
+                    o if may_forward => there.push((rule, o)),
+                    o => {
+                        tracing::debug!(kind = kind.as_str(), %rule, owner = o, "event for another shard ignored")
+                    }
+                }
+            }
+            if here.is_empty() && there.is_empty() {
+                tracing::debug!(kind = kind.as_str(), repository = %n.repository, "event matches no rule of this shard");
                 self.count(kind, Outcome::Ignored, 1);
                 continue;
             }
-            self.count(kind, Outcome::Matched, 1);
-            for (rule, rel) in found {
-                let (pass, repository) = match n.change {
-                    Change::Push => (Pass::Repo(rel), Some(n.repository.clone())),
-                    Change::Delete => (Pass::Normal, None),
+            let outcome = if here.is_empty() {
+                Outcome::Forwarded
+            } else {
+                Outcome::Matched
+            };
+            self.count(kind, outcome, 1);
+            let repository = (n.change == Change::Push).then(|| n.repository.clone());
+            for (rule, owner) in there {
+                out.forward.insert(owner);
+                let repository = repository.clone();
+                out.matched.push(Matched {
+                    rule,
+                    repository,
+                    forwarded_to: Some(owner),
+                });
+            }
+            for (rule, rel) in here {
+                let pass = match n.change {
+                    Change::Push => Pass::Repo(rel),
+                    Change::Delete => Pass::Normal,
                 };
                 tracing::debug!(kind = kind.as_str(), %rule, repository = %n.repository, ?pass, "event queued");
                 self.enqueue(&rule, pass);
-                out.push(Matched { rule, repository });
+                let repository = repository.clone();
+                out.matched.push(Matched {
+                    rule,
+                    repository,
+                    forwarded_to: None,
+                });
             }
         }
         out
     }
 
-    /// `POST /v1/rules/<rule>/sync`: a normal run of the rule, now; `false`
-    /// when no rule has that name.
-    pub(crate) fn trigger(&self, rule: &str) -> bool {
-        let known = self
-            .rules
-            .read()
-            .expect("event rules poisoned")
-            .iter()
-            .any(|r| r.name == rule);
-        if known {
+    /// `POST /v1/rules/<rule>/sync`: a normal run of the rule, now, where
+    /// it runs: here, at its owner, or (a `/*` rule) on every shard.
+    pub(crate) fn trigger(&self, rule: &str, forwarded: bool) -> Triggered {
+        let rules = self.rules.read().expect("event rules poisoned");
+        let Some(r) = rules.iter().find(|r| r.name == rule) else {
+            self.count(Kind::Trigger, Outcome::Ignored, 1);
+            return Triggered::Unknown;
+        };
+        let may_forward = !forwarded && self.peers.is_some();
+        if crate::shard::spread(r) || self.shard.owns_rule(rule) {
             self.count(Kind::Trigger, Outcome::Matched, 1);
             tracing::info!(%rule, "sync triggered");
             self.enqueue(rule, Pass::Normal);
+            let others = match crate::shard::spread(r) && may_forward {
+                true => (0..self.shard.count)
+                    .filter(|&k| k != self.shard.index)
+                    .collect(),
+                false => Vec::new(),
+            };
+            return Triggered::Queued(others);
+        }
+        let owner = peers::owner(self.shard, rule, "");
+        if may_forward {
+            self.count(Kind::Trigger, Outcome::Forwarded, 1);
+            Triggered::Elsewhere(owner)
         } else {
             self.count(Kind::Trigger, Outcome::Ignored, 1);
+            tracing::debug!(%rule, owner, "trigger for another shard's rule ignored");
+            Triggered::Unknown
         }
-        known
     }
 
     /// The next time a waiting pass becomes due (for the scheduler's sleep).
@@ -240,7 +319,7 @@ mod tests {
             .map(|s| {
                 let shard = crate::shard::Shard::parse(s).unwrap();
                 let m = crate::metrics::Metrics::new().unwrap();
-                super::Hub::new(crate::secret::Secret::new("t"), &c.rules, &m, shard).unwrap()
+                super::Hub::new(crate::secret::Secret::new("t"), &c.rules, &m, shard, None).unwrap()
             })
             .collect();
         for i in 0..20 {
@@ -254,7 +333,11 @@ mod tests {
             };
             let matched: usize = hubs
                 .iter()
-                .map(|h| h.submit(super::Kind::Distribution, push.clone()).len())
+                .map(|h| {
+                    h.submit(super::Kind::Distribution, push.clone(), false)
+                        .matched
+                        .len()
+                })
                 .sum();
             assert_eq!(matched, 1, "team/r{i} is synced by exactly one shard");
         }

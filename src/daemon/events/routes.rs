@@ -13,7 +13,8 @@ use axum::routing::post;
 use subtle::ConstantTimeEq;
 
 use super::parse::{self, ParseError, Parsed};
-use super::{Hub, Kind, Outcome};
+use super::peers::{self, ForwardFailure};
+use super::{Hub, Kind, Outcome, Triggered};
 
 /// Bodies larger than this are refused (413).
 pub(crate) const MAX_BODY: usize = 1024 * 1024;
@@ -82,6 +83,7 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes,
 async fn receive(
     hub: &Hub,
     kind: Kind,
+    path: &str,
     headers: HeaderMap,
     body: Body,
     parse: fn(&[u8]) -> Result<Parsed, ParseError>,
@@ -106,19 +108,81 @@ async fn receive(
         }
     };
     let ignored = parsed.ignored;
-    let matched = hub.submit(kind, parsed);
-    json(
-        StatusCode::ACCEPTED,
-        serde_json::json!({ "matched": matched, "ignored": ignored }),
+    let forwarded = peers::is_forwarded(&headers);
+    let submitted = hub.submit(kind, parsed, forwarded);
+    let shards: Vec<u32> = submitted.forward.iter().copied().collect();
+    let failures = forward_all(hub, &shards, path, &headers, bytes).await;
+    let body = serde_json::json!({ "matched": submitted.matched, "ignored": ignored });
+    answer(body, &failures)
+}
+
+/// Sends the request on to each of `shards`; what did not go through.
+async fn forward_all(
+    hub: &Hub,
+    shards: &[u32],
+    path: &str,
+    headers: &HeaderMap,
+    body: axum::body::Bytes,
+) -> Vec<ForwardFailure> {
+    let Some(peers) = &hub.peers else {
+        return Vec::new();
+    };
+    let sends = shards
+        .iter()
+        .map(|&k| peers.forward(hub.shard.index, k, path, headers, body.clone()));
+    let failures: Vec<ForwardFailure> = futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    for f in &failures {
+        tracing::warn!(shard = f.shard, error = %f.message, "cannot forward an event to the shard that owns it; the sender should retry");
+    }
+    failures
+}
+
+/// 202 with `body`, or 502 naming the shards a forward failed to (what this
+/// shard owns is queued either way; a retried event is coalesced).
+fn answer(body: serde_json::Value, failures: &[ForwardFailure]) -> Response {
+    if failures.is_empty() {
+        return json(StatusCode::ACCEPTED, body);
+    }
+    let detail: Vec<String> = failures
+        .iter()
+        .map(|f| format!("shard {}: {}", f.shard, f.message))
+        .collect();
+    text(
+        StatusCode::BAD_GATEWAY,
+        &format!(
+            "event not delivered to the shard that owns it ({}); retry",
+            detail.join("; ")
+        ),
     )
 }
 
 async fn distribution(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body) -> Response {
-    receive(&hub, Kind::Distribution, headers, body, parse::distribution).await
+    let path = "/v1/events/distribution";
+    receive(
+        &hub,
+        Kind::Distribution,
+        path,
+        headers,
+        body,
+        parse::distribution,
+    )
+    .await
 }
 
 async fn harbor(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body) -> Response {
-    receive(&hub, Kind::Harbor, headers, body, parse::harbor).await
+    receive(
+        &hub,
+        Kind::Harbor,
+        "/v1/events/harbor",
+        headers,
+        body,
+        parse::harbor,
+    )
+    .await
 }
 
 async fn trigger(
@@ -130,12 +194,21 @@ async fn trigger(
         hub.count(Kind::Trigger, Outcome::Rejected, 1);
         return unauthorized();
     }
-    if hub.trigger(&rule) {
-        json(
-            StatusCode::ACCEPTED,
-            serde_json::json!({ "matched": [{ "rule": rule, "repository": null }], "ignored": 0 }),
-        )
-    } else {
-        text(StatusCode::NOT_FOUND, "no rule with that name")
+    let path = format!("/v1/rules/{rule}/sync");
+    let forwarded = peers::is_forwarded(&headers);
+    let (shards, forwarded_to) = match hub.trigger(&rule, forwarded) {
+        Triggered::Unknown => return text(StatusCode::NOT_FOUND, "no rule with that name"),
+        Triggered::Queued(others) => (others, None),
+        Triggered::Elsewhere(owner) => (vec![owner], Some(owner)),
+    };
+    let empty = axum::body::Bytes::new();
+    let failures = forward_all(&hub, &shards, &path, &headers, empty).await;
+    let mut matched = serde_json::json!({ "rule": rule, "repository": null });
+    if let Some(k) = forwarded_to {
+        matched["forwarded_to"] = k.into();
     }
+    answer(
+        serde_json::json!({ "matched": [matched], "ignored": 0 }),
+        &failures,
+    )
 }

@@ -127,6 +127,30 @@ fn check_pod_and_config(dir: &Path, by_kind: &Kinds) -> regkeeper::config::Confi
         cm["metadata"]["name"]
     );
 
+    // Off-cluster, where the Secret's files do not exist, `check
+    // --skip-secrets` validates the ConfigMap as it is; `check` wants them.
+    let tmp = tempfile::tempdir().unwrap();
+    let as_is = tmp.path().join("as-is.toml");
+    std::fs::write(&as_is, config_text).unwrap();
+    let check = |extra: &[&str]| {
+        Command::new(regkeeper_bin())
+            .args(["check", "-c"])
+            .arg(&as_is)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let skipped = check(&["--skip-secrets"]);
+    assert!(
+        skipped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&skipped.stderr)
+    );
+    assert!(String::from_utf8_lossy(&skipped.stdout).contains("secret files not read"));
+    let full = check(&[]);
+    assert_eq!(full.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&full.stderr).contains("cannot read"));
+
     // The config passes validation with the Secret's files where the pod has them.
     let secret = &by_kind["Secret"];
     assert_eq!(
@@ -226,6 +250,20 @@ fn check_state_shards_hardening(by_kind: &Kinds, config: &regkeeper::config::Con
             regkeeper::shard::ShardSpec::Auto.resolve(Some(&host), Some(str_of(&shards["value"])));
         assert_eq!(shard.map(|s| u64::from(s.index)), Ok(k), "{host}");
     }
+    // Events are forwarded to pod K by its StatefulSet DNS name and port.
+    let peer = env
+        .iter()
+        .find(|e| e["name"] == "REGKEEPER_PEER_URL")
+        .expect("REGKEEPER_PEER_URL");
+    let port = config.daemon.listen.unwrap().port();
+    assert_eq!(
+        str_of(&peer["value"]),
+        format!(
+            "http://{}-{{shard}}.{}:{port}",
+            str_of(&sts["metadata"]["name"]),
+            str_of(&sts["spec"]["serviceName"])
+        )
+    );
 
     // Hardening.
     let sc = &c["securityContext"];
