@@ -254,7 +254,9 @@ pub(crate) fn print_retention(rule: &str, r: &RetentionReport) {
             let status = match &d.status {
                 DeletionStatus::Planned => "would delete".to_string(),
                 DeletionStatus::Deleted => "deleted".to_string(),
-                DeletionStatus::Failed { error } => format!("FAILED to delete ({error})"),
+                DeletionStatus::Failed { error, class } => {
+                    format!("FAILED to delete [{}] ({error})", class.as_str())
+                }
                 DeletionStatus::Skipped => "not deleted (an earlier deletion failed)".to_string(),
             };
             println!(

@@ -237,14 +237,9 @@ impl RuleReport {
         };
         for repo in &ret.repositories {
             for d in &repo.deletions {
-                if let DeletionStatus::Failed { error } = &d.status {
+                if let DeletionStatus::Failed { error, class } = &d.status {
                     let what = format!("deleting {}", d.deletion.digest);
-                    out.push(failure(
-                        &repo.repository,
-                        what,
-                        ErrorClass::TargetRefused,
-                        error,
-                    ));
+                    out.push(failure(&repo.repository, what, *class, error));
                 }
             }
             if let Some(why) = &repo.refused {

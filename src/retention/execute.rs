@@ -26,6 +26,9 @@ pub enum DeletionStatus {
     Deleted,
     Failed {
         error: String,
+        /// What kind of failure (a refused DELETE, authentication, a
+        /// timeout, or `other` when the journal was unavailable).
+        class: crate::transport::ErrorClass,
     },
     /// Not sent because an earlier deletion in this repository failed.
     Skipped,
@@ -306,6 +309,7 @@ impl Pruner {
                 tracing::error!(error = %e, digest = %deletion.digest, "cannot journal; not deleting");
                 return DeletionStatus::Failed {
                     error: format!("not sent, journal unavailable: {e}"),
+                    class: crate::transport::ErrorClass::Other,
                 };
             }
         };
@@ -326,11 +330,12 @@ impl Pruner {
             }
             Err(e) => {
                 let error = e.to_string();
-                tracing::warn!(digest = %deletion.digest, error = %error, "delete failed");
+                let class = e.class(crate::transport::Side::Target);
+                tracing::warn!(digest = %deletion.digest, error = %error, class = class.as_str(), "delete failed");
                 if let Err(e) = self.state.journal_done(id, Err(&error)) {
                     tracing::warn!(error = %e, "cannot mark the journal entry failed");
                 }
-                DeletionStatus::Failed { error }
+                DeletionStatus::Failed { error, class }
             }
         }
     }

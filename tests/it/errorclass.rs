@@ -235,3 +235,38 @@ fn the_daemon_counts_failures_by_class_and_status_shows_it() {
     assert_eq!(class_of("missing"), Some("not_found".into()));
     assert_eq!(class_of("auth"), Some("authentication".into()));
 }
+
+/// A DELETE the target refuses keeps its class to the report: the deletion
+/// in `prune --json` and the rule's failures say `target_refused`, not a
+/// class guessed for every failed deletion.
+#[test]
+fn a_refused_deletion_carries_its_class() {
+    let mut reg = Registry::start_plain();
+    let mut corpus = Corpus::new();
+    for tag in ["1.0.0", "2.0.0"] {
+        corpus.image(
+            tag,
+            &ImageSpec::new(&[layer("errorclass-prune", 1024)]).label("v", tag),
+        );
+        corpus.push(&reg, tag, "it/app", tag);
+    }
+    make_read_only(&mut reg);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = header(dir.path(), &[&reg]);
+    config += &format!(
+        "[[rule]]\nname = \"clean\"\ntargets = [\"{}/it/app\"]\n[rule.retention]\nmatch = ['^\\d+\\.\\d+\\.\\d+$']\nkeep_last = 1\norder_by = \"semver\"\n",
+        reg.host()
+    );
+    let out = regkeeper(dir.path(), &config, &["prune", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("prune --json");
+    let deletions = doc["rules"][0]["retention"]["repositories"][0]["deletions"]
+        .as_array()
+        .expect("deletions")
+        .clone();
+    assert_eq!(deletions.len(), 1, "{deletions:?}");
+    assert_eq!(deletions[0]["status"], "failed", "{deletions:?}");
+    assert_eq!(deletions[0]["class"], "target_refused", "{deletions:?}");
+    // Still there: the registry refused.
+    assert!(reg.try_digest_of("it/app", "1.0.0").is_some());
+}
