@@ -265,24 +265,33 @@ impl Pruner {
                 plan.repository
             ));
         }
-        // Remember what the repository holds now (first-seen times, and the
-        // baseline for noticing tags that move).
-        if !self.dry_run {
-            if let Listing::Complete(tags) = &input.listing {
-                let now_tags: BTreeMap<String, Digest> = tags
-                    .iter()
-                    .filter(|(t, _)| !deleted_tags.contains(*t))
-                    .map(|(t, d)| (t.clone(), d.clone()))
-                    .collect();
-                if let Err(e) = self
-                    .state
-                    .record_tags(&plan.repository, &now_tags, self.now)
-                {
-                    report.errors.push(e.to_string());
-                }
-            }
-        }
+        self.record_holdings(&plan.repository, input, &deleted_tags, report);
         repo
+    }
+
+    /// Remembers what the repository holds now (first-seen times, and the
+    /// baseline for noticing tags that move); a real run only.
+    fn record_holdings(
+        &self,
+        repository: &str,
+        input: &RepoInput,
+        deleted_tags: &HashSet<String>,
+        report: &mut RetentionReport,
+    ) {
+        let Listing::Complete(tags) = &input.listing else {
+            return;
+        };
+        if self.dry_run {
+            return;
+        }
+        let now_tags: BTreeMap<String, Digest> = tags
+            .iter()
+            .filter(|(t, _)| !deleted_tags.contains(*t))
+            .map(|(t, d)| (t.clone(), d.clone()))
+            .collect();
+        if let Err(e) = self.state.record_tags(repository, &now_tags, self.now) {
+            report.errors.push(e.to_string());
+        }
     }
 
     /// Journal, DELETE, journal outcome. Never sends without a journal entry.
