@@ -323,6 +323,7 @@ impl Engine {
             seconds = report.duration_seconds,
             "rule finished"
         );
+        report.log_failures();
         report
     }
 

@@ -11,6 +11,7 @@ mod facts;
 mod faults;
 mod harness;
 mod jsoncost;
+mod operators;
 mod plan;
 mod progress;
 mod referrers;
