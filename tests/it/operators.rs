@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::copy_cli::copy_without_config;
 use crate::support::*;
 use crate::sync::{header, regkeeper};
 
@@ -60,5 +61,90 @@ fn a_failed_run_logs_an_error_with_cause_class_and_repository() {
         "an ERROR line for the failed run",
         Duration::from_secs(60),
         || failure_line(&d.log_text(), &src_repo).is_some(),
+    );
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn copy_refuses_foreign_transports_before_any_request_and_hints_name_its_flags() {
+    let plain = Registry::start_plain();
+    let tls = Registry::builder().tls(true).start();
+    let mut corpus = Corpus::new();
+    corpus.image("one", &ImageSpec::new(&[layer("op-one", 3000)]));
+    corpus.push(&plain, "one", "op/app", "v1");
+    let home = tempfile::tempdir().unwrap();
+    let dst = format!("{}/op/copy:v1", plain.host());
+
+    // Transports of other tools: exit 2, what is supported, no request.
+    let mark = plain.mark();
+    for foreign in [
+        "dir:/tmp/op-x",
+        "docker-archive:/tmp/op.tar",
+        "containers-storage:localhost/app:v1",
+        "docker-daemon:app:v1",
+        "oci-archive:/tmp/op.tar",
+        "whatever:some/path",
+    ] {
+        let out = copy_without_config(home.path(), &[foreign, &dst]);
+        assert_eq!(out.status.code(), Some(2), "{foreign}");
+        let err = stderr(&out);
+        assert!(err.contains("does not support"), "{foreign}: {err}");
+        assert!(
+            err.contains("oci:DIR") && err.contains("host/repo"),
+            "{err}"
+        );
+        let out = copy_without_config(
+            home.path(),
+            &[&format!("{}/op/app:v1", plain.host()), foreign],
+        );
+        assert_eq!(out.status.code(), Some(2), "{foreign} as destination");
+    }
+    assert_eq!(plain.requests_since(mark).len(), 0, "no request was sent");
+
+    // HTTPS to a plain HTTP registry: the hint names the flag.
+    let src = format!("{}/op/app:v1", plain.host());
+    let out = copy_without_config(home.path(), &[&src, &dst]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(err.contains("--src-tls-verify=false"), "{err}");
+    assert!(
+        !err.contains("plain_http") && !err.contains("[registries"),
+        "{err}"
+    );
+
+    // With the flag over plain HTTP: it copies, and no TLS warning.
+    let out = copy_without_config(
+        home.path(),
+        &[
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &src,
+            &dst,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        !stderr(&out).contains("verification is off"),
+        "{}",
+        stderr(&out)
+    );
+
+    // An unverified HTTPS registry is warned about.
+    let out = copy_without_config(
+        home.path(),
+        &[
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &src,
+            &format!("{}/op/copy:v1", tls.host()),
+        ],
+    );
+    assert!(
+        stderr(&out).contains("verification is off"),
+        "{}",
+        stderr(&out)
     );
 }
