@@ -1,5 +1,7 @@
 //! `regkeeper prune [RULE...] [--dry-run]`: retention only.
 
+use regkeeper::engine::RuleReport;
+
 use super::output::print_retention;
 use super::{CliError, EXIT_OK, EXIT_PARTIAL, Globals};
 
@@ -48,11 +50,13 @@ pub(crate) async fn run(
         }
     }
     if json {
-        let rules: Vec<serde_json::Value> = reports
-            .iter()
-            .map(|(name, r)| serde_json::json!({ "rule": name, "retention": r }))
+        // the document of `plan` and `sync` (no copies): one deletion shape
+        let reports: Vec<RuleReport> = reports
+            .into_iter()
+            .map(|(name, r)| RuleReport::from_retention(&name, r))
             .collect();
-        let doc = serde_json::json!({ "rules": rules });
+        let mut doc = super::output::document(dry_run, &reports);
+        doc.shard = (!shard.is_whole()).then_some(shard);
         let text = serde_json::to_string_pretty(&doc).map_err(anyhow::Error::from)?;
         println!("{text}");
     } else {

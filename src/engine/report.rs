@@ -186,6 +186,14 @@ impl RuleReport {
         }
     }
 
+    /// The report of a retention-only run (`prune`): its result is the
+    /// retention's, as for a cleanup-only rule.
+    pub fn from_retention(rule: &str, retention: RetentionReport) -> Self {
+        let mut report = RuleReport::new(rule, retention.dry_run);
+        report.add_retention(retention, true);
+        report
+    }
+
     /// Counts the images by outcome and sets the result of the copy step.
     pub(crate) fn tally(&mut self) {
         for image in &self.images {

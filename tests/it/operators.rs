@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::copy_cli::copy_without_config;
 use crate::support::*;
-use crate::sync::{header, regkeeper};
+use crate::sync::{header, regkeeper, stdout};
 
 /// The one line a failed run logs, from `log`: ERROR, the rule, the class,
 /// the repository and the cause (the source is down: connection refused).
@@ -147,4 +147,84 @@ fn copy_refuses_foreign_transports_before_any_request_and_hints_name_its_flags()
         "{}",
         stderr(&out)
     );
+}
+
+fn image(corpus: &mut Corpus, name: &str, created: &str) {
+    corpus.image(
+        name,
+        &ImageSpec::new(&[layer("op-base", 3000), layer(name, 1500)]).created(created),
+    );
+}
+
+#[test]
+fn sync_json_totals_status_per_rule_in_words_and_one_path_per_deletion() {
+    let src = Registry::start_plain();
+    let dst = Registry::start_plain();
+    let mut corpus = Corpus::new();
+    for tag in ["1.0.0", "1.1.0"] {
+        image(&mut corpus, tag, "2025-01-01T00:00:00Z");
+        corpus.push(&src, tag, "op/app", tag);
+    }
+    // An old tag only the target has: retention deletes it.
+    image(&mut corpus, "0.9.0", "2024-01-01T00:00:00Z");
+    corpus.push(&dst, "0.9.0", "op/app", "0.9.0");
+    let dir = tempfile::tempdir().unwrap();
+    let target = format!("{}/op/app", dst.host());
+    let config = format!(
+        "{}[[rule]]\nname = \"app\"\nsource = \"{}/op/app\"\ntargets = [\"{target}\"]\n\
+         [rule.retention]\nmatch = ['^\\d']\nkeep_last = 2\n\n\
+         [[rule]]\nname = \"other\"\nsource = \"{}/op/app\"\ntargets = [\"{}/op/other\"]\ntags.include = ['^none$']\n",
+        header(dir.path(), &[&src, &dst]),
+        src.host(),
+        src.host(),
+        dst.host()
+    );
+
+    let out = regkeeper(dir.path(), &config, &["sync", "app", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = &doc["totals"];
+    assert_eq!(t["tags_copied"], 2, "{t}");
+    assert_eq!(t["tags_in_sync"], 0, "{t}");
+    assert_eq!(t["failed"], 0, "{t}");
+    assert_eq!(t["errors"], 0, "{t}");
+    assert!(t["seconds"].as_f64().unwrap() > 0.0, "{t}");
+    assert!(t["bytes"].as_u64().unwrap() > 1000, "{t}");
+    // The layers of both images, the base once; the configs.
+    let moved = t["blobs_copied"].as_u64().unwrap() + t["blobs_mounted"].as_u64().unwrap();
+    assert!(moved >= 3, "{t}");
+    assert_eq!(
+        doc["rules"][0]["deletions"][0]["tags"],
+        serde_json::json!(["0.9.0"])
+    );
+
+    // Again: everything in sync; the text says "1 repository".
+    let out = regkeeper(dir.path(), &config, &["sync", "app", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["totals"]["tags_in_sync"], 2, "{}", doc["totals"]);
+    assert_eq!(doc["totals"]["tags_copied"], 0);
+    let out = regkeeper(dir.path(), &config, &["sync", "app"]);
+    let text = stdout(&out);
+    assert!(text.contains("1 repository,"), "{text}");
+    assert!(!text.contains("(s)"), "{text}");
+
+    // status: only the rule named, ages and sizes in words, each deleted
+    // repository once.
+    let out = regkeeper(dir.path(), &config, &["status", "app"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = stdout(&out);
+    assert!(
+        text.contains("rule app:") && !text.contains("rule other:"),
+        "{text}"
+    );
+    assert!(text.contains(" ago") && text.contains("second"), "{text}");
+    assert!(text.contains("failed, 0 B"), "sizes in units: {text}");
+    assert!(!text.contains(" bytes"), "{text}");
+    let deleted = text.lines().find(|l| l.contains("deleted:")).expect(&text);
+    assert_eq!(deleted.matches(&target).count(), 1, "{deleted}");
+    assert_eq!(deleted.matches(&dst.host()).count(), 1, "{deleted}");
+
+    let out = regkeeper(dir.path(), &config, &["status", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("\"nope\""), "{}", stderr(&out));
 }
