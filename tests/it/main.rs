@@ -23,3 +23,4 @@ mod sync;
 mod systemd;
 mod untagged;
 mod untrusted;
+mod userdocs;
