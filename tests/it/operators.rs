@@ -217,7 +217,22 @@ fn sync_json_totals_status_per_rule_in_words_and_one_path_per_deletion() {
         text.contains("rule app:") && !text.contains("rule other:"),
         "{text}"
     );
-    assert!(text.contains(" ago") && text.contains("second"), "{text}");
+    // an age, not a Unix time ("just now" within the same second)
+    let last_run = text.lines().find(|l| l.contains("last run:")).expect(&text);
+    assert!(
+        last_run.contains("second ago")
+            || last_run.contains("seconds ago")
+            || last_run.contains("just now"),
+        "{last_run}"
+    );
+    assert!(
+        !text
+            .lines()
+            .filter(|l| !l.contains("sha256:"))
+            .flat_map(|l| l.split(|c: char| !c.is_ascii_digit()))
+            .any(|n| n.len() >= 9),
+        "no raw Unix time or byte count: {text}"
+    );
     assert!(text.contains("failed, 0 B"), "sizes in units: {text}");
     assert!(!text.contains(" bytes"), "{text}");
     let deleted = text.lines().find(|l| l.contains("deleted:")).expect(&text);
