@@ -10,12 +10,14 @@
 //! - [`oci`]: digests, media types, manifests, verified streams.
 //! - [`transport`]: the only code that talks to registries or layout directories.
 //! - [`secret`]: values that are never printed.
+//! - [`human`]: sizes, ages and counts in text output.
 
 pub(crate) mod clock;
 pub mod config;
 pub mod daemon;
 pub mod engine;
 pub(crate) mod filter;
+pub mod human;
 pub(crate) mod metrics;
 pub mod oci;
 pub mod plan;

@@ -161,6 +161,16 @@ fn strip_transport(input: &str) -> Result<&str, ReferenceError> {
     if let Some(rest) = s.strip_prefix("docker://") {
         return Ok(rest);
     }
+    if let Some(prefix) = foreign_transport(s) {
+        return Err(bad(
+            input,
+            format!(
+                "{prefix}: is a transport regkeeper does not support; it reads and writes \
+                 registries (host/repo[:tag|@digest], docker:// accepted) and OCI layout \
+                 directories (oci:DIR[:tag])"
+            ),
+        ));
+    }
     if let Some((scheme, _)) = s.split_once("://") {
         return Err(bad(
             input,
@@ -170,6 +180,42 @@ fn strip_transport(input: &str) -> Result<&str, ReferenceError> {
         ));
     }
     Ok(s)
+}
+
+/// Transports of containers/image (skopeo, podman) that regkeeper does not
+/// speak; named so that `dir:x` is refused as such, not looked up as a host.
+const FOREIGN_TRANSPORTS: [&str; 8] = [
+    "dir",
+    "docker-archive",
+    "oci-archive",
+    "containers-storage",
+    "docker-daemon",
+    "ostree",
+    "sif",
+    "tarball",
+];
+
+/// The transport prefix of `s` when it has one other than `oci:` and
+/// `docker://`: a known foreign one, or `word:` followed by something that
+/// is neither a tag (`alpine:3.19`) nor a port (`localhost:5000/app`).
+fn foreign_transport(s: &str) -> Option<&str> {
+    let (prefix, rest) = s.split_once(':')?;
+    let word = !prefix.is_empty()
+        && prefix.starts_with(|c: char| c.is_ascii_lowercase())
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !word || prefix == "oci" || rest.starts_with("//") {
+        return None;
+    }
+    if FOREIGN_TRANSPORTS.contains(&prefix) {
+        return Some(prefix);
+    }
+    // `name:tag` has no `/` after the colon; `host:port/repo` has digits
+    // up to the first `/`.
+    let port = rest.split('/').next().unwrap_or("");
+    let is_port = !port.is_empty() && port.chars().all(|c| c.is_ascii_digit());
+    (rest.contains('/') && !is_port).then_some(prefix)
 }
 
 /// Splits `name[:tag][@digest]` where name may hold a `host:port`.
@@ -408,6 +454,27 @@ mod tests {
 
     #[test]
     fn docker_transport_prefix() {
+        for foreign in [
+            "dir:/tmp/x",
+            "docker-archive:app.tar",
+            "docker-archive:/tmp/app.tar:app:v1",
+            "containers-storage:localhost/app:v1",
+            "docker-daemon:app:v1",
+            "oci-archive:/tmp/a.tar",
+            "weird:some/path",
+        ] {
+            let e = ImageRef::parse(foreign).unwrap_err();
+            assert!(e.reason.contains("does not support"), "{foreign}: {e}");
+            assert!(e.reason.contains("oci:DIR"), "{foreign}: {e}");
+        }
+        for fine in [
+            "alpine:3.19",
+            "localhost:5000/app:v1",
+            "myhost:5000/a/b",
+            "app",
+        ] {
+            ImageRef::parse(fine).unwrap_or_else(|e| panic!("{fine}: {e}"));
+        }
         let r = ImageRef::parse("docker://127.0.0.1:5000/a/b:v1").unwrap();
         assert_eq!(r.location, reg("127.0.0.1:5000", "a/b"));
         let s = RepoSpec::parse("docker://docker.io/alpine").unwrap();

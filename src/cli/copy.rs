@@ -10,7 +10,7 @@ use regkeeper::config::LogFormat;
 use regkeeper::engine::{Engine, Mode};
 use regkeeper::oci::Platform;
 use regkeeper::reference::{ImageRef, Location, Reference};
-use regkeeper::transport::{RegistryOptions, Transports};
+use regkeeper::transport::{Hints, RegistryOptions, Transports};
 
 use super::{CliError, EXIT_OK, EXIT_PARTIAL, Globals};
 
@@ -194,6 +194,16 @@ async fn build_transports(
     let [s, d] = access.sides();
     apply_side(&mut options, &src.location, &s).await?;
     apply_side(&mut options, &dst.location, &d).await?;
+    // Hints name this command's flags, not config keys.
+    for (location, side) in [(&src.location, s.flag), (&dst.location, d.flag)] {
+        if let Location::Registry { host, .. } = location {
+            let opts = options.entry(host.clone()).or_default();
+            match &mut opts.hints {
+                Hints::Flags(sides) => sides.push(side),
+                hints => *hints = Hints::Flags(vec![side]),
+            }
+        }
+    }
     Ok(Arc::new(Transports::new(options, Mode::Apply.read_only())))
 }
 

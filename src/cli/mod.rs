@@ -57,7 +57,7 @@ enum Command {
     /// Run rules once now (all when none are named).
     Sync {
         rules: Vec<String>,
-        /// Print JSON (SPEC section 9) instead of text.
+        /// Print JSON (one document: copies, deletions, errors; sync adds totals) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -65,7 +65,7 @@ enum Command {
     /// would delete (with reasons). Sends no write request.
     Plan {
         rules: Vec<String>,
-        /// Print JSON (SPEC section 9) instead of text.
+        /// Print JSON (one document: copies, deletions, errors; sync adds totals) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -98,6 +98,8 @@ enum Command {
     },
     /// Per-rule status from the state database: last run, result, lag, pending work.
     Status {
+        /// Only these rules (all when none are named).
+        rules: Vec<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -225,7 +227,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             access,
         } => copy::run(&g, &src, &dst, &platforms, &access).await,
         Command::Run { peer_url } => daemon::run(&g, peer_url.as_deref()).await,
-        Command::Status { json } => status::run(&g, json),
+        Command::Status { rules, json } => status::run(&g, &rules, json),
         Command::Prune {
             rules,
             dry_run,

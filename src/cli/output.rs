@@ -1,15 +1,18 @@
-//! What `sync` and `plan` print: the document of SPEC section 9 (`--json`),
-//! the same for both, in a stable order (rules, then targets, then tags,
-//! sorted), and its text form with sizes in human units.
+//! What `sync`, `plan` and `prune` print: one JSON document (`--json`), the
+//! same shape for all three (deletions laid out one way), in a stable order
+//! (rules, then targets, then tags, sorted), with totals for `sync`; and
+//! its text form with sizes, ages and counts in words.
 
 use serde::Serialize;
 
 use regkeeper::engine::{ImageReport, RuleReport};
 use regkeeper::retention::{DeletionStatus, KeepReason, RetentionReport};
 
+use regkeeper::human::count;
+
 /// Bytes in human units (`12.1 MiB`).
 pub(crate) fn human(bytes: u64) -> String {
-    bytesize::ByteSize(bytes).display().iec().to_string()
+    regkeeper::human::size(bytes)
 }
 
 #[derive(Serialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -76,6 +79,50 @@ pub(crate) struct Document {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) shard: Option<regkeeper::shard::Shard>,
     rules: Vec<Rule>,
+    /// `sync`: what the whole command did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) totals: Option<Totals>,
+}
+
+/// A `sync`'s totals over every rule.
+#[derive(Serialize, Default, Debug, PartialEq)]
+pub(crate) struct Totals {
+    /// Wall-clock seconds of the whole command (rules run at once).
+    seconds: f64,
+    /// Bytes written to targets.
+    bytes: u64,
+    blobs_copied: u64,
+    blobs_mounted: u64,
+    /// Blobs a target already held.
+    blobs_present: u64,
+    tags_copied: usize,
+    tags_in_sync: usize,
+    /// Tag copies that failed.
+    failed: usize,
+    /// Every failure, once each (what the rules' `errors` list).
+    errors: usize,
+    /// Rules whose result is not `success`.
+    rules_not_successful: usize,
+}
+
+/// The totals of a `sync` that took `wall`.
+pub(crate) fn totals(reports: &[RuleReport], wall: std::time::Duration) -> Totals {
+    let mut t = Totals {
+        seconds: (wall.as_secs_f64() * 1000.0).round() / 1000.0,
+        ..Totals::default()
+    };
+    for r in reports {
+        t.bytes += r.totals.bytes_written;
+        t.blobs_copied += r.totals.blobs_copied;
+        t.blobs_mounted += r.totals.blobs_mounted;
+        t.blobs_present += r.totals.blobs_skipped;
+        t.tags_copied += r.tags_copied;
+        t.tags_in_sync += r.tags_in_sync;
+        t.failed += r.tags_failed;
+        t.errors += r.failures().len();
+        t.rules_not_successful += usize::from(r.result != regkeeper::engine::RunResult::Success);
+    }
+    t
 }
 
 pub(crate) fn document(dry_run: bool, reports: &[RuleReport]) -> Document {
@@ -85,6 +132,7 @@ pub(crate) fn document(dry_run: bool, reports: &[RuleReport]) -> Document {
         dry_run,
         shard: None,
         rules,
+        totals: None,
     }
 }
 
@@ -196,7 +244,7 @@ pub(crate) fn print_plan(doc: &Document) {
             let cost = match (c.bytes, c.blobs) {
                 (Some(b), Some(n)) => {
                     bytes = b.saturating_add(bytes);
-                    format!(" ({n} blob(s), {} to copy)", human(b))
+                    format!(" ({}, {} to copy)", count(n, "blob", "blobs"), human(b))
                 }
                 _ => String::new(),
             };
@@ -276,7 +324,10 @@ pub(crate) fn print_retention(rule: &str, r: &RetentionReport) {
             }
         }
         if unmatched > 0 {
-            println!("    keep {unmatched} tag(s) not matched by retention.match");
+            println!(
+                "    keep {} not matched by retention.match",
+                count(unmatched as u64, "tag", "tags")
+            );
         }
         if let Some(why) = &repo.refused {
             println!("    REFUSED: {why}");
@@ -301,12 +352,12 @@ pub(crate) fn print_retention(rule: &str, r: &RetentionReport) {
 /// One line per rule after a sync, then its failures.
 pub(crate) fn print_sync_summary(r: &RuleReport) {
     println!(
-        "rule {}: {} in {:.1}s: {} repositories, {} tag(s) copied, {} in sync, {} failed{}; {} blob(s) copied, {} mounted, {} present, {} manifest(s) pushed, {}",
+        "rule {}: {} in {:.1}s: {}, {} copied, {} in sync, {} failed{}; {} copied, {} mounted, {} present, {} pushed, {}",
         r.rule,
         r.result.as_str(),
         r.duration_seconds,
-        r.repositories,
-        r.tags_copied,
+        count(r.repositories as u64, "repository", "repositories"),
+        count(r.tags_copied as u64, "tag", "tags"),
         r.tags_in_sync,
         r.tags_failed,
         if r.tags_kept_immutable > 0 {
@@ -314,10 +365,10 @@ pub(crate) fn print_sync_summary(r: &RuleReport) {
         } else {
             String::new()
         },
-        r.totals.blobs_copied,
+        count(r.totals.blobs_copied, "blob", "blobs"),
         r.totals.blobs_mounted,
         r.totals.blobs_skipped,
-        r.totals.manifests_pushed,
+        count(r.totals.manifests_pushed, "manifest", "manifests"),
         human(r.totals.bytes_written),
     );
     for w in &r.warnings {

@@ -58,24 +58,23 @@ pub(crate) async fn run(
             continue;
         }
         let report = engine.run_rule(rule, Pass::NoCopies).await;
-        if let Some(r) = report.retention {
-            if !r.ok() || !report.errors.is_empty() {
-                code = EXIT_PARTIAL;
-            }
-            reports.push((rule.name.clone(), r));
+        let ok = report.retention.as_ref().is_some_and(|r| r.ok());
+        if !ok || !report.errors.is_empty() {
+            code = EXIT_PARTIAL;
         }
+        reports.push(report);
     }
     if json {
-        let rules: Vec<serde_json::Value> = reports
-            .iter()
-            .map(|(name, r)| serde_json::json!({ "rule": name, "retention": r }))
-            .collect();
-        let doc = serde_json::json!({ "rules": rules });
+        // the document of `plan` and `sync`, without copies
+        let mut doc = super::output::document(dry_run, &reports);
+        doc.shard = (!shard.is_whole()).then_some(shard);
         let text = serde_json::to_string_pretty(&doc).map_err(anyhow::Error::from)?;
         println!("{text}");
     } else {
-        for (name, r) in &reports {
-            print_retention(name, r);
+        for report in &reports {
+            if let Some(r) = &report.retention {
+                print_retention(&report.rule, r);
+            }
         }
     }
     Ok(interrupt.finish(code).await)

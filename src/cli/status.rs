@@ -1,10 +1,12 @@
-//! `regkeeper status`: per rule, the last run, lag and pending work, read
+//! `regkeeper status [RULE...]`: per rule, the last run, lag and pending work, read
 //! from the state database (safe while the daemon runs).
 
 use super::{CliError, EXIT_OK, Globals};
 
-pub(crate) fn run(g: &Globals, json: bool) -> Result<u8, CliError> {
+pub(crate) fn run(g: &Globals, names: &[String], json: bool) -> Result<u8, CliError> {
     let mut config = super::load_config_with(&g.config_path(), regkeeper::config::Secrets::None)?;
+    // Only the named rules; an unknown name is exit 2, naming it.
+    config.rules = super::select_rules(&config, names)?;
     let shard = g.shard(&config)?;
     let summary = regkeeper::shard::summary(shard, &config.rules);
     config.rules.retain(|r| shard.runs_rule(r));

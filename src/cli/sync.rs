@@ -5,7 +5,7 @@ use std::future::Future;
 use futures_util::StreamExt;
 use regkeeper::engine::{Engine, Mode, RunResult};
 
-use super::output::{document, print_retention, print_sync_summary};
+use super::output::{document, print_retention, print_sync_summary, totals};
 use super::signals::{self, Interrupt};
 use super::{CliError, EXIT_OK, EXIT_PARTIAL, Globals};
 
@@ -20,6 +20,7 @@ pub(crate) async fn run(g: &Globals, names: &[String], json: bool) -> Result<u8,
     let interrupt = Interrupt::install(signals::layouts_of(&rules))?;
     let _lock = super::lock_state(&config)?;
     interrupt.sweep_dead().await;
+    let started = std::time::Instant::now();
     let state = super::open_state(&config)?;
     let transports = super::transports(&config, Mode::Apply);
     let mut engine = Engine::new(
@@ -64,8 +65,9 @@ pub(crate) async fn run(g: &Globals, names: &[String], json: bool) -> Result<u8,
         b.finish_and_clear();
     }
     if json {
-        let doc = serde_json::to_string_pretty(&document(false, &reports))
-            .map_err(anyhow::Error::from)?;
+        let mut doc = document(false, &reports);
+        doc.totals = Some(totals(&reports, started.elapsed()));
+        let doc = serde_json::to_string_pretty(&doc).map_err(anyhow::Error::from)?;
         println!("{doc}");
     } else {
         for report in &reports {

@@ -8,6 +8,8 @@ mod schedule;
 mod validate;
 
 #[cfg(test)]
+mod keys_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_ops;

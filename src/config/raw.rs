@@ -114,3 +114,62 @@ pub(crate) struct RawRetention {
     /// deleted) is meant.
     pub delete_all_matched: Option<bool>,
 }
+
+/// Every key of the file as docs/configuration.md documents it: (section,
+/// key), the section as its heading names it (`""` for the top level) and a
+/// nested table's keys dotted (`tags.include`). `[defaults]` takes the rule
+/// keys outside `RULE_ONLY_KEYS`.
+///
+/// `keys_tests.rs` checks this list both ways against the structs above
+/// (serde's own list of each struct's fields) and against the doc's
+/// tables. A new key: add its field, a line here and a row in the doc's
+/// table. A new section (say `[rule.verify]` with a `RawVerify`): add its
+/// lines here, its table under a `### \`[rule.verify]\`` heading, and one
+/// line to `keys_tests::schema`.
+#[cfg(test)]
+pub(crate) const DOCUMENTED_KEYS: &[(&str, &str)] = &[
+    ("", "version"),
+    ("daemon", "state_dir"),
+    ("daemon", "listen"),
+    ("daemon", "max_concurrent_transfers"),
+    ("daemon", "log_format"),
+    ("daemon", "webhook_token_file"),
+    ("daemon", "shard"),
+    ("registries", "username"),
+    ("registries", "password_file"),
+    ("registries", "password_env"),
+    ("registries", "password_credential"),
+    ("registries", "docker_config"),
+    ("registries", "ca_file"),
+    ("registries", "insecure_skip_verify"),
+    ("registries", "plain_http"),
+    ("registries", "max_concurrent"),
+    ("registries", "requests_per_second"),
+    ("registries", "chunk_size"),
+    ("registries", "ratelimit_min"),
+    ("registries", "read_timeout"),
+    ("registries", "min_rate"),
+    ("registries", "max_pages"),
+    ("registries", "token_realms"),
+    ("rule", "name"),
+    ("rule", "source"),
+    ("rule", "targets"),
+    ("rule", "schedule"),
+    ("rule", "tags.include"),
+    ("rule", "tags.exclude"),
+    ("rule", "tags.semver"),
+    ("rule", "tags.latest"),
+    ("rule", "platforms"),
+    ("rule", "referrers"),
+    ("rule", "referrers_artifact_types"),
+    ("rule", "immutable"),
+    ("rule.retention", "match"),
+    ("rule.retention", "keep_last"),
+    ("rule.retention", "order_by"),
+    ("rule.retention", "older_than"),
+    ("rule.retention", "protect"),
+    ("rule.retention", "untagged_older_than"),
+    ("rule.retention", "delete_removed_at_source"),
+    ("rule.retention", "max_deletions_per_run"),
+    ("rule.retention", "delete_all_matched"),
+];

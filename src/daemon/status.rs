@@ -67,13 +67,7 @@ pub fn collect(config: &Config, state: &State) -> Result<Vec<RuleStatus>, StateE
     Ok(out)
 }
 
-fn ago(t: i64, now: i64) -> String {
-    let d = (now - t).max(0) as u64;
-    format!(
-        "{} ago",
-        humantime::format_duration(std::time::Duration::from_secs(d))
-    )
-}
+use crate::human::{ago, size};
 
 /// Human-readable text.
 pub fn render_text(rules: &[RuleStatus]) -> String {
@@ -89,8 +83,11 @@ pub fn render_text(rules: &[RuleStatus]) -> String {
                     run.result.as_deref().unwrap_or("running or interrupted"),
                     ago(run.started, now),
                     format_args!(
-                        "{} copied, {} in sync, {} failed, {} bytes",
-                        run.tags_copied, run.tags_in_sync, run.tags_failed, run.bytes_copied
+                        "{} copied, {} in sync, {} failed, {}",
+                        run.tags_copied,
+                        run.tags_in_sync,
+                        run.tags_failed,
+                        size(run.bytes_copied.max(0) as u64)
                     )
                 );
             }
@@ -104,10 +101,7 @@ pub fn render_text(rules: &[RuleStatus]) -> String {
         s += &format!(
             "  lag:         {}\n",
             r.lag_seconds
-                .map(
-                    |l| humantime::format_duration(std::time::Duration::from_secs(l as u64))
-                        .to_string()
-                )
+                .map(|l| crate::human::duration(l.max(0) as u64))
                 .unwrap_or_else(|| "unknown (no run yet)".into())
         );
         s += &format!("  pending tags: {}\n", r.tags_pending);
@@ -116,11 +110,11 @@ pub fn render_text(rules: &[RuleStatus]) -> String {
         } else {
             for u in &r.unfinished_uploads {
                 s += &format!(
-                    "  unfinished upload: {}/{} {} at {} bytes ({})\n",
+                    "  unfinished upload: {}/{} {} at {} ({})\n",
                     u.target,
                     u.repo,
                     u.digest,
-                    u.offset,
+                    size(u.offset),
                     ago(u.updated, now)
                 );
             }
@@ -135,9 +129,10 @@ pub fn render_text(rules: &[RuleStatus]) -> String {
             s += &format!("  warning:     {w}\n");
         }
         for d in &r.last_deletions {
+            // `repo` is the whole repository (the target is the
+            // configured one, a prefix of it)
             s += &format!(
-                "  deleted:     {}/{} {} [{}] {} ({}, {})\n",
-                d.target,
+                "  deleted:     {} {} [{}] {} ({}, {})\n",
                 d.repo,
                 d.digest,
                 d.tags.join(","),

@@ -9,6 +9,7 @@
 //! copied to its targets); this file holds the copier, errors and counters.
 
 mod image;
+mod progress;
 mod tracker;
 mod transfer;
 mod tree;
@@ -28,6 +29,7 @@ use crate::transport::{ErrorClass, Side, Store, TransportError};
 
 use super::report::Failure;
 
+pub use progress::{BlobBytes, BlobProgress};
 pub use tracker::BlobTracker;
 use tracker::Claim;
 pub use tree::{ImageTree, expand, filter_index};
@@ -163,6 +165,8 @@ pub struct Copier {
     pub transfers: Arc<Semaphore>,
     /// Bytes progress callback target (for progress bars).
     pub on_bytes: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    /// Blob bytes of the trees being copied (for progress bars).
+    pub progress: Option<Arc<BlobProgress>>,
     /// Where chunked uploads are checkpointed (the daemon and `sync`); `None`
     /// for dry runs and ad hoc copies without a state directory.
     pub checkpoints: Option<State>,
@@ -217,6 +221,7 @@ impl Copier {
             stats: Arc::new(CopyStats::default()),
             transfers: self.transfers.clone(),
             on_bytes: self.on_bytes.clone(),
+            progress: self.progress.clone(),
             checkpoints: self.checkpoints.clone(),
             stop: self.stop.clone(),
         }

@@ -112,6 +112,7 @@ impl Engine {
                 stats: Arc::new(CopyStats::default()),
                 transfers: Arc::new(Semaphore::new(max_concurrent_transfers.max(1))),
                 on_bytes: None,
+                progress: None,
                 checkpoints: None,
                 stop: tokio_util::sync::CancellationToken::new(),
             },
@@ -192,6 +193,14 @@ impl Engine {
     /// Called with the byte count of every chunk read from a source.
     pub fn on_bytes(&mut self, f: Arc<dyn Fn(u64) + Send + Sync>) {
         self.copier.on_bytes = Some(f);
+    }
+
+    /// Keeps byte counts of the image trees being copied, for a progress
+    /// display (with `on_bytes`, how far the copies in flight are).
+    pub fn track_progress(&mut self) -> Arc<copy::BlobProgress> {
+        let p = Arc::new(copy::BlobProgress::default());
+        self.copier.progress = Some(p.clone());
+        p
     }
 
     /// Called with the number of blobs `copy_image` will handle (copied,
@@ -344,6 +353,7 @@ impl Engine {
             seconds = report.duration_seconds,
             "rule finished"
         );
+        report.log_failures();
         report
     }
 

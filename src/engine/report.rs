@@ -76,7 +76,9 @@ impl RunError {
             class: failure.class,
             error: failure.message,
         };
-        tracing::warn!(target = %e.target, what = %e.what, class = e.class.as_str(), error = %e.error, "failed");
+        // at debug: the run's end logs every failure once, at WARN or ERROR
+        // (`RuleReport::log_failures`)
+        tracing::debug!(target = %e.target, what = %e.what, class = e.class.as_str(), error = %e.error, "failed");
         e
     }
 }
@@ -266,6 +268,48 @@ impl RuleReport {
             };
         }
         self.retention = Some(retention);
+    }
+}
+
+/// At most this many failures are spelled out in a run's one failure line.
+const LOGGED_FAILURES: usize = 5;
+
+impl RuleReport {
+    /// Logs a partial run at WARN and a failed one at ERROR, once per run:
+    /// the first failure's class, repository/tag and cause as fields, and
+    /// up to [`LOGGED_FAILURES`] of them in the message. Nothing for a
+    /// successful run. Called where a run finishes (daemon and `sync`).
+    pub fn log_failures(&self) {
+        let failures = self.failures();
+        let Some(first) = failures.first() else {
+            if self.result != RunResult::Success {
+                tracing::warn!(rule = %self.rule, result = self.result.as_str(), "rule run not successful");
+            }
+            return;
+        };
+        let mut text: Vec<String> = failures
+            .iter()
+            .take(LOGGED_FAILURES)
+            .map(|f| format!("[{}] {f}", f.class))
+            .collect();
+        if failures.len() > LOGGED_FAILURES {
+            text.push(format!("and {} more", failures.len() - LOGGED_FAILURES));
+        }
+        let text = text.join("; ");
+        // the message holds the causes; the fields the first one's class
+        // and repository, for log queries
+        let (class, target) = (first.class.as_str(), &first.target);
+        let (n, result) = (failures.len(), self.result.as_str());
+        match self.result {
+            RunResult::Failed => tracing::error!(
+                rule = %self.rule, result, failures = n, class, target = %target,
+                "rule {} failed: {text}", self.rule
+            ),
+            _ => tracing::warn!(
+                rule = %self.rule, result, failures = n, class, target = %target,
+                "rule {} partly failed: {text}", self.rule
+            ),
+        }
     }
 }
 

@@ -51,6 +51,18 @@ pub struct RegistryOptions {
     /// Hosts other than the registry's own that may receive its credentials
     /// as a token realm even where that would otherwise be refused.
     pub token_realms: Vec<String>,
+    /// What error hints name: config keys, or `copy`'s flags.
+    pub hints: Hints,
+}
+
+/// What an error's hint names as the fix: the registry's config keys, or
+/// (for `regkeeper copy`) the flags of the sides (`src`, `dest`) the
+/// registry is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Hints {
+    #[default]
+    Config,
+    Flags(Vec<&'static str>),
 }
 
 impl Default for RegistryOptions {
@@ -70,6 +82,7 @@ impl Default for RegistryOptions {
             min_rate: 10 * 1024,
             max_pages: 10_000,
             token_realms: Vec::new(),
+            hints: Hints::Config,
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::support::*;
 
 /// Runs `regkeeper copy ARGS` with no config anywhere (no -c, none in the
 /// environment, and a docker config dir that holds nothing).
-fn copy_without_config(home: &Path, args: &[&str]) -> Output {
+pub fn copy_without_config(home: &Path, args: &[&str]) -> Output {
     let out = std::process::Command::new(regkeeper_bin())
         .arg("copy")
         .args(args)

@@ -581,30 +581,27 @@ fn dry_run_and_plan_send_no_write_and_match_the_real_prune() {
     assert!(reg.count_since(mark, |r| r.is("GET", PathKind::Manifest)) > 0);
     assert_eq!(tags_of(&reg, REPO), before);
 
-    // prune prints {"rules": [{..., "retention": {...}}]}; plan SPEC
-    // section 9's {"dry_run": true, "rules": [{..., "deletions": [...]}]}.
-    let v: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
-    let from_dry: BTreeSet<String> = v["rules"][0]["retention"]["repositories"][0]["deletions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            assert_eq!(d["status"], "planned");
-            assert!(d["reason_text"].as_str().is_some_and(|r| !r.is_empty()));
-            d["digest"].as_str().unwrap().to_string()
-        })
-        .collect();
-    let v: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
-    assert_eq!(v["dry_run"], true);
-    let from_plan: BTreeSet<String> = v["rules"][0]["deletions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            assert!(d["reason"].as_str().is_some_and(|r| !r.is_empty()));
-            d["digest"].as_str().unwrap().to_string()
-        })
-        .collect();
+    // prune and plan print one document: {"dry_run": true, "rules":
+    // [{..., "deletions": [{target, digest, tags, reason}]}]}.
+    let deletions = |out: &Output| -> BTreeSet<String> {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["dry_run"], true);
+        assert_eq!(v["rules"][0]["rule"], "clean");
+        v["rules"][0]["deletions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                let mut keys: Vec<&str> =
+                    d.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+                keys.sort();
+                assert_eq!(keys, ["digest", "reason", "tags", "target"]);
+                assert!(d["reason"].as_str().is_some_and(|r| !r.is_empty()));
+                d["digest"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let (from_dry, from_plan) = (deletions(&dry), deletions(&plan));
     assert_eq!(from_dry.len(), 4, "3 images + 1 signature: {from_dry:?}");
     assert_eq!(from_dry, from_plan);
 

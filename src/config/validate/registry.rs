@@ -135,6 +135,7 @@ impl Loader<'_, '_> {
             min_rate,
             max_pages: self.at_least(raw.max_pages.as_ref(), "max_pages", 1, defaults.max_pages),
             token_realms,
+            hints: Default::default(),
         }
     }
 

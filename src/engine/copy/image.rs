@@ -101,6 +101,9 @@ impl Copier {
     ) -> Vec<TargetCopy> {
         let mut failures: Vec<Vec<Failure>> = vec![Vec::new(); targets.len()];
         let mut costs = vec![DryRunCost::default(); targets.len()];
+        if let Some(p) = &self.progress {
+            p.start(tree);
+        }
 
         // 1. Blobs: per target, what is needed; then one transfer per blob.
         let (uploads, later) = self
@@ -136,6 +139,9 @@ impl Copier {
             .zip(failures)
             .map(|(target, failed)| self.push_manifests(tree, tag, target, failed));
         let results = futures_util::future::join_all(pushes).await;
+        if let Some(p) = &self.progress {
+            p.finish(tree);
+        }
         results
             .into_iter()
             .zip(costs)
@@ -173,6 +179,14 @@ impl Copier {
         let mut uploads = Vec::new();
         let mut later = Vec::new();
         for (blob, needs) in prepared {
+            if let Some(p) = &self.progress {
+                let read = needs
+                    .iter()
+                    .any(|n| matches!(n, Ok(Need::Upload(_) | Need::Later)));
+                if !read {
+                    p.settle(blob.size);
+                }
+            }
             let mut sinks = Vec::new();
             for (i, need) in needs.into_iter().enumerate() {
                 match need {

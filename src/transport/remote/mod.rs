@@ -24,6 +24,7 @@
 mod api;
 mod auth;
 mod authz;
+mod hints;
 mod limits;
 mod pace;
 mod pages;
@@ -103,6 +104,8 @@ pub struct Registry {
     docker_config: Option<(PathBuf, bool)>,
     /// Hosts that may receive the credentials as a token realm over plain HTTP.
     token_realms: Vec<String>,
+    /// Config keys or `copy`'s flags, in error hints.
+    hints: super::Hints,
     credentials: tokio::sync::OnceCell<Credentials>,
     /// The scheme the registry asked for, learned from its first 401, so
     /// later requests authenticate up front without a probe.
@@ -231,7 +234,10 @@ impl Registry {
             builder = builder.tls_certs_merge(certs);
         }
         if opts.insecure_skip_verify {
-            tracing::warn!(registry = host, "TLS certificate verification is off");
+            // plain HTTP has no certificate to verify: nothing to warn about
+            if !opts.plain_http {
+                tracing::warn!(registry = host, "TLS certificate verification is off");
+            }
             builder = builder.tls_danger_accept_invalid_certs(true);
         }
         let client = builder.build().map_err(|e| TransportError::Connect {
@@ -257,6 +263,7 @@ impl Registry {
             explicit,
             docker_config,
             token_realms: opts.token_realms.clone(),
+            hints: opts.hints.clone(),
             credentials: tokio::sync::OnceCell::new(),
             challenge: RwLock::new(None),
             probed: AtomicBool::new(false),
@@ -318,9 +325,6 @@ impl Registry {
     }
 
     fn hint(&self) -> String {
-        format!(
-            "check username/password_file for [registries.\"{}\"]",
-            self.host
-        )
+        self.hints.credentials(&self.host)
     }
 }

@@ -362,16 +362,16 @@ impl Registry {
             || lower.contains("wrong version number");
         let hint = if lower.contains("certificate") || lower.contains("unknownissuer") {
             format!(
-                " (certificate verify failed: set ca_file for [registries.\"{}\"], or insecure_skip_verify = true)",
-                self.host
+                " (certificate verify failed: {})",
+                self.hints.certificate(&self.host)
             )
         } else if lower.contains("invalidcontenttype")
             || lower.contains("corrupt message")
             || lower.contains("wrong version number")
         {
             format!(
-                " (does it speak plain HTTP? then set plain_http = true for [registries.\"{}\"])",
-                self.host
+                " (does it speak plain HTTP? {})",
+                self.hints.plain_http(&self.host)
             )
         } else if lower.contains("connection refused") {
             " (connection refused)".to_string()
