@@ -236,9 +236,9 @@ fn the_daemon_counts_failures_by_class_and_status_shows_it() {
     assert_eq!(class_of("auth"), Some("authentication".into()));
 }
 
-/// A DELETE the target refuses keeps its class to the report: the deletion
-/// in `prune --json` and the rule's failures say `target_refused`, not a
-/// class guessed for every failed deletion.
+/// A DELETE the target refuses keeps its class to the report: the rule's
+/// failures in `prune --json` and the deletion in the text report say
+/// `target_refused`, the class of the registry's answer.
 #[test]
 fn a_refused_deletion_carries_its_class() {
     let mut reg = Registry::start_plain();
@@ -260,13 +260,28 @@ fn a_refused_deletion_carries_its_class() {
     let out = regkeeper(dir.path(), &config, &["prune", "--json"]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("prune --json");
-    let deletions = doc["rules"][0]["retention"]["repositories"][0]["deletions"]
+    let errors = doc["rules"][0]["errors"]
         .as_array()
-        .expect("deletions")
+        .expect("errors")
         .clone();
-    assert_eq!(deletions.len(), 1, "{deletions:?}");
-    assert_eq!(deletions[0]["status"], "failed", "{deletions:?}");
-    assert_eq!(deletions[0]["class"], "target_refused", "{deletions:?}");
+    let refused: Vec<_> = errors
+        .iter()
+        .filter(|e| {
+            e["what"]
+                .as_str()
+                .is_some_and(|w| w.starts_with("deleting"))
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "{errors:?}");
+    assert_eq!(refused[0]["class"], "target_refused", "{errors:?}");
+    // The text report names the class of the failed deletion itself.
+    let out = regkeeper(dir.path(), &config, &["prune"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("FAILED to delete [target_refused]"),
+        "{}",
+        stdout(&out)
+    );
     // Still there: the registry refused.
     assert!(reg.try_digest_of("it/app", "1.0.0").is_some());
 }
