@@ -41,6 +41,8 @@ pub(crate) struct RawRegistry {
     pub min_rate: Option<Spanned<toml::Value>>,
     pub max_pages: Option<Int>,
     pub token_realms: Option<Vec<Str>>,
+    /// Signatures every rule reading from this registry requires.
+    pub verify: Option<Spanned<RawVerify>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -65,7 +67,7 @@ pub(crate) struct RawDefaults {
 }
 
 /// Keys of `[defaults]` that belong to one rule only.
-pub(crate) const RULE_ONLY_KEYS: &[&str] = &["name", "source", "targets", "retention"];
+pub(crate) const RULE_ONLY_KEYS: &[&str] = &["name", "source", "targets", "retention", "verify"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
@@ -74,6 +76,7 @@ pub(crate) struct RawRule {
     pub source: Option<Str>,
     pub targets: Option<Spanned<Vec<Str>>>,
     pub retention: Option<Spanned<RawRetention>>,
+    pub verify: Option<Spanned<RawVerify>>,
     // The same keys as `RawDefaults` (serde's `flatten` does not combine with
     // `deny_unknown_fields`, so they are repeated).
     pub schedule: Option<Str>,
@@ -113,4 +116,13 @@ pub(crate) struct RawRetention {
     /// Says that `keep_last = 0` without `older_than` (every matched tag
     /// deleted) is meant.
     pub delete_all_matched: Option<bool>,
+}
+
+/// `[rule.verify]` and `[registries."host".verify]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawVerify {
+    pub sigstore_keys: Option<Vec<Str>>,
+    pub require: Option<Str>,
+    pub docker_reference: Option<Str>,
 }

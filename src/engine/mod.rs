@@ -15,6 +15,7 @@ mod referrer_plan;
 mod referrers;
 mod report;
 mod runplan;
+mod verify;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -424,6 +425,7 @@ fn repo_facts(repo: &RepoInventory) -> RepoFacts {
     RepoFacts {
         tags: repo.tags.clone(),
         referrers: repo.referrers.clone(),
+        refused: repo.refused.clone(),
         targets: repo
             .targets
             .iter()

@@ -1,0 +1,174 @@
+//! Inventory stage (read-only) of `[rule.verify]`: for each image a target
+//! will receive, its cosign signatures read from the source (the
+//! `sha256-<hex>.sig` tag, its payload blobs) and judged against the digest
+//! regkeeper computed over the manifest bytes it will write (`verify::judge`).
+//! The verdicts are data for the pure plan: a refused tag gets
+//! `TargetAction::Refused` and nothing of it is written.
+
+use std::collections::{HashMap, HashSet};
+
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::inventory::RepoInventory;
+use super::report::{Failure, RunError};
+use crate::oci::{Digest, Manifest, RawManifest, Verified};
+use crate::plan::referrer_subject;
+use crate::transport::{ErrorClass, Side, Store};
+use crate::verify::{
+    Refusal, Require, SignatureLayer, Verdict, VerifyPolicy, judge, signature_layers, signature_tag,
+};
+
+/// An image's verdict and the digests that verified, or why it could not be judged.
+type Judged = Result<(Verdict, Vec<Digest>), Failure>;
+
+/// Images judged at once.
+const IN_PARALLEL: usize = 8;
+
+/// The verdicts of one repository's images.
+#[derive(Debug, Default)]
+pub(crate) struct Verdicts {
+    /// Tags refused, with the reason and what was found.
+    pub refused: HashMap<String, (Refusal, String)>,
+    /// Digests whose signatures verified (roots, and with `require = "all"`
+    /// the images of an index): their `.sig` tags are copied with them.
+    pub signed: HashSet<Digest>,
+}
+
+/// Judges every tag of `repo` that some target will receive (the tags whose
+/// manifest the inventory read). A tag whose signatures could not be read
+/// is neither copied nor refused: it fails this run (in `repo.errors`).
+pub(crate) async fn verify_repo(
+    policy: &VerifyPolicy,
+    repo: &mut RepoInventory,
+    listed: &HashSet<String>,
+) -> Verdicts {
+    let todo: Vec<(String, RawManifest)> = repo
+        .tags
+        .iter()
+        .filter(|t| !t.referrer && referrer_subject(&t.tag).is_none())
+        .filter_map(|t| Some((t.tag.clone(), repo.manifests.get(&t.tag)?.clone())))
+        .collect();
+    let source = &repo.source;
+    let results: Vec<(String, Judged)> = futures_util::stream::iter(todo)
+        .map(|(tag, root)| async move {
+            let r = verify_image(policy, source, listed, &root).await;
+            (tag, r)
+        })
+        .buffer_unordered(IN_PARALLEL)
+        .collect()
+        .await;
+    let mut out = Verdicts::default();
+    let mut failed = HashSet::new();
+    for (tag, result) in results {
+        match result {
+            Ok((Verdict::Verified, digests)) => out.signed.extend(digests),
+            Ok((Verdict::Refused { reason, detail }, _)) => {
+                tracing::warn!(tag, reason = reason.as_str(), detail, "refused: not copied");
+                out.refused.insert(tag, (reason, detail));
+            }
+            Err(f) => {
+                let what = format!("verifying the signatures of tag {tag}");
+                repo.errors.push(RunError::new(source.location(), &what, f));
+                failed.insert(tag);
+            }
+        }
+    }
+    // A selected `sha256-<hex>.sig/.att/.sbom` tag is no image of its own:
+    // it goes with its subject, so only where that is a selected image that
+    // was not refused (or an image of a verified index).
+    let kept: HashSet<String> = (repo.tags.iter())
+        .filter(|t| referrer_subject(&t.tag).is_none() && !out.refused.contains_key(&t.tag))
+        .filter(|t| !failed.contains(&t.tag))
+        .map(|t| t.digest.to_string())
+        .chain(out.signed.iter().map(|d| d.to_string()))
+        .collect();
+    let dropped = |tag: &str| {
+        failed.contains(tag) || referrer_subject(tag).is_some_and(|s| !kept.contains(&s))
+    };
+    repo.tags.retain(|t| !dropped(&t.tag));
+    repo.manifests.retain(|tag, _| !dropped(tag));
+    out
+}
+
+/// The verdict over one image: its root, and with `require = "all"` every
+/// manifest an index lists; the digests that verified.
+async fn verify_image(
+    policy: &VerifyPolicy,
+    source: &Store,
+    listed: &HashSet<String>,
+    root: &RawManifest,
+) -> Judged {
+    let mut digests = vec![root.digest.clone()];
+    if policy.require == Require::All {
+        if let Ok((_, Manifest::Index { manifests, .. })) =
+            Manifest::parse(&root.media_type, &root.bytes)
+        {
+            digests.extend(manifests.into_iter().map(|d| d.digest));
+        }
+    }
+    for (i, digest) in digests.iter().enumerate() {
+        let layers = signatures(source, listed, digest).await?;
+        if let Verdict::Refused { reason, detail } = judge(policy, digest, &layers) {
+            let detail = if i == 0 {
+                detail
+            } else {
+                format!("image {digest} of the index: {detail}")
+            };
+            return Ok((Verdict::Refused { reason, detail }, Vec::new()));
+        }
+    }
+    Ok((Verdict::Verified, digests))
+}
+
+/// The signature layers of `digest` at the source, payloads read (each
+/// checked against its digest and size). None without the `.sig` tag (no
+/// request then: the tag list says so).
+async fn signatures(
+    source: &Store,
+    listed: &HashSet<String>,
+    digest: &Digest,
+) -> Result<Vec<SignatureLayer>, Failure> {
+    let tag = signature_tag(digest);
+    if !listed.contains(&tag) {
+        return Ok(Vec::new());
+    }
+    let read = |e: crate::transport::TransportError| Failure::transport(&e, Side::Source);
+    let Some(manifest) = source.get_manifest(&tag).await.map_err(read)? else {
+        return Ok(Vec::new());
+    };
+    let mut layers = match signature_layers(&manifest.bytes) {
+        Ok(l) => l,
+        Err(e) => {
+            return Err(Failure::new(
+                ErrorClass::InvalidInput,
+                format!("{tag}: {e}"),
+            ));
+        }
+    };
+    for layer in &mut layers {
+        if layer.payload_size > crate::verify::MAX_PAYLOAD {
+            // Not a simple-signing payload; judged as a signature over nothing.
+            continue;
+        }
+        let stream = source
+            .get_blob(&layer.payload_digest, layer.payload_size)
+            .await
+            .map_err(read)?;
+        let verified = Verified::new(
+            stream,
+            layer.payload_digest.clone(),
+            Some(layer.payload_size),
+        );
+        let chunks: Vec<bytes::Bytes> = verified.try_collect().await.map_err(|e| {
+            Failure::new(
+                ErrorClass::Verification,
+                format!(
+                    "reading the signature payload {}: {e}",
+                    layer.payload_digest
+                ),
+            )
+        })?;
+        layer.payload = chunks.concat();
+    }
+    Ok(layers)
+}
