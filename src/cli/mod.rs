@@ -77,6 +77,11 @@ enum Command {
         /// Keep only these platforms (os/arch[/variant]) of a multi-platform image.
         #[arg(long = "platform")]
         platforms: Vec<String>,
+        /// Copy only if a cosign signature by this public key (PEM,
+        /// `cosign.pub`; repeatable: any of them) covers the image's digest,
+        /// and the index's images too; the signatures are copied with it.
+        #[arg(long = "verify-key", value_name = "FILE")]
+        verify_keys: Vec<std::path::PathBuf>,
         #[command(flatten)]
         access: copy::AccessFlags,
     },
@@ -213,8 +218,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             src,
             dst,
             platforms,
+            verify_keys,
             access,
-        } => copy::run(&g, &src, &dst, &platforms, &access).await,
+        } => copy::run(&g, &src, &dst, &platforms, &verify_keys, &access).await,
         Command::Run => daemon::run(&g).await,
         Command::Status { json } => status::run(&g, json),
         Command::Prune {

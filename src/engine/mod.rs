@@ -16,6 +16,7 @@ mod referrers;
 mod report;
 mod runplan;
 mod verify;
+pub use verify::VerifiedCopyError;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -391,21 +392,37 @@ impl Engine {
         tag: Option<&str>,
         platforms: &[Platform],
     ) -> Result<Digest, CopyError> {
-        let root = match inventory::resolve_source(source, reference, true, platforms).await {
-            Ok(Some((_, Some(m)))) => m,
-            Ok(_) => {
-                return Err(CopyError::Transport(TransportError::NotFound {
-                    location: source.location().to_string(),
-                    what: format!("manifest {reference}"),
-                }));
-            }
-            Err((_, e)) => {
-                return Err(CopyError::Transport(TransportError::Protocol {
-                    location: source.location().to_string(),
-                    detail: e.message,
-                }));
-            }
-        };
+        let root = Self::copy_root(source, reference, platforms).await?;
+        self.copy_tree_of(source, root, target, tag).await
+    }
+
+    /// The root manifest `copy` starts from (after platform filtering).
+    pub(crate) async fn copy_root(
+        source: &Store,
+        reference: &str,
+        platforms: &[Platform],
+    ) -> Result<crate::oci::RawManifest, CopyError> {
+        match inventory::resolve_source(source, reference, true, platforms).await {
+            Ok(Some((_, Some(m)))) => Ok(m),
+            Ok(_) => Err(CopyError::Transport(TransportError::NotFound {
+                location: source.location().to_string(),
+                what: format!("manifest {reference}"),
+            })),
+            Err((_, e)) => Err(CopyError::Transport(TransportError::Protocol {
+                location: source.location().to_string(),
+                detail: e.message,
+            })),
+        }
+    }
+
+    /// Copies the tree under `root` (as read) from `source` to `target`.
+    pub(crate) async fn copy_tree_of(
+        &self,
+        source: &Store,
+        root: crate::oci::RawManifest,
+        target: &Store,
+        tag: Option<&str>,
+    ) -> Result<Digest, CopyError> {
         let digest = root.digest.clone();
         let tree = copy::expand(source, root).await?;
         if let Some(f) = &self.on_total {

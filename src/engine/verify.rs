@@ -51,7 +51,7 @@ pub(crate) async fn verify_repo(
     let source = &repo.source;
     let results: Vec<(String, Judged)> = futures_util::stream::iter(todo)
         .map(|(tag, root)| async move {
-            let r = verify_image(policy, source, listed, &root).await;
+            let r = verify_image(policy, source, Some(listed), &root).await;
             (tag, r)
         })
         .buffer_unordered(IN_PARALLEL)
@@ -95,7 +95,7 @@ pub(crate) async fn verify_repo(
 async fn verify_image(
     policy: &VerifyPolicy,
     source: &Store,
-    listed: &HashSet<String>,
+    listed: Option<&HashSet<String>>,
     root: &RawManifest,
 ) -> Judged {
     let mut digests = vec![root.digest.clone()];
@@ -122,14 +122,14 @@ async fn verify_image(
 
 /// The signature layers of `digest` at the source, payloads read (each
 /// checked against its digest and size). None without the `.sig` tag (no
-/// request then: the tag list says so).
+/// request when the tag list, `listed`, says so).
 async fn signatures(
     source: &Store,
-    listed: &HashSet<String>,
+    listed: Option<&HashSet<String>>,
     digest: &Digest,
 ) -> Result<Vec<SignatureLayer>, Failure> {
     let tag = signature_tag(digest);
-    if !listed.contains(&tag) {
+    if listed.is_some_and(|l| !l.contains(&tag)) {
         return Ok(Vec::new());
     }
     let read = |e: crate::transport::TransportError| Failure::transport(&e, Side::Source);
@@ -171,4 +171,46 @@ async fn signatures(
         layer.payload = chunks.concat();
     }
     Ok(layers)
+}
+
+/// Why `copy --verify-key` did not copy.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifiedCopyError {
+    #[error("refused ({reason}): {detail}; nothing was copied")]
+    Refused { reason: Refusal, detail: String },
+    #[error("cannot verify the signatures: {0}")]
+    Unverifiable(String),
+    #[error(transparent)]
+    Copy(#[from] super::CopyError),
+}
+
+impl super::Engine {
+    /// `copy --verify-key`: the root as `copy` reads it, verified as
+    /// `[rule.verify]` does, then that same root copied, then its
+    /// signatures (the `.sig` tags of every digest that verified).
+    pub async fn copy_verified(
+        &self,
+        source: &Store,
+        reference: &str,
+        target: &Store,
+        tag: Option<&str>,
+        platforms: &[crate::oci::Platform],
+        policy: &VerifyPolicy,
+    ) -> Result<Digest, VerifiedCopyError> {
+        let root = Self::copy_root(source, reference, platforms).await?;
+        let signed = match verify_image(policy, source, None, &root).await {
+            Ok((Verdict::Verified, signed)) => signed,
+            Ok((Verdict::Refused { reason, detail }, _)) => {
+                return Err(VerifiedCopyError::Refused { reason, detail });
+            }
+            Err(f) => return Err(VerifiedCopyError::Unverifiable(f.message)),
+        };
+        let digest = self.copy_tree_of(source, root, target, tag).await?;
+        for d in signed {
+            let sig = signature_tag(&d);
+            let root = Self::copy_root(source, &sig, &[]).await?;
+            self.copy_tree_of(source, root, target, Some(&sig)).await?;
+        }
+        Ok(digest)
+    }
 }

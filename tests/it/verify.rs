@@ -279,3 +279,56 @@ fn refusals_are_counted_per_rule_and_reason() {
     }
     assert!(d.value("regkeeper_rule_runs_total{result=\"partial\",rule=\"all\"}") >= 1.0);
 }
+
+#[test]
+fn copy_verify_key_copies_only_what_the_key_signed() {
+    let (src, dst) = (Registry::start_plain(), Registry::start_plain());
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (Signer::new(), Signer::new());
+    let key = dir.path().join("cosign.pub");
+    std::fs::write(&key, ours.public_pem()).unwrap();
+    let s = fill(&src.url(), &ours, &theirs);
+    let text = header(dir.path(), &[&src, &dst]);
+    let k = key.to_str().unwrap();
+    let copy = |tag: &str, key: &str| {
+        let from = format!("{}/app:{tag}", src.host());
+        let to = format!("{}/copy:{tag}", dst.host());
+        regkeeper(
+            dir.path(),
+            &text,
+            &["copy", &from, &to, "--verify-key", key],
+        )
+    };
+    let out = copy("signed", k);
+    assert_eq!(out.status.code(), Some(0));
+    let signed = &s.images["signed"].digest;
+    let sig = format!("sha256-{}.sig", signed.trim_start_matches("sha256:"));
+    assert_eq!(
+        tags(&dst.url(), "copy"),
+        BTreeSet::from(["signed".to_string(), sig])
+    );
+    for (tag, reason) in [
+        ("unsigned", "unsigned"),
+        ("foreign", "wrong_key"),
+        ("multi", "unsigned"),
+    ] {
+        let out = copy(tag, k);
+        assert_eq!(out.status.code(), Some(1), "{tag}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("refused ({reason})")), "{tag}: {err}");
+        assert!(!tags(&dst.url(), "copy").contains(tag));
+        for b in blobs(&s.images.get(tag).unwrap_or(&s.children[1]).clone()) {
+            assert!(!has_blob(&dst.url(), "copy", &b), "{tag}: blob {b}");
+        }
+    }
+    // A file that is not a public key: a usage error before anything is contacted.
+    let private = dir.path().join("cosign.key");
+    std::fs::write(
+        &private,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let out = copy("signed", private.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("private key"));
+}
