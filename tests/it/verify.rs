@@ -332,3 +332,49 @@ fn copy_verify_key_copies_only_what_the_key_signed() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("private key"));
 }
+
+/// The cost of verification at the source: one GET of the `.sig` manifest
+/// and one of its payload per signed image, nothing for an unsigned one
+/// (the tag list already says it has no `.sig` tag). Printed: the plans'
+/// wall times, for the report.
+#[test]
+fn verification_costs_two_source_requests_per_signed_image() {
+    let (src, dst) = (Registry::start_plain(), Registry::start_plain());
+    let dir = tempfile::tempdir().unwrap();
+    let ours = Signer::new();
+    let key = dir.path().join("cosign.pub");
+    std::fs::write(&key, ours.public_pem()).unwrap();
+    let base = src.url();
+    let reference = format!("{}/app", src.host());
+    for i in 0..10 {
+        let signed = push_image(&base, "app", &format!("s{i}"), &format!("signed {i}"));
+        ours.push(&base, "app", &signed.digest, &reference, false);
+        push_image(&base, "app", &format!("u{i}"), &format!("unsigned {i}"));
+    }
+    let rule = |verify: bool| {
+        let mut c = header(dir.path(), &[&src, &dst]);
+        c += &format!(
+            "[[rule]]\nname = \"r\"\nsource = \"{}/app\"\ntargets = [\"{}/r\"]\ntags.include = ['^[su]\\d$']\n",
+            src.host(),
+            dst.host()
+        );
+        if verify {
+            c += &format!("[rule.verify]\nsigstore_keys = [\"{}\"]\n", key.display());
+        }
+        c
+    };
+    let mut cost = Vec::new();
+    for verify in [false, true] {
+        let mark = src.mark();
+        let started = std::time::Instant::now();
+        let out = regkeeper(dir.path(), &rule(verify), &["plan", "--json"]);
+        let seconds = started.elapsed().as_secs_f64();
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let refused = doc["rules"][0]["refused"].as_array().map_or(0, Vec::len);
+        assert_eq!(refused, if verify { 10 } else { 0 });
+        let n = src.requests_since(mark).len();
+        eprintln!("verify={verify}: {n} source requests, plan {seconds:.2}s");
+        cost.push(n);
+    }
+    assert_eq!(cost[1] - cost[0], 2 * 10, "{cost:?}");
+}
