@@ -231,7 +231,8 @@ impl Engine {
         let mut signed = HashSet::new();
         if let Some(policy) = &rule.verify {
             let listed: HashSet<String> = all_tags.iter().cloned().collect();
-            let verdicts = super::verify::verify_repo(policy, &mut repo, &listed).await;
+            let verdicts =
+                super::verify::verify_repo(policy, &mut repo, &listed, &rule.platforms).await;
             repo.refused = verdicts.refused;
             signed = verdicts.signed;
         }

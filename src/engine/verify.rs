@@ -41,6 +41,7 @@ pub(crate) async fn verify_repo(
     policy: &VerifyPolicy,
     repo: &mut RepoInventory,
     listed: &HashSet<String>,
+    platforms: &[crate::oci::Platform],
 ) -> Verdicts {
     let todo: Vec<(String, RawManifest)> = repo
         .tags
@@ -51,7 +52,12 @@ pub(crate) async fn verify_repo(
     let source = &repo.source;
     let results: Vec<(String, Judged)> = futures_util::stream::iter(todo)
         .map(|(tag, root)| async move {
-            let r = verify_image(policy, source, Some(listed), &root).await;
+            let image = Image {
+                root: &root,
+                reference: &tag,
+                platforms,
+            };
+            let r = verify_image(policy, source, Some(listed), image).await;
             (tag, r)
         })
         .buffer_unordered(IN_PARALLEL)
@@ -96,15 +102,35 @@ async fn verify_image(
     policy: &VerifyPolicy,
     source: &Store,
     listed: Option<&HashSet<String>>,
-    root: &RawManifest,
+    image: Image<'_>,
 ) -> Judged {
-    let mut digests = vec![root.digest.clone()];
-    if policy.require == Require::All {
-        if let Ok((_, Manifest::Index { manifests, .. })) =
-            Manifest::parse(&root.media_type, &root.bytes)
-        {
-            digests.extend(manifests.into_iter().map(|d| d.digest));
+    let root = image.root;
+    let children = index_children(root);
+    let mut signed_root = root.digest.clone();
+    if let (Some(children), false) = (&children, image.platforms.is_empty()) {
+        // A platform subset is regkeeper's own index: what was signed is
+        // the source's, which must list every image of the subset.
+        let read = |e: crate::transport::TransportError| Failure::transport(&e, Side::Source);
+        let original = source.get_manifest(image.reference).await.map_err(read)?;
+        let original = original.ok_or_else(|| {
+            Failure::new(
+                ErrorClass::NotFound,
+                format!("{} vanished", image.reference),
+            )
+        })?;
+        if original.digest != root.digest {
+            let listed = index_children(&original).unwrap_or_default();
+            if let Some(c) = children.iter().find(|c| !listed.contains(c)) {
+                let detail = format!("image {c} is not in the source's index {}", original.digest);
+                let reason = Refusal::DigestMismatch;
+                return Ok((Verdict::Refused { reason, detail }, Vec::new()));
+            }
+            signed_root = original.digest;
         }
+    }
+    let mut digests = vec![signed_root.clone()];
+    if policy.require == Require::All {
+        digests.extend(children.into_iter().flatten());
     }
     for (i, digest) in digests.iter().enumerate() {
         let layers = signatures(source, listed, digest).await?;
@@ -117,7 +143,28 @@ async fn verify_image(
             return Ok((Verdict::Refused { reason, detail }, Vec::new()));
         }
     }
+    // The source index's signature does not go with a subset of it.
+    digests.retain(|d| *d == root.digest || *d != signed_root);
     Ok((Verdict::Verified, digests))
+}
+
+/// The root `copy` or the inventory read, how it was named at the source,
+/// and the rule's platform filter.
+#[derive(Clone, Copy)]
+struct Image<'a> {
+    root: &'a RawManifest,
+    reference: &'a str,
+    platforms: &'a [crate::oci::Platform],
+}
+
+/// The digests an index lists; `None` for an image manifest.
+fn index_children(m: &RawManifest) -> Option<Vec<Digest>> {
+    match Manifest::parse(&m.media_type, &m.bytes) {
+        Ok((_, Manifest::Index { manifests, .. })) => {
+            Some(manifests.into_iter().map(|d| d.digest).collect())
+        }
+        _ => None,
+    }
 }
 
 /// The signature layers of `digest` at the source, payloads read (each
@@ -198,7 +245,12 @@ impl super::Engine {
         policy: &VerifyPolicy,
     ) -> Result<Digest, VerifiedCopyError> {
         let root = Self::copy_root(source, reference, platforms).await?;
-        let signed = match verify_image(policy, source, None, &root).await {
+        let image = Image {
+            root: &root,
+            reference,
+            platforms,
+        };
+        let signed = match verify_image(policy, source, None, image).await {
             Ok((Verdict::Verified, signed)) => signed,
             Ok((Verdict::Refused { reason, detail }, _)) => {
                 return Err(VerifiedCopyError::Refused { reason, detail });

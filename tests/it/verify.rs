@@ -378,3 +378,55 @@ fn verification_costs_two_source_requests_per_signed_image() {
     }
     assert_eq!(cost[1] - cost[0], 2 * 10, "{cost:?}");
 }
+
+/// With `platforms` keeping part of an index, the index written is
+/// regkeeper's own: the source's index must be signed and list the kept
+/// images, and (`require = "all"`) each kept image must be signed.
+#[test]
+fn a_platform_subset_is_verified_by_the_source_index_and_its_images() {
+    let (src, dst) = (Registry::start_plain(), Registry::start_plain());
+    let dir = tempfile::tempdir().unwrap();
+    let ours = Signer::new();
+    let key = dir.path().join("cosign.pub");
+    std::fs::write(&key, ours.public_pem()).unwrap();
+    let base = src.url();
+    let reference = format!("{}/app", src.host());
+    let amd = push_image(&base, "app", "child-amd", "amd");
+    let arm = push_image(&base, "app", "child-arm", "arm");
+    let entry = |p: &Pushed, arch: &str| {
+        let mut d = p.descriptor();
+        d["platform"] = json!({"os": "linux", "architecture": arch});
+        d
+    };
+    let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [entry(&amd, "amd64"), entry(&arm, "arm64")]});
+    let bytes = serde_json::to_vec(&index).unwrap();
+    put_manifest(&base, "app", "multi", OCI_INDEX, &bytes);
+    ours.push(&base, "app", &sha256_digest(&bytes), &reference, false);
+    ours.push(&base, "app", &amd.digest, &reference, false);
+    let mut text = header(dir.path(), &[&src, &dst]);
+    for arch in ["amd64", "arm64"] {
+        text += &format!(
+            "[[rule]]\nname = \"{arch}\"\nsource = \"{}/app\"\ntargets = [\"{}/{arch}\"]\n\
+             tags.include = ['^multi$']\nplatforms = [\"linux/{arch}\"]\n\
+             [rule.verify]\nsigstore_keys = [\"{}\"]\n",
+            src.host(),
+            dst.host(),
+            key.display()
+        );
+    }
+    let out = regkeeper(dir.path(), &text, &["sync", "--json"]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let refused = refusals(&doc);
+    assert!(refused["amd64"].is_empty(), "{refused:?}");
+    assert_eq!(
+        refused["arm64"].get("multi").map(String::as_str),
+        Some("unsigned")
+    );
+    let sig = format!("sha256-{}.sig", amd.digest.trim_start_matches("sha256:"));
+    assert_eq!(
+        tags(&dst.url(), "amd64"),
+        BTreeSet::from(["multi".to_string(), sig])
+    );
+    assert!(tags(&dst.url(), "arm64").is_empty());
+}
