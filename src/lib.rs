@@ -27,3 +27,4 @@ pub(crate) mod secret;
 pub mod shard;
 pub mod state;
 pub mod transport;
+pub mod verify;

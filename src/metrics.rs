@@ -40,6 +40,7 @@ pub struct Metrics {
     blobs: IntCounterVec,
     manifests: IntCounterVec,
     referrers: IntCounterVec,
+    refused: IntCounterVec,
     retention_deleted: IntCounterVec,
     requests: IntCounterVec,
     request_duration: HistogramVec,
@@ -154,6 +155,13 @@ impl Metrics {
                     "Referrers (signatures, SBOMs, attestations) found by subject and pushed by digest to a target"
                 ),
                 rule
+            )?),
+            refused: reg!(IntCounterVec::new(
+                Opts::new(
+                    "regkeeper_rule_images_refused_total",
+                    "Images not copied because their signatures did not verify ([rule.verify]), by reason; one per source image and run"
+                ),
+                &["rule", "reason"]
             )?),
             retention_deleted: reg!(IntCounterVec::new(
                 Opts::new(
@@ -296,6 +304,9 @@ impl Metrics {
         for class in ErrorClass::ALL {
             self.errors.with_label_values(&[rule, class.as_str()]);
         }
+        for reason in crate::verify::Refusal::ALL {
+            self.refused.with_label_values(&[rule, reason.as_str()]);
+        }
         self.bytes.with_label_values(&[rule]);
         self.run_duration.with_label_values(&[rule]);
         self.manifests.with_label_values(&[rule]);
@@ -341,6 +352,9 @@ impl Metrics {
         }
         for class in ErrorClass::ALL {
             let _ = self.errors.remove_label_values(&[rule, class.as_str()]);
+        }
+        for reason in crate::verify::Refusal::ALL {
+            let _ = self.refused.remove_label_values(&[rule, reason.as_str()]);
         }
     }
 
@@ -394,6 +408,14 @@ impl Metrics {
             .inc_by(report.referrers_copied as u64);
         self.tags_pending.with_label_values(&[rule]).set(pending);
         self.retention_deleted(rule, report.retention_deleted as u64);
+        // One per source image, however many targets it was refused for.
+        let refused: std::collections::BTreeSet<(&str, &str, &str)> = report
+            .refusals()
+            .map(|(i, reason, _)| (i.source.as_str(), i.tag.as_str(), reason.as_str()))
+            .collect();
+        for (_, _, reason) in refused {
+            self.refused.with_label_values(&[rule, reason]).inc();
+        }
         for failure in report.failures() {
             self.errors
                 .with_label_values(&[rule, failure.class.as_str()])

@@ -45,6 +45,12 @@ pub enum TargetAction {
     /// This rule's retention, planned against the target as it will be after
     /// this run's copies, would delete it in the same run: not copied.
     DroppedByRetention,
+    /// `[rule.verify]`: the image has no valid signature; nothing of it is
+    /// written (what the target holds is left alone).
+    Refused {
+        reason: crate::verify::Refusal,
+        detail: String,
+    },
 }
 
 impl TargetAction {

@@ -11,6 +11,7 @@ use regkeeper::engine::{Engine, Mode};
 use regkeeper::oci::Platform;
 use regkeeper::reference::{ImageRef, Location, Reference};
 use regkeeper::transport::{Hints, RegistryOptions, Transports};
+use regkeeper::verify::{PublicKey, Require, VerifyPolicy};
 
 use super::{CliError, EXIT_OK, EXIT_PARTIAL, Globals};
 
@@ -207,6 +208,29 @@ async fn build_transports(
     Ok(Arc::new(Transports::new(options, Mode::Apply.read_only())))
 }
 
+/// `--verify-key FILE...`: the keys read now (a file that is not a public
+/// key is a usage error, exit 2, before anything is contacted).
+fn verify_policy(files: &[PathBuf]) -> Result<Option<VerifyPolicy>, CliError> {
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let keys = files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read(f).map_err(|e| {
+                CliError::Usage(format!("error: --verify-key {}: {e}", f.display()))
+            })?;
+            PublicKey::from_pem(&text)
+                .map_err(|e| CliError::Usage(format!("error: --verify-key {}: {e}", f.display())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(VerifyPolicy {
+        keys,
+        require: Require::All,
+        docker_reference: None,
+    }))
+}
+
 /// A missing `oci:` source directory is named as such, not left to a
 /// confusing "manifest unknown" later on.
 fn check_layout_source(src: &ImageRef) -> Result<(), CliError> {
@@ -224,10 +248,12 @@ pub(crate) async fn run(
     src: &str,
     dst: &str,
     platforms: &[String],
+    verify_keys: &[PathBuf],
     access: &AccessFlags,
 ) -> Result<u8, CliError> {
     let (src, dst) = parse_refs(src, dst)?;
     let wanted = parse_platforms(platforms)?;
+    let policy = verify_policy(verify_keys)?;
     check_layout_source(&src)?;
     let config = optional_config(g)?;
     let format = config
@@ -267,15 +293,29 @@ pub(crate) async fn run(
     interrupt.sweep_dead().await;
     let mut engine = Engine::new(transports, limit, Mode::Apply).with_stop(interrupt.token());
     let bar = super::progress::start(&mut engine, g.on_terminal);
-    let result = engine
-        .copy_image(
-            &source,
-            reference.as_str(),
-            &target,
-            tag.as_deref(),
-            &wanted,
-        )
-        .await;
+    let result = match &policy {
+        None => engine
+            .copy_image(
+                &source,
+                reference.as_str(),
+                &target,
+                tag.as_deref(),
+                &wanted,
+            )
+            .await
+            .map_err(anyhow::Error::from),
+        Some(p) => engine
+            .copy_verified(
+                &source,
+                reference.as_str(),
+                &target,
+                tag.as_deref(),
+                &wanted,
+                p,
+            )
+            .await
+            .map_err(anyhow::Error::from),
+    };
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -85,6 +85,11 @@ enum Command {
         /// Keep only these platforms (os/arch[/variant]) of a multi-platform image.
         #[arg(long = "platform")]
         platforms: Vec<String>,
+        /// Copy only if a cosign signature by this public key (PEM,
+        /// `cosign.pub`; repeatable: any of them) covers the image's digest,
+        /// and the index's images too; the signatures are copied with it.
+        #[arg(long = "verify-key", value_name = "FILE")]
+        verify_keys: Vec<std::path::PathBuf>,
         #[command(flatten)]
         access: copy::AccessFlags,
     },
@@ -224,8 +229,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             src,
             dst,
             platforms,
+            verify_keys,
             access,
-        } => copy::run(&g, &src, &dst, &platforms, &access).await,
+        } => copy::run(&g, &src, &dst, &platforms, &verify_keys, &access).await,
         Command::Run { peer_url } => daemon::run(&g, peer_url.as_deref()).await,
         Command::Status { rules, json } => status::run(&g, &rules, json),
         Command::Prune {

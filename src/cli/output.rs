@@ -55,6 +55,18 @@ struct Error {
     error: String,
 }
 
+/// An image `[rule.verify]` refused: not copied, and why.
+#[derive(Serialize, PartialEq, Eq, PartialOrd, Ord)]
+struct Refused {
+    target: String,
+    tag: String,
+    digest: String,
+    /// unsigned, bad_signature, wrong_key, digest_mismatch, identity_mismatch
+    reason: &'static str,
+    detail: String,
+    source: String,
+}
+
 #[derive(Serialize)]
 struct Rule {
     rule: String,
@@ -64,6 +76,8 @@ struct Rule {
     kept: Vec<Kept>,
     errors: Vec<Error>,
     warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    refused: Vec<Refused>,
     /// Names from the source that were skipped as invalid (each also a warning).
     #[serde(skip_serializing_if = "is_zero")]
     names_skipped: usize,
@@ -152,6 +166,18 @@ fn rule(r: &RuleReport) -> Rule {
     if let Some(ret) = &r.retention {
         retention(ret, &mut deletions, &mut kept);
     }
+    let mut refused: Vec<Refused> = r
+        .refusals()
+        .map(|(i, reason, detail)| Refused {
+            target: i.target.clone(),
+            tag: i.tag.clone(),
+            digest: i.digest.to_string(),
+            reason: reason.as_str(),
+            detail: detail.to_string(),
+            source: i.source.clone(),
+        })
+        .collect();
+    refused.sort();
     copies.sort();
     deletions.sort();
     kept.sort();
@@ -164,6 +190,7 @@ fn rule(r: &RuleReport) -> Rule {
         kept,
         errors,
         warnings: r.warnings.clone(),
+        refused,
         names_skipped: r.names_skipped,
         shard_repositories: r.shard_repositories.clone(),
     }
@@ -255,6 +282,17 @@ pub(crate) fn print_plan(doc: &Document) {
                 c.tag,
                 c.target,
                 short(&c.digest)
+            );
+        }
+        for x in &r.refused {
+            println!(
+                "  refuse {}:{} -> {} {}: {}: {}",
+                x.source,
+                x.tag,
+                x.target,
+                short(&x.digest),
+                x.reason,
+                x.detail
             );
         }
         for d in &r.deletions {
@@ -373,6 +411,12 @@ pub(crate) fn print_sync_summary(r: &RuleReport) {
     );
     for w in &r.warnings {
         println!("  WARNING {w}");
+    }
+    for (image, reason, detail) in r.refusals() {
+        println!(
+            "  REFUSED [{reason}] {}:{} -> {}: {detail}",
+            image.source, image.tag, image.target
+        );
     }
     for image in r.images.iter() {
         if let Some(e) = &image.error {

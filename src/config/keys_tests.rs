@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::raw::{
     DOCUMENTED_KEYS, RULE_ONLY_KEYS, RawDaemon, RawDefaults, RawRegistry, RawRetention, RawRule,
-    RawTags,
+    RawTags, RawVerify,
 };
 
 type Keys = BTreeSet<String>;
@@ -40,6 +40,7 @@ fn dotted(prefix: &str, keys: Keys) -> Keys {
 fn schema() -> Vec<(&'static str, Keys)> {
     let mut rule = fields::<RawRule>();
     rule.remove("retention"); // its own section
+    rule.remove("verify"); // its own section
     assert!(rule.remove("tags"), "rule.tags is a table");
     rule.extend(dotted("tags", fields::<RawTags>()));
     vec![
@@ -48,6 +49,7 @@ fn schema() -> Vec<(&'static str, Keys)> {
         ("registries", fields::<RawRegistry>()),
         ("rule", rule),
         ("rule.retention", fields::<RawRetention>()),
+        ("rule.verify", fields::<RawVerify>()),
     ]
 }
 

@@ -99,6 +99,9 @@ pub struct Rule {
     pub referrers_artifact_types: Vec<String>,
     pub immutable: bool,
     pub retention: Option<Retention>,
+    /// `[rule.verify]`, or the source registry's `verify`: only images
+    /// signed as it says are copied.
+    pub verify: Option<std::sync::Arc<crate::verify::VerifyPolicy>>,
 }
 
 #[derive(Debug, Clone)]

@@ -41,6 +41,8 @@ pub(crate) struct RawRegistry {
     pub min_rate: Option<Spanned<toml::Value>>,
     pub max_pages: Option<Int>,
     pub token_realms: Option<Vec<Str>>,
+    /// Signatures every rule reading from this registry requires.
+    pub verify: Option<Spanned<RawVerify>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -65,7 +67,7 @@ pub(crate) struct RawDefaults {
 }
 
 /// Keys of `[defaults]` that belong to one rule only.
-pub(crate) const RULE_ONLY_KEYS: &[&str] = &["name", "source", "targets", "retention"];
+pub(crate) const RULE_ONLY_KEYS: &[&str] = &["name", "source", "targets", "retention", "verify"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
@@ -74,6 +76,7 @@ pub(crate) struct RawRule {
     pub source: Option<Str>,
     pub targets: Option<Spanned<Vec<Str>>>,
     pub retention: Option<Spanned<RawRetention>>,
+    pub verify: Option<Spanned<RawVerify>>,
     // The same keys as `RawDefaults` (serde's `flatten` does not combine with
     // `deny_unknown_fields`, so they are repeated).
     pub schedule: Option<Str>,
@@ -115,6 +118,15 @@ pub(crate) struct RawRetention {
     pub delete_all_matched: Option<bool>,
 }
 
+/// `[rule.verify]` and `[registries."host".verify]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawVerify {
+    pub sigstore_keys: Option<Vec<Str>>,
+    pub require: Option<Str>,
+    pub docker_reference: Option<Str>,
+}
+
 /// Every key of the file as docs/configuration.md documents it: (section,
 /// key), the section as its heading names it (`""` for the top level) and a
 /// nested table's keys dotted (`tags.include`). `[defaults]` takes the rule
@@ -151,6 +163,7 @@ pub(crate) const DOCUMENTED_KEYS: &[(&str, &str)] = &[
     ("registries", "min_rate"),
     ("registries", "max_pages"),
     ("registries", "token_realms"),
+    ("registries", "verify"),
     ("rule", "name"),
     ("rule", "source"),
     ("rule", "targets"),
@@ -172,4 +185,7 @@ pub(crate) const DOCUMENTED_KEYS: &[(&str, &str)] = &[
     ("rule.retention", "delete_removed_at_source"),
     ("rule.retention", "max_deletions_per_run"),
     ("rule.retention", "delete_all_matched"),
+    ("rule.verify", "sigstore_keys"),
+    ("rule.verify", "require"),
+    ("rule.verify", "docker_reference"),
 ];

@@ -13,6 +13,7 @@ mod registry;
 mod retention;
 mod rule;
 mod secrets;
+mod verify;
 
 pub use secrets::Secrets;
 
@@ -116,6 +117,7 @@ fn parse_with(
         base: paths::base_dir(path),
         secrets,
         credentials,
+        registry_verify: Default::default(),
     }
     .root(root.into_inner(), path);
     if diags.is_empty() {
@@ -170,6 +172,9 @@ struct Loader<'a, 'b> {
     secrets: Secrets,
     /// `$CREDENTIALS_DIRECTORY`, for `password_credential`.
     credentials: Option<PathBuf>,
+    /// `[registries."host".verify]`, for the rules reading from that host.
+    registry_verify:
+        std::collections::BTreeMap<String, std::sync::Arc<crate::verify::VerifyPolicy>>,
 }
 
 impl Loader<'_, '_> {

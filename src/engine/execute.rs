@@ -163,7 +163,8 @@ impl Engine {
                 let (target_digest, verified_now) = match (&image.action, &image.error) {
                     (TargetAction::KeepImmutable { .. }, _)
                     | (TargetAction::DeletedByRetention, _)
-                    | (TargetAction::DroppedByRetention, _) => continue,
+                    | (TargetAction::DroppedByRetention, _)
+                    | (TargetAction::Refused { .. }, _) => continue,
                     (TargetAction::InSync, _) => (
                         Some(image.digest.as_str()),
                         !target.hinted.contains(&image.tag),

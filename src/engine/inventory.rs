@@ -73,6 +73,8 @@ pub(crate) struct RepoInventory {
     /// manifests: what a referrer copy starts from.
     pub referrers: Vec<SourceReferrer>,
     pub referrer_manifests: HashMap<Digest, RawManifest>,
+    /// With `[rule.verify]`: tags refused, with why (`engine/verify.rs`).
+    pub refused: HashMap<String, (crate::verify::Refusal, String)>,
     pub targets: Vec<TargetInventory>,
     /// Targets whose tag list could not be read: (as configured, where).
     pub failed_targets: Vec<(String, Location)>,
@@ -202,6 +204,7 @@ impl Engine {
             manifests: HashMap::new(),
             referrers: Vec::new(),
             referrer_manifests: HashMap::new(),
+            refused: HashMap::new(),
             targets: Vec::new(),
             failed_targets: Vec::new(),
             considered: Vec::new(),
@@ -244,9 +247,25 @@ impl Engine {
         self.resolve_tags(rule, &mut repo, &selected, false, budget)
             .await;
         repo.considered = selected.clone();
-        if rule.referrers {
-            let subjects: HashSet<String> =
-                repo.tags.iter().map(|t| t.digest.to_string()).collect();
+        let mut signed = HashSet::new();
+        if let Some(policy) = &rule.verify {
+            let listed: HashSet<String> = all_tags.iter().cloned().collect();
+            let verdicts =
+                super::verify::verify_repo(policy, &mut repo, &listed, &rule.platforms).await;
+            repo.refused = verdicts.refused;
+            signed = verdicts.signed;
+        }
+        if rule.referrers || rule.verify.is_some() {
+            // Signatures go with what verified; nothing goes with what was refused.
+            let refused: HashSet<&Digest> = (repo.tags.iter())
+                .filter(|t| repo.refused.contains_key(&t.tag))
+                .map(|t| &t.digest)
+                .collect();
+            let subjects: HashSet<String> = (repo.tags.iter().map(|t| &t.digest))
+                .chain(&signed)
+                .filter(|d| !refused.contains(d))
+                .map(|d| d.to_string())
+                .collect();
             // cosign's `.sig/.att/.sbom` tags are copied as tags; a bare
             // `sha256-<hex>` is a fallback index, whose entries are merged
             // into the target's (inventory_referrers), never copied over it.
@@ -255,12 +274,15 @@ impl Engine {
                 .filter(|t| t.contains('.'))
                 .filter(|t| referrer_subject(t).is_some_and(|s| subjects.contains(&s)))
                 .filter(|t| !selected.contains(t))
+                .filter(|t| rule.referrers || t.ends_with(".sig"))
                 .cloned()
                 .collect();
             repo.considered.extend(referrer_tags.iter().cloned());
             self.resolve_tags(rule, &mut repo, &referrer_tags, true, budget)
                 .await;
-            self.inventory_referrers(rule, &mut repo).await;
+            if rule.referrers {
+                self.inventory_referrers(rule, &mut repo).await;
+            }
         }
         Ok(repo)
     }

@@ -18,6 +18,8 @@ mod report;
 mod resolve;
 mod runplan;
 mod targets;
+mod verify;
+pub use verify::VerifiedCopyError;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -421,21 +423,37 @@ impl Engine {
         tag: Option<&str>,
         platforms: &[Platform],
     ) -> Result<Digest, CopyError> {
-        let root = match resolve::resolve_source(source, reference, true, platforms).await {
-            Ok(Some((_, Some(m)))) => m,
-            Ok(_) => {
-                return Err(CopyError::Transport(TransportError::NotFound {
-                    location: source.location().to_string(),
-                    what: format!("manifest {reference}"),
-                }));
-            }
-            Err((_, e)) => {
-                return Err(CopyError::Transport(TransportError::Protocol {
-                    location: source.location().to_string(),
-                    detail: e.message,
-                }));
-            }
-        };
+        let root = Self::copy_root(source, reference, platforms).await?;
+        self.copy_tree_of(source, root, target, tag).await
+    }
+
+    /// The root manifest `copy` starts from (after platform filtering).
+    pub(crate) async fn copy_root(
+        source: &Store,
+        reference: &str,
+        platforms: &[Platform],
+    ) -> Result<crate::oci::RawManifest, CopyError> {
+        match resolve::resolve_source(source, reference, true, platforms).await {
+            Ok(Some((_, Some(m)))) => Ok(m),
+            Ok(_) => Err(CopyError::Transport(TransportError::NotFound {
+                location: source.location().to_string(),
+                what: format!("manifest {reference}"),
+            })),
+            Err((_, e)) => Err(CopyError::Transport(TransportError::Protocol {
+                location: source.location().to_string(),
+                detail: e.message,
+            })),
+        }
+    }
+
+    /// Copies the tree under `root` (as read) from `source` to `target`.
+    pub(crate) async fn copy_tree_of(
+        &self,
+        source: &Store,
+        root: crate::oci::RawManifest,
+        target: &Store,
+        tag: Option<&str>,
+    ) -> Result<Digest, CopyError> {
         let digest = root.digest.clone();
         let tree = copy::expand(source, root).await?;
         if let Some(f) = &self.on_total {
@@ -455,6 +473,7 @@ fn repo_facts(repo: &RepoInventory) -> RepoFacts {
     RepoFacts {
         tags: repo.tags.clone(),
         referrers: repo.referrers.clone(),
+        refused: repo.refused.clone(),
         targets: repo
             .targets
             .iter()

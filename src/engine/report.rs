@@ -134,6 +134,9 @@ pub struct RuleReport {
     pub tags_unreachable: usize,
     /// Copies that an `immutable` rule declined.
     pub tags_kept_immutable: usize,
+    /// Copies `[rule.verify]` refused (per tag and target): the run is not
+    /// a success.
+    pub tags_refused: usize,
     /// Referrers found by subject and pushed by digest, per target
     /// (`regkeeper_referrers_copied_total`).
     pub referrers_copied: usize,
@@ -174,6 +177,7 @@ impl RuleReport {
             tags_failed: 0,
             tags_unreachable: 0,
             tags_kept_immutable: 0,
+            tags_refused: 0,
             referrers_copied: 0,
             totals: CopyTotals::default(),
             images: Vec::new(),
@@ -195,12 +199,13 @@ impl RuleReport {
             match (&image.action, &image.error) {
                 (_, Some(_)) => self.tags_failed += 1,
                 (TargetAction::KeepImmutable { .. }, None) => self.tags_kept_immutable += 1,
+                (TargetAction::Refused { .. }, None) => self.tags_refused += 1,
                 (a, None) if a.needs_copy() => self.tags_copied += 1,
                 (_, None) => self.tags_in_sync += 1,
             }
         }
         let ok = self.tags_in_sync + self.tags_copied + self.tags_kept_immutable;
-        self.result = if self.tags_failed == 0 && self.errors.is_empty() {
+        self.result = if self.tags_failed == 0 && self.tags_refused == 0 && self.errors.is_empty() {
             RunResult::Success
         } else if ok > 0 {
             RunResult::Partial
@@ -225,6 +230,14 @@ impl RuleReport {
     /// `regkeeper_rule_errors_total` counts.
     pub fn failures(&self) -> Vec<RunError> {
         let mut out = self.errors.clone();
+        out.extend(self.refusals().map(|(i, reason, detail)| {
+            failure(
+                &i.target,
+                format!("refused {}:{}", i.source, i.tag),
+                ErrorClass::Verification,
+                &format!("{reason}: {detail}; not copied"),
+            )
+        }));
         out.extend(self.images.iter().filter_map(|i| {
             let f = i.error.as_ref()?;
             Some(failure(
@@ -253,6 +266,14 @@ impl RuleReport {
             out.push(failure("", "retention".into(), ErrorClass::Other, e));
         }
         out
+    }
+
+    /// The images `[rule.verify]` refused, per tag and target, with why.
+    pub fn refusals(&self) -> impl Iterator<Item = (&ImageReport, crate::verify::Refusal, &str)> {
+        self.images.iter().filter_map(|i| match &i.action {
+            TargetAction::Refused { reason, detail } => Some((i, *reason, detail.as_str())),
+            _ => None,
+        })
     }
 
     /// Folds the retention step in: its deletions count, and a retention

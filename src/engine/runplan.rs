@@ -44,6 +44,8 @@ pub(crate) struct RepoFacts {
     pub tags: Vec<SourceTag>,
     /// Referrers found by subject (API or fallback index), recursively.
     pub referrers: Vec<SourceReferrer>,
+    /// Tags `[rule.verify]` refused, with why: never copied.
+    pub refused: HashMap<String, (crate::verify::Refusal, String)>,
     pub targets: Vec<TargetFacts>,
 }
 
@@ -117,6 +119,14 @@ fn plan_copies(repo: &RepoFacts, immutable: bool) -> Vec<TagPlan> {
         .collect();
     let mut plans = plan_tags(&repo.tags, &targets, immutable);
     for plan in &mut plans {
+        if let Some((reason, detail)) = repo.refused.get(&plan.tag) {
+            for (_, action) in plan.targets.iter_mut().filter(|(_, a)| a.needs_copy()) {
+                *action = TargetAction::Refused {
+                    reason: *reason,
+                    detail: detail.clone(),
+                };
+            }
+        }
         let key = (plan.tag.clone(), plan.digest.clone());
         for ((_, action), t) in plan.targets.iter_mut().zip(&repo.targets) {
             if *action == TargetAction::Create && t.retained_away.contains(&key) {

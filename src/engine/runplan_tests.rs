@@ -96,6 +96,8 @@ struct Case {
     deletions: Vec<u32>,
     refused: bool,
     referrers: Vec<SourceReferrer>,
+    /// Tags `[rule.verify]` refused (action x).
+    unsigned: Vec<&'static str>,
 }
 
 fn case(name: &'static str, actions: &'static str) -> Case {
@@ -111,6 +113,7 @@ fn case(name: &'static str, actions: &'static str) -> Case {
         deletions: vec![],
         refused: false,
         referrers: vec![],
+        unsigned: vec![],
     }
 }
 
@@ -122,6 +125,7 @@ fn letter(a: &TargetAction) -> char {
         TargetAction::KeepImmutable { .. } => 'i',
         TargetAction::DeletedByRetention => 'j',
         TargetAction::DroppedByRetention => 'r',
+        TargetAction::Refused { .. } => 'x',
     }
 }
 
@@ -143,6 +147,14 @@ fn run(c: &Case) -> RulePlan {
         repos: vec![RepoFacts {
             tags: c.source.clone(),
             referrers: c.referrers.clone(),
+            refused: (c.unsigned.iter())
+                .map(|t| {
+                    (
+                        t.to_string(),
+                        (crate::verify::Refusal::Unsigned, String::new()),
+                    )
+                })
+                .collect(),
             targets: vec![target],
         }],
         retention_inputs: c.retention.iter().map(|_| read("app", &c.target)).collect(),
@@ -193,6 +205,15 @@ fn run_plans() {
             target: vec![("0.9.0", 10)],
             retention: Some(keep_last(5)),
             ..case("keep_last above what there is: copies only", "cccc")
+        },
+        Case {
+            target: vec![("1.0.0", 9), ("0.9.0", 10)],
+            retention: Some(keep_last(5)),
+            unsigned: vec!["1.0.0", "1.3.0"],
+            ..case(
+                "refused by verification: not copied, and what the target holds stays",
+                "xccx",
+            )
         },
         Case {
             target: vec![("0.9.0", 10)],
@@ -302,6 +323,14 @@ fn an_incomplete_reading_deletes_nothing_and_copies_everything() {
         repos: vec![RepoFacts {
             tags: c.source.clone(),
             referrers: c.referrers.clone(),
+            refused: (c.unsigned.iter())
+                .map(|t| {
+                    (
+                        t.to_string(),
+                        (crate::verify::Refusal::Unsigned, String::new()),
+                    )
+                })
+                .collect(),
             targets: vec![target],
         }],
         retention_inputs: vec![RepoInput::incomplete(

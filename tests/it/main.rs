@@ -28,3 +28,4 @@ mod systemd;
 mod untagged;
 mod untrusted;
 mod userdocs;
+mod verify;

@@ -35,7 +35,13 @@ impl Loader<'_, '_> {
             }
             let section = format!("[registries.{host:?}]");
             let (raw, _) = self.section::<RawRegistry>(value, &section);
-            if let Some(raw) = raw {
+            if let Some(mut raw) = raw {
+                if let Some(v) = raw.verify.take() {
+                    let label = format!("{section}.verify");
+                    if let Some(policy) = self.verify(v, &label) {
+                        self.registry_verify.insert(host.clone(), policy);
+                    }
+                }
                 let opts = self.registry(raw, &section);
                 out.insert(host, opts);
             }

@@ -103,6 +103,10 @@ impl Loader<'_, '_> {
             .retention
             .take()
             .map(|r| self.retention(r, raw.source.is_some(), &label, dropped));
+        let verify = match raw.verify.take() {
+            Some(v) => self.verify(v, "[rule.verify]"),
+            None => self.source_verify(source.as_ref()),
+        };
         let meant_either = dropped.iter().any(|k| k == "source" || k == "retention");
         if raw.source.is_none() && retention.is_none() && !meant_either {
             self.d.at(
@@ -128,6 +132,7 @@ impl Loader<'_, '_> {
             referrers_artifact_types: common.referrers_artifact_types.unwrap_or_default(),
             immutable: common.immutable.unwrap_or(false),
             retention,
+            verify,
         }
     }
 

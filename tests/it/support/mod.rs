@@ -9,6 +9,7 @@
 
 pub mod accesslog;
 pub mod corpus;
+pub mod cosign;
 pub mod daemon;
 pub mod ferro;
 pub mod hostile;

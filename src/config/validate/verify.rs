@@ -1,0 +1,172 @@
+//! `[rule.verify]` and `[registries."host".verify]`: the keys read and
+//! parsed now, so a missing or wrong key file is a configuration error
+//! with its line, not a refusal at run time.
+
+use std::sync::Arc;
+
+use toml::Spanned;
+
+use super::super::raw::{RawVerify, Str};
+use super::Loader;
+use crate::reference::{Location, RepoSpec};
+use crate::verify::{PublicKey, Require, VerifyPolicy};
+
+impl Loader<'_, '_> {
+    pub(super) fn verify(
+        &mut self,
+        raw: Spanned<RawVerify>,
+        label: &str,
+    ) -> Option<Arc<VerifyPolicy>> {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let keys: Vec<PublicKey> = raw
+            .sigstore_keys
+            .iter()
+            .flatten()
+            .filter_map(|s| self.public_key(s))
+            .collect();
+        if raw.sigstore_keys.as_ref().is_none_or(Vec::is_empty) {
+            self.d.at(
+                span,
+                format!("{label} names no key: add sigstore_keys = [\"keys/cosign.pub\"] (cosign public keys, PEM)"),
+            );
+        }
+        let require = match raw.require.as_ref().map(|s| (s, s.get_ref().as_str())) {
+            None | Some((_, "all")) => Require::All,
+            Some((_, "index")) => Require::Index,
+            Some((s, other)) => {
+                self.d.at(
+                    s.span(),
+                    format!("require = {other:?} is not known: use \"all\" (the index and every image in it) or \"index\" (the index's own signature)"),
+                );
+                Require::All
+            }
+        };
+        let docker_reference = raw.docker_reference.as_ref().map(|s| {
+            if s.get_ref().trim().is_empty() {
+                self.d.at(s.span(), "docker_reference is empty: name the repository the signatures must name, e.g. \"ghcr.io/org/app\", or leave the key out");
+            }
+            s.get_ref().clone()
+        });
+        (!keys.is_empty()).then(|| {
+            Arc::new(VerifyPolicy {
+                keys,
+                require,
+                docker_reference,
+            })
+        })
+    }
+
+    /// One key file, read and parsed.
+    fn public_key(&mut self, s: &Str) -> Option<PublicKey> {
+        let path = self.path(s.get_ref());
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.d.at(
+                    s.span(),
+                    format!("cannot read the key file {}: {e}", path.display()),
+                );
+                return None;
+            }
+        };
+        match PublicKey::from_pem(&text) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                self.d.at(
+                    s.span(),
+                    format!("{} is not a usable public key: {e}", path.display()),
+                );
+                None
+            }
+        }
+    }
+
+    /// The `verify` of the registry a rule's source is on, if any.
+    pub(super) fn source_verify(&self, source: Option<&RepoSpec>) -> Option<Arc<VerifyPolicy>> {
+        match &source?.location {
+            Location::Registry { host, .. } => self.registry_verify.get(host).cloned(),
+            Location::Layout { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    fn parse(text: &str) -> Result<crate::config::Config, crate::config::ConfigError> {
+        crate::config::parse(text, Path::new("/nonexistent/t.toml"))
+    }
+
+    fn file(content: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), content).unwrap();
+        f
+    }
+
+    fn config(verify: &str, registry: &str) -> String {
+        format!(
+            "version = 1\n{registry}\n[[rule]]\nname = \"a\"\nsource = \"127.0.0.1:1/a\"\ntargets = [\"127.0.0.1:2/a\"]\n{verify}"
+        )
+    }
+
+    #[test]
+    fn keys_are_read_at_check_time_with_their_line() {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let public = file(&pair.public_key_pem());
+        let private = file(&pair.serialize_pem());
+        let p = public.path().display();
+        let c = parse(&config(
+            &format!("[rule.verify]\nsigstore_keys = [\"{p}\"]\nrequire = \"index\"\n"),
+            "",
+        ))
+        .unwrap();
+        let v = c.rules[0].verify.as_ref().expect("verify");
+        assert_eq!(
+            (v.keys.len(), v.require),
+            (1, crate::verify::Require::Index)
+        );
+
+        let text = config(
+            &format!(
+                "[rule.verify]\nsigstore_keys = [\"{}\"]\n",
+                private.path().display()
+            ),
+            "",
+        );
+        let e = parse(&text).unwrap_err();
+        let d = &e.diagnostics[0];
+        assert_eq!(d.line, 8, "{e}");
+        assert!(d.message.contains("private key"), "{e}");
+
+        let e = parse(&config(
+            "[rule.verify]\nsigstore_keys = [\"missing.pub\"]\nrequire = \"some\"\n",
+            "",
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("cannot read the key file /nonexistent/missing.pub"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("require = \"some\""), "{e}");
+        let e = parse(&config("[rule.verify]\nrequire = \"all\"\n", "")).unwrap_err();
+        assert!(e.to_string().contains("names no key"), "{e}");
+    }
+
+    #[test]
+    fn a_registry_verify_covers_the_rules_reading_from_it() {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let public = file(&pair.public_key_pem());
+        let reg = format!(
+            "[registries.\"127.0.0.1:1\".verify]\nsigstore_keys = [\"{}\"]\n",
+            public.path().display()
+        );
+        let c = parse(&config("", &reg)).unwrap();
+        assert!(c.rules[0].verify.is_some());
+        let other = reg.replace("127.0.0.1:1", "127.0.0.1:3");
+        let c = parse(&config("", &other)).unwrap();
+        assert!(c.rules[0].verify.is_none());
+    }
+}

@@ -1,0 +1,268 @@
+//! Inventory stage (read-only) of `[rule.verify]`: for each image a target
+//! will receive, its cosign signatures read from the source (the
+//! `sha256-<hex>.sig` tag, its payload blobs) and judged against the digest
+//! regkeeper computed over the manifest bytes it will write (`verify::judge`).
+//! The verdicts are data for the pure plan: a refused tag gets
+//! `TargetAction::Refused` and nothing of it is written.
+
+use std::collections::{HashMap, HashSet};
+
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::inventory::RepoInventory;
+use super::report::{Failure, RunError};
+use crate::oci::{Digest, Manifest, RawManifest, Verified};
+use crate::plan::referrer_subject;
+use crate::transport::{ErrorClass, Side, Store};
+use crate::verify::{
+    Refusal, Require, SignatureLayer, Verdict, VerifyPolicy, judge, signature_layers, signature_tag,
+};
+
+/// An image's verdict and the digests that verified, or why it could not be judged.
+type Judged = Result<(Verdict, Vec<Digest>), Failure>;
+
+/// Images judged at once.
+const IN_PARALLEL: usize = 8;
+
+/// The verdicts of one repository's images.
+#[derive(Debug, Default)]
+pub(crate) struct Verdicts {
+    /// Tags refused, with the reason and what was found.
+    pub refused: HashMap<String, (Refusal, String)>,
+    /// Digests whose signatures verified (roots, and with `require = "all"`
+    /// the images of an index): their `.sig` tags are copied with them.
+    pub signed: HashSet<Digest>,
+}
+
+/// Judges every tag of `repo` that some target will receive (the tags whose
+/// manifest the inventory read). A tag whose signatures could not be read
+/// is neither copied nor refused: it fails this run (in `repo.errors`).
+pub(crate) async fn verify_repo(
+    policy: &VerifyPolicy,
+    repo: &mut RepoInventory,
+    listed: &HashSet<String>,
+    platforms: &[crate::oci::Platform],
+) -> Verdicts {
+    let todo: Vec<(String, RawManifest)> = repo
+        .tags
+        .iter()
+        .filter(|t| !t.referrer && referrer_subject(&t.tag).is_none())
+        .filter_map(|t| Some((t.tag.clone(), repo.manifests.get(&t.tag)?.clone())))
+        .collect();
+    let source = &repo.source;
+    let results: Vec<(String, Judged)> = futures_util::stream::iter(todo)
+        .map(|(tag, root)| async move {
+            let image = Image {
+                root: &root,
+                reference: &tag,
+                platforms,
+            };
+            let r = verify_image(policy, source, Some(listed), image).await;
+            (tag, r)
+        })
+        .buffer_unordered(IN_PARALLEL)
+        .collect()
+        .await;
+    let mut out = Verdicts::default();
+    let mut failed = HashSet::new();
+    for (tag, result) in results {
+        match result {
+            Ok((Verdict::Verified, digests)) => out.signed.extend(digests),
+            Ok((Verdict::Refused { reason, detail }, _)) => {
+                tracing::warn!(tag, reason = reason.as_str(), detail, "refused: not copied");
+                out.refused.insert(tag, (reason, detail));
+            }
+            Err(f) => {
+                let what = format!("verifying the signatures of tag {tag}");
+                repo.errors.push(RunError::new(source.location(), &what, f));
+                failed.insert(tag);
+            }
+        }
+    }
+    // A selected `sha256-<hex>.sig/.att/.sbom` tag is no image of its own:
+    // it goes with its subject, so only where that is a selected image that
+    // was not refused (or an image of a verified index).
+    let kept: HashSet<String> = (repo.tags.iter())
+        .filter(|t| referrer_subject(&t.tag).is_none() && !out.refused.contains_key(&t.tag))
+        .filter(|t| !failed.contains(&t.tag))
+        .map(|t| t.digest.to_string())
+        .chain(out.signed.iter().map(|d| d.to_string()))
+        .collect();
+    let dropped = |tag: &str| {
+        failed.contains(tag) || referrer_subject(tag).is_some_and(|s| !kept.contains(&s))
+    };
+    repo.tags.retain(|t| !dropped(&t.tag));
+    repo.manifests.retain(|tag, _| !dropped(tag));
+    out
+}
+
+/// The verdict over one image: its root, and with `require = "all"` every
+/// manifest an index lists; the digests that verified.
+async fn verify_image(
+    policy: &VerifyPolicy,
+    source: &Store,
+    listed: Option<&HashSet<String>>,
+    image: Image<'_>,
+) -> Judged {
+    let root = image.root;
+    let children = index_children(root);
+    let mut signed_root = root.digest.clone();
+    if let (Some(children), false) = (&children, image.platforms.is_empty()) {
+        // A platform subset is regkeeper's own index: what was signed is
+        // the source's, which must list every image of the subset.
+        let read = |e: crate::transport::TransportError| Failure::transport(&e, Side::Source);
+        let original = source.get_manifest(image.reference).await.map_err(read)?;
+        let original = original.ok_or_else(|| {
+            Failure::new(
+                ErrorClass::NotFound,
+                format!("{} vanished", image.reference),
+            )
+        })?;
+        if original.digest != root.digest {
+            let listed = index_children(&original).unwrap_or_default();
+            if let Some(c) = children.iter().find(|c| !listed.contains(c)) {
+                let detail = format!("image {c} is not in the source's index {}", original.digest);
+                let reason = Refusal::DigestMismatch;
+                return Ok((Verdict::Refused { reason, detail }, Vec::new()));
+            }
+            signed_root = original.digest;
+        }
+    }
+    let mut digests = vec![signed_root.clone()];
+    if policy.require == Require::All {
+        digests.extend(children.into_iter().flatten());
+    }
+    for (i, digest) in digests.iter().enumerate() {
+        let layers = signatures(source, listed, digest).await?;
+        if let Verdict::Refused { reason, detail } = judge(policy, digest, &layers) {
+            let detail = if i == 0 {
+                detail
+            } else {
+                format!("image {digest} of the index: {detail}")
+            };
+            return Ok((Verdict::Refused { reason, detail }, Vec::new()));
+        }
+    }
+    // The source index's signature does not go with a subset of it.
+    digests.retain(|d| *d == root.digest || *d != signed_root);
+    Ok((Verdict::Verified, digests))
+}
+
+/// The root `copy` or the inventory read, how it was named at the source,
+/// and the rule's platform filter.
+#[derive(Clone, Copy)]
+struct Image<'a> {
+    root: &'a RawManifest,
+    reference: &'a str,
+    platforms: &'a [crate::oci::Platform],
+}
+
+/// The digests an index lists; `None` for an image manifest.
+fn index_children(m: &RawManifest) -> Option<Vec<Digest>> {
+    match Manifest::parse(&m.media_type, &m.bytes) {
+        Ok((_, Manifest::Index { manifests, .. })) => {
+            Some(manifests.into_iter().map(|d| d.digest).collect())
+        }
+        _ => None,
+    }
+}
+
+/// The signature layers of `digest` at the source, payloads read (each
+/// checked against its digest and size). None without the `.sig` tag (no
+/// request when the tag list, `listed`, says so).
+async fn signatures(
+    source: &Store,
+    listed: Option<&HashSet<String>>,
+    digest: &Digest,
+) -> Result<Vec<SignatureLayer>, Failure> {
+    let tag = signature_tag(digest);
+    if listed.is_some_and(|l| !l.contains(&tag)) {
+        return Ok(Vec::new());
+    }
+    let read = |e: crate::transport::TransportError| Failure::transport(&e, Side::Source);
+    let Some(manifest) = source.get_manifest(&tag).await.map_err(read)? else {
+        return Ok(Vec::new());
+    };
+    let mut layers = match signature_layers(&manifest.bytes) {
+        Ok(l) => l,
+        Err(e) => {
+            return Err(Failure::new(
+                ErrorClass::InvalidInput,
+                format!("{tag}: {e}"),
+            ));
+        }
+    };
+    for layer in &mut layers {
+        if layer.payload_size > crate::verify::MAX_PAYLOAD {
+            // Not a simple-signing payload; judged as a signature over nothing.
+            continue;
+        }
+        let stream = source
+            .get_blob(&layer.payload_digest, layer.payload_size)
+            .await
+            .map_err(read)?;
+        let verified = Verified::new(
+            stream,
+            layer.payload_digest.clone(),
+            Some(layer.payload_size),
+        );
+        let chunks: Vec<bytes::Bytes> = verified.try_collect().await.map_err(|e| {
+            Failure::new(
+                ErrorClass::Verification,
+                format!(
+                    "reading the signature payload {}: {e}",
+                    layer.payload_digest
+                ),
+            )
+        })?;
+        layer.payload = chunks.concat();
+    }
+    Ok(layers)
+}
+
+/// Why `copy --verify-key` did not copy.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifiedCopyError {
+    #[error("refused ({reason}): {detail}; nothing was copied")]
+    Refused { reason: Refusal, detail: String },
+    #[error("cannot verify the signatures: {0}")]
+    Unverifiable(String),
+    #[error(transparent)]
+    Copy(#[from] super::CopyError),
+}
+
+impl super::Engine {
+    /// `copy --verify-key`: the root as `copy` reads it, verified as
+    /// `[rule.verify]` does, then that same root copied, then its
+    /// signatures (the `.sig` tags of every digest that verified).
+    pub async fn copy_verified(
+        &self,
+        source: &Store,
+        reference: &str,
+        target: &Store,
+        tag: Option<&str>,
+        platforms: &[crate::oci::Platform],
+        policy: &VerifyPolicy,
+    ) -> Result<Digest, VerifiedCopyError> {
+        let root = Self::copy_root(source, reference, platforms).await?;
+        let image = Image {
+            root: &root,
+            reference,
+            platforms,
+        };
+        let signed = match verify_image(policy, source, None, image).await {
+            Ok((Verdict::Verified, signed)) => signed,
+            Ok((Verdict::Refused { reason, detail }, _)) => {
+                return Err(VerifiedCopyError::Refused { reason, detail });
+            }
+            Err(f) => return Err(VerifiedCopyError::Unverifiable(f.message)),
+        };
+        let digest = self.copy_tree_of(source, root, target, tag).await?;
+        for d in signed {
+            let sig = signature_tag(&d);
+            let root = Self::copy_root(source, &sig, &[]).await?;
+            self.copy_tree_of(source, root, target, Some(&sig)).await?;
+        }
+        Ok(digest)
+    }
+}

@@ -1,0 +1,100 @@
+//! The verdict over one digest, from its signature layers: verified when one
+//! layer's payload is signed by a configured key, is cosign's type, names
+//! this digest, and (when the policy says) the expected docker-reference.
+//! Otherwise the most telling reason any layer gave.
+
+use super::cosign::{SignatureLayer, parse_payload};
+use super::{Refusal, Verdict, VerifyPolicy};
+use crate::oci::Digest;
+
+pub(crate) fn judge(policy: &VerifyPolicy, digest: &Digest, layers: &[SignatureLayer]) -> Verdict {
+    if layers.is_empty() {
+        return refused(Refusal::Unsigned, format!("no signature for {digest}"));
+    }
+    let mut worst: Option<(Refusal, String)> = None;
+    for layer in layers {
+        let (reason, detail) = match check(policy, digest, layer) {
+            Ok(()) => return Verdict::Verified,
+            Err(r) => r,
+        };
+        // Keep the most specific reason (the enum's order).
+        if worst.as_ref().is_none_or(|(w, _)| reason > *w) {
+            worst = Some((reason, detail));
+        }
+    }
+    let (reason, detail) = worst.expect("at least one layer");
+    refused(reason, detail)
+}
+
+fn refused(reason: Refusal, detail: String) -> Verdict {
+    Verdict::Refused { reason, detail }
+}
+
+fn check(
+    policy: &VerifyPolicy,
+    digest: &Digest,
+    layer: &SignatureLayer,
+) -> Result<(), (Refusal, String)> {
+    let Some(sig) = &layer.signature else {
+        return Err((
+            Refusal::BadSignature,
+            "the signature annotation is not base64".into(),
+        ));
+    };
+    if !policy.keys.iter().any(|k| k.verifies(&layer.payload, sig)) {
+        if layer
+            .named_key
+            .as_ref()
+            .is_some_and(|k| k.verifies(&layer.payload, sig))
+        {
+            return Err((
+                Refusal::WrongKey,
+                "signed by a key that is not configured (the key its bundle or certificate names)"
+                    .into(),
+            ));
+        }
+        return Err((
+            Refusal::BadSignature,
+            format!(
+                "the signature over payload {} does not verify under any configured key",
+                layer.payload_digest.short()
+            ),
+        ));
+    }
+    let payload = parse_payload(&layer.payload).map_err(|e| (Refusal::BadSignature, e))?;
+    if payload.digest != digest.as_str() {
+        return Err((
+            Refusal::DigestMismatch,
+            format!(
+                "the signature is for {}, not for {digest} (the digest computed over the manifest's bytes)",
+                payload.digest
+            ),
+        ));
+    }
+    if let Some(want) = &policy.docker_reference {
+        if normalize(&payload.reference) != normalize(want) {
+            return Err((
+                Refusal::IdentityMismatch,
+                format!(
+                    "the signature names docker-reference {:?}, expected {want:?}",
+                    payload.reference
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Docker Hub's spellings of one repository compare equal.
+fn normalize(reference: &str) -> String {
+    let r = reference
+        .strip_prefix("index.docker.io/")
+        .or_else(|| reference.strip_prefix("docker.io/"))
+        .map(|rest| rest.strip_prefix("library/").unwrap_or(rest))
+        .unwrap_or(reference);
+    r.to_string()
+}
+
+#[cfg(test)]
+#[path = "judge_tests.rs"]
+mod tests;
