@@ -18,6 +18,7 @@ mod passes;
 mod plan;
 mod progress;
 mod referrers;
+mod resume;
 mod retention;
 mod shard_events;
 mod shards;
