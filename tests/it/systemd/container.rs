@@ -208,7 +208,10 @@ impl Container {
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
         let root = tmp.path().join("root");
-        let machine = format!("rk{}", std::process::id());
+        // Unique per container: the tests of one process boot theirs at once.
+        static BOOTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = BOOTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let machine = format!("rk{}-{n}", std::process::id());
         build_root(&root, &machine).map_err(|e| format!("container root: {e}"))?;
         let usr_mount = match usr {
             Usr::ReadOnly => "--bind-ro=/usr".to_string(),
@@ -219,7 +222,7 @@ impl Container {
                 format!("--overlay=/usr:{}:/usr", upper.display())
             }
         };
-        let cgroups = cgroup_dirs(&format!("regkeeper-it-{}", std::process::id()));
+        let cgroups = cgroup_dirs(&format!("regkeeper-it-{}-{n}", std::process::id()));
         for d in &cgroups {
             std::fs::create_dir(d).map_err(|e| format!("cgroup {}: {e}", d.display()))?;
         }
