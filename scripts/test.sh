@@ -18,6 +18,9 @@ command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 command -v script >/dev/null 2>&1 || need+=(bsdutils)
 # promtool and prometheus: the shipped alerting rules (tests/it/alerts.rs).
 { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need+=(prometheus)
+# dpkg-shlibdeps (the Debian package's Depends) and man (the package test).
+command -v dpkg-shlibdeps >/dev/null 2>&1 || need+=(dpkg-dev)
+command -v man >/dev/null 2>&1 || need+=(man-db)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}"
     SUDO=""

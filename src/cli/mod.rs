@@ -5,6 +5,7 @@
 mod check;
 mod copy;
 mod daemon;
+mod generate;
 mod output;
 mod plan;
 mod progress;
@@ -118,6 +119,12 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Man pages and shell completions, for packagers.
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: generate::Generate,
     },
 }
 
@@ -239,6 +246,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             dry_run,
             json,
         } => prune::run(&g, &rules, dry_run, json).await,
+        Command::Generate { what } => generate::run(&what),
     }
 }
 

@@ -5,6 +5,7 @@
 //! systemd-container, no release binary).
 
 mod container;
+mod package;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -57,6 +58,24 @@ fn setup() -> Result<Container, String> {
     container::preflight()?;
     let bin = release_dir()?;
     let c = Container::boot(&bin)?;
+    start_registry(&c);
+    let units = c.root().join("etc/systemd/system");
+    std::fs::write(units.join("regkeeper.service"), UNIT).unwrap();
+    std::fs::create_dir_all(units.join("regkeeper.service.d")).unwrap();
+    std::fs::write(
+        units.join("regkeeper.service.d/binary.conf"),
+        "[Service]\nExecStart=\nExecStart=/opt/regkeeper/regkeeper run -c /etc/regkeeper/config.toml\n\
+         LoadCredential=registry-token:/srv/registry-token\n",
+    )
+    .unwrap();
+    c.ok(&["systemctl", "daemon-reload"]);
+    Ok(c)
+}
+
+/// A `docker-registry` unit on the container's loopback, asking for
+/// `USER`/`PASS`; the password also at /srv/registry-token (root only), for
+/// `LoadCredential=`.
+fn start_registry(c: &Container) {
     let units = c.root().join("etc/systemd/system");
     write_htpasswd(&c.root().join("srv/htpasswd"), USER, PASS);
     std::fs::write(
@@ -76,21 +95,12 @@ fn setup() -> Result<Container, String> {
         "[Service]\nExecStart=/usr/bin/docker-registry serve /srv/registry.yml\n",
     )
     .unwrap();
-    std::fs::write(units.join("regkeeper.service"), UNIT).unwrap();
-    std::fs::create_dir_all(units.join("regkeeper.service.d")).unwrap();
-    std::fs::write(
-        units.join("regkeeper.service.d/binary.conf"),
-        "[Service]\nExecStart=\nExecStart=/opt/regkeeper/regkeeper run -c /etc/regkeeper/config.toml\n\
-         LoadCredential=registry-token:/srv/registry-token\n",
-    )
-    .unwrap();
     c.ok(&["systemctl", "daemon-reload"]);
     c.ok(&["systemctl", "start", "rk-registry.service"]);
     c.sh(&format!(
         "timeout 20 sh -c 'until bash -c \"echo > /dev/tcp/{}/{}\" 2>/dev/null; do sleep 0.1; done'",
         "127.0.0.1", 5000
     ));
-    Ok(c)
 }
 
 /// A config mirroring the named source tags, one rule per (name, tag, repo).

@@ -14,6 +14,16 @@ use tempfile::TempDir;
 /// Why the container cannot run here (the test is skipped, not failed).
 pub type Skip = String;
 
+/// How the container sees the host's `/usr`.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Usr {
+    /// Bound read-only.
+    ReadOnly,
+    /// An overlay whose writes stay in the container's temp dir, with a copy
+    /// of the host's dpkg database: packages can be installed (`apt install`).
+    Writable,
+}
+
 pub struct Container {
     _tmp: TempDir,
     root: PathBuf,
@@ -129,6 +139,40 @@ fn build_root(root: &Path, machine: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What dpkg and apt need besides `/usr`: the host's package database (it
+/// describes the `/usr` the overlay starts from) and apt's working dirs.
+fn add_dpkg_state(root: &Path) -> std::io::Result<()> {
+    for d in ["var/lib/dpkg", "var/cache/debconf"] {
+        if Path::new("/").join(d).is_dir() {
+            std::fs::create_dir_all(root.join(d))?;
+            let status = Command::new("cp")
+                .arg("-a")
+                .arg(Path::new("/").join(d).join("."))
+                .arg(root.join(d))
+                .status()?;
+            assert!(status.success(), "copy /{d} into the container root");
+        }
+    }
+    // Minimal images leave out man pages and docs (`path-exclude`): the
+    // package's must arrive.
+    if let Ok(entries) = std::fs::read_dir(root.join("etc/dpkg/dpkg.cfg.d")) {
+        for e in entries.flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            if text.contains("path-exclude") {
+                std::fs::remove_file(e.path())?;
+            }
+        }
+    }
+    for d in [
+        "var/lib/apt/lists/partial",
+        "var/cache/apt/archives/partial",
+        "var/log/apt",
+    ] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    Ok(())
+}
+
 /// The direct child of `parent` whose command is `comm`.
 fn child_named(parent: u32, comm: &str) -> Option<u32> {
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
@@ -154,14 +198,31 @@ impl Container {
     /// Boots systemd with `bin_dir` bound read-only at `/opt/regkeeper` and
     /// waits until the system is `running`.
     pub fn boot(bin_dir: &Path) -> Result<Container, Skip> {
+        Self::boot_with(bin_dir, Usr::ReadOnly)
+    }
+
+    /// `boot`, with `/usr` as `usr` says.
+    pub fn boot_with(bin_dir: &Path, usr: Usr) -> Result<Container, Skip> {
         let tmp = tempfile::Builder::new()
             .prefix("regkeeper-nspawn-")
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
         let root = tmp.path().join("root");
-        let machine = format!("rk{}", std::process::id());
+        // Unique per container: the tests of one process boot theirs at once.
+        static BOOTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = BOOTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let machine = format!("rk{}-{n}", std::process::id());
         build_root(&root, &machine).map_err(|e| format!("container root: {e}"))?;
-        let cgroups = cgroup_dirs(&format!("regkeeper-it-{}", std::process::id()));
+        let usr_mount = match usr {
+            Usr::ReadOnly => "--bind-ro=/usr".to_string(),
+            Usr::Writable => {
+                add_dpkg_state(&root).map_err(|e| format!("dpkg state: {e}"))?;
+                let upper = tmp.path().join("usr-upper");
+                std::fs::create_dir(&upper).map_err(|e| format!("overlay dir: {e}"))?;
+                format!("--overlay=/usr:{}:/usr", upper.display())
+            }
+        };
+        let cgroups = cgroup_dirs(&format!("regkeeper-it-{}-{n}", std::process::id()));
         for d in &cgroups {
             std::fs::create_dir(d).map_err(|e| format!("cgroup {}: {e}", d.display()))?;
         }
@@ -176,12 +237,13 @@ impl Container {
                 r#"for d in $RK_CGROUPS; do echo $$ > "$d/cgroup.procs"; done
 exec unshare --mount --propagation private sh -c 'mount -t tmpfs -o mode=755 tmpfs /run &&
   exec systemd-nspawn --quiet --register=no --keep-unit --private-network \
-    --system-call-filter=bpf --machine="$RK_MACHINE" -D "$RK_ROOT" --bind-ro=/usr \
+    --system-call-filter=bpf --machine="$RK_MACHINE" -D "$RK_ROOT" "$RK_USR" \
     --bind-ro="$RK_BIN":/opt/regkeeper --console=pipe -b'"#,
             )
             .env("RK_CGROUPS", cg.join(" "))
             .env("RK_MACHINE", &machine)
             .env("RK_ROOT", &root)
+            .env("RK_USR", &usr_mount)
             .env("RK_BIN", bin_dir)
             .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")
             .process_group(0)
