@@ -334,8 +334,10 @@ fn index_entries(raw: &RawManifest) -> Result<Vec<Value>, Failure> {
             raw.digest
         ))),
         Some(Value::Array(a)) => Ok(a.clone()),
+        // What is left once every referrer was deleted: no referrers.
+        None | Some(Value::Null) => Ok(Vec::new()),
         _ => Err(invalid(format!(
-            "fallback index {} lists no manifests",
+            "fallback index {}: `manifests` is not a list",
             raw.digest
         ))),
     }

@@ -161,6 +161,15 @@ impl Store {
         dispatch!(self, s => s.blob_exists(digest).await)
     }
 
+    /// The size of a blob a layout holds (`None`: absent, or a registry,
+    /// whose blobs are checked as they are read).
+    pub async fn local_blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        match self {
+            Store::Remote(_) => Ok(None),
+            Store::Layout(s) => s.blob_size(digest).await,
+        }
+    }
+
     /// The blob's bytes as a stream, not yet verified (wrap in [`crate::oci::Verified`]).
     pub async fn get_blob(&self, digest: &Digest, size: u64) -> Result<ByteStream> {
         dispatch!(self, s => s.get_blob(digest, size).await)

@@ -164,16 +164,28 @@ impl LayoutRepo {
         write_atomic(&self.index_path(), &bytes).await
     }
 
-    /// The `index.json` entry for `tag` (the first, should a foreign writer
-    /// have left duplicates).
+    /// The `index.json` entry for `tag`. Two entries naming the tag with
+    /// different digests (a foreign writer's) refuse the tag: neither is
+    /// more right than the other.
     pub(super) async fn find_tag(&self, tag: &str) -> Result<Option<Value>> {
         let Some(index) = self.read_index().await? else {
             return Ok(None);
         };
-        Ok(manifests(&index)
+        let mut named = manifests(&index)
             .iter()
-            .find(|e| entry_tag(e) == Some(tag))
-            .cloned())
+            .filter(|e| entry_tag(e) == Some(tag));
+        let Some(first) = named.next() else {
+            return Ok(None);
+        };
+        if let Some(other) = named.find(|e| entry_digest(e) != entry_digest(first)) {
+            return Err(self.protocol(format!(
+                "index.json names tag {tag} twice, for {} and {}; the tag is refused (remove \
+                 one of the entries)",
+                entry_digest(first).unwrap_or("no digest"),
+                entry_digest(other).unwrap_or("no digest"),
+            )));
+        }
+        Ok(Some(first.clone()))
     }
 
     /// An index entry as a head; the media type may be empty when the entry
