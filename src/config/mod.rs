@@ -96,6 +96,9 @@ pub struct Rule {
     /// Only referrers of these artifact types are copied; empty = all.
     pub referrers_artifact_types: Vec<String>,
     pub immutable: bool,
+    /// An `oci:` source's untagged top-level manifests (index.json entries
+    /// without a ref name) are copied too, by digest.
+    pub untagged: bool,
     pub retention: Option<Retention>,
 }
 

@@ -62,6 +62,7 @@ pub(crate) struct RawDefaults {
     pub referrers: Option<bool>,
     pub referrers_artifact_types: Option<Vec<Str>>,
     pub immutable: Option<bool>,
+    pub untagged: Option<bool>,
 }
 
 /// Keys of `[defaults]` that belong to one rule only.
@@ -82,6 +83,7 @@ pub(crate) struct RawRule {
     pub referrers: Option<bool>,
     pub referrers_artifact_types: Option<Vec<Str>>,
     pub immutable: Option<bool>,
+    pub untagged: Option<bool>,
 }
 
 impl RawRule {
@@ -94,6 +96,7 @@ impl RawRule {
             referrers: self.referrers.take(),
             referrers_artifact_types: self.referrers_artifact_types.take(),
             immutable: self.immutable.take(),
+            untagged: self.untagged.take(),
         }
     }
 }

@@ -138,6 +138,7 @@ struct Common {
     referrers: Option<bool>,
     referrers_artifact_types: Option<Vec<String>>,
     immutable: Option<bool>,
+    untagged: Option<bool>,
 }
 
 impl Common {
@@ -155,6 +156,7 @@ impl Common {
                 .referrers_artifact_types
                 .or_else(|| defaults.referrers_artifact_types.clone()),
             immutable: self.immutable.or(defaults.immutable),
+            untagged: self.untagged.or(defaults.untagged),
         }
     }
 }
@@ -480,6 +482,7 @@ impl Loader<'_, '_> {
                 .referrers_artifact_types
                 .map(|l| l.into_iter().map(|t| t.into_inner()).collect()),
             immutable: raw.immutable,
+            untagged: raw.untagged,
         }
     }
 

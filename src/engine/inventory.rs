@@ -71,6 +71,8 @@ pub(crate) struct RepoInventory {
     /// manifests: what a referrer copy starts from.
     pub referrers: Vec<SourceReferrer>,
     pub referrer_manifests: HashMap<Digest, RawManifest>,
+    /// An `oci:` source's untagged entry points (`entries.rs`).
+    pub entries: Vec<super::entries::SourceEntry>,
     pub targets: Vec<TargetInventory>,
     /// Every tag this run considered (selected and referrers).
     pub considered: Vec<String>,
@@ -187,6 +189,7 @@ impl Engine {
             manifests: HashMap::new(),
             referrers: Vec::new(),
             referrer_manifests: HashMap::new(),
+            entries: Vec::new(),
             targets: Vec::new(),
             considered: Vec::new(),
             errors: Vec::new(),
@@ -225,6 +228,9 @@ impl Engine {
         self.resolve_tags(rule, &mut repo, &selected, false, budget)
             .await;
         repo.considered = selected.clone();
+        if rule.untagged {
+            self.inventory_entries(rule, &mut repo, budget).await;
+        }
         if rule.referrers {
             let subjects: HashSet<String> =
                 repo.tags.iter().map(|t| t.digest.to_string()).collect();

@@ -7,6 +7,7 @@
 
 mod budget;
 pub mod copy;
+mod entries;
 mod execute;
 mod fresh;
 mod inventory;
@@ -351,12 +352,8 @@ impl Engine {
             report.errors.extend(repo.errors.iter().cloned());
             report.tags_selected += repo.selected;
             report.tags_unreachable += repo.selected * repo.unreadable_targets;
-            let listed = repo.source_tags.as_ref().map_or(0, Vec::len);
-            if listed > 0 && repo.selected == 0 {
-                empty_selections.push(format!(
-                    "{}: the tag filters select 0 of {listed} tags",
-                    repo.source.location()
-                ));
+            if let (Some(listed), 0) = (&repo.source_tags, repo.selected) {
+                empty_selections.push(entries::nothing_selected(repo, listed.len()));
             }
         }
         if !empty_selections.is_empty() {
@@ -424,6 +421,7 @@ fn repo_facts(repo: &RepoInventory) -> RepoFacts {
     RepoFacts {
         tags: repo.tags.clone(),
         referrers: repo.referrers.clone(),
+        entries: repo.entries.clone(),
         targets: repo
             .targets
             .iter()

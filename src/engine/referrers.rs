@@ -95,6 +95,10 @@ fn subjects(repo: &RepoInventory) -> Vec<(Digest, Digest)> {
         .tags
         .iter()
         .map(|t| (t.digest.clone(), t.digest.clone()))
+        .chain(repo.entries.iter().map(|e| {
+            let d = &e.manifest.digest;
+            (d.clone(), d.clone())
+        }))
         .collect();
     for raw in repo.manifests.values() {
         if let Ok((_, Manifest::Index { manifests, .. })) =
@@ -190,7 +194,13 @@ impl Discover<'_> {
     async fn referrers_of(&self, subject: &Digest) -> Result<Found, Failure> {
         let entries = match self.ask_api(subject).await? {
             Some(list) => list,
-            None => self.read_fallback(subject).await?,
+            None => {
+                let mut list = self.read_fallback(subject).await?;
+                list.extend(self.listed_by_subject(subject).await?);
+                let mut seen = HashSet::new();
+                list.retain(|e| seen.insert(e.get("digest").cloned()));
+                list
+            }
         };
         futures_util::stream::iter(entries)
             .map(|entry| self.fetch(entry))
@@ -245,6 +255,25 @@ impl Discover<'_> {
         Ok(Some(all))
     }
 
+    /// The referrers an `oci:` source lists in `index.json` by their
+    /// `subject` (the way oras, notation and regclient store them), of the
+    /// wanted types; none for a registry.
+    async fn listed_by_subject(&self, subject: &Digest) -> Result<Vec<Value>, Failure> {
+        let list = self
+            .source
+            .referrers_by_subject(subject)
+            .await
+            .map_err(source_failure)?;
+        Ok(list.into_iter().filter(|e| self.wanted(e)).collect())
+    }
+
+    fn wanted(&self, e: &Value) -> bool {
+        self.types.is_empty()
+            || e.get("artifactType")
+                .and_then(Value::as_str)
+                .is_some_and(|t| self.types.iter().any(|w| w == t))
+    }
+
     /// The entries of the source's `sha256-<hex>` index, of the wanted types.
     async fn read_fallback(&self, subject: &Digest) -> Result<Vec<Value>, Failure> {
         let tag = fallback_tag(subject);
@@ -260,15 +289,7 @@ impl Discover<'_> {
             return Ok(Vec::new());
         };
         let entries = index_entries(&raw)?;
-        Ok(entries
-            .into_iter()
-            .filter(|e| {
-                self.types.is_empty()
-                    || e.get("artifactType")
-                        .and_then(Value::as_str)
-                        .is_some_and(|t| self.types.iter().any(|w| w == t))
-            })
-            .collect())
+        Ok(entries.into_iter().filter(|e| self.wanted(e)).collect())
     }
 }
 

@@ -143,6 +143,7 @@ fn run(c: &Case) -> RulePlan {
         repos: vec![RepoFacts {
             tags: c.source.clone(),
             referrers: c.referrers.clone(),
+            entries: Vec::new(),
             targets: vec![target],
         }],
         retention_inputs: c.retention.iter().map(|_| read("app", &c.target)).collect(),
@@ -302,6 +303,7 @@ fn an_incomplete_reading_deletes_nothing_and_copies_everything() {
         repos: vec![RepoFacts {
             tags: c.source.clone(),
             referrers: c.referrers.clone(),
+            entries: Vec::new(),
             targets: vec![target],
         }],
         retention_inputs: vec![RepoInput::incomplete(

@@ -24,7 +24,8 @@
 //! creating the layout skeleton); `blobs.rs` reads, writes (size and digest
 //! checked) and mounts blobs; `manifests.rs` is the manifest operations of a
 //! `Store` (by tag or digest); `atomic.rs` is the temporary-file-and-rename
-//! write and the shared I/O error helpers; `discover.rs` finds the layouts
+//! write and the shared I/O error helpers; `entries.rs` the entries
+//! without a ref name (untagged entry points, referrers by subject); `discover.rs` finds the layouts
 //! under a directory. This file holds the repository type and what they all
 //! share.
 
@@ -37,6 +38,7 @@ mod atomic;
 mod blobs;
 mod confine;
 mod discover;
+mod entries;
 mod index;
 mod manifests;
 #[cfg(test)]

@@ -216,6 +216,47 @@ impl Store {
         }
     }
 
+    /// An `oci:` layout's untagged top-level manifests (`index.json`
+    /// entries without a ref name), as descriptors; none for a registry.
+    pub async fn untagged_entries(&self) -> Result<Vec<serde_json::Value>> {
+        match self {
+            Store::Remote(_) => Ok(Vec::new()),
+            Store::Layout(s) => s.untagged_entries().await,
+        }
+    }
+
+    /// Whether the store holds `digest` as a top-level manifest: a layout
+    /// lists it in `index.json`; a registry has it.
+    pub async fn has_entry(&self, digest: &Digest) -> Result<bool> {
+        match self {
+            Store::Remote(s) => Ok(s.resolve(digest.as_str()).await?.is_some()),
+            Store::Layout(s) => s.has_entry(digest).await,
+        }
+    }
+
+    /// Pushes `manifest` by digest; a layout also lists it in `index.json`
+    /// without a ref name, under `descriptor` (see `LayoutRepo::put_entry`).
+    pub async fn put_entry(
+        &self,
+        manifest: &RawManifest,
+        descriptor: &serde_json::Value,
+    ) -> Result<()> {
+        match self {
+            Store::Remote(s) => s.put_manifest(manifest.digest.as_str(), manifest).await,
+            Store::Layout(s) => s.put_entry(manifest, descriptor).await,
+        }
+    }
+
+    /// The referrers of `subject` a layout lists in `index.json` (by their
+    /// manifests' `subject`, as oras, notation and regclient store them);
+    /// none for a registry (its API or fallback index says).
+    pub async fn referrers_by_subject(&self, subject: &Digest) -> Result<Vec<serde_json::Value>> {
+        match self {
+            Store::Remote(_) => Ok(Vec::new()),
+            Store::Layout(s) => s.referrers_by_subject(subject).await,
+        }
+    }
+
     /// Deletes a manifest by digest (and with it every tag pointing at it).
     pub async fn delete_manifest(&self, digest: &Digest) -> Result<()> {
         dispatch!(self, s => s.delete_manifest(digest).await)

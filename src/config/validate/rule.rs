@@ -127,6 +127,7 @@ impl Loader<'_, '_> {
             referrers: common.referrers.unwrap_or(true),
             referrers_artifact_types: common.referrers_artifact_types.unwrap_or_default(),
             immutable: common.immutable.unwrap_or(false),
+            untagged: common.untagged.unwrap_or(true),
             retention,
         }
     }

@@ -267,8 +267,13 @@ impl Copier {
             target.put_manifest(child.digest.as_str(), child).await?;
             self.stats.manifests_pushed.fetch_add(1, Ordering::Relaxed);
         }
-        let reference = tag.unwrap_or(tree.root.digest.as_str());
-        target.put_manifest(reference, &tree.root).await?;
+        match (tag, &tree.entry) {
+            (None, Some(descriptor)) => target.put_entry(&tree.root, descriptor).await?,
+            _ => {
+                let reference = tag.unwrap_or(tree.root.digest.as_str());
+                target.put_manifest(reference, &tree.root).await?
+            }
+        }
         self.stats.manifests_pushed.fetch_add(1, Ordering::Relaxed);
         self.stats.images_copied.fetch_add(1, Ordering::Relaxed);
         Ok(())

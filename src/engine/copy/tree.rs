@@ -18,6 +18,10 @@ pub struct ImageTree {
     pub children: Vec<RawManifest>,
     /// Unique blobs of every image manifest in the tree.
     pub blobs: Vec<Descriptor>,
+    /// Pushed by digest as a top-level manifest (an untagged entry point,
+    /// a referrer): the descriptor an `oci:` target lists it under in
+    /// `index.json`, without a ref name.
+    pub entry: Option<serde_json::Value>,
 }
 
 impl ImageTree {
@@ -153,6 +157,7 @@ pub async fn expand(source: &Store, mut root: RawManifest) -> Result<ImageTree, 
         root,
         children: walk.children,
         blobs: walk.blobs.list,
+        entry: None,
     })
 }
 
