@@ -22,3 +22,4 @@ mod sync;
 mod systemd;
 mod untagged;
 mod untrusted;
+mod worldlayouts;

@@ -50,12 +50,42 @@ impl LayoutRepo {
             .any(|e| entry_digest(e) == Some(d.as_str())))
     }
 
+    /// A fallback index (`sha256-<hex>`) just tagged here: the referrers
+    /// it lists that this layout holds are listed in `index.json` too,
+    /// untagged, the way oras and regclient keep referrers in a layout.
+    pub(super) async fn list_fallback_entries(&self, tag: &str, m: &RawManifest) -> Result<()> {
+        let fallback = tag.len() == 71
+            && tag.starts_with("sha256-")
+            && tag[7..].bytes().all(|b| b.is_ascii_hexdigit());
+        if !fallback || !is_index(&m.media_type) {
+            return Ok(());
+        }
+        let Ok(Value::Object(index)) = serde_json::from_slice::<Value>(&m.bytes) else {
+            return Ok(());
+        };
+        for entry in manifests(&index) {
+            let Some(d) = entry_digest(entry).and_then(|d| Digest::parse(d).ok()) else {
+                continue;
+            };
+            if let Ok(Some(raw)) = self.get_manifest(d.as_str()).await {
+                self.list_untagged(&raw, entry).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Stores `m` and lists it in `index.json` without a ref name, under
     /// `descriptor` (its media type, digest and size, with the
     /// `artifactType` and annotations a referrers list gives it, as oras
     /// writes them); nothing is added when an entry for it is there.
     pub async fn put_entry(&self, m: &RawManifest, descriptor: &Value) -> Result<()> {
         self.put_manifest(m.digest.as_str(), m).await?;
+        self.list_untagged(m, descriptor).await
+    }
+
+    /// Lists the stored `m` in `index.json` without a ref name (see
+    /// [`LayoutRepo::put_entry`]).
+    async fn list_untagged(&self, m: &RawManifest, descriptor: &Value) -> Result<()> {
         let mut entry = Map::new();
         entry.insert("mediaType".into(), m.media_type.clone().into());
         entry.insert("digest".into(), m.digest.as_str().into());

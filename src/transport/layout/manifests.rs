@@ -211,7 +211,8 @@ impl LayoutRepo {
             m.media_type.clone()
         };
         self.set_tag(tag, &media_type, &m.digest, m.bytes.len())
-            .await
+            .await?;
+        self.list_fallback_entries(tag, m).await
     }
 
     /// Removes every tag of `d` and its blob. Blobs that only `d` referenced
