@@ -36,6 +36,14 @@ fn is_schema1(media_type: &str) -> bool {
     media_type.starts_with("application/vnd.docker.distribution.manifest.v1")
 }
 
+/// A non-distributable layer (Docker's foreign layers, OCI's deprecated
+/// `nondistributable` types): registries accept a manifest that lists it
+/// without holding it, and runtimes fetch it from its `urls`.
+pub fn is_foreign_layer(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.docker.image.rootfs.foreign.")
+        || media_type.starts_with("application/vnd.oci.image.layer.nondistributable.")
+}
+
 pub fn is_index(media_type: &str) -> bool {
     media_type == OCI_INDEX || media_type == DOCKER_LIST
 }

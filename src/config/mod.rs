@@ -99,6 +99,9 @@ pub struct Rule {
     /// An `oci:` source's untagged top-level manifests (index.json entries
     /// without a ref name) are copied too, by digest.
     pub untagged: bool,
+    /// Non-distributable (foreign) layers are copied where the source
+    /// holds them; by default they are not, and never fetched from `urls`.
+    pub foreign_layers: bool,
     pub retention: Option<Retention>,
 }
 

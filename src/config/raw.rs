@@ -63,6 +63,7 @@ pub(crate) struct RawDefaults {
     pub referrers_artifact_types: Option<Vec<Str>>,
     pub immutable: Option<bool>,
     pub untagged: Option<bool>,
+    pub foreign_layers: Option<bool>,
 }
 
 /// Keys of `[defaults]` that belong to one rule only.
@@ -84,6 +85,7 @@ pub(crate) struct RawRule {
     pub referrers_artifact_types: Option<Vec<Str>>,
     pub immutable: Option<bool>,
     pub untagged: Option<bool>,
+    pub foreign_layers: Option<bool>,
 }
 
 impl RawRule {
@@ -97,6 +99,7 @@ impl RawRule {
             referrers_artifact_types: self.referrers_artifact_types.take(),
             immutable: self.immutable.take(),
             untagged: self.untagged.take(),
+            foreign_layers: self.foreign_layers.take(),
         }
     }
 }

@@ -139,6 +139,7 @@ struct Common {
     referrers_artifact_types: Option<Vec<String>>,
     immutable: Option<bool>,
     untagged: Option<bool>,
+    foreign_layers: Option<bool>,
 }
 
 impl Common {
@@ -157,6 +158,7 @@ impl Common {
                 .or_else(|| defaults.referrers_artifact_types.clone()),
             immutable: self.immutable.or(defaults.immutable),
             untagged: self.untagged.or(defaults.untagged),
+            foreign_layers: self.foreign_layers.or(defaults.foreign_layers),
         }
     }
 }
@@ -483,6 +485,7 @@ impl Loader<'_, '_> {
                 .map(|l| l.into_iter().map(|t| t.into_inner()).collect()),
             immutable: raw.immutable,
             untagged: raw.untagged,
+            foreign_layers: raw.foreign_layers,
         }
     }
 

@@ -73,6 +73,10 @@ pub(crate) struct RepoInventory {
     pub referrer_manifests: HashMap<Digest, RawManifest>,
     /// An `oci:` source's untagged entry points (`entries.rs`).
     pub entries: Vec<super::entries::SourceEntry>,
+    /// The rule's `foreign_layers`: copy non-distributable layers the source holds.
+    pub foreign_layers: bool,
+    /// Tags skipped for a reason that is no failure (another platform).
+    pub warnings: Vec<String>,
     pub targets: Vec<TargetInventory>,
     /// Every tag this run considered (selected and referrers).
     pub considered: Vec<String>,
@@ -190,6 +194,8 @@ impl Engine {
             referrers: Vec::new(),
             referrer_manifests: HashMap::new(),
             entries: Vec::new(),
+            foreign_layers: rule.foreign_layers,
+            warnings: Vec::new(),
             targets: Vec::new(),
             considered: Vec::new(),
             errors: Vec::new(),
@@ -348,6 +354,7 @@ impl Engine {
             match r {
                 Ok(Some(r)) => resolved.push(r),
                 Ok(None) => {}
+                Err((tag, e)) if super::platforms::is_skip(&e) => skip_platform(repo, &tag, &e),
                 Err((tag, e)) => repo.errors.push(RunError::new(
                     repo.source.location(),
                     &format!("resolving tag {tag}"),
@@ -392,6 +399,7 @@ impl Engine {
                         "the source tag moved or vanished during the inventory; the next run copies it",
                     ),
                 )),
+                Err((_, e)) if super::platforms::is_skip(&e) => skip_platform(repo, &r.tag, &e),
                 Err((_, e)) => repo.errors.push(RunError::new(
                     repo.source.location(),
                     &format!("reading tag {}", r.tag),
@@ -561,6 +569,9 @@ pub(crate) async fn resolve_source(
             None => return Ok(None),
         }
     };
+    super::platforms::check(source, &raw, platforms)
+        .await
+        .map_err(err)?;
     let filtered = super::copy::filter_tree(source, &raw, platforms)
         .await
         .map_err(|e| match e {
@@ -584,6 +595,13 @@ pub(crate) async fn resolve_source(
             ),
         ))),
     }
+}
+
+/// A tag of another platform than the rule's: a warning, not a failure.
+fn skip_platform(repo: &mut RepoInventory, tag: &str, f: &Failure) {
+    let at = repo.source.location().to_string();
+    tracing::warn!(at, tag, reason = %f.message, "tag skipped");
+    repo.warnings.push(format!("{at}: tag {tag} {}", f.message));
 }
 
 /// Records a skipped name and says so in the log.

@@ -11,6 +11,7 @@ mod entries;
 mod execute;
 mod fresh;
 mod inventory;
+mod platforms;
 mod referrer_exec;
 mod referrer_plan;
 mod referrers;
@@ -350,6 +351,7 @@ impl Engine {
         let mut empty_selections = Vec::new();
         for repo in &inv.repos {
             report.errors.extend(repo.errors.iter().cloned());
+            report.warnings.extend(repo.warnings.iter().cloned());
             report.tags_selected += repo.selected;
             report.tags_unreachable += repo.selected * repo.unreadable_targets;
             if let (Some(listed), 0) = (&repo.source_tags, repo.selected) {

@@ -80,6 +80,7 @@ pub(super) async fn tree_of(repo: &RepoInventory, plan: &TagPlan) -> Result<Imag
                 root: raw.clone(),
                 children: Vec::new(),
                 blobs: Vec::new(),
+                foreign: Vec::new(),
                 entry: None,
             });
         }
@@ -110,5 +111,9 @@ pub(super) async fn tree_of(repo: &RepoInventory, plan: &TagPlan) -> Result<Imag
             .map(|r| r.entry.clone()),
         _ => None,
     };
+    if repo.foreign_layers {
+        let read = |e: copy::CopyError| Failure::new(e.class(Side::Source), e);
+        tree.take_foreign(&repo.source).await.map_err(read)?;
+    }
     Ok(tree)
 }

@@ -378,3 +378,85 @@ fn copy_takes_nested_indexes_and_docker_bodies() {
         same_at(&reg, "c/app", &w, d);
     }
 }
+
+fn blob_status(reg: &Registry, repo: &str, digest: &str) -> u16 {
+    let url = format!("{}/v2/{repo}/blobs/{digest}", reg.url());
+    http::request(None, "HEAD", &url, &[], None).unwrap().status
+}
+
+/// A foreign layer stays referenced only (its `urls` never fetched) unless
+/// the rule's `foreign_layers` copies it from where the source holds it.
+#[test]
+fn foreign_layers_are_referenced_not_copied_unless_asked() {
+    let mut w = World::new();
+    let (img, base, own) = w.foreign_image("win");
+    w.entry(desc(&img), Some("win"));
+    let reg = Registry::start_plain();
+    let dir = tempfile::tempdir().unwrap();
+    let source = format!("oci:{}", w.dir().display());
+    // distribution 2.8 refuses manifests with foreign URLs unless its
+    // validation.manifests.urls.allow says otherwise: layout targets here
+    let out_dir = dir.path().join("plain");
+    let plain = rule(
+        dir.path(),
+        &[&reg],
+        &source,
+        &[format!("oci:{}", out_dir.display())],
+        "",
+    );
+    let out = regkeeper(dir.path(), &plain, &["sync"]);
+    assert_eq!(out.status.code(), Some(0));
+    let blob = |d: &str| out_dir.join("blobs/sha256").join(&d[7..]);
+    assert!(std::fs::read(blob(&img.digest)).unwrap() == w.corpus.read_blob(&img.digest));
+    assert!(!blob(&base.digest).exists(), "foreign layer not copied");
+    assert!(blob(&own.digest).exists());
+
+    let asked_dir = dir.path().join("asked");
+    let asked = rule(
+        dir.path(),
+        &[&reg],
+        &source,
+        &[format!("oci:{}", asked_dir.display())],
+        "foreign_layers = true\n",
+    );
+    let out = regkeeper(dir.path(), &asked, &["sync"]);
+    assert_eq!(out.status.code(), Some(0));
+    let blob = asked_dir.join("blobs/sha256").join(&base.digest[7..]);
+    assert!(
+        std::fs::read(blob).unwrap() == w.corpus.read_blob(&base.digest),
+        "copied when asked"
+    );
+}
+
+/// `platforms` skips a single-platform image of another platform with a
+/// warning that says why (plan and sync alike), not a failure.
+#[test]
+fn platforms_skip_single_platform_images_of_other_platforms() {
+    let mut w = World::new();
+    let amd = w.image("amd", "linux", "amd64");
+    let arm = w.image("arm", "linux", "arm64");
+    w.entry(desc(&amd.descriptor), Some("amd"));
+    w.entry(desc(&arm.descriptor), Some("arm"));
+    let reg = Registry::start_plain();
+    let dir = tempfile::tempdir().unwrap();
+    let source = format!("oci:{}", w.dir().display());
+    let targets = [format!("{}/s/app", reg.host())];
+    let cfg = rule(
+        dir.path(),
+        &[&reg],
+        &source,
+        &targets,
+        "platforms = [\"linux/arm64\"]\n",
+    );
+    for cmd in ["plan", "sync"] {
+        let out = regkeeper(dir.path(), &cfg, &[cmd, "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{cmd}");
+        let warnings = json_of(&out)["rules"][0]["warnings"].to_string();
+        assert!(
+            warnings.contains("tag amd") && warnings.contains("linux/amd64"),
+            "{cmd}: {warnings}"
+        );
+    }
+    assert_eq!(reg.digest_of("s/app", "arm"), arm.digest);
+    assert_eq!(reg.try_digest_of("s/app", "amd"), None);
+}

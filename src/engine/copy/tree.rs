@@ -18,6 +18,9 @@ pub struct ImageTree {
     pub children: Vec<RawManifest>,
     /// Unique blobs of every image manifest in the tree.
     pub blobs: Vec<Descriptor>,
+    /// Non-distributable layers the manifests list (not in `blobs`: not
+    /// copied unless the rule asks, see [`ImageTree::take_foreign`]).
+    pub foreign: Vec<Descriptor>,
     /// Pushed by digest as a top-level manifest (an untagged entry point,
     /// a referrer): the descriptor an `oci:` target lists it under in
     /// `index.json`, without a ref name.
@@ -25,6 +28,21 @@ pub struct ImageTree {
 }
 
 impl ImageTree {
+    /// Moves the foreign layers the source holds into the blobs to copy
+    /// (the rule's `foreign_layers`); the others stay referenced only.
+    /// Their `urls` are never fetched.
+    pub async fn take_foreign(&mut self, source: &Store) -> Result<(), CopyError> {
+        for blob in std::mem::take(&mut self.foreign) {
+            if source.blob_exists(&blob.digest).await? {
+                self.blobs.push(blob);
+            } else {
+                tracing::info!(digest = %blob.digest, "foreign layer not at the source; left referenced only");
+                self.foreign.push(blob);
+            }
+        }
+        Ok(())
+    }
+
     pub fn total_blob_bytes(&self) -> u64 {
         // sizes come from the source: summed without overflow
         self.blobs
@@ -157,6 +175,7 @@ pub async fn expand(source: &Store, mut root: RawManifest) -> Result<ImageTree, 
         root,
         children: walk.children,
         blobs: walk.blobs.list,
+        foreign: walk.blobs.foreign,
         entry: None,
     })
 }
@@ -306,12 +325,18 @@ async fn fetch_child(
 struct Blobs {
     seen: HashSet<Digest>,
     list: Vec<Descriptor>,
+    foreign: Vec<Descriptor>,
 }
 
 impl Blobs {
     fn add(&mut self, image: &Manifest) {
         for blob in image.blobs() {
-            if self.seen.insert(blob.digest.clone()) {
+            if !self.seen.insert(blob.digest.clone()) {
+                continue;
+            }
+            if crate::oci::is_foreign_layer(&blob.media_type) {
+                self.foreign.push(blob.clone());
+            } else {
                 self.list.push(blob.clone());
             }
         }

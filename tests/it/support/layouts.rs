@@ -90,6 +90,34 @@ impl World {
             .write_blob(DOCKER_MANIFEST, &serde_json::to_vec(&m).unwrap())
     }
 
+    /// A Docker v2 image with a foreign (non-distributable) base layer, as
+    /// Windows images have: the layer is listed with `urls` and, in this
+    /// layout, also held.
+    pub fn foreign_image(&mut self, seed: &str) -> (Descriptor, Descriptor, Descriptor) {
+        let base = self
+            .corpus
+            .write_layer(&layer(&format!("{seed}-foreign"), 2200));
+        let own = self
+            .corpus
+            .write_layer(&layer(&format!("{seed}-own"), 1200));
+        let config = json!({"architecture": "amd64", "os": "windows",
+            "rootfs": {"type": "layers", "diff_ids": [base.digest, own.digest]}});
+        let c = self
+            .corpus
+            .write_blob(DOCKER_CONFIG, &serde_json::to_vec(&config).unwrap());
+        let m = json!({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+            "config": {"mediaType": DOCKER_CONFIG, "digest": c.digest, "size": c.size},
+            "layers": [
+                {"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                 "digest": base.digest, "size": base.size,
+                 "urls": ["https://foreign.invalid/base.tar.gz"]},
+                {"mediaType": DOCKER_LAYER, "digest": own.digest, "size": own.size}]});
+        let d = self
+            .corpus
+            .write_blob(DOCKER_MANIFEST, &serde_json::to_vec(&m).unwrap());
+        (d, base, own)
+    }
+
     /// An image whose config blob is one byte shorter than its descriptor says.
     pub fn short_config_image(&mut self, seed: &str) -> Descriptor {
         let l = self
