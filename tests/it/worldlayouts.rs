@@ -379,11 +379,6 @@ fn copy_takes_nested_indexes_and_docker_bodies() {
     }
 }
 
-fn blob_status(reg: &Registry, repo: &str, digest: &str) -> u16 {
-    let url = format!("{}/v2/{repo}/blobs/{digest}", reg.url());
-    http::request(None, "HEAD", &url, &[], None).unwrap().status
-}
-
 /// A foreign layer stays referenced only (its `urls` never fetched) unless
 /// the rule's `foreign_layers` copies it from where the source holds it.
 #[test]
