@@ -455,3 +455,56 @@ fn platforms_skip_single_platform_images_of_other_platforms() {
     assert_eq!(reg.digest_of("s/app", "arm"), arm.digest);
     assert_eq!(reg.try_digest_of("s/app", "amd"), None);
 }
+
+/// A layout skopeo itself writes with `skopeo copy … oci:DIR` (no tag):
+/// every image an untagged entry. All arrive, by digest, and a layout target
+/// lists them untagged too.
+#[test]
+fn a_layout_skopeo_writes_untagged_is_mirrored() {
+    let mut corpus = Corpus::new();
+    corpus.image("x", &ImageSpec::new(&[layer("sk-x", 2000)]));
+    corpus.image(
+        "y",
+        &ImageSpec::new(&[layer("sk-y", 2100)]).platform("linux", "arm64", None),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let written = dir.path().join("written");
+    for name in ["x", "y"] {
+        let out = std::process::Command::new("skopeo")
+            .args(["copy", "-q", &corpus.oci_ref(name)])
+            .arg(format!("oci:{}", written.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let entries = index_json(&written);
+    assert_eq!(entries.len(), 2, "skopeo wrote two untagged entries");
+    assert!(entries.iter().all(|e| e.get("annotations").is_none()));
+
+    let reg = Registry::start_plain();
+    let out_dir = dir.path().join("out");
+    let source = format!("oci:{}", written.display());
+    let targets = [
+        format!("{}/sk/app", reg.host()),
+        format!("oci:{}", out_dir.display()),
+    ];
+    let cfg = rule(dir.path(), &[&reg], &source, &targets, "");
+    let out = regkeeper(dir.path(), &cfg, &["sync", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    for e in &entries {
+        let d = e["digest"].as_str().unwrap();
+        let r = get(&reg, "sk/app", d);
+        assert_eq!(r.status, 200, "{d}");
+        let held = std::fs::read(written.join("blobs/sha256").join(&d[7..])).unwrap();
+        assert!(r.body == held, "{d} byte for byte");
+        assert!(entry_of(&index_json(&out_dir), d).is_some());
+    }
+    // nothing left to do
+    let again = regkeeper(dir.path(), &cfg, &["sync", "--json"]);
+    let copies = json_of(&again)["rules"][0]["copies"].to_string();
+    assert!(!copies.contains("\"create\""), "{copies}");
+}
