@@ -354,7 +354,9 @@ impl Engine {
             match r {
                 Ok(Some(r)) => resolved.push(r),
                 Ok(None) => {}
-                Err((tag, e)) if super::platforms::is_skip(&e) => skip_platform(repo, &tag, &e),
+                Err((tag, e)) if super::platforms::is_skip(&e) => {
+                    super::platforms::skip(repo, &tag, &e)
+                }
                 Err((tag, e)) => repo.errors.push(RunError::new(
                     repo.source.location(),
                     &format!("resolving tag {tag}"),
@@ -399,7 +401,9 @@ impl Engine {
                         "the source tag moved or vanished during the inventory; the next run copies it",
                     ),
                 )),
-                Err((_, e)) if super::platforms::is_skip(&e) => skip_platform(repo, &r.tag, &e),
+                Err((_, e)) if super::platforms::is_skip(&e) => {
+                    super::platforms::skip(repo, &r.tag, &e)
+                },
                 Err((_, e)) => repo.errors.push(RunError::new(
                     repo.source.location(),
                     &format!("reading tag {}", r.tag),
@@ -595,13 +599,6 @@ pub(crate) async fn resolve_source(
             ),
         ))),
     }
-}
-
-/// A tag of another platform than the rule's: a warning, not a failure.
-fn skip_platform(repo: &mut RepoInventory, tag: &str, f: &Failure) {
-    let at = repo.source.location().to_string();
-    tracing::warn!(at, tag, reason = %f.message, "tag skipped");
-    repo.warnings.push(format!("{at}: tag {tag} {}", f.message));
 }
 
 /// Records a skipped name and says so in the log.

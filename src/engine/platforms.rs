@@ -77,3 +77,10 @@ async fn platform_of(source: &Store, digest: &Digest, size: u64) -> Option<Platf
             .map(str::to_string),
     })
 }
+
+/// A tag of another platform than the rule's: a warning, not a failure.
+pub(crate) fn skip(repo: &mut super::inventory::RepoInventory, tag: &str, f: &Failure) {
+    let at = repo.source.location().to_string();
+    tracing::warn!(at, tag, reason = %f.message, "tag skipped");
+    repo.warnings.push(format!("{at}: tag {tag} {}", f.message));
+}

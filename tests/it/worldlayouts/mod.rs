@@ -13,19 +13,22 @@ use crate::support::layouts::*;
 use crate::support::*;
 use crate::sync::{header, regkeeper};
 
-const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+mod broken;
+mod table;
+
+pub(super) const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json";
 
 /// The manifest `reference` of `repo` as the registry serves it.
-fn get(reg: &Registry, repo: &str, reference: &str) -> HttpResponse {
+pub(super) fn get(reg: &Registry, repo: &str, reference: &str) -> HttpResponse {
     let url = format!("{}/v2/{repo}/manifests/{reference}", reg.url());
     http::request(None, "GET", &url, &[("Accept", ACCEPT)], None).unwrap()
 }
 
 /// Asserts the registry serves `d` by digest, byte for byte as the layout holds it.
-fn same_at(reg: &Registry, repo: &str, world: &World, d: &str) {
+pub(super) fn same_at(reg: &Registry, repo: &str, world: &World, d: &str) {
     let r = get(reg, repo, d);
     assert_eq!(r.status, 200, "{repo}@{d}: {}", r.text());
     assert!(
@@ -34,21 +37,27 @@ fn same_at(reg: &Registry, repo: &str, world: &World, d: &str) {
     );
 }
 
-fn json_of(o: &Output) -> Value {
+pub(super) fn json_of(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
 }
 
-fn index_json(dir: &Path) -> Vec<Value> {
+pub(super) fn index_json(dir: &Path) -> Vec<Value> {
     let v: Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
     v["manifests"].as_array().cloned().unwrap_or_default()
 }
 
-fn entry_of<'a>(entries: &'a [Value], digest: &str) -> Option<&'a Value> {
+pub(super) fn entry_of<'a>(entries: &'a [Value], digest: &str) -> Option<&'a Value> {
     entries.iter().find(|e| e["digest"] == digest)
 }
 
-fn rule(dir: &Path, regs: &[&Registry], source: &str, targets: &[String], extra: &str) -> String {
+pub(super) fn rule(
+    dir: &Path,
+    regs: &[&Registry],
+    source: &str,
+    targets: &[String],
+    extra: &str,
+) -> String {
     let targets: Vec<String> = targets.iter().map(|t| format!("{t:?}")).collect();
     format!(
         "{}[[rule]]\nname = \"w\"\nsource = {source:?}\ntargets = [{}]\n{extra}",
@@ -214,7 +223,7 @@ fn foreign_layouts_arrive_intact_at_a_registry_and_a_layout() {
     );
 }
 
-fn stdout_of(o: &Output) -> String {
+pub(super) fn stdout_of(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -260,60 +269,6 @@ fn platforms_filter_every_level_of_a_nested_index() {
     assert_eq!(kept, [b.digest.as_str()]);
     assert_eq!(get(&reg, "p/app", &a.digest).status, 404, "amd64 left out");
     same_at(&reg, "p/app", &w, &b.digest);
-}
-
-/// What cannot be mirrored fails only its own tag, saying why: a config one
-/// byte off its descriptor, a ref name given twice, a schema 1 manifest; a
-/// ref name that is no tag (sylabs' `_cosign:…`) is skipped with a warning;
-/// an emptied fallback index is no referrers.
-#[test]
-fn broken_shapes_fail_only_their_tag() {
-    let mut w = World::new();
-    let good = w.image("good", "linux", "amd64");
-    w.entry(desc(&good.descriptor), Some("good"));
-    let short = w.short_config_image("s");
-    w.entry(desc(&short), Some("short"));
-    let d1 = w.image("dup1", "linux", "amd64");
-    let d2 = w.image("dup2", "linux", "amd64");
-    w.entry(desc(&d1.descriptor), Some("dup"));
-    w.entry(desc(&d2.descriptor), Some("dup"));
-    let cos = w.image("cos", "linux", "amd64");
-    let cosign_name = format!("_cosign:sha256-{}.sig", &good.digest[7..]);
-    w.entry(desc(&cos.descriptor), Some(&cosign_name));
-    let v1 = br#"{"schemaVersion":1,"name":"w/app","tag":"old","architecture":"amd64","fsLayers":[],"history":[]}"#;
-    let old = w.corpus.write_blob(
-        "application/vnd.docker.distribution.manifest.v1+prettyjws",
-        v1,
-    );
-    w.entry(desc(&old), Some("old"));
-    let empty = w.corpus.write_blob(
-        MT_INDEX,
-        format!(r#"{{"schemaVersion":2,"mediaType":"{MT_INDEX}","manifests":null}}"#).as_bytes(),
-    );
-    w.entry(desc(&empty), Some(&format!("sha256-{}", &good.digest[7..])));
-
-    let reg = Registry::start_plain();
-    let dir = tempfile::tempdir().unwrap();
-    let source = format!("oci:{}", w.dir().display());
-    let targets = [format!("{}/b/app", reg.host())];
-    let cfg = rule(dir.path(), &[&reg], &source, &targets, "untagged = false\n");
-    let out = regkeeper(dir.path(), &cfg, &["sync", "--json"]);
-    assert_eq!(out.status.code(), Some(1), "partial");
-    let doc = json_of(&out);
-    let errors = doc["rules"][0]["errors"].to_string();
-    let warnings = doc["rules"][0]["warnings"].to_string();
-    assert_eq!(reg.digest_of("b/app", "good"), good.digest);
-    for tag in ["short", "dup", "old"] {
-        assert_eq!(reg.try_digest_of("b/app", tag), None, "{tag} not published");
-    }
-    assert!(
-        errors.contains("the file has") && errors.contains("its descriptor"),
-        "the size mismatch is named: {errors}"
-    );
-    assert!(errors.contains("dup twice"), "{errors}");
-    assert!(errors.contains("schema 1"), "{errors}");
-    assert!(warnings.contains("_cosign"), "{warnings}");
-    assert!(!errors.contains("lists no manifests"), "{errors}");
 }
 
 /// `untagged = false` leaves untagged entries behind; a rule that then
@@ -377,83 +332,6 @@ fn copy_takes_nested_indexes_and_docker_bodies() {
     for d in [&outer.digest, &inner.digest, &a.digest, &dock.digest] {
         same_at(&reg, "c/app", &w, d);
     }
-}
-
-/// A foreign layer stays referenced only (its `urls` never fetched) unless
-/// the rule's `foreign_layers` copies it from where the source holds it.
-#[test]
-fn foreign_layers_are_referenced_not_copied_unless_asked() {
-    let mut w = World::new();
-    let (img, base, own) = w.foreign_image("win");
-    w.entry(desc(&img), Some("win"));
-    let reg = Registry::start_plain();
-    let dir = tempfile::tempdir().unwrap();
-    let source = format!("oci:{}", w.dir().display());
-    // distribution 2.8 refuses manifests with foreign URLs unless its
-    // validation.manifests.urls.allow says otherwise: layout targets here
-    let out_dir = dir.path().join("plain");
-    let plain = rule(
-        dir.path(),
-        &[&reg],
-        &source,
-        &[format!("oci:{}", out_dir.display())],
-        "",
-    );
-    let out = regkeeper(dir.path(), &plain, &["sync"]);
-    assert_eq!(out.status.code(), Some(0));
-    let blob = |d: &str| out_dir.join("blobs/sha256").join(&d[7..]);
-    assert!(std::fs::read(blob(&img.digest)).unwrap() == w.corpus.read_blob(&img.digest));
-    assert!(!blob(&base.digest).exists(), "foreign layer not copied");
-    assert!(blob(&own.digest).exists());
-
-    let asked_dir = dir.path().join("asked");
-    let asked = rule(
-        dir.path(),
-        &[&reg],
-        &source,
-        &[format!("oci:{}", asked_dir.display())],
-        "foreign_layers = true\n",
-    );
-    let out = regkeeper(dir.path(), &asked, &["sync"]);
-    assert_eq!(out.status.code(), Some(0));
-    let blob = asked_dir.join("blobs/sha256").join(&base.digest[7..]);
-    assert!(
-        std::fs::read(blob).unwrap() == w.corpus.read_blob(&base.digest),
-        "copied when asked"
-    );
-}
-
-/// `platforms` skips a single-platform image of another platform with a
-/// warning that says why (plan and sync alike), not a failure.
-#[test]
-fn platforms_skip_single_platform_images_of_other_platforms() {
-    let mut w = World::new();
-    let amd = w.image("amd", "linux", "amd64");
-    let arm = w.image("arm", "linux", "arm64");
-    w.entry(desc(&amd.descriptor), Some("amd"));
-    w.entry(desc(&arm.descriptor), Some("arm"));
-    let reg = Registry::start_plain();
-    let dir = tempfile::tempdir().unwrap();
-    let source = format!("oci:{}", w.dir().display());
-    let targets = [format!("{}/s/app", reg.host())];
-    let cfg = rule(
-        dir.path(),
-        &[&reg],
-        &source,
-        &targets,
-        "platforms = [\"linux/arm64\"]\n",
-    );
-    for cmd in ["plan", "sync"] {
-        let out = regkeeper(dir.path(), &cfg, &[cmd, "--json"]);
-        assert_eq!(out.status.code(), Some(0), "{cmd}");
-        let warnings = json_of(&out)["rules"][0]["warnings"].to_string();
-        assert!(
-            warnings.contains("tag amd") && warnings.contains("linux/amd64"),
-            "{cmd}: {warnings}"
-        );
-    }
-    assert_eq!(reg.digest_of("s/app", "arm"), arm.digest);
-    assert_eq!(reg.try_digest_of("s/app", "amd"), None);
 }
 
 /// A layout skopeo itself writes with `skopeo copy … oci:DIR` (no tag):
