@@ -47,6 +47,7 @@ impl Engine {
             repo.source_tags.iter().flatten().collect::<HashSet<_>>();
         let ctx = Discover {
             source: &repo.source,
+            by_subject: tokio::sync::OnceCell::new(),
             source_tags: &source_tags,
             types: &rule.referrers_artifact_types,
             held: AtomicUsize::new(0),
@@ -119,6 +120,8 @@ fn subjects(repo: &RepoInventory) -> Vec<(Digest, Digest)> {
 /// What discovery at the source needs.
 struct Discover<'a> {
     source: &'a Store,
+    /// An `oci:` source's referrers by subject, read once per walk.
+    by_subject: tokio::sync::OnceCell<HashMap<Digest, Vec<Value>>>,
     /// The source's tags: a fallback index is asked only where it is listed.
     source_tags: &'a HashSet<&'a String>,
     /// `referrers_artifact_types` (empty: all).
@@ -259,12 +262,20 @@ impl Discover<'_> {
     /// `subject` (the way oras, notation and regclient store them), of the
     /// wanted types; none for a registry.
     async fn listed_by_subject(&self, subject: &Digest) -> Result<Vec<Value>, Failure> {
-        let list = self
-            .source
-            .referrers_by_subject(subject)
-            .await
-            .map_err(source_failure)?;
-        Ok(list.into_iter().filter(|e| self.wanted(e)).collect())
+        let by_subject = self
+            .by_subject
+            .get_or_try_init(|| async {
+                self.source
+                    .referrers_by_subject()
+                    .await
+                    .map_err(source_failure)
+            })
+            .await?;
+        let list = by_subject
+            .get(subject)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        Ok(list.iter().filter(|e| self.wanted(e)).cloned().collect())
     }
 
     fn wanted(&self, e: &Value) -> bool {

@@ -247,13 +247,13 @@ impl Store {
         }
     }
 
-    /// The referrers of `subject` a layout lists in `index.json` (by their
+    /// The referrers a layout lists in `index.json`, by subject (their
     /// manifests' `subject`, as oras, notation and regclient store them);
     /// none for a registry (its API or fallback index says).
-    pub async fn referrers_by_subject(&self, subject: &Digest) -> Result<Vec<serde_json::Value>> {
+    pub async fn referrers_by_subject(&self) -> Result<HashMap<Digest, Vec<serde_json::Value>>> {
         match self {
-            Store::Remote(_) => Ok(Vec::new()),
-            Store::Layout(s) => s.referrers_by_subject(subject).await,
+            Store::Remote(_) => Ok(HashMap::new()),
+            Store::Layout(s) => s.referrers_by_subject().await,
         }
     }
 

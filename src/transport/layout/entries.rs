@@ -4,6 +4,8 @@
 //! regclient store there (an entry whose manifest has a `subject`). Read as
 //! entry points and referrers; written the way those tools write them.
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value};
 
 use super::super::Result;
@@ -117,13 +119,13 @@ impl LayoutRepo {
         Ok(())
     }
 
-    /// The referrers of `subject` this layout lists in `index.json` (at
-    /// its top level, or inside an index listed there): manifests whose
-    /// `subject` is it, as referrers-list descriptors (media type, digest,
-    /// size, `artifactType`, annotations).
-    pub async fn referrers_by_subject(&self, subject: &Digest) -> Result<Vec<Value>> {
+    /// The referrers this layout lists in `index.json` (at its top level,
+    /// or inside an index listed there), by subject: manifests with a
+    /// `subject`, as referrers-list descriptors (media type, digest, size,
+    /// `artifactType`, annotations). One scan for the whole layout.
+    pub async fn referrers_by_subject(&self) -> Result<HashMap<Digest, Vec<Value>>> {
         let Some(index) = self.read_index().await? else {
-            return Ok(Vec::new());
+            return Ok(HashMap::new());
         };
         let mut queue: Vec<Digest> = manifests(&index)
             .iter()
@@ -131,7 +133,7 @@ impl LayoutRepo {
             .filter_map(|d| Digest::parse(d).ok())
             .collect();
         let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::new();
+        let mut out: HashMap<Digest, Vec<Value>> = HashMap::new();
         let mut scanned = 0;
         while let Some(d) = queue.pop() {
             if !seen.insert(d.clone()) || scanned >= MAX_SCANNED {
@@ -147,11 +149,14 @@ impl LayoutRepo {
             if let Manifest::Index { manifests, .. } = &m {
                 queue.extend(manifests.iter().map(|c| c.digest.clone()));
             }
-            if m.subject().is_some_and(|s| s.digest == *subject) {
-                out.push(referrer_descriptor(&raw, &media, &m));
+            if let Some(subject) = m.subject() {
+                let list = out.entry(subject.digest.clone()).or_default();
+                list.push(referrer_descriptor(&raw, &media, &m));
             }
         }
-        out.sort_by(|a, b| entry_digest(a).cmp(&entry_digest(b)));
+        for list in out.values_mut() {
+            list.sort_by(|a, b| entry_digest(a).cmp(&entry_digest(b)));
+        }
         Ok(out)
     }
 }
