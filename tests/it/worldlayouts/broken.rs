@@ -164,3 +164,44 @@ fn indexes_nested_too_deep_fail_their_tag() {
     assert_eq!(reg.try_digest_of("d/app", "deep"), None);
     assert_eq!(reg.digest_of("d/app", "fine"), ok.digest);
 }
+
+/// A blob the target already holds is not read again, so its size is
+/// checked at the source: a config one byte short of its descriptor is
+/// never published, even where the target has the config.
+#[test]
+fn a_size_mismatch_fails_even_where_the_target_holds_the_blob() {
+    let mut w = World::new();
+    let short = w.short_config_image("held");
+    w.entry(desc(&short), Some("short"));
+    let body: serde_json::Value =
+        serde_json::from_slice(&w.corpus.read_blob(&short.digest)).unwrap();
+    let config = body["config"]["digest"].as_str().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(out.join("blobs/sha256")).unwrap();
+    std::fs::write(out.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        out.join("index.json"),
+        br#"{"schemaVersion":2,"manifests":[]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        out.join("blobs/sha256").join(&config[7..]),
+        w.corpus.read_blob(&config),
+    )
+    .unwrap();
+    let reg = Registry::start_plain();
+    let source = format!("oci:{}", w.dir().display());
+    let cfg = rule(
+        dir.path(),
+        &[&reg],
+        &source,
+        &[format!("oci:{}", out.display())],
+        "",
+    );
+    let run = regkeeper(dir.path(), &cfg, &["sync", "--json"]);
+    assert_eq!(run.status.code(), Some(1));
+    let errors = json_of(&run)["rules"][0]["errors"].to_string();
+    assert!(errors.contains("its descriptor"), "{errors}");
+    assert!(index_json(&out).is_empty(), "nothing tagged");
+}
