@@ -161,6 +161,14 @@ impl Store {
         dispatch!(self, s => s.blob_exists(digest).await)
     }
 
+    /// Whether the store holds the blob, and its size where known.
+    pub async fn blob_len(&self, digest: &Digest) -> Result<Option<Option<u64>>> {
+        match self {
+            Store::Remote(s) => s.blob_len(digest).await,
+            Store::Layout(s) => Ok(s.blob_size(digest).await?.map(Some)),
+        }
+    }
+
     /// The size of a blob a layout holds (`None`: absent, or a registry,
     /// whose blobs are checked as they are read).
     pub async fn local_blob_size(&self, digest: &Digest) -> Result<Option<u64>> {

@@ -205,3 +205,46 @@ fn a_size_mismatch_fails_even_where_the_target_holds_the_blob() {
     assert!(errors.contains("its descriptor"), "{errors}");
     assert!(index_json(&out).is_empty(), "nothing tagged");
 }
+
+/// The same from a registry source: a descriptor that contradicts the
+/// blob's size fails the image, which is never published.
+#[test]
+fn a_registry_source_descriptor_off_by_one_is_never_published() {
+    use crate::support::ferro::{push_blob, put_manifest};
+    let src = Registry::start_plain();
+    let dst = Registry::start_plain();
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let layer = b"registry-source-layer-bytes".repeat(40);
+    for reg in [&src, &dst] {
+        push_blob(&reg.url(), "r/app", config);
+        push_blob(&reg.url(), "r/app", &layer);
+    }
+    let m = serde_json::json!({"schemaVersion": 2, "mediaType": crate::support::corpus::MT_MANIFEST,
+        "config": {"mediaType": crate::support::corpus::MT_CONFIG,
+            "digest": sha256_digest(config), "size": config.len() + 1},
+        "layers": [{"mediaType": crate::support::corpus::MT_LAYER,
+            "digest": sha256_digest(&layer), "size": layer.len()}]});
+    let bytes = serde_json::to_vec(&m).unwrap();
+    put_manifest(
+        &src.url(),
+        "r/app",
+        "v1",
+        crate::support::corpus::MT_MANIFEST,
+        &bytes,
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = rule(
+        dir.path(),
+        &[&src, &dst],
+        &format!("{}/r/app", src.host()),
+        &[format!("{}/r/app", dst.host())],
+        "",
+    );
+    let run = regkeeper(dir.path(), &cfg, &["sync", "--json"]);
+    assert_eq!(run.status.code(), Some(1));
+    let errors = json_of(&run)["rules"][0]["errors"].to_string();
+    assert!(errors.contains("descriptor"), "{errors}");
+    assert_eq!(get(&dst, "r/app", "v1").status, 404, "never published");
+}
