@@ -27,6 +27,23 @@ application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json";
 
+/// Why a Docker schema 1 manifest is refused, and what to do about it.
+pub const SCHEMA1: &str = "a Docker schema 1 manifest (image format deprecated since Docker \
+1.10, refused by current registries and runtimes); it is not copied: rebuild or re-push the \
+image with a current Docker or buildah, which write schema 2";
+
+fn is_schema1(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.docker.distribution.manifest.v1")
+}
+
+/// A non-distributable layer (Docker's foreign layers, OCI's deprecated
+/// `nondistributable` types): registries accept a manifest that lists it
+/// without holding it, and runtimes fetch it from its `urls`.
+pub fn is_foreign_layer(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.docker.image.rootfs.foreign.")
+        || media_type.starts_with("application/vnd.oci.image.layer.nondistributable.")
+}
+
 pub fn is_index(media_type: &str) -> bool {
     media_type == OCI_INDEX || media_type == DOCKER_LIST
 }
@@ -202,35 +219,33 @@ struct WireManifest {
 
 impl Manifest {
     /// Parses raw manifest bytes. `media_type` is the one the registry (or
-    /// the layout descriptor) declared; the body's own `mediaType` wins when
-    /// present.
+    /// the layout descriptor) declared; it is only named in errors. The
+    /// returned media type is the one the body declares (`mediaType`), or,
+    /// when it has none, the one its shape implies (an OCI index when it has
+    /// `manifests`, else an OCI image manifest: Docker's types require the
+    /// field), never one the body contradicts: that is what a registry
+    /// accepts the bytes as.
     pub fn parse(media_type: &str, bytes: &[u8]) -> Result<(String, Manifest), ManifestError> {
         let err = |reason: String| ManifestError {
             media_type: media_type.to_string(),
             reason,
         };
         let wire: WireManifest = serde_json::from_slice(bytes).map_err(|e| err(e.to_string()))?;
-        if wire.schema_version == Some(1) {
-            return Err(err("schema 1 manifests are not supported".into()));
+        if wire.schema_version == Some(1) || wire.media_type.as_deref().is_some_and(is_schema1) {
+            return Err(err(SCHEMA1.into()));
         }
-        let declared = wire
-            .media_type
-            .clone()
-            .unwrap_or_else(|| media_type.to_string());
-        let media = if declared.is_empty() {
-            if wire.manifests.is_some() {
-                OCI_INDEX.to_string()
-            } else {
-                OCI_MANIFEST.to_string()
-            }
-        } else {
-            declared
+        let media = match wire.media_type.filter(|m| !m.is_empty()) {
+            Some(declared) => declared,
+            None if wire.manifests.is_some() => OCI_INDEX.to_string(),
+            None => OCI_MANIFEST.to_string(),
         };
-        if let Some(manifests) = wire.manifests {
+        // `"manifests": null` (or none at all) in an index: an empty list, as
+        // an empty fallback index written by go-containerregistry has it.
+        if wire.manifests.is_some() || (is_index(&media) && wire.config.is_none()) {
             return Ok((
                 media,
                 Manifest::Index {
-                    manifests,
+                    manifests: wire.manifests.unwrap_or_default(),
                     subject: wire.subject,
                 },
             ));
@@ -569,6 +584,41 @@ mod tests {
         let (mt, m) = Manifest::parse("", idx).unwrap();
         assert_eq!(mt, OCI_INDEX);
         assert!(matches!(m, Manifest::Index { ref manifests, .. } if manifests.len() == 1));
+    }
+
+    #[test]
+    fn the_body_says_what_a_manifest_is_never_its_descriptor() {
+        let z = "0".repeat(64);
+        let docker = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"sha256:{z}","size":2}},"layers":[]}}"#
+        );
+        assert_eq!(
+            Manifest::parse(OCI_MANIFEST, docker.as_bytes()).unwrap().0,
+            DOCKER_MANIFEST
+        );
+        let bare = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"sha256:{z}","size":2}}}}"#
+        );
+        assert_eq!(
+            Manifest::parse(DOCKER_MANIFEST, bare.as_bytes()).unwrap().0,
+            OCI_MANIFEST
+        );
+        let list = r#"{"schemaVersion":2,"manifests":[]}"#;
+        assert_eq!(
+            Manifest::parse(DOCKER_LIST, list.as_bytes()).unwrap().0,
+            OCI_INDEX
+        );
+        // an emptied fallback index: `manifests` null, or absent
+        for empty in [
+            format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":null}}"#),
+            format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}"}}"#),
+        ] {
+            let (_, m) = Manifest::parse("", empty.as_bytes()).unwrap();
+            assert!(matches!(m, Manifest::Index { ref manifests, .. } if manifests.is_empty()));
+        }
+        let v1 = r#"{"schemaVersion":1,"name":"x","tag":"1","fsLayers":[]}"#;
+        let e = Manifest::parse("", v1.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("schema 1") && e.contains("re-push"), "{e}");
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub(crate) enum Write {
     /// pushed by digest; `depth` 1 refers to a copied image, 2 to such a
     /// referrer, ...: each depth is written after the one before.
     Referrer { depth: u32 },
+    /// An untagged top-level manifest of an `oci:` source, pushed by
+    /// digest (listed untagged in a layout target's `index.json`).
+    Entry,
     /// The `sha256-<hex>` index listing a subject's referrers at a target
     /// without the API: the target's own entries plus the missing ones.
     FallbackIndex(RawManifest),
@@ -92,7 +95,7 @@ impl TagPlan {
     /// by depth, then fallback indexes (which list what was pushed before).
     pub(crate) fn stage(&self) -> u32 {
         match (&self.write, self.referrer) {
-            (Write::Tag, false) => 0,
+            (Write::Tag, false) | (Write::Entry, _) => 0,
             (Write::Tag, true) => 1,
             (Write::Referrer { depth }, _) => 1 + depth,
             (Write::FallbackIndex(_), _) => u32::MAX,

@@ -98,6 +98,12 @@ pub struct Rule {
     /// Only referrers of these artifact types are copied; empty = all.
     pub referrers_artifact_types: Vec<String>,
     pub immutable: bool,
+    /// An `oci:` source's untagged top-level manifests (index.json entries
+    /// without a ref name) are copied too, by digest.
+    pub untagged: bool,
+    /// Non-distributable (foreign) layers are copied where the source
+    /// holds them; by default they are not, and never fetched from `urls`.
+    pub foreign_layers: bool,
     pub retention: Option<Retention>,
     /// `[rule.verify]`, or the source registry's `verify`: only images
     /// signed as it says are copied.

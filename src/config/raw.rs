@@ -64,6 +64,8 @@ pub(crate) struct RawDefaults {
     pub referrers: Option<bool>,
     pub referrers_artifact_types: Option<Vec<Str>>,
     pub immutable: Option<bool>,
+    pub untagged: Option<bool>,
+    pub foreign_layers: Option<bool>,
 }
 
 /// Keys of `[defaults]` that belong to one rule only.
@@ -85,6 +87,8 @@ pub(crate) struct RawRule {
     pub referrers: Option<bool>,
     pub referrers_artifact_types: Option<Vec<Str>>,
     pub immutable: Option<bool>,
+    pub untagged: Option<bool>,
+    pub foreign_layers: Option<bool>,
 }
 
 impl RawRule {
@@ -97,6 +101,8 @@ impl RawRule {
             referrers: self.referrers.take(),
             referrers_artifact_types: self.referrers_artifact_types.take(),
             immutable: self.immutable.take(),
+            untagged: self.untagged.take(),
+            foreign_layers: self.foreign_layers.take(),
         }
     }
 }

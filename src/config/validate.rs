@@ -140,6 +140,8 @@ struct Common {
     referrers: Option<bool>,
     referrers_artifact_types: Option<Vec<String>>,
     immutable: Option<bool>,
+    untagged: Option<bool>,
+    foreign_layers: Option<bool>,
 }
 
 impl Common {
@@ -157,6 +159,8 @@ impl Common {
                 .referrers_artifact_types
                 .or_else(|| defaults.referrers_artifact_types.clone()),
             immutable: self.immutable.or(defaults.immutable),
+            untagged: self.untagged.or(defaults.untagged),
+            foreign_layers: self.foreign_layers.or(defaults.foreign_layers),
         }
     }
 }
@@ -485,6 +489,8 @@ impl Loader<'_, '_> {
                 .referrers_artifact_types
                 .map(|l| l.into_iter().map(|t| t.into_inner()).collect()),
             immutable: raw.immutable,
+            untagged: raw.untagged,
+            foreign_layers: raw.foreign_layers,
         }
     }
 

@@ -4,11 +4,13 @@
 //! lacks it), then child manifests, then the root manifest and its tag.
 //!
 //! Split by concern: `tracker.rs` (what each target registry holds, shared
-//! by every run of the engine), `tree.rs` (reading the tree at the source), `transfer.rs` (one blob
+//! by every run of the engine), `tree.rs` (reading the tree at the source), `nested.rs` (the platform
+//! filter at every level of nested indexes), `transfer.rs` (one blob
 //! streamed to several targets, resumable uploads), `image.rs` (one tree
 //! copied to its targets); this file holds the copier, errors and counters.
 
 mod image;
+mod nested;
 mod progress;
 mod tracker;
 mod transfer;
@@ -29,6 +31,7 @@ use crate::transport::{ErrorClass, Side, Store, TransportError};
 
 use super::report::Failure;
 
+pub(crate) use nested::{FilterError, filter_tree};
 pub use progress::{BlobBytes, BlobProgress};
 pub use tracker::BlobTracker;
 use tracker::Claim;

@@ -75,6 +75,12 @@ pub(crate) struct RepoInventory {
     pub referrer_manifests: HashMap<Digest, RawManifest>,
     /// With `[rule.verify]`: tags refused, with why (`engine/verify.rs`).
     pub refused: HashMap<String, (crate::verify::Refusal, String)>,
+    /// An `oci:` source's untagged entry points (`entries.rs`).
+    pub entries: Vec<super::entries::SourceEntry>,
+    /// The rule's `foreign_layers`: copy non-distributable layers the source holds.
+    pub foreign_layers: bool,
+    /// Tags skipped for a reason that is no failure (another platform).
+    pub warnings: Vec<String>,
     pub targets: Vec<TargetInventory>,
     /// Targets whose tag list could not be read: (as configured, where).
     pub failed_targets: Vec<(String, Location)>,
@@ -205,6 +211,9 @@ impl Engine {
             referrers: Vec::new(),
             referrer_manifests: HashMap::new(),
             refused: HashMap::new(),
+            entries: Vec::new(),
+            foreign_layers: rule.foreign_layers,
+            warnings: Vec::new(),
             targets: Vec::new(),
             failed_targets: Vec::new(),
             considered: Vec::new(),
@@ -247,6 +256,23 @@ impl Engine {
         self.resolve_tags(rule, &mut repo, &selected, false, budget)
             .await;
         repo.considered = selected.clone();
+        if rule.untagged && rule.verify.is_none() {
+            self.inventory_entries(rule, &mut repo, budget).await;
+        } else if rule.untagged {
+            // Untagged entry points are not verified yet: none is copied
+            // under `[rule.verify]`, rather than one unverified.
+            if repo
+                .source
+                .untagged_entries()
+                .await
+                .is_ok_and(|l| !l.is_empty())
+            {
+                repo.warnings.push(format!(
+                    "{}: untagged entries are not mirrored by a rule with [rule.verify] (they are not verified)",
+                    repo.source.location()
+                ));
+            }
+        }
         let mut signed = HashSet::new();
         if let Some(policy) = &rule.verify {
             let listed: HashSet<String> = all_tags.iter().cloned().collect();
@@ -395,6 +421,9 @@ impl Engine {
             match r {
                 Ok(Some(r)) => resolved.push(r),
                 Ok(None) => {}
+                Err((tag, e)) if super::platforms::is_skip(&e) => {
+                    super::platforms::skip(repo, &tag, &e)
+                }
                 Err((tag, e)) => repo.errors.push(RunError::new(
                     repo.source.location(),
                     &format!("resolving tag {tag}"),
@@ -439,6 +468,9 @@ impl Engine {
                         "the source tag moved or vanished during the inventory; the next run copies it",
                     ),
                 )),
+                Err((_, e)) if super::platforms::is_skip(&e) => {
+                    super::platforms::skip(repo, &r.tag, &e)
+                },
                 Err((_, e)) => repo.errors.push(RunError::new(
                     repo.source.location(),
                     &format!("reading tag {}", r.tag),

@@ -7,10 +7,12 @@
 
 mod budget;
 pub mod copy;
+mod entries;
 mod execute;
 mod fresh;
 mod inventory;
 mod mode;
+mod platforms;
 mod referrer_exec;
 mod referrer_plan;
 mod referrers;
@@ -382,14 +384,11 @@ impl Engine {
         let mut empty_selections = Vec::new();
         for repo in &inv.repos {
             report.errors.extend(repo.errors.iter().cloned());
+            report.warnings.extend(repo.warnings.iter().cloned());
             report.tags_selected += repo.selected;
             report.tags_unreachable += repo.selected * repo.unreadable_targets;
-            let listed = repo.source_tags.as_ref().map_or(0, Vec::len);
-            if listed > 0 && repo.selected == 0 {
-                empty_selections.push(format!(
-                    "{}: the tag filters select 0 of {listed} tags",
-                    repo.source.location()
-                ));
+            if let (Some(listed), 0) = (&repo.source_tags, repo.selected) {
+                empty_selections.push(entries::nothing_selected(repo, listed.len()));
             }
         }
         if !empty_selections.is_empty() {
@@ -474,6 +473,7 @@ fn repo_facts(repo: &RepoInventory) -> RepoFacts {
         tags: repo.tags.clone(),
         referrers: repo.referrers.clone(),
         refused: repo.refused.clone(),
+        entries: repo.entries.clone(),
         targets: repo
             .targets
             .iter()

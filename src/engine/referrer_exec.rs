@@ -80,15 +80,40 @@ pub(super) async fn tree_of(repo: &RepoInventory, plan: &TagPlan) -> Result<Imag
                 root: raw.clone(),
                 children: Vec::new(),
                 blobs: Vec::new(),
+                foreign: Vec::new(),
+                entry: None,
             });
         }
         Write::Tag => repo.manifests.get(&plan.tag),
         Write::Referrer { .. } => repo.referrer_manifests.get(&plan.digest),
+        Write::Entry => repo
+            .entries
+            .iter()
+            .map(|e| &e.manifest)
+            .find(|m| m.digest == plan.digest),
     };
     let root = root
         .cloned()
         .ok_or_else(|| Failure::new(ErrorClass::Other, "the inventory holds no manifest for it"))?;
-    copy::expand(&repo.source, root)
+    let mut tree = copy::expand(&repo.source, root)
         .await
-        .map_err(|e| Failure::new(e.class(Side::Source), e))
+        .map_err(|e| Failure::new(e.class(Side::Source), e))?;
+    tree.entry = match &plan.write {
+        Write::Entry => repo
+            .entries
+            .iter()
+            .find(|e| e.manifest.digest == plan.digest)
+            .map(|e| e.descriptor.clone()),
+        Write::Referrer { .. } => repo
+            .referrers
+            .iter()
+            .find(|r| r.digest == plan.digest)
+            .map(|r| r.entry.clone()),
+        _ => None,
+    };
+    if repo.foreign_layers {
+        let read = |e: copy::CopyError| Failure::new(e.class(Side::Source), e);
+        tree.take_foreign(&repo.source).await.map_err(read)?;
+    }
+    Ok(tree)
 }

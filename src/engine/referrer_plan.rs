@@ -62,7 +62,7 @@ pub(crate) fn plan_referrers(
     let present: Vec<HashSet<&Digest>> = (0..targets.len())
         .map(|k| {
             tags.iter()
-                .filter(|p| matches!(p.write, Write::Tag))
+                .filter(|p| matches!(p.write, Write::Tag | Write::Entry))
                 .filter(|p| {
                     p.targets
                         .get(k)

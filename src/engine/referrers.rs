@@ -47,6 +47,7 @@ impl Engine {
             repo.source_tags.iter().flatten().collect::<HashSet<_>>();
         let ctx = Discover {
             source: &repo.source,
+            by_subject: tokio::sync::OnceCell::new(),
             source_tags: &source_tags,
             types: &rule.referrers_artifact_types,
             held: AtomicUsize::new(0),
@@ -95,6 +96,10 @@ fn subjects(repo: &RepoInventory) -> Vec<(Digest, Digest)> {
         .tags
         .iter()
         .map(|t| (t.digest.clone(), t.digest.clone()))
+        .chain(repo.entries.iter().map(|e| {
+            let d = &e.manifest.digest;
+            (d.clone(), d.clone())
+        }))
         .collect();
     for raw in repo.manifests.values() {
         if let Ok((_, Manifest::Index { manifests, .. })) =
@@ -115,6 +120,8 @@ fn subjects(repo: &RepoInventory) -> Vec<(Digest, Digest)> {
 /// What discovery at the source needs.
 struct Discover<'a> {
     source: &'a Store,
+    /// An `oci:` source's referrers by subject, read once per walk.
+    by_subject: tokio::sync::OnceCell<HashMap<Digest, Vec<Value>>>,
     /// The source's tags: a fallback index is asked only where it is listed.
     source_tags: &'a HashSet<&'a String>,
     /// `referrers_artifact_types` (empty: all).
@@ -190,7 +197,13 @@ impl Discover<'_> {
     async fn referrers_of(&self, subject: &Digest) -> Result<Found, Failure> {
         let entries = match self.ask_api(subject).await? {
             Some(list) => list,
-            None => self.read_fallback(subject).await?,
+            None => {
+                let mut list = self.read_fallback(subject).await?;
+                list.extend(self.listed_by_subject(subject).await?);
+                let mut seen = HashSet::new();
+                list.retain(|e| seen.insert(e.get("digest").cloned()));
+                list
+            }
         };
         futures_util::stream::iter(entries)
             .map(|entry| self.fetch(entry))
@@ -245,6 +258,33 @@ impl Discover<'_> {
         Ok(Some(all))
     }
 
+    /// The referrers an `oci:` source lists in `index.json` by their
+    /// `subject` (the way oras, notation and regclient store them), of the
+    /// wanted types; none for a registry.
+    async fn listed_by_subject(&self, subject: &Digest) -> Result<Vec<Value>, Failure> {
+        let by_subject = self
+            .by_subject
+            .get_or_try_init(|| async {
+                self.source
+                    .referrers_by_subject()
+                    .await
+                    .map_err(source_failure)
+            })
+            .await?;
+        let list = by_subject
+            .get(subject)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        Ok(list.iter().filter(|e| self.wanted(e)).cloned().collect())
+    }
+
+    fn wanted(&self, e: &Value) -> bool {
+        self.types.is_empty()
+            || e.get("artifactType")
+                .and_then(Value::as_str)
+                .is_some_and(|t| self.types.iter().any(|w| w == t))
+    }
+
     /// The entries of the source's `sha256-<hex>` index, of the wanted types.
     async fn read_fallback(&self, subject: &Digest) -> Result<Vec<Value>, Failure> {
         let tag = fallback_tag(subject);
@@ -260,15 +300,7 @@ impl Discover<'_> {
             return Ok(Vec::new());
         };
         let entries = index_entries(&raw)?;
-        Ok(entries
-            .into_iter()
-            .filter(|e| {
-                self.types.is_empty()
-                    || e.get("artifactType")
-                        .and_then(Value::as_str)
-                        .is_some_and(|t| self.types.iter().any(|w| w == t))
-            })
-            .collect())
+        Ok(entries.into_iter().filter(|e| self.wanted(e)).collect())
     }
 }
 
@@ -334,8 +366,10 @@ fn index_entries(raw: &RawManifest) -> Result<Vec<Value>, Failure> {
             raw.digest
         ))),
         Some(Value::Array(a)) => Ok(a.clone()),
+        // What is left once every referrer was deleted: no referrers.
+        None | Some(Value::Null) => Ok(Vec::new()),
         _ => Err(invalid(format!(
-            "fallback index {} lists no manifests",
+            "fallback index {}: `manifests` is not a list",
             raw.digest
         ))),
     }

@@ -138,12 +138,18 @@ pub(crate) async fn resolve_source(
             None => return Ok(None),
         }
     };
-    let filtered = super::copy::filter_index(&raw, platforms).map_err(|e| {
-        err(Failure::new(
-            ErrorClass::InvalidInput,
-            format!("index {}: {e}", raw.digest),
-        ))
-    })?;
+    super::platforms::check(source, &raw, platforms)
+        .await
+        .map_err(err)?;
+    let filtered = super::copy::filter_tree(source, &raw, platforms)
+        .await
+        .map_err(|e| match e {
+            super::copy::FilterError::Source(e) => read(e),
+            super::copy::FilterError::Refused(e) => err(Failure::new(
+                ErrorClass::InvalidInput,
+                format!("index {}: {e}", raw.digest),
+            )),
+        })?;
     match filtered {
         Some(m) => Ok(Some((m.digest.clone(), Some(m)))),
         None => Err(err(Failure::new(

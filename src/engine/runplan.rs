@@ -46,6 +46,8 @@ pub(crate) struct RepoFacts {
     pub referrers: Vec<SourceReferrer>,
     /// Tags `[rule.verify]` refused, with why: never copied.
     pub refused: HashMap<String, (crate::verify::Refusal, String)>,
+    /// An `oci:` source's untagged entry points (`entries.rs`).
+    pub entries: Vec<super::entries::SourceEntry>,
     pub targets: Vec<TargetFacts>,
 }
 
@@ -101,6 +103,7 @@ pub(crate) fn plan_rule(facts: &RuleFacts<'_>) -> RulePlan {
     }
     // Referrers last: they follow their images as retention left them.
     for (plans, repo) in copies.iter_mut().zip(&facts.repos) {
+        plans.extend(super::entries::plan_entries(&repo.entries, &repo.targets));
         let referrers = plan_referrers(&repo.referrers, &repo.targets, plans);
         plans.extend(referrers);
     }

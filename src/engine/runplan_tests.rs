@@ -155,6 +155,7 @@ fn run(c: &Case) -> RulePlan {
                     )
                 })
                 .collect(),
+            entries: Vec::new(),
             targets: vec![target],
         }],
         retention_inputs: c.retention.iter().map(|_| read("app", &c.target)).collect(),
@@ -331,6 +332,7 @@ fn an_incomplete_reading_deletes_nothing_and_copies_everything() {
                     )
                 })
                 .collect(),
+            entries: Vec::new(),
             targets: vec![target],
         }],
         retention_inputs: vec![RepoInput::incomplete(

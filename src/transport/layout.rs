@@ -24,9 +24,10 @@
 //! creating the layout skeleton); `blobs.rs` reads, writes (size and digest
 //! checked) and mounts blobs; `manifests.rs` is the manifest operations of a
 //! `Store` (by tag or digest); `atomic.rs` is the temporary-file-and-rename
-//! write and the shared I/O error helpers; `discover.rs` finds the layouts
-//! under a directory; `sweep.rs` removes temporary files a killed writer
-//! left. This file holds the repository type and what they all
+//! write and the shared I/O error helpers; `entries.rs` the entries
+//! without a ref name (untagged entry points, referrers by subject);
+//! `discover.rs` finds the layouts under a directory; `sweep.rs` removes
+//! temporary files a killed writer left. This file holds the repository type and what they all
 //! share.
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ mod atomic;
 mod blobs;
 mod confine;
 mod discover;
+mod entries;
 mod index;
 mod manifests;
 mod sweep;

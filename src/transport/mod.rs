@@ -174,6 +174,23 @@ impl Store {
         dispatch!(self, s => s.blob_exists(digest).await)
     }
 
+    /// Whether the store holds the blob, and its size where known.
+    pub async fn blob_len(&self, digest: &Digest) -> Result<Option<Option<u64>>> {
+        match self {
+            Store::Remote(s) => s.blob_len(digest).await,
+            Store::Layout(s) => Ok(s.blob_size(digest).await?.map(Some)),
+        }
+    }
+
+    /// The size of a blob a layout holds (`None`: absent, or a registry,
+    /// whose blobs are checked as they are read).
+    pub async fn local_blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        match self {
+            Store::Remote(_) => Ok(None),
+            Store::Layout(s) => s.blob_size(digest).await,
+        }
+    }
+
     /// The blob's bytes as a stream, not yet verified (wrap in [`crate::oci::Verified`]).
     pub async fn get_blob(&self, digest: &Digest, size: u64) -> Result<ByteStream> {
         dispatch!(self, s => s.get_blob(digest, size).await)
@@ -217,6 +234,47 @@ impl Store {
         match self {
             Store::Remote(s) => s.referrers(subject, artifact_type).await,
             Store::Layout(_) => Ok(None),
+        }
+    }
+
+    /// An `oci:` layout's untagged top-level manifests (`index.json`
+    /// entries without a ref name), as descriptors; none for a registry.
+    pub async fn untagged_entries(&self) -> Result<Vec<serde_json::Value>> {
+        match self {
+            Store::Remote(_) => Ok(Vec::new()),
+            Store::Layout(s) => s.untagged_entries().await,
+        }
+    }
+
+    /// Whether the store holds `digest` as a top-level manifest: a layout
+    /// lists it in `index.json`; a registry has it.
+    pub async fn has_entry(&self, digest: &Digest) -> Result<bool> {
+        match self {
+            Store::Remote(s) => Ok(s.resolve(digest.as_str()).await?.is_some()),
+            Store::Layout(s) => s.has_entry(digest).await,
+        }
+    }
+
+    /// Pushes `manifest` by digest; a layout also lists it in `index.json`
+    /// without a ref name, under `descriptor` (see `LayoutRepo::put_entry`).
+    pub async fn put_entry(
+        &self,
+        manifest: &RawManifest,
+        descriptor: &serde_json::Value,
+    ) -> Result<()> {
+        match self {
+            Store::Remote(s) => s.put_manifest(manifest.digest.as_str(), manifest).await,
+            Store::Layout(s) => s.put_entry(manifest, descriptor).await,
+        }
+    }
+
+    /// The referrers a layout lists in `index.json`, by subject (their
+    /// manifests' `subject`, as oras, notation and regclient store them);
+    /// none for a registry (its API or fallback index says).
+    pub async fn referrers_by_subject(&self) -> Result<HashMap<Digest, Vec<serde_json::Value>>> {
+        match self {
+            Store::Remote(_) => Ok(HashMap::new()),
+            Store::Layout(s) => s.referrers_by_subject().await,
         }
     }
 

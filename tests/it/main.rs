@@ -30,3 +30,4 @@ mod untagged;
 mod untrusted;
 mod userdocs;
 mod verify;
+mod worldlayouts;

@@ -131,6 +131,8 @@ impl Loader<'_, '_> {
             referrers: common.referrers.unwrap_or(true),
             referrers_artifact_types: common.referrers_artifact_types.unwrap_or_default(),
             immutable: common.immutable.unwrap_or(false),
+            untagged: common.untagged.unwrap_or(true),
+            foreign_layers: common.foreign_layers.unwrap_or(false),
             retention,
             verify,
         }

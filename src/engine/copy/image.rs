@@ -69,7 +69,7 @@ impl Copier {
         // A repository that did not exist holds nothing a HEAD could find,
         // unless this process put the blob there (a concurrent run may have).
         let fresh = self.is_fresh(target.location()) && !guard.known_here;
-        if !fresh && target.blob_exists(&blob.digest).await? {
+        if !fresh && present_as_described(target, blob).await? {
             guard.succeed();
             self.stats.blobs_skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(Need::Present);
@@ -281,8 +281,13 @@ impl Copier {
             target.put_manifest(child.digest.as_str(), child).await?;
             self.stats.manifests_pushed.fetch_add(1, Ordering::Relaxed);
         }
-        let reference = tag.unwrap_or(tree.root.digest.as_str());
-        target.put_manifest(reference, &tree.root).await?;
+        match (tag, &tree.entry) {
+            (None, Some(descriptor)) => target.put_entry(&tree.root, descriptor).await?,
+            _ => {
+                let reference = tag.unwrap_or(tree.root.digest.as_str());
+                target.put_manifest(reference, &tree.root).await?
+            }
+        }
         self.stats.manifests_pushed.fetch_add(1, Ordering::Relaxed);
         self.stats.images_copied.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -316,4 +321,22 @@ fn settle(cost: &mut DryRunCost, failures: &mut Vec<Failure>, outcome: Result<u6
 /// says otherwise (a source failure shared with every target keeps its class).
 fn blob_failure(blob: &Descriptor, e: &TransportError) -> Failure {
     Failure::new(e.class(Side::Target), format!("blob {}: {e}", blob.digest))
+}
+
+/// Whether `target` holds `blob`; a copy it holds under the same digest with
+/// another size means the source's descriptor is wrong (the bytes are the
+/// digest's): that image fails, its tag is never published.
+async fn present_as_described(target: &Store, blob: &Descriptor) -> Result<bool, TransportError> {
+    match target.blob_len(&blob.digest).await? {
+        Some(Some(len)) if len != blob.size => Err(TransportError::Integrity {
+            location: target.location().to_string(),
+            what: format!("blob {} ({})", blob.digest, blob.media_type),
+            detail: format!(
+                "held with {len} bytes, but its descriptor at the source says {}; the image is \
+                 not copied (fix the manifest that lists it)",
+                blob.size
+            ),
+        }),
+        found => Ok(found.is_some()),
+    }
 }

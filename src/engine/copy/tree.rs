@@ -1,7 +1,7 @@
 //! Reading a manifest tree from the source: platform filtering of an index
 //! and the list of blobs to copy.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -18,9 +18,31 @@ pub struct ImageTree {
     pub children: Vec<RawManifest>,
     /// Unique blobs of every image manifest in the tree.
     pub blobs: Vec<Descriptor>,
+    /// Non-distributable layers the manifests list (not in `blobs`: not
+    /// copied unless the rule asks, see [`ImageTree::take_foreign`]).
+    pub foreign: Vec<Descriptor>,
+    /// Pushed by digest as a top-level manifest (an untagged entry point,
+    /// a referrer): the descriptor an `oci:` target lists it under in
+    /// `index.json`, without a ref name.
+    pub entry: Option<serde_json::Value>,
 }
 
 impl ImageTree {
+    /// Moves the foreign layers the source holds into the blobs to copy
+    /// (the rule's `foreign_layers`); the others stay referenced only.
+    /// Their `urls` are never fetched.
+    pub async fn take_foreign(&mut self, source: &Store) -> Result<(), CopyError> {
+        for blob in std::mem::take(&mut self.foreign) {
+            if source.blob_exists(&blob.digest).await? {
+                self.blobs.push(blob);
+            } else {
+                tracing::info!(digest = %blob.digest, "foreign layer not at the source; left referenced only");
+                self.foreign.push(blob);
+            }
+        }
+        Ok(())
+    }
+
     pub fn total_blob_bytes(&self) -> u64 {
         // sizes come from the source: summed without overflow
         self.blobs
@@ -31,10 +53,20 @@ impl ImageTree {
 
 /// Keeps an index's bytes when every platform is kept; otherwise writes a new
 /// index that lists only the wanted platforms (its digest changes). Returns
-/// `None` when no child matches.
+/// `None` when no child matches. An entry that is an index itself is kept
+/// as `nested` says: its filtered form (digest and size replaced when they
+/// changed), or dropped (`None`, or absent from `nested`).
 pub fn filter_index(
     raw: &RawManifest,
     platforms: &[Platform],
+) -> Result<Option<RawManifest>, String> {
+    filter_index_with(raw, platforms, &HashMap::new())
+}
+
+pub(crate) fn filter_index_with(
+    raw: &RawManifest,
+    platforms: &[Platform],
+    nested: &HashMap<Digest, Option<RawManifest>>,
 ) -> Result<Option<RawManifest>, String> {
     if platforms.is_empty() || !is_index(&raw.media_type) {
         return Ok(Some(raw.clone()));
@@ -44,8 +76,15 @@ pub fn filter_index(
     let Some(list) = value.get_mut("manifests").and_then(|m| m.as_array_mut()) else {
         return Err("index without a manifests list".into());
     };
-    let before = list.len();
+    let before: Vec<serde_json::Value> = list.clone();
+    let nested_of = |entry: &serde_json::Value| {
+        let d = Digest::parse(entry.get("digest")?.as_str()?).ok()?;
+        nested.get(&d).map(|m| m.as_ref())
+    };
     let wanted = |entry: &serde_json::Value| {
+        if let Some(inner) = nested_of(entry) {
+            return inner.is_some();
+        }
         let platform: Option<Platform> = entry
             .get("platform")
             .and_then(|p| serde_json::from_value(p.clone()).ok());
@@ -62,10 +101,16 @@ pub fn filter_index(
         Some(d) => kept.contains(d),
         None => wanted(entry),
     });
+    for entry in list.iter_mut() {
+        if let Some(Some(inner)) = nested_of(entry) {
+            entry["digest"] = inner.digest.as_str().into();
+            entry["size"] = inner.bytes.len().into();
+        }
+    }
     if list.is_empty() || kept.is_empty() {
         return Ok(None);
     }
-    if list.len() == before {
+    if *list == before {
         return Ok(Some(raw.clone()));
     }
     let bytes = Bytes::from(serde_json::to_vec(&value).map_err(|e| e.to_string())?);
@@ -93,53 +138,157 @@ const CHILDREN_IN_PARALLEL: usize = 4;
 /// a source that lists more is refused, not followed.
 pub(crate) const MAX_TREE_BYTES: usize = 32 * 1024 * 1024;
 
-/// Fetches the children of `root` (when it is an index), a few at a time,
-/// and lists the blobs of every image manifest in the tree. `root` must
-/// already be filtered by platform (see [`filter_index`]).
-pub async fn expand(source: &Store, root: RawManifest) -> Result<ImageTree, CopyError> {
+/// Fetches the manifests under `root` (when it is an index: its children,
+/// and theirs when a child is an index itself, each digest once), a few at a
+/// time, and lists the blobs of every image manifest in the tree. Children
+/// come out in push order (an index after everything it lists). `root` must
+/// already be filtered by platform (see [`super::nested::filter_tree`]).
+/// Every manifest is pushed with the media type its body declares (or its
+/// shape implies), whatever the descriptor or registry said; every blob a
+/// layout source holds is checked against its descriptor's size here,
+/// before anything is written.
+pub async fn expand(source: &Store, mut root: RawManifest) -> Result<ImageTree, CopyError> {
     let bad = |digest: &Digest, reason: String| CopyError::BadManifest {
         location: source.location().to_string(),
         digest: digest.clone(),
         reason,
     };
-    let (_, parsed) = Manifest::parse(&root.media_type, &root.bytes)
+    let (media, parsed) = Manifest::parse(&root.media_type, &root.bytes)
         .map_err(|e| bad(&root.digest, e.to_string()))?;
-    let mut children = Vec::new();
-    let mut blobs = Blobs::default();
+    root.media_type = media;
+    let mut walk = Walk {
+        source,
+        root: root.digest.clone(),
+        held: root.bytes.len(),
+        seen: HashSet::from([root.digest.clone()]),
+        children: Vec::new(),
+        blobs: Blobs::default(),
+    };
     match &parsed {
-        Manifest::Image { .. } => blobs.add(&parsed),
+        Manifest::Image { .. } => walk.blobs.add(&parsed),
         Manifest::Index { manifests, .. } => {
-            let mut held = root.bytes.len();
-            let mut fetches = futures_util::stream::iter(manifests)
-                .map(|desc| fetch_child(source, desc))
-                .buffered(CHILDREN_IN_PARALLEL);
-            while let Some(result) = fetches.next().await {
-                let (child, m) = result?;
-                held += child.bytes.len();
-                if held > MAX_TREE_BYTES {
-                    return Err(bad(
-                        &root.digest,
-                        format!(
-                            "its child manifests add up to more than {} MiB (the index lists \
-                             {}); refused as a hostile or broken image",
-                            MAX_TREE_BYTES >> 20,
-                            manifests.len()
-                        ),
-                    ));
-                }
-                blobs.add(&m);
-                children.push(child);
-            }
+            walk.descend(manifests, vec![root.digest.clone()]).await?
         }
     }
+    check_local_sizes(source, &walk.blobs.list).await?;
     Ok(ImageTree {
         root,
-        children,
-        blobs: blobs.list,
+        children: walk.children,
+        blobs: walk.blobs.list,
+        foreign: walk.blobs.foreign,
+        entry: None,
     })
 }
 
-/// One child of an index, checked against its descriptor and parsed.
+/// The walk of one tree: what it holds so far.
+struct Walk<'a> {
+    source: &'a Store,
+    root: Digest,
+    held: usize,
+    seen: HashSet<Digest>,
+    children: Vec<RawManifest>,
+    blobs: Blobs,
+}
+
+impl Walk<'_> {
+    /// The children listed by the index at the end of `path` (root first),
+    /// recursively: nested indexes at most [`MAX_DEPTH`] deep; an index
+    /// listed again on its own path (a cycle) fails the tree.
+    fn descend<'s>(
+        &'s mut self,
+        manifests: &'s [Descriptor],
+        path: Vec<Digest>,
+    ) -> futures_util::future::BoxFuture<'s, Result<(), CopyError>> {
+        Box::pin(async move {
+            let parent = path.last().expect("a path holds its index").clone();
+            let new: Vec<Descriptor> = manifests
+                .iter()
+                .filter(|d| {
+                    if path.contains(&d.digest) {
+                        return true; // reported below
+                    }
+                    self.seen.insert(d.digest.clone())
+                })
+                .cloned()
+                .collect();
+            if let Some(d) = new.iter().find(|d| path.contains(&d.digest)) {
+                return Err(self.bad(format!(
+                    "index {parent} lists {}, an index that contains it (a cycle); \
+                     the image is refused",
+                    d.digest
+                )));
+            }
+            let source = self.source;
+            let fetched: Vec<_> = futures_util::stream::iter(new)
+                .map(move |desc| async move { fetch_child(source, &desc).await })
+                .buffered(CHILDREN_IN_PARALLEL)
+                .collect()
+                .await;
+            for result in fetched {
+                let (child, m) = result?;
+                self.held += child.bytes.len();
+                if self.held > MAX_TREE_BYTES {
+                    return Err(self.bad(format!(
+                        "its manifests add up to more than {} MiB; refused as a hostile or \
+                         broken image",
+                        MAX_TREE_BYTES >> 20
+                    )));
+                }
+                if let Manifest::Index { manifests, .. } = &m {
+                    if path.len() >= MAX_DEPTH {
+                        return Err(self.bad(format!(
+                            "index {} is nested more than {MAX_DEPTH} levels deep; the image is \
+                             refused",
+                            child.digest
+                        )));
+                    }
+                    let mut deeper = path.clone();
+                    deeper.push(child.digest.clone());
+                    self.descend(manifests, deeper).await?;
+                }
+                self.blobs.add(&m);
+                self.children.push(child);
+            }
+            Ok(())
+        })
+    }
+
+    fn bad(&self, reason: String) -> CopyError {
+        CopyError::BadManifest {
+            location: self.source.location().to_string(),
+            digest: self.root.clone(),
+            reason,
+        }
+    }
+}
+
+/// How deep indexes may nest (the root is level 1).
+pub(crate) const MAX_DEPTH: usize = 8;
+
+/// A blob of a layout source whose file is not the size its descriptor
+/// says fails the tree before anything is written (a registry checks what
+/// it receives; a layout's bytes may be linked or skipped unread).
+async fn check_local_sizes(source: &Store, blobs: &[Descriptor]) -> Result<(), CopyError> {
+    for blob in blobs {
+        if let Some(size) = source.local_blob_size(&blob.digest).await? {
+            if size != blob.size {
+                return Err(CopyError::Blob {
+                    location: source.location().to_string(),
+                    digest: blob.digest.clone(),
+                    reason: format!(
+                        "the file has {size} bytes, its descriptor ({}) says {}; the image is not \
+                         copied (fix the manifest that lists it)",
+                        blob.media_type, blob.size
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One child of an index, checked against its descriptor and parsed; its
+/// media type is the one its body declares or implies.
 async fn fetch_child(
     source: &Store,
     desc: &Descriptor,
@@ -152,22 +301,22 @@ async fn fetch_child(
     if desc.size > MAX_TREE_BYTES as u64 {
         return Err(bad(format!("the index says it has {} bytes", desc.size)));
     }
-    let child = source
-        .get_manifest(desc.digest.as_str())
-        .await?
-        .ok_or_else(|| bad("listed by the index but absent at the source".into()))?;
+    let found = match super::nested::derived(&desc.digest) {
+        Some(m) => Some(m),
+        None => source.get_manifest(desc.digest.as_str()).await?,
+    };
+    let mut child =
+        found.ok_or_else(|| bad("listed by the index but absent at the source".into()))?;
     if child.bytes.len() as u64 != desc.size {
         return Err(bad(format!(
-            "size {} differs from the index's {}",
+            "size {} differs from the index's descriptor ({} bytes)",
             child.bytes.len(),
             desc.size
         )));
     }
-    let (_, m) =
+    let (media, m) =
         Manifest::parse(&child.media_type, &child.bytes).map_err(|e| bad(e.to_string()))?;
-    if matches!(m, Manifest::Index { .. }) {
-        return Err(bad("nested indexes are not supported".into()));
-    }
+    child.media_type = media;
     Ok((child, m))
 }
 
@@ -176,12 +325,18 @@ async fn fetch_child(
 struct Blobs {
     seen: HashSet<Digest>,
     list: Vec<Descriptor>,
+    foreign: Vec<Descriptor>,
 }
 
 impl Blobs {
     fn add(&mut self, image: &Manifest) {
         for blob in image.blobs() {
-            if self.seen.insert(blob.digest.clone()) {
+            if !self.seen.insert(blob.digest.clone()) {
+                continue;
+            }
+            if crate::oci::is_foreign_layer(&blob.media_type) {
+                self.foreign.push(blob.clone());
+            } else {
                 self.list.push(blob.clone());
             }
         }

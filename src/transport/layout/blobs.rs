@@ -38,6 +38,17 @@ impl LayoutRepo {
         }
     }
 
+    /// The size of the blob's file; `None` when there is none.
+    pub async fn blob_size(&self, d: &Digest) -> Result<Option<u64>> {
+        let path = self.blob_path(d);
+        match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(_) => Ok(None),
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
     pub async fn get_blob(&self, d: &Digest, _size: u64) -> Result<ByteStream> {
         let path = self.blob_path(d);
         let file = match tokio::fs::File::open(&path).await {

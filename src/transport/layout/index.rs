@@ -28,16 +28,16 @@ type LockMap = Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>;
 static INDEX_LOCKS: LazyLock<LockMap> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// The tag an `index.json` entry carries, if any.
-fn entry_tag(entry: &Value) -> Option<&str> {
+pub(super) fn entry_tag(entry: &Value) -> Option<&str> {
     entry.get("annotations")?.get(REF_NAME)?.as_str()
 }
 
-fn entry_digest(entry: &Value) -> Option<&str> {
+pub(super) fn entry_digest(entry: &Value) -> Option<&str> {
     entry.get("digest")?.as_str()
 }
 
 /// The `manifests` array of an index (empty when absent or malformed).
-fn manifests(index: &Map<String, Value>) -> &[Value] {
+pub(super) fn manifests(index: &Map<String, Value>) -> &[Value] {
     index
         .get("manifests")
         .and_then(Value::as_array)
@@ -46,7 +46,7 @@ fn manifests(index: &Map<String, Value>) -> &[Value] {
 }
 
 /// The `manifests` array of an index, created when absent or not an array.
-fn manifests_mut(index: &mut Map<String, Value>) -> &mut Vec<Value> {
+pub(super) fn manifests_mut(index: &mut Map<String, Value>) -> &mut Vec<Value> {
     let slot = index
         .entry("manifests")
         .or_insert_with(|| Value::Array(Vec::new()));
@@ -78,14 +78,14 @@ fn replace_tag(list: &mut Vec<Value>, tag: &str, entry: Value) {
 }
 
 impl LayoutRepo {
-    fn index_path(&self) -> PathBuf {
+    pub(super) fn index_path(&self) -> PathBuf {
         self.root.join(INDEX_FILE)
     }
 
     /// The process-wide lock for this layout's `index.json`. The directory
     /// must exist: the key is its canonical path, so that `dir`, `./dir` and
     /// a symlink to it share one lock.
-    async fn lock_index(&self) -> Result<tokio::sync::OwnedMutexGuard<()>> {
+    pub(super) async fn lock_index(&self) -> Result<tokio::sync::OwnedMutexGuard<()>> {
         let key = tokio::fs::canonicalize(&self.root)
             .await
             .map_err(io_err(&self.root))?;
@@ -130,7 +130,7 @@ impl LayoutRepo {
     /// `index.json` as a JSON object; `None` when the layout (or its index)
     /// does not exist. Kept as a generic value so that a rewrite preserves
     /// fields and entries this code does not know about.
-    async fn read_index(&self) -> Result<Option<Map<String, Value>>> {
+    pub(super) async fn read_index(&self) -> Result<Option<Map<String, Value>>> {
         let path = self.index_path();
         let file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
@@ -159,21 +159,33 @@ impl LayoutRepo {
         }
     }
 
-    async fn write_index(&self, index: &Map<String, Value>) -> Result<()> {
+    pub(super) async fn write_index(&self, index: &Map<String, Value>) -> Result<()> {
         let bytes = serde_json::to_vec(index).expect("a JSON value always serializes");
         write_atomic(&self.index_path(), &bytes).await
     }
 
-    /// The `index.json` entry for `tag` (the first, should a foreign writer
-    /// have left duplicates).
+    /// The `index.json` entry for `tag`. Two entries naming the tag with
+    /// different digests (a foreign writer's) refuse the tag: neither is
+    /// more right than the other.
     pub(super) async fn find_tag(&self, tag: &str) -> Result<Option<Value>> {
         let Some(index) = self.read_index().await? else {
             return Ok(None);
         };
-        Ok(manifests(&index)
+        let mut named = manifests(&index)
             .iter()
-            .find(|e| entry_tag(e) == Some(tag))
-            .cloned())
+            .filter(|e| entry_tag(e) == Some(tag));
+        let Some(first) = named.next() else {
+            return Ok(None);
+        };
+        if let Some(other) = named.find(|e| entry_digest(e) != entry_digest(first)) {
+            return Err(self.protocol(format!(
+                "index.json names tag {tag} twice, for {} and {}; the tag is refused (remove \
+                 one of the entries)",
+                entry_digest(first).unwrap_or("no digest"),
+                entry_digest(other).unwrap_or("no digest"),
+            )));
+        }
+        Ok(Some(first.clone()))
     }
 
     /// An index entry as a head; the media type may be empty when the entry

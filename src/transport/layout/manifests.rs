@@ -137,6 +137,16 @@ impl LayoutRepo {
                     .read_manifest_blob(&head.digest)
                     .await?
                     .ok_or_else(|| self.dangling(tag, &head.digest))?;
+                if bytes.len() as u64 != head.size {
+                    return Err(self.integrity(
+                        format!("manifest {}", head.digest),
+                        format!(
+                            "{} bytes, but its index.json descriptor (tag {tag}) says {}",
+                            bytes.len(),
+                            head.size
+                        ),
+                    ));
+                }
                 (head.digest, head.media_type, bytes)
             }
             Ref::Digest(d) => match self.read_manifest_blob(&d).await? {
@@ -201,7 +211,8 @@ impl LayoutRepo {
             m.media_type.clone()
         };
         self.set_tag(tag, &media_type, &m.digest, m.bytes.len())
-            .await
+            .await?;
+        self.list_fallback_entries(tag, m).await
     }
 
     /// Removes every tag of `d` and its blob. Blobs that only `d` referenced

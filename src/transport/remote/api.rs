@@ -218,14 +218,23 @@ impl RemoteRepo {
     }
 
     pub async fn blob_exists(&self, d: &Digest) -> Result<bool> {
+        Ok(self.blob_len(d).await?.is_some())
+    }
+
+    /// Whether the registry holds the blob, and its size when it says
+    /// (`Some(None)`: present, no usable Content-Length).
+    pub async fn blob_len(&self, d: &Digest) -> Result<Option<Option<u64>>> {
         let reg = &self.registry;
         let url = self.url(&format!("blobs/{d}"))?;
         let resp = reg
             .send(Req::new(Method::HEAD, url.clone(), self.pull()))
             .await?;
         match resp.status() {
-            StatusCode::NOT_FOUND => Ok(false),
-            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => {
+                let len = header_str(&resp, "content-length").and_then(|l| l.parse().ok());
+                Ok(Some(len))
+            }
             _ => Err(reg.status_error(&Method::HEAD, &url, resp).await),
         }
     }

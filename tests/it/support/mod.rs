@@ -15,6 +15,7 @@ pub mod ferro;
 pub mod hostile;
 pub mod http;
 pub mod httpfault;
+pub mod layouts;
 pub mod measure;
 pub mod proxy;
 pub mod registry;
