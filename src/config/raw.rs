@@ -182,6 +182,8 @@ pub(crate) const DOCUMENTED_KEYS: &[(&str, &str)] = &[
     ("rule", "referrers"),
     ("rule", "referrers_artifact_types"),
     ("rule", "immutable"),
+    ("rule", "untagged"),
+    ("rule", "foreign_layers"),
     ("rule.retention", "match"),
     ("rule.retention", "keep_last"),
     ("rule.retention", "order_by"),
