@@ -6,34 +6,42 @@
 //! ([`derived`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
 
 use futures_util::future::BoxFuture;
 
-use super::tree::{MAX_DEPTH, filter_index_with};
+use super::tree::{MAX_DEPTH, MAX_TREE_BYTES, filter_index_with};
 use crate::oci::{Digest, Manifest, Platform, RawManifest, is_index};
 use crate::transport::{Store, TransportError};
 
-/// Indexes rewritten by the platform filter, by digest. Content-addressed,
-/// so never stale; bounded (cleared when full: a copy that then misses one
-/// fails that image, and the next run derives it again).
-static DERIVED: LazyLock<Mutex<HashMap<Digest, RawManifest>>> = LazyLock::new(Mutex::default);
+/// Indexes rewritten by the platform filter, by digest, and their bytes.
+/// Content-addressed, so never stale; bounded in count and bytes (cleared
+/// when full: a copy that then misses one fails that image, and the next
+/// run derives it again).
+static DERIVED: LazyLock<Mutex<(HashMap<Digest, RawManifest>, usize)>> =
+    LazyLock::new(Mutex::default);
 const MAX_DERIVED: usize = 4096;
+const MAX_DERIVED_BYTES: usize = 64 * 1024 * 1024;
 
 /// A rewritten index the platform filter made, if it made `digest`.
 pub(crate) fn derived(digest: &Digest) -> Option<RawManifest> {
     DERIVED
         .lock()
         .expect("derived poisoned")
+        .0
         .get(digest)
         .cloned()
 }
 
 fn remember(m: &RawManifest) {
-    let mut map = DERIVED.lock().expect("derived poisoned");
-    if map.len() >= MAX_DERIVED {
+    let mut guard = DERIVED.lock().expect("derived poisoned");
+    let (map, bytes) = &mut *guard;
+    if map.len() >= MAX_DERIVED || *bytes + m.bytes.len() > MAX_DERIVED_BYTES {
         map.clear();
+        *bytes = 0;
     }
+    *bytes += m.bytes.len();
     map.insert(m.digest.clone(), m.clone());
 }
 
@@ -52,7 +60,9 @@ pub(crate) async fn filter_tree(
     raw: &RawManifest,
     platforms: &[Platform],
 ) -> Result<Option<RawManifest>, FilterError> {
-    let out = filter_level(source, raw.clone(), platforms, vec![raw.digest.clone()]).await?;
+    let held = AtomicUsize::new(raw.bytes.len());
+    let path = vec![raw.digest.clone()];
+    let out = filter_level(source, raw.clone(), platforms, path, &held).await?;
     if let Some(m) = &out {
         if m.digest != raw.digest {
             remember(m);
@@ -66,6 +76,7 @@ fn filter_level<'a>(
     raw: RawManifest,
     platforms: &'a [Platform],
     path: Vec<Digest>,
+    held: &'a AtomicUsize,
 ) -> BoxFuture<'a, Result<Option<RawManifest>, FilterError>> {
     Box::pin(async move {
         if platforms.is_empty() || !is_index(&raw.media_type) {
@@ -108,9 +119,16 @@ fn filter_level<'a>(
                         raw.digest, entry.digest
                     ))
                 })?;
+            let total = held.fetch_add(inner.bytes.len(), Ordering::Relaxed) + inner.bytes.len();
+            if total > MAX_TREE_BYTES {
+                return Err(FilterError::Refused(format!(
+                    "its nested indexes add up to more than {} MiB; refused as a hostile or broken image",
+                    MAX_TREE_BYTES >> 20
+                )));
+            }
             let mut deeper = path.clone();
             deeper.push(entry.digest.clone());
-            let filtered = filter_level(source, inner, platforms, deeper).await?;
+            let filtered = filter_level(source, inner, platforms, deeper, held).await?;
             if let Some(m) = filtered.as_ref().filter(|m| m.digest != entry.digest) {
                 remember(m);
             }

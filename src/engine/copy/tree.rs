@@ -219,12 +219,13 @@ impl Walk<'_> {
                 )));
             }
             let source = self.source;
-            let fetched: Vec<_> = futures_util::stream::iter(new)
+            let mut stream = futures_util::stream::iter(new)
                 .map(move |desc| async move { fetch_child(source, &desc).await })
-                .buffered(CHILDREN_IN_PARALLEL)
-                .collect()
-                .await;
-            for result in fetched {
+                .buffered(CHILDREN_IN_PARALLEL);
+            // Counted as each arrives: a hostile index of huge children is
+            // refused once they pass the bound, never held whole.
+            let mut fetched = Vec::new();
+            while let Some(result) = stream.next().await {
                 let (child, m) = result?;
                 self.held += child.bytes.len();
                 if self.held > MAX_TREE_BYTES {
@@ -234,6 +235,10 @@ impl Walk<'_> {
                         MAX_TREE_BYTES >> 20
                     )));
                 }
+                fetched.push((child, m));
+            }
+            drop(stream);
+            for (child, m) in fetched {
                 if let Manifest::Index { manifests, .. } = &m {
                     if path.len() >= MAX_DEPTH {
                         return Err(self.bad(format!(
