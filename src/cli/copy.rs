@@ -226,6 +226,7 @@ fn verify_policy(files: &[PathBuf]) -> Result<Option<VerifyPolicy>, CliError> {
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(VerifyPolicy {
         keys,
+        keyless: None,
         require: Require::All,
         docker_reference: None,
     }))

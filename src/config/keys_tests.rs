@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use serde::de::DeserializeOwned;
 
 use super::raw::{
-    DOCUMENTED_KEYS, RULE_ONLY_KEYS, RawDaemon, RawDefaults, RawRegistry, RawRetention, RawRule,
-    RawTags, RawVerify,
+    DOCUMENTED_KEYS, RULE_ONLY_KEYS, RawDaemon, RawDefaults, RawKeyless, RawRegistry, RawRetention,
+    RawRule, RawTags, RawVerify,
 };
 
 type Keys = BTreeSet<String>;
@@ -43,13 +43,16 @@ fn schema() -> Vec<(&'static str, Keys)> {
     rule.remove("verify"); // its own section
     assert!(rule.remove("tags"), "rule.tags is a table");
     rule.extend(dotted("tags", fields::<RawTags>()));
+    let mut verify = fields::<RawVerify>();
+    assert!(verify.remove("keyless"), "rule.verify.keyless is a table");
+    verify.extend(dotted("keyless", fields::<RawKeyless>()));
     vec![
         ("", ["version".to_string()].into()),
         ("daemon", fields::<RawDaemon>()),
         ("registries", fields::<RawRegistry>()),
         ("rule", rule),
         ("rule.retention", fields::<RawRetention>()),
-        ("rule.verify", fields::<RawVerify>()),
+        ("rule.verify", verify),
     ]
 }
 

@@ -131,6 +131,16 @@ pub(crate) struct RawVerify {
     pub sigstore_keys: Option<Vec<Str>>,
     pub require: Option<Str>,
     pub docker_reference: Option<Str>,
+    pub keyless: Option<Spanned<RawKeyless>>,
+}
+
+/// `keyless = { trusted_root, issuer, identity }` of `[rule.verify]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawKeyless {
+    pub trusted_root: Str,
+    pub issuer: Str,
+    pub identity: Str,
 }
 
 /// Every key of the file as docs/configuration.md documents it: (section,
@@ -196,4 +206,7 @@ pub(crate) const DOCUMENTED_KEYS: &[(&str, &str)] = &[
     ("rule.verify", "sigstore_keys"),
     ("rule.verify", "require"),
     ("rule.verify", "docker_reference"),
+    ("rule.verify", "keyless.trusted_root"),
+    ("rule.verify", "keyless.issuer"),
+    ("rule.verify", "keyless.identity"),
 ];

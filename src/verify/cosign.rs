@@ -40,6 +40,10 @@ pub(crate) struct SignatureLayer {
     /// Decoded from base64; `None` when it was not valid base64.
     pub signature: Option<Vec<u8>>,
     pub named_key: Option<PublicKey>,
+    /// The DER of the layer's certificate (keyless signatures: the Fulcio
+    /// leaf), and its Rekor bundle (JSON), as the layer carries them.
+    pub certificate: Option<Vec<u8>>,
+    pub bundle: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -72,6 +76,11 @@ pub(crate) fn signature_layers(manifest: &[u8]) -> Result<Vec<SignatureLayer>, S
                 payload: Vec::new(),
                 signature: B64.decode(sig.trim()).ok(),
                 named_key: named_key(&l.annotations),
+                certificate: (l.annotations.get(CERTIFICATE_ANNOTATION))
+                    .and_then(|p| x509_parser::pem::parse_x509_pem(p.as_bytes()).ok())
+                    .filter(|(_, b)| b.label == "CERTIFICATE")
+                    .map(|(_, b)| b.contents),
+                bundle: l.annotations.get(BUNDLE_ANNOTATION).cloned(),
             })
         })
         .take(MAX_LAYERS)

@@ -4,6 +4,7 @@
 //! Otherwise the most telling reason any layer gave.
 
 use super::cosign::{SignatureLayer, parse_payload};
+use super::keyless;
 use super::{Refusal, Verdict, VerifyPolicy};
 use crate::oci::Digest;
 
@@ -41,25 +42,11 @@ fn check(
             "the signature annotation is not base64".into(),
         ));
     };
-    if !policy.keys.iter().any(|k| k.verifies(&layer.payload, sig)) {
-        if layer
-            .named_key
-            .as_ref()
-            .is_some_and(|k| k.verifies(&layer.payload, sig))
-        {
-            return Err((
-                Refusal::WrongKey,
-                "signed by a key that is not configured (the key its bundle or certificate names)"
-                    .into(),
-            ));
-        }
-        return Err((
-            Refusal::BadSignature,
-            format!(
-                "the signature over payload {} does not verify under any configured key",
-                layer.payload_digest.short()
-            ),
-        ));
+    let by_key = policy.keys.iter().any(|k| k.verifies(&layer.payload, sig));
+    match &policy.keyless {
+        Some(k) if !by_key && layer.certificate.is_some() => keyless::check(k, layer, sig)?,
+        _ if !by_key => return Err(unverified(layer, sig)),
+        _ => {}
     }
     let payload = parse_payload(&layer.payload).map_err(|e| (Refusal::BadSignature, e))?;
     if payload.digest != digest.as_str() {
@@ -83,6 +70,24 @@ fn check(
         }
     }
     Ok(())
+}
+
+/// Why a signature that verifies under no configured key is refused.
+fn unverified(layer: &SignatureLayer, sig: &[u8]) -> (Refusal, String) {
+    if (layer.named_key.as_ref()).is_some_and(|k| k.verifies(&layer.payload, sig)) {
+        return (
+            Refusal::WrongKey,
+            "signed by a key that is not configured (the key its bundle or certificate names)"
+                .into(),
+        );
+    }
+    (
+        Refusal::BadSignature,
+        format!(
+            "the signature over payload {} does not verify under any configured key",
+            layer.payload_digest.short()
+        ),
+    )
 }
 
 /// Docker Hub's spellings of one repository compare equal.

@@ -25,12 +25,15 @@ fn layer(k: &rcgen::KeyPair, payload: Vec<u8>, named: bool) -> SignatureLayer {
         payload,
         signature: Some(sig),
         named_key: named.then(|| public(k)),
+        certificate: None,
+        bundle: None,
     }
 }
 
 fn policy(k: &rcgen::KeyPair, reference: Option<&str>) -> VerifyPolicy {
     VerifyPolicy {
         keys: vec![public(k)],
+        keyless: None,
         require: Require::All,
         docker_reference: reference.map(str::to_string),
     }

@@ -6,11 +6,16 @@
 
 mod cosign;
 mod judge;
+mod keyless;
 mod keys;
+mod rekor;
+mod trusted_root;
 
 pub(crate) use cosign::{MAX_PAYLOAD, SignatureLayer, signature_layers, signature_tag};
 pub(crate) use judge::judge;
+pub use keyless::Keyless;
 pub use keys::{KeyError, PublicKey};
+pub use trusted_root::TrustedRoot;
 
 use serde::Serialize;
 
@@ -20,6 +25,8 @@ use serde::Serialize;
 pub struct VerifyPolicy {
     /// Any of these keys may have signed (cosign / sigstore public keys).
     pub keys: Vec<PublicKey>,
+    /// Or a keyless (Fulcio certificate) signature by this identity.
+    pub keyless: Option<Keyless>,
     /// Which manifests of an index need a signature.
     pub require: Require,
     /// When set, the payload's `critical.identity.docker-reference` must
@@ -89,3 +96,7 @@ pub enum Verdict {
     Verified,
     Refused { reason: Refusal, detail: String },
 }
+
+#[cfg(test)]
+#[path = "keyless_tests.rs"]
+mod keyless_tests;

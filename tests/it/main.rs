@@ -30,4 +30,5 @@ mod untagged;
 mod untrusted;
 mod userdocs;
 mod verify;
+mod verify_keyless;
 mod worldlayouts;

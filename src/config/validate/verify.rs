@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use toml::Spanned;
 
-use super::super::raw::{RawVerify, Str};
+use super::super::raw::{RawKeyless, RawVerify, Str};
 use super::Loader;
 use crate::reference::{Location, RepoSpec};
-use crate::verify::{PublicKey, Require, VerifyPolicy};
+use crate::verify::{Keyless, PublicKey, Require, TrustedRoot, VerifyPolicy};
 
 impl Loader<'_, '_> {
     pub(super) fn verify(
@@ -25,12 +25,14 @@ impl Loader<'_, '_> {
             .flatten()
             .filter_map(|s| self.public_key(s))
             .collect();
-        if raw.sigstore_keys.as_ref().is_none_or(Vec::is_empty) {
+        let keyless = raw.keyless.map(|k| self.keyless(k));
+        if raw.sigstore_keys.as_ref().is_none_or(Vec::is_empty) && keyless.is_none() {
             self.d.at(
                 span,
-                format!("{label} names no key: add sigstore_keys = [\"keys/cosign.pub\"] (cosign public keys, PEM)"),
+                format!("{label} names no key: add sigstore_keys = [\"keys/cosign.pub\"] (cosign public keys, PEM) or keyless = {{ trusted_root, issuer, identity }}"),
             );
         }
+        let keyless = keyless.flatten();
         let require = match raw.require.as_ref().map(|s| (s, s.get_ref().as_str())) {
             None | Some((_, "all")) => Require::All,
             Some((_, "index")) => Require::Index,
@@ -48,12 +50,42 @@ impl Loader<'_, '_> {
             }
             s.get_ref().clone()
         });
-        (!keys.is_empty()).then(|| {
+        (!keys.is_empty() || keyless.is_some()).then(|| {
             Arc::new(VerifyPolicy {
                 keys,
+                keyless,
                 require,
                 docker_reference,
             })
+        })
+    }
+
+    /// `keyless`: the trusted root read and parsed, the identity compiled.
+    fn keyless(&mut self, raw: Spanned<RawKeyless>) -> Option<Keyless> {
+        let raw = raw.into_inner();
+        let path = self.path(raw.trusted_root.get_ref());
+        let root = match std::fs::read(&path) {
+            Ok(text) => TrustedRoot::parse(&text)
+                .map_err(|e| format!("{} is not a usable trusted root: {e}", path.display())),
+            Err(e) => Err(format!(
+                "cannot read the trusted root {}: {e}",
+                path.display()
+            )),
+        };
+        let root = root.map_err(|e| self.d.at(raw.trusted_root.span(), e)).ok();
+        if raw.issuer.get_ref().trim().is_empty() {
+            self.d.at(raw.issuer.span(), "keyless.issuer is empty: name the OIDC issuer the certificates must name, e.g. \"https://token.actions.githubusercontent.com\"");
+        }
+        let identity = regex::Regex::new(raw.identity.get_ref())
+            .map_err(|e| {
+                let msg = format!("keyless.identity is not a valid regex: {e}");
+                self.d.at(raw.identity.span(), msg)
+            })
+            .ok();
+        Some(Keyless {
+            root: root?,
+            issuer: raw.issuer.into_inner(),
+            identity: identity?,
         })
     }
 
@@ -168,5 +200,37 @@ mod tests {
         let other = reg.replace("127.0.0.1:1", "127.0.0.1:3");
         let c = parse(&config("", &other)).unwrap();
         assert!(c.rules[0].verify.is_none());
+    }
+
+    #[test]
+    fn keyless_reads_its_trusted_root_and_compiles_its_identity_at_check_time() {
+        use base64::Engine as _;
+        let ca = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let der = params.self_signed(&ca).unwrap().der().to_vec();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let root = file(&format!(
+            r#"{{"certificateAuthorities":[{{"certChain":{{"certificates":[{{"rawBytes":"{b64}"}}]}}}}]}}"#
+        ));
+        let empty = file(r#"{"certificateAuthorities": []}"#);
+        let keyless = |root: &std::path::Path, identity: &str| {
+            config(
+                &format!(
+                    "[rule.verify]\nkeyless = {{ trusted_root = \"{}\", issuer = \"https://i.example\",\n  identity = '{identity}' }}\n",
+                    root.display()
+                ),
+                "",
+            )
+        };
+        let c = parse(&keyless(root.path(), "^https://github.com/org/")).unwrap();
+        let v = c.rules[0].verify.as_ref().expect("verify");
+        assert!(v.keys.is_empty() && v.keyless.is_some());
+        let e = parse(&keyless(empty.path(), "^x")).unwrap_err();
+        assert_eq!(e.diagnostics[0].line, 8, "{e}");
+        assert!(e.to_string().contains("no certificate authority"), "{e}");
+        let e = parse(&keyless(root.path(), "^(x")).unwrap_err();
+        assert_eq!(e.diagnostics[0].line, 9, "{e}");
+        assert!(e.to_string().contains("not a valid regex"), "{e}");
     }
 }

@@ -117,3 +117,140 @@ pub fn push_signature(
     put_manifest(base, repo, &tag, OCI_MANIFEST, &bytes);
     sha256_digest(&bytes)
 }
+
+/// A certificate authority standing in for Fulcio and a log key standing in
+/// for Rekor, written as sigstore's `trusted_root.json`, and keyless
+/// signatures as cosign writes them: an ephemeral key's signature, its leaf
+/// certificate (code-signing EKU, the OIDC issuer in Fulcio's extension
+/// 1.3.6.1.4.1.57264.1.8 as a DER UTF8String, a URI SubjectAltName, valid
+/// one day) in `dev.sigstore.cosign/certificate`, the chain in
+/// `dev.sigstore.cosign/chain`, and a Rekor bundle whose
+/// SignedEntryTimestamp is the log key's ECDSA signature over the canonical
+/// JSON of `{body, integratedTime, logID, logIndex}`.
+pub struct Fulcio {
+    ca_der: Vec<u8>,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    log: rcgen::KeyPair,
+}
+
+/// What a keyless leaf says, and when the log says it signed.
+pub struct Leaf<'a> {
+    pub issuer: &'a str,
+    pub san: &'a str,
+    /// Unix seconds; the leaf is valid 2024-01-01 to 2024-01-02.
+    pub logged_at: i64,
+}
+
+/// 2024-01-01T12:00:00Z, inside every leaf's validity.
+pub const NOON_2024: i64 = 1_704_110_400;
+
+fn p256() -> rcgen::KeyPair {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key")
+}
+
+fn cert_pem(der: &[u8]) -> String {
+    let b = B64.encode(der);
+    let lines: Vec<&str> = (b.as_bytes().chunks(64))
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
+}
+
+impl Default for Fulcio {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Fulcio {
+    pub fn new() -> Fulcio {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let k = p256();
+        let ca_der = p.self_signed(&k).unwrap().der().to_vec();
+        Fulcio {
+            ca_der,
+            issuer: rcgen::Issuer::new(p, k),
+            log: p256(),
+        }
+    }
+
+    /// sigstore's trusted_root.json trusting this CA and this log.
+    pub fn trusted_root(&self) -> String {
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&self.log);
+        json!({
+            "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
+            "certificateAuthorities": [{"certChain": {"certificates": [{"rawBytes": B64.encode(&self.ca_der)}]},
+                "validFor": {"start": "2020-01-01T00:00:00Z"}}],
+            "tlogs": [{"baseUrl": "https://rekor.example", "hashAlgorithm": "SHA2_256",
+                "publicKey": {"rawBytes": B64.encode(spki), "keyDetails": "PKIX_ECDSA_P256_SHA_256",
+                    "validFor": {"start": "2020-01-01T00:00:00Z"}}}]
+        })
+        .to_string()
+    }
+
+    fn leaf(&self, l: &Leaf) -> (rcgen::KeyPair, Vec<u8>) {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2024, 1, 2);
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::CodeSigning];
+        p.subject_alt_names = vec![rcgen::SanType::URI(l.san.try_into().unwrap())];
+        let mut v = vec![0x0c, l.issuer.len() as u8];
+        v.extend_from_slice(l.issuer.as_bytes());
+        let oid = [1, 3, 6, 1, 4, 1, 57264, 1, 8];
+        p.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(&oid, v)];
+        let k = p256();
+        let der = p.signed_by(&k, &self.issuer).unwrap().der().to_vec();
+        (k, der)
+    }
+
+    fn bundle(&self, payload: &[u8], sig: &[u8], cert: &[u8], time: i64) -> String {
+        let body = json!({"apiVersion": "0.0.1", "kind": "hashedrekord", "spec": {
+            "data": {"hash": {"algorithm": "sha256",
+                "value": sha256_digest(payload).trim_start_matches("sha256:")}},
+            "signature": {"content": B64.encode(sig),
+                "publicKey": {"content": B64.encode(cert_pem(cert))}}}});
+        let body = B64.encode(body.to_string());
+        let log_id = "c0d23d6ad406973f9559f3ba2d1ca01f84147d8ffc5b8445c224f98b9591801d";
+        let canonical = format!(
+            "{{\"body\":\"{body}\",\"integratedTime\":{time},\"logID\":\"{log_id}\",\"logIndex\":42}}"
+        );
+        let set = rcgen::SigningKey::sign(&self.log, canonical.as_bytes()).unwrap();
+        json!({"SignedEntryTimestamp": B64.encode(set), "Payload": {
+            "body": body, "integratedTime": time, "logIndex": 42, "logID": log_id}})
+        .to_string()
+    }
+
+    /// Signs `digest` keyless (payload naming `reference`, with `payload`
+    /// replaced by `tampered` after signing when given) and pushes the
+    /// `.sig` manifest.
+    pub fn push(
+        &self,
+        base: &str,
+        repo: &str,
+        digest: &str,
+        reference: &str,
+        leaf: &Leaf,
+        tampered: Option<&[u8]>,
+    ) -> String {
+        let (key, cert) = self.leaf(leaf);
+        let payload = Signer::payload(digest, reference);
+        let sig = rcgen::SigningKey::sign(&key, &payload).unwrap();
+        let annotations = json!({
+            "dev.cosignproject.cosign/signature": B64.encode(&sig),
+            "dev.sigstore.cosign/certificate": cert_pem(&cert),
+            "dev.sigstore.cosign/chain": cert_pem(&self.ca_der),
+            "dev.sigstore.cosign/bundle": self.bundle(&payload, &sig, &cert, leaf.logged_at),
+        });
+        push_signature(
+            base,
+            repo,
+            digest,
+            tampered.unwrap_or(&payload),
+            annotations,
+        )
+    }
+}
