@@ -18,7 +18,7 @@ use super::{Engine, Pass};
 use crate::config::Rule;
 use crate::filter::select_tags;
 use crate::oci::{Digest, Platform, RawManifest};
-use crate::plan::{SourceTag, referrer_subject};
+use crate::plan::SourceTag;
 use crate::reference::{InvalidName, Location, NameKind, RepoSpec, check_tag};
 use crate::state::TagState;
 use crate::transport::{ErrorClass, Side, Store};
@@ -256,60 +256,8 @@ impl Engine {
         self.resolve_tags(rule, &mut repo, &selected, false, budget)
             .await;
         repo.considered = selected.clone();
-        if rule.untagged && rule.verify.is_none() {
-            self.inventory_entries(rule, &mut repo, budget).await;
-        } else if rule.untagged {
-            // Untagged entry points are not verified yet: none is copied
-            // under `[rule.verify]`, rather than one unverified.
-            if repo
-                .source
-                .untagged_entries()
-                .await
-                .is_ok_and(|l| !l.is_empty())
-            {
-                repo.warnings.push(format!(
-                    "{}: untagged entries are not mirrored by a rule with [rule.verify] (they are not verified)",
-                    repo.source.location()
-                ));
-            }
-        }
-        let mut signed = HashSet::new();
-        if let Some(policy) = &rule.verify {
-            let listed: HashSet<String> = all_tags.iter().cloned().collect();
-            let verdicts =
-                super::verify::verify_repo(policy, &mut repo, &listed, &rule.platforms).await;
-            repo.refused = verdicts.refused;
-            signed = verdicts.signed;
-        }
-        if rule.referrers || rule.verify.is_some() {
-            // Signatures go with what verified; nothing goes with what was refused.
-            let refused: HashSet<&Digest> = (repo.tags.iter())
-                .filter(|t| repo.refused.contains_key(&t.tag))
-                .map(|t| &t.digest)
-                .collect();
-            let subjects: HashSet<String> = (repo.tags.iter().map(|t| &t.digest))
-                .chain(&signed)
-                .filter(|d| !refused.contains(d))
-                .map(|d| d.to_string())
-                .collect();
-            // cosign's `.sig/.att/.sbom` tags are copied as tags; a bare
-            // `sha256-<hex>` is a fallback index, whose entries are merged
-            // into the target's (inventory_referrers), never copied over it.
-            let referrer_tags: Vec<String> = all_tags
-                .iter()
-                .filter(|t| t.contains('.'))
-                .filter(|t| referrer_subject(t).is_some_and(|s| subjects.contains(&s)))
-                .filter(|t| !selected.contains(t))
-                .filter(|t| rule.referrers || t.ends_with(".sig"))
-                .cloned()
-                .collect();
-            repo.considered.extend(referrer_tags.iter().cloned());
-            self.resolve_tags(rule, &mut repo, &referrer_tags, true, budget)
-                .await;
-            if rule.referrers {
-                self.inventory_referrers(rule, &mut repo).await;
-            }
-        }
+        self.inventory_companions(rule, &mut repo, &all_tags, &selected, budget)
+            .await;
         Ok(repo)
     }
 
@@ -389,7 +337,7 @@ impl Engine {
     /// (by its tag list) is certainly copied, so its source manifest is
     /// fetched right away (one GET instead of HEAD then GET); a tag a target
     /// holds at another digest gets its manifest fetched afterwards.
-    async fn resolve_tags(
+    pub(super) async fn resolve_tags(
         &self,
         rule: &Rule,
         repo: &mut RepoInventory,

@@ -6,6 +6,7 @@
 //! failure on one image or repository is recorded and the rule goes on.
 
 mod budget;
+mod companions;
 pub mod copy;
 mod entries;
 mod execute;
