@@ -21,6 +21,7 @@ mod resolve;
 mod runplan;
 mod targets;
 mod verify;
+mod verify_bundles;
 pub use verify::VerifiedCopyError;
 
 use std::collections::HashMap;
