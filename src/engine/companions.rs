@@ -71,8 +71,8 @@ impl Engine {
             repo.considered.extend(referrer_tags.iter().cloned());
             self.resolve_tags(rule, repo, &referrer_tags, true, budget)
                 .await;
-            if rule.referrers {
-                self.inventory_referrers(rule, repo).await;
+            if let Some(types) = super::inventory::referrer_types(rule) {
+                self.inventory_referrers(&types, repo).await;
             }
         }
     }

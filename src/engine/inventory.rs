@@ -502,3 +502,27 @@ pub(crate) fn valid_tags(
         })
         .collect()
 }
+
+/// The referrer artifact types a rule copies (empty: all), `None` for
+/// none: with `referrers`, its `referrers_artifact_types`; with
+/// `[rule.verify]`, also the sigstore bundles (signatures go with what
+/// verified; the plan sends a referrer only where its image arrives).
+pub(super) fn referrer_types(rule: &Rule) -> Option<Vec<String>> {
+    let bundles = crate::verify::BUNDLE_TYPES.map(str::to_string);
+    match (rule.referrers, rule.verify.is_some()) {
+        (true, _) if rule.referrers_artifact_types.is_empty() => Some(Vec::new()),
+        (true, false) => Some(rule.referrers_artifact_types.clone()),
+        (true, true) => {
+            let mut t = rule.referrers_artifact_types.clone();
+            t.extend(
+                bundles
+                    .into_iter()
+                    .filter(|b| !t.contains(b))
+                    .collect::<Vec<_>>(),
+            );
+            Some(t)
+        }
+        (false, true) => Some(bundles.to_vec()),
+        (false, false) => None,
+    }
+}

@@ -22,6 +22,7 @@ mod resolve;
 mod runplan;
 mod targets;
 mod verify;
+mod verify_bundles;
 pub use verify::VerifiedCopyError;
 
 use std::collections::HashMap;

@@ -16,7 +16,6 @@ use super::Engine;
 use super::inventory::RepoInventory;
 use super::referrer_plan::{SourceReferrer, TargetReferrers, fallback_tag};
 use super::report::{Failure, RunError};
-use crate::config::Rule;
 use crate::oci::{Digest, Manifest, RawManifest};
 use crate::transport::remote::referrers::MAX_REFERRERS;
 use crate::transport::{ErrorClass, Side, Store, TransportError};
@@ -41,7 +40,8 @@ impl Engine {
     /// Fills in `repo.referrers` (and their manifests) and each target's
     /// [`TargetReferrers`]. A failure is an error of the repository; a
     /// target that could not be read gets no referrer writes this run.
-    pub(super) async fn inventory_referrers(&self, rule: &Rule, repo: &mut RepoInventory) {
+    /// `types`: the artifact types looked for (empty: all).
+    pub(super) async fn inventory_referrers(&self, types: &[String], repo: &mut RepoInventory) {
         let roots = subjects(repo);
         let source_tags: HashSet<&String> =
             repo.source_tags.iter().flatten().collect::<HashSet<_>>();
@@ -49,7 +49,7 @@ impl Engine {
             source: &repo.source,
             by_subject: tokio::sync::OnceCell::new(),
             source_tags: &source_tags,
-            types: &rule.referrers_artifact_types,
+            types,
             held: AtomicUsize::new(0),
         };
         let (found, manifests, errors) = ctx.walk(roots).await;

@@ -1,7 +1,9 @@
 //! Inventory stage (read-only) of `[rule.verify]`: for each image a target
 //! will receive, its cosign signatures read from the source (the
 //! `sha256-<hex>.sig` tag, its payload blobs) and judged against the digest
-//! regkeeper computed over the manifest bytes it will write (`verify::judge`).
+//! regkeeper computed over the manifest bytes it will write, with the
+//! sigstore bundles found as its referrers (`verify_bundles.rs`;
+//! `verify::judge_all`).
 //! The verdicts are data for the pure plan: a refused tag gets
 //! `TargetAction::Refused` and nothing of it is written.
 
@@ -15,7 +17,8 @@ use crate::oci::{Digest, Manifest, RawManifest, Verified};
 use crate::plan::referrer_subject;
 use crate::transport::{ErrorClass, Side, Store};
 use crate::verify::{
-    Refusal, Require, SignatureLayer, Verdict, VerifyPolicy, judge, signature_layers, signature_tag,
+    Refusal, Require, SignatureLayer, Verdict, VerifyPolicy, judge_all, signature_layers,
+    signature_tag,
 };
 
 /// An image's verdict and the digests that verified, or why it could not be judged.
@@ -134,7 +137,8 @@ async fn verify_image(
     }
     for (i, digest) in digests.iter().enumerate() {
         let layers = signatures(source, listed, digest).await?;
-        if let Verdict::Refused { reason, detail } = judge(policy, digest, &layers) {
+        let bundles = super::verify_bundles::bundles(source, digest).await?;
+        if let Verdict::Refused { reason, detail } = judge_all(policy, digest, &layers, &bundles) {
             let detail = if i == 0 {
                 detail
             } else {

@@ -8,13 +8,31 @@ use super::keyless;
 use super::{Refusal, Verdict, VerifyPolicy};
 use crate::oci::Digest;
 
+#[cfg(test)]
 pub(crate) fn judge(policy: &VerifyPolicy, digest: &Digest, layers: &[SignatureLayer]) -> Verdict {
-    if layers.is_empty() {
+    judge_all(policy, digest, layers, &[])
+}
+
+/// The verdict over `.sig` layers and sigstore bundles (`bundle.rs`, the
+/// bytes of each bundle found as a referrer) together: any that verifies
+/// makes the image verified.
+pub(crate) fn judge_all(
+    policy: &VerifyPolicy,
+    digest: &Digest,
+    layers: &[SignatureLayer],
+    bundles: &[Vec<u8>],
+) -> Verdict {
+    if layers.is_empty() && bundles.is_empty() {
         return refused(Refusal::Unsigned, format!("no signature for {digest}"));
     }
+    let outcomes = (layers.iter().map(|l| check(policy, digest, l))).chain(
+        bundles
+            .iter()
+            .map(|b| super::bundle::check(policy, digest, b)),
+    );
     let mut worst: Option<(Refusal, String)> = None;
-    for layer in layers {
-        let (reason, detail) = match check(policy, digest, layer) {
+    for outcome in outcomes {
+        let (reason, detail) = match outcome {
             Ok(()) => return Verdict::Verified,
             Err(r) => r,
         };
@@ -23,7 +41,7 @@ pub(crate) fn judge(policy: &VerifyPolicy, digest: &Digest, layers: &[SignatureL
             worst = Some((reason, detail));
         }
     }
-    let (reason, detail) = worst.expect("at least one layer");
+    let (reason, detail) = worst.expect("at least one signature");
     refused(reason, detail)
 }
 
@@ -91,7 +109,7 @@ fn unverified(layer: &SignatureLayer, sig: &[u8]) -> (Refusal, String) {
 }
 
 /// Docker Hub's spellings of one repository compare equal.
-fn normalize(reference: &str) -> String {
+pub(crate) fn normalize(reference: &str) -> String {
     let r = reference
         .strip_prefix("index.docker.io/")
         .or_else(|| reference.strip_prefix("docker.io/"))

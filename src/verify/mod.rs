@@ -1,9 +1,11 @@
 //! Signature verification of images before they are mirrored (`[rule.verify]`,
 //! `copy --verify-key`): public keys (`keys.rs`), cosign's signature format
 //! (`cosign.rs`: the `sha256-<hex>.sig` manifest, its simple-signing payloads,
-//! the key a Rekor bundle names) and the verdict over one digest
+//! the key a Rekor bundle names), sigstore bundles found as referrers
+//! (`bundle.rs`) and the verdict over one digest
 //! (`judge.rs`). Pure: the engine fetches (`engine/verify.rs`), this decides.
 
+mod bundle;
 mod cosign;
 mod judge;
 mod keyless;
@@ -11,8 +13,11 @@ mod keys;
 mod rekor;
 mod trusted_root;
 
+pub(crate) use bundle::{BUNDLE_TYPES, MAX_BUNDLES, is_bundle_type};
 pub(crate) use cosign::{MAX_PAYLOAD, SignatureLayer, signature_layers, signature_tag};
+#[cfg(test)]
 pub(crate) use judge::judge;
+pub(crate) use judge::judge_all;
 pub use keyless::Keyless;
 pub use keys::{KeyError, PublicKey};
 pub use trusted_root::TrustedRoot;

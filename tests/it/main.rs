@@ -30,5 +30,6 @@ mod untagged;
 mod untrusted;
 mod userdocs;
 mod verify;
+mod verify_bundle;
 mod verify_keyless;
 mod worldlayouts;

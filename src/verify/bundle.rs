@@ -1,0 +1,231 @@
+//! Signatures found as OCI 1.1 referrers: sigstore bundles (protobuf-JSON,
+//! `application/vnd.dev.sigstore.bundle.v0.3+json`), as cosign v3 attaches
+//! them to an image (a referrer manifest whose one layer is the bundle). An
+//! image signature there is a DSSE envelope (`dsseEnvelope`) over an in-toto
+//! statement of predicate type `https://sigstore.dev/cosign/sign/v1` whose
+//! subject is the image's digest; the DSSE signature covers the envelope's
+//! pre-authentication encoding (PAE) of payload type and payload.
+//!
+//! Verified here only under a configured key. A bundle whose signature
+//! verifies under no configured key is refused (keyless bundles, whose log
+//! entry is a `dsse` rather than a `hashedrekord` record, are not checked
+//! yet: refused, never accepted half-checked). `messageSignature` bundles
+//! sign bytes the bundle does not hold, so they prove nothing about an
+//! image: refused.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+
+use super::cosign::key_of_pem;
+use super::{Refusal, VerifyPolicy};
+use crate::oci::Digest;
+
+/// The artifact type of sigstore bundles as cosign v3 attaches them (the
+/// older `...bundle+json;version=0.x` spellings name bundle *files*, not
+/// referrers cosign writes; one type keeps discovery at one request).
+pub(crate) const BUNDLE_TYPES: [&str; 1] = ["application/vnd.dev.sigstore.bundle.v0.3+json"];
+
+pub(crate) fn is_bundle_type(artifact_type: &str) -> bool {
+    BUNDLE_TYPES.contains(&artifact_type)
+}
+
+/// Bundles read per image digest (like signature layers of a `.sig`).
+pub(crate) const MAX_BUNDLES: usize = 32;
+
+const IN_TOTO: &str = "application/vnd.in-toto+json";
+/// The predicate type of cosign's image signatures in a bundle.
+pub(crate) const SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
+
+type Refused = (Refusal, String);
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Bundle {
+    #[serde(default)]
+    verification_material: Option<Material>,
+    dsse_envelope: Option<Envelope>,
+    message_signature: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Material {
+    certificate: Option<RawBytes>,
+    x509_certificate_chain: Option<Chain>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawBytes {
+    raw_bytes: String,
+}
+
+#[derive(Deserialize)]
+struct Chain {
+    #[serde(default)]
+    certificates: Vec<RawBytes>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope {
+    payload: String,
+    payload_type: String,
+    #[serde(default)]
+    signatures: Vec<EnvelopeSignature>,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeSignature {
+    sig: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Statement {
+    predicate_type: String,
+    #[serde(default)]
+    subject: Vec<Subject>,
+}
+
+#[derive(Deserialize)]
+struct Subject {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    digest: std::collections::HashMap<String, String>,
+}
+
+/// DSSE's pre-authentication encoding: what the signature covers.
+pub(crate) fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "DSSEv1 {} {} {} ",
+        payload_type.len(),
+        payload_type,
+        payload.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(payload);
+    out
+}
+
+fn bad(detail: impl Into<String>) -> Refused {
+    (Refusal::BadSignature, detail.into())
+}
+
+/// Ok only when the bundle `bytes` holds a signature by a configured key
+/// over cosign's image-signature statement for `digest` (and, when the
+/// policy names one, a subject of that docker-reference).
+pub(crate) fn check(policy: &VerifyPolicy, digest: &Digest, bytes: &[u8]) -> Result<(), Refused> {
+    let bundle: Bundle = serde_json::from_slice(bytes)
+        .map_err(|e| bad(format!("the sigstore bundle cannot be parsed: {e}")))?;
+    let Some(env) = bundle.dsse_envelope else {
+        let what = if bundle.message_signature.is_some() {
+            "a messageSignature bundle (it signs bytes it does not hold, not this image)"
+        } else {
+            "a bundle without a dsseEnvelope"
+        };
+        return Err(bad(format!("the sigstore bundle is {what}")));
+    };
+    let payload = B64
+        .decode(env.payload.trim())
+        .map_err(|_| bad("the bundle's DSSE payload is not base64"))?;
+    let message = pae(&env.payload_type, &payload);
+    let sigs: Vec<Vec<u8>> = (env.signatures.iter())
+        .filter_map(|s| B64.decode(s.sig.trim()).ok())
+        .collect();
+    let by_key = sigs
+        .iter()
+        .any(|s| policy.keys.iter().any(|k| k.verifies(&message, s)));
+    if !by_key {
+        return Err(unverified(
+            bundle.verification_material.as_ref(),
+            &message,
+            &sigs,
+        ));
+    }
+    statement(policy, digest, &env.payload_type, &payload)
+}
+
+/// The signed statement names cosign's signature predicate and `digest`.
+fn statement(
+    policy: &VerifyPolicy,
+    digest: &Digest,
+    payload_type: &str,
+    payload: &[u8],
+) -> Result<(), Refused> {
+    if payload_type != IN_TOTO {
+        return Err(bad(format!(
+            "the bundle's DSSE payload type is {payload_type:?}, not {IN_TOTO:?}"
+        )));
+    }
+    let st: Statement = serde_json::from_slice(payload).map_err(|e| {
+        bad(format!(
+            "the bundle's payload is not an in-toto statement: {e}"
+        ))
+    })?;
+    if st.predicate_type != SIGN_PREDICATE {
+        return Err(bad(format!(
+            "the bundle's statement is of predicate type {:?}, not an image signature ({SIGN_PREDICATE:?})",
+            st.predicate_type
+        )));
+    }
+    let ours: Vec<&Subject> = (st.subject.iter())
+        .filter(|s| s.digest.get("sha256").map(String::as_str) == Some(digest.hex()))
+        .collect();
+    if ours.is_empty() {
+        let named: Vec<String> = (st.subject.iter())
+            .filter_map(|s| s.digest.get("sha256").map(|h| format!("sha256:{h}")))
+            .collect();
+        return Err((
+            Refusal::DigestMismatch,
+            format!(
+                "the bundle's signature is for {named:?}, not for {digest} (the digest computed over the manifest's bytes)"
+            ),
+        ));
+    }
+    if let Some(want) = &policy.docker_reference {
+        let norm = super::judge::normalize;
+        if !ours.iter().any(|s| norm(&s.name) == norm(want)) {
+            let names: Vec<&str> = ours.iter().map(|s| s.name.as_str()).collect();
+            return Err((
+                Refusal::IdentityMismatch,
+                format!("the bundle's statement names {names:?}, expected {want:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why a bundle that verifies under no configured key is refused: a wrong
+/// key when its own certificate's key verifies it, else a bad signature.
+fn unverified(material: Option<&Material>, message: &[u8], sigs: &[Vec<u8>]) -> Refused {
+    let cert = material.and_then(|m| {
+        (m.certificate.as_ref()).or_else(|| m.x509_certificate_chain.as_ref()?.certificates.first())
+    });
+    let key = cert
+        .and_then(|c| B64.decode(c.raw_bytes.trim()).ok())
+        .and_then(|der| {
+            let pem = pem_of(&der);
+            key_of_pem(pem.as_bytes())
+        });
+    if key.is_some_and(|k| sigs.iter().any(|s| k.verifies(message, s))) {
+        return (
+            Refusal::WrongKey,
+            "the sigstore bundle is signed by its certificate's key, which is not a configured key (keyless bundles are not verified yet)".into(),
+        );
+    }
+    bad("the sigstore bundle's signature does not verify under any configured key")
+}
+
+fn pem_of(der: &[u8]) -> String {
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        B64.encode(der)
+    )
+}
+
+#[cfg(test)]
+#[path = "bundle_tests.rs"]
+mod tests;
