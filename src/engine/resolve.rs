@@ -141,6 +141,10 @@ pub(crate) async fn resolve_source(
     super::platforms::check(source, &raw, platforms)
         .await
         .map_err(err)?;
+    if platforms.is_empty() || !is_index(&raw.media_type) {
+        // Nothing to filter: the manifest as read (no second copy of it).
+        return Ok(Some((raw.digest.clone(), Some(raw))));
+    }
     let filtered = super::copy::filter_tree(source, &raw, platforms)
         .await
         .map_err(|e| match e {
