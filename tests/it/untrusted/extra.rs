@@ -272,8 +272,11 @@ fn many_large_manifests_are_held_only_up_to_a_budget() {
     );
     assert_eq!(m.code, Some(1), "the tags beyond the budget fail");
     assert!(m.stdout.contains("add up to more than 256"), "{}", m.stdout);
+    // Holding every manifest is 512 MiB of them alone; the budget's 256 MiB
+    // plus the copies in flight and the process itself stay well below 400
+    // (324 MiB alone here, 333 MiB amid the whole suite on 2 cores).
     assert!(
-        m.peak_rss_mib() < 330.0,
+        m.peak_rss_mib() < 400.0,
         "peak {:.1} MiB: the inventory held every manifest",
         m.peak_rss_mib()
     );
