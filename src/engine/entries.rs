@@ -98,7 +98,7 @@ impl Engine {
         if parsed.subject().is_some() {
             return Ok(None); // a referrer: copied with its subject
         }
-        let filtered = copy::filter_tree(&repo.source, &raw, &rule.platforms)
+        let filtered = copy::filter_tree(&repo.source, raw, &rule.platforms)
             .await
             .map_err(|e| match e {
                 copy::FilterError::Source(e) => read(e),

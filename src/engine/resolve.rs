@@ -141,17 +141,14 @@ pub(crate) async fn resolve_source(
     super::platforms::check(source, &raw, platforms)
         .await
         .map_err(err)?;
-    if platforms.is_empty() || !is_index(&raw.media_type) {
-        // Nothing to filter: the manifest as read (no second copy of it).
-        return Ok(Some((raw.digest.clone(), Some(raw))));
-    }
-    let filtered = super::copy::filter_tree(source, &raw, platforms)
+    let digest = raw.digest.clone();
+    let filtered = super::copy::filter_tree(source, raw, platforms)
         .await
         .map_err(|e| match e {
             super::copy::FilterError::Source(e) => read(e),
             super::copy::FilterError::Refused(e) => err(Failure::new(
                 ErrorClass::InvalidInput,
-                format!("index {}: {e}", raw.digest),
+                format!("index {digest}: {e}"),
             )),
         })?;
     match filtered {

@@ -55,16 +55,19 @@ pub(crate) enum FilterError {
 /// `raw` filtered by `platforms` at every level (see [`filter_index_with`]);
 /// `None` when no platform of it matches. The indexes it lists are fetched
 /// (images are not: their descriptors carry their platform).
+/// Takes `raw` by value: with nothing to filter it comes back as it is,
+/// never copied (a source's manifest may be 4 MiB).
 pub(crate) async fn filter_tree(
     source: &Store,
-    raw: &RawManifest,
+    raw: RawManifest,
     platforms: &[Platform],
 ) -> Result<Option<RawManifest>, FilterError> {
     let held = AtomicUsize::new(raw.bytes.len());
-    let path = vec![raw.digest.clone()];
-    let out = filter_level(source, raw.clone(), platforms, path, &held).await?;
+    let original = raw.digest.clone();
+    let path = vec![original.clone()];
+    let out = filter_level(source, raw, platforms, path, &held).await?;
     if let Some(m) = &out {
-        if m.digest != raw.digest {
+        if m.digest != original {
             remember(m);
         }
     }
