@@ -6,18 +6,22 @@
 //! subject is the image's digest; the DSSE signature covers the envelope's
 //! pre-authentication encoding (PAE) of payload type and payload.
 //!
-//! Verified here only under a configured key. A bundle whose signature
-//! verifies under no configured key is refused (keyless bundles, whose log
-//! entry is a `dsse` rather than a `hashedrekord` record, are not checked
-//! yet: refused, never accepted half-checked). `messageSignature` bundles
-//! sign bytes the bundle does not hold, so they prove nothing about an
-//! image: refused.
+//! Verified under a configured key, or keyless (policy `keyless`): the
+//! DSSE signature verifies under the key of the bundle's certificate
+//! (`certificate`, v0.3, or the first of `x509CertificateChain`), which
+//! passes keyless.rs's checks (chain, code signing, issuer, identity) and
+//! was valid at every verified signing time, of which there must be one
+//! (`signing_times`). `messageSignature` bundles sign bytes the bundle does
+//! not hold, so they prove nothing about an image: refused.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
 
 use super::cosign::key_of_pem;
+use super::keyless::{self, Keyless};
+use super::tlog::{self, Signed};
+use super::trusted_root::TrustedRoot;
 use super::{Refusal, VerifyPolicy};
 use crate::oci::Digest;
 
@@ -53,6 +57,17 @@ struct Bundle {
 struct Material {
     certificate: Option<RawBytes>,
     x509_certificate_chain: Option<Chain>,
+    #[serde(default)]
+    tlog_entries: Vec<tlog::Entry>,
+}
+
+impl Material {
+    /// The signing certificate's DER, if the bundle has one.
+    fn leaf(&self) -> Option<Vec<u8>> {
+        let c = (self.certificate.as_ref())
+            .or_else(|| self.x509_certificate_chain.as_ref()?.certificates.first())?;
+        B64.decode(c.raw_bytes.trim()).ok()
+    }
 }
 
 #[derive(Deserialize)]
@@ -138,12 +153,21 @@ pub(crate) fn check(policy: &VerifyPolicy, digest: &Digest, bytes: &[u8]) -> Res
     let by_key = sigs
         .iter()
         .any(|s| policy.keys.iter().any(|k| k.verifies(&message, s)));
+    let material = bundle.verification_material.as_ref();
     if !by_key {
-        return Err(unverified(
-            bundle.verification_material.as_ref(),
-            &message,
-            &sigs,
-        ));
+        match (&policy.keyless, material.and_then(Material::leaf)) {
+            (Some(k), Some(leaf)) => {
+                let m = material.expect("a leaf comes from the material");
+                let signed = |sig| Signed {
+                    payload_type: &env.payload_type,
+                    payload: &payload,
+                    sig,
+                    leaf_der: &leaf,
+                };
+                keyless_check(k, m, &leaf, &message, &sigs, signed)?;
+            }
+            _ => return Err(unverified(material, &message, &sigs)),
+        }
     }
     statement(policy, digest, &env.payload_type, &payload)
 }
@@ -198,22 +222,75 @@ fn statement(
     Ok(())
 }
 
+/// The keyless checks of a bundle whose signature is by its certificate
+/// `leaf_der`: Ok only when every one passed.
+fn keyless_check<'a>(
+    k: &Keyless,
+    material: &Material,
+    leaf_der: &[u8],
+    message: &[u8],
+    sigs: &'a [Vec<u8>],
+    signed: impl Fn(&'a [u8]) -> Signed<'a>,
+) -> Result<(), Refused> {
+    let leaf = keyless::parse_leaf(leaf_der)?;
+    let key = keyless::leaf_key(&leaf)?;
+    let Some(sig) = sigs.iter().find(|s| key.verifies(message, s)) else {
+        return Err(bad(
+            "the sigstore bundle's DSSE signature does not verify under its certificate's key",
+        ));
+    };
+    let authorities = keyless::trusted(k, &leaf)?;
+    let times = signing_times(&k.root, material, &signed(sig)).map_err(|e| {
+        bad(format!(
+            "the sigstore bundle has no verifiable signing time: {e}"
+        ))
+    })?;
+    for t in times {
+        keyless::valid_at(&leaf, &authorities, t)?;
+    }
+    Ok(())
+}
+
+/// The verified signing times of a bundle's signature (Unix seconds, at
+/// least one, else Err with why each candidate failed): the
+/// `integratedTime` of each transparency-log entry about this signature
+/// whose SignedEntryTimestamp verifies (`tlog.rs`). The certificate must
+/// have been valid at every one. RFC 3161 timestamps of the bundle
+/// (`verificationMaterial.timestampVerificationData`), once verified, join
+/// the list here.
+fn signing_times(
+    root: &TrustedRoot,
+    material: &Material,
+    signed: &Signed<'_>,
+) -> Result<Vec<i64>, String> {
+    let mut times = Vec::new();
+    let mut why = Vec::new();
+    for (i, entry) in material.tlog_entries.iter().enumerate() {
+        match tlog::logged_time(root, entry, signed) {
+            Ok(t) => times.push(t),
+            Err(e) => why.push(format!("tlogEntries[{i}]: {e}")),
+        }
+    }
+    if times.is_empty() {
+        if why.is_empty() {
+            return Err("it has no transparency-log entry (tlogEntries is empty)".into());
+        }
+        return Err(why.join("; "));
+    }
+    Ok(times)
+}
+
 /// Why a bundle that verifies under no configured key is refused: a wrong
 /// key when its own certificate's key verifies it, else a bad signature.
 fn unverified(material: Option<&Material>, message: &[u8], sigs: &[Vec<u8>]) -> Refused {
-    let cert = material.and_then(|m| {
-        (m.certificate.as_ref()).or_else(|| m.x509_certificate_chain.as_ref()?.certificates.first())
+    let key = material.and_then(Material::leaf).and_then(|der| {
+        let pem = pem_of(&der);
+        key_of_pem(pem.as_bytes())
     });
-    let key = cert
-        .and_then(|c| B64.decode(c.raw_bytes.trim()).ok())
-        .and_then(|der| {
-            let pem = pem_of(&der);
-            key_of_pem(pem.as_bytes())
-        });
     if key.is_some_and(|k| sigs.iter().any(|s| k.verifies(message, s))) {
         return (
             Refusal::WrongKey,
-            "the sigstore bundle is signed by its certificate's key, which is not a configured key (keyless bundles are not verified yet)".into(),
+            "the sigstore bundle is signed by its certificate's key, which is not a configured key (configure `keyless` to accept keyless signatures)".into(),
         );
     }
     bad("the sigstore bundle's signature does not verify under any configured key")

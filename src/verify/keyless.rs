@@ -18,7 +18,7 @@ use x509_parser::extensions::GeneralName;
 use super::Refusal;
 use super::cosign::SignatureLayer;
 use super::keys::PublicKey;
-use super::trusted_root::TrustedRoot;
+use super::trusted_root::{TrustedRoot, Window};
 
 /// `[rule.verify] keyless`: who may have signed.
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ pub struct Keyless {
     pub identity: regex::Regex,
 }
 
-type Refused = (Refusal, String);
+pub(crate) type Refused = (Refusal, String);
 
 fn refuse(reason: Refusal, detail: impl Into<String>) -> Refused {
     (reason, detail.into())
@@ -46,15 +46,8 @@ pub(crate) fn check(k: &Keyless, layer: &SignatureLayer, sig: &[u8]) -> Result<(
             "the signature carries no certificate (not a keyless signature) and verifies under no configured key",
         ));
     };
-    let (_, leaf) = x509_parser::parse_x509_certificate(leaf_der).map_err(|e| {
-        refuse(
-            Refusal::BadSignature,
-            format!("its certificate cannot be read: {e}"),
-        )
-    })?;
-    let key = PublicKey::from_spki(leaf.public_key())
-        .map_err(|e| refuse(Refusal::BadSignature, format!("its certificate's key: {e}")))?;
-    if !key.verifies(&layer.payload, sig) {
+    let leaf = parse_leaf(leaf_der)?;
+    if !leaf_key(&leaf)?.verifies(&layer.payload, sig) {
         return Err(refuse(
             Refusal::BadSignature,
             format!(
@@ -63,20 +56,55 @@ pub(crate) fn check(k: &Keyless, layer: &SignatureLayer, sig: &[u8]) -> Result<(
             ),
         ));
     }
-    let authorities = chained(k, &leaf);
-    if authorities.is_empty() {
-        return Err(refuse(
-            Refusal::WrongKey,
-            "its certificate chains to no certificate authority of the trusted root",
-        ));
-    }
-    identity(k, &leaf)?;
+    let authorities = trusted(k, &leaf)?;
     let time = super::rekor::signing_time(&k.root, layer, sig, leaf_der).map_err(|e| {
         refuse(
             Refusal::BadSignature,
             format!("no verifiable signing time: {e}"),
         )
     })?;
+    valid_at(&leaf, &authorities, time)
+}
+
+/// The leaf certificate (DER) of a keyless signature.
+pub(crate) fn parse_leaf(der: &[u8]) -> Result<X509Certificate<'_>, Refused> {
+    let (_, leaf) = x509_parser::parse_x509_certificate(der).map_err(|e| {
+        refuse(
+            Refusal::BadSignature,
+            format!("its certificate cannot be read: {e}"),
+        )
+    })?;
+    Ok(leaf)
+}
+
+/// The key the leaf certifies (the one that must have signed).
+pub(crate) fn leaf_key(leaf: &X509Certificate<'_>) -> Result<PublicKey, Refused> {
+    PublicKey::from_spki(leaf.public_key())
+        .map_err(|e| refuse(Refusal::BadSignature, format!("its certificate's key: {e}")))
+}
+
+/// The leaf chains to an authority of the trusted root and names the
+/// configured issuer and identity: the validity windows of the authorities
+/// that issued it (for `valid_at`).
+pub(crate) fn trusted(k: &Keyless, leaf: &X509Certificate<'_>) -> Result<Vec<Window>, Refused> {
+    let authorities = chained(k, leaf);
+    if authorities.is_empty() {
+        return Err(refuse(
+            Refusal::WrongKey,
+            "its certificate chains to no certificate authority of the trusted root",
+        ));
+    }
+    identity(k, leaf)?;
+    Ok(authorities)
+}
+
+/// The leaf, and an authority that issued it, were valid at `time` (a
+/// verified signing time, Unix seconds).
+pub(crate) fn valid_at(
+    leaf: &X509Certificate<'_>,
+    authorities: &[Window],
+    time: i64,
+) -> Result<(), Refused> {
     let v = leaf.validity();
     if time < v.not_before.timestamp() || time > v.not_after.timestamp() {
         return Err(refuse(
@@ -100,7 +128,7 @@ pub(crate) fn check(k: &Keyless, layer: &SignatureLayer, sig: &[u8]) -> Result<(
 
 /// The validity windows of the authorities whose chain issued `leaf` (each
 /// signature in the chain verified, the last certificate by itself).
-fn chained(k: &Keyless, leaf: &X509Certificate<'_>) -> Vec<super::trusted_root::Window> {
+fn chained(k: &Keyless, leaf: &X509Certificate<'_>) -> Vec<Window> {
     let issued = |child: &X509Certificate<'_>, parent: &[u8]| {
         x509_parser::parse_x509_certificate(parent)
             .is_ok_and(|(_, p)| child.verify_signature(Some(p.public_key())).is_ok())

@@ -14,16 +14,16 @@ use crate::verify::{
     Keyless, Refusal, Require, SignatureLayer, TrustedRoot, Verdict, VerifyPolicy, judge,
 };
 
-fn key() -> KeyPair {
+pub(crate) fn key() -> KeyPair {
     KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
 }
 
-struct Ca {
-    der: Vec<u8>,
+pub(crate) struct Ca {
+    pub(crate) der: Vec<u8>,
     issuer: Issuer<'static, KeyPair>,
 }
 
-fn ca() -> Ca {
+pub(crate) fn ca() -> Ca {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let k = key();
@@ -35,22 +35,22 @@ fn ca() -> Ca {
 }
 
 /// What the leaf says: issuer extension (v2), SAN URI, EKU, validity day.
-struct Leaf<'a> {
-    issuer: &'a str,
-    san: &'a str,
-    code_signing: bool,
+pub(crate) struct Leaf<'a> {
+    pub(crate) issuer: &'a str,
+    pub(crate) san: &'a str,
+    pub(crate) code_signing: bool,
 }
 
-const GOOD: Leaf<'static> = Leaf {
+pub(crate) const GOOD: Leaf<'static> = Leaf {
     issuer: "https://issuer.example",
     san: "https://github.com/org/repo/.github/workflows/release.yml@refs/heads/main",
     code_signing: true,
 };
 
 /// 2024-01-01T12:00:00Z: inside the leaf's day.
-const NOON: i64 = 1_704_110_400;
+pub(crate) const NOON: i64 = 1_704_110_400;
 
-fn leaf(ca: &Ca, l: &Leaf) -> (KeyPair, Vec<u8>) {
+pub(crate) fn leaf(ca: &Ca, l: &Leaf) -> (KeyPair, Vec<u8>) {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.not_before = date_time_ymd(2024, 1, 1);
     p.not_after = date_time_ymd(2024, 1, 2);
@@ -67,7 +67,7 @@ fn leaf(ca: &Ca, l: &Leaf) -> (KeyPair, Vec<u8>) {
     (k, der)
 }
 
-fn root(cas: &[&Ca], log: &KeyPair) -> TrustedRoot {
+pub(crate) fn root(cas: &[&Ca], log: &KeyPair) -> TrustedRoot {
     let cas: Vec<_> = cas
         .iter()
         .map(|c| {
@@ -82,7 +82,7 @@ fn root(cas: &[&Ca], log: &KeyPair) -> TrustedRoot {
     TrustedRoot::parse(doc.to_string().as_bytes()).unwrap()
 }
 
-fn pem(der: &[u8]) -> String {
+pub(crate) fn pem(der: &[u8]) -> String {
     let b = B64.encode(der);
     let lines: Vec<&str> = b
         .as_bytes()
@@ -133,7 +133,7 @@ fn layer(log: &KeyPair, ca: &Ca, l: &Leaf, digest: &Digest, time: i64) -> Signat
     }
 }
 
-fn policy(root: TrustedRoot) -> VerifyPolicy {
+pub(crate) fn policy(root: TrustedRoot) -> VerifyPolicy {
     VerifyPolicy {
         keys: Vec::new(),
         keyless: Some(Keyless {

@@ -11,6 +11,7 @@ mod judge;
 mod keyless;
 mod keys;
 mod rekor;
+mod tlog;
 mod trusted_root;
 
 pub(crate) use bundle::{BUNDLE_TYPES, MAX_BUNDLES, is_bundle_type};

@@ -31,19 +31,43 @@ struct Entry {
     log_id: String,
 }
 
-/// The canonical JSON (RFC 8785) of the entry: keys sorted, no spaces; the
-/// values are integers and base64/hex strings, which serde_json writes
-/// exactly as the canonical form does.
-fn canonical(e: &Entry) -> Vec<u8> {
+/// The canonical JSON (RFC 8785) of a log entry, what its
+/// SignedEntryTimestamp signs: keys sorted, no spaces; the values are
+/// integers and base64/hex strings, which serde_json writes exactly as the
+/// canonical form does.
+fn canonical(body_b64: &str, integrated_time: i64, log_id_hex: &str, log_index: i64) -> Vec<u8> {
     let s = |v: &str| serde_json::Value::String(v.to_string()).to_string();
     format!(
-        "{{\"body\":{},\"integratedTime\":{},\"logID\":{},\"logIndex\":{}}}",
-        s(&e.body),
-        e.integrated_time,
-        s(&e.log_id),
-        e.log_index
+        "{{\"body\":{},\"integratedTime\":{integrated_time},\"logID\":{},\"logIndex\":{log_index}}}",
+        s(body_b64),
+        s(log_id_hex),
     )
     .into_bytes()
+}
+
+/// The fields of a log entry a SignedEntryTimestamp covers.
+pub(crate) struct Promise<'a> {
+    /// The entry body, base64 (as Rekor's API returns it).
+    pub body_b64: &'a str,
+    pub integrated_time: i64,
+    /// The log's id, hex.
+    pub log_id_hex: &'a str,
+    pub log_index: i64,
+}
+
+/// Whether `set` is a transparency-log key's signature (valid at the
+/// entry's time per the trusted root) over the entry.
+pub(crate) fn set_verifies(root: &TrustedRoot, p: &Promise<'_>, set: &[u8]) -> bool {
+    let message = canonical(p.body_b64, p.integrated_time, p.log_id_hex, p.log_index);
+    let t = p.integrated_time;
+    (root.tlogs.iter()).any(|l| l.valid.contains(t) && l.key.verifies(&message, set))
+}
+
+/// The DER of the first certificate of a PEM text (how log entries name
+/// the signer).
+pub(crate) fn pem_certificate(pem: &[u8]) -> Option<Vec<u8>> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem).ok()?;
+    Some(block.contents)
 }
 
 /// The time the log vouches this signature existed (Unix seconds).
@@ -63,13 +87,14 @@ pub(crate) fn signing_time(
         .decode(bundle.set.trim())
         .map_err(|_| "the bundle's SignedEntryTimestamp is not base64")?;
     let entry = &bundle.payload;
-    let message = canonical(entry);
     let t = entry.integrated_time;
-    if !root
-        .tlogs
-        .iter()
-        .any(|l| l.valid.contains(t) && l.key.verifies(&message, &set))
-    {
+    let promise = Promise {
+        body_b64: &entry.body,
+        integrated_time: t,
+        log_id_hex: &entry.log_id,
+        log_index: entry.log_index,
+    };
+    if !set_verifies(root, &promise, &set) {
         return Err("the bundle's SignedEntryTimestamp verifies under no transparency-log key of the trusted root".into());
     }
     logged_entry(&entry.body, layer, sig, leaf_der)?;
@@ -102,10 +127,7 @@ fn logged_entry(
         return Err("the logged entry holds another signature".into());
     }
     let pem = field("/spec/signature/publicKey/content").and_then(|s| B64.decode(s).ok());
-    let logged_cert = pem.as_deref().and_then(|p| {
-        let (_, block) = x509_parser::pem::parse_x509_pem(p).ok()?;
-        Some(block.contents)
-    });
+    let logged_cert = pem.as_deref().and_then(pem_certificate);
     if logged_cert.as_deref() != Some(leaf_der) {
         return Err("the logged entry names another certificate".into());
     }
