@@ -4,13 +4,15 @@
 //! bundle arrives with its bundle referrer (read back through the target's
 //! referrers API); a bundle for another digest, or by another key, and no
 //! signature at all are refused with their reasons, and nothing of those
-//! images is written.
+//! images is written. Keyless bundles (a test CA and log key standing in for
+//! Fulcio and Rekor): only the one by the configured identity, under the
+//! trusted CA, with a log entry about its own signature, arrives.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::support::cosign::{SIGSTORE_BUNDLE, Signer};
+use crate::support::cosign::{Fulcio, Leaf, Logged, NOON_2024, SIGSTORE_BUNDLE, Signer};
 use crate::support::ferro::{
     Ferro, entry_digests, manifest_bytes, push_image, push_referrer, referrers,
 };
@@ -97,5 +99,97 @@ fn images_signed_by_bundle_referrers_arrive_with_them() {
     }
     for tag in ["elsewhere", "foreign", "unsigned"] {
         assert_eq!(manifest_bytes(&target, "mirror", tag), None, "{tag}");
+    }
+}
+
+#[test]
+fn keyless_bundles_arrive_only_with_every_check() {
+    let (src, dst) = (Ferro::start(), Ferro::start());
+    let (fulcio, rogue) = (Fulcio::new(), Fulcio::new());
+    let base = src.url();
+    let tags = ["good", "identity", "other_entry", "unlogged", "untrusted"];
+    let images: BTreeMap<&str, _> = (tags.iter())
+        .map(|t| (*t, push_image(&base, "app", t, &format!("seed-{t}"))))
+        .collect();
+    let name = format!("{}/app", src.host());
+    let issuer = "https://token.actions.githubusercontent.com";
+    let good = Leaf {
+        issuer,
+        san: "https://github.com/org/repo/.github/workflows/release.yml@refs/heads/main",
+        logged_at: NOON_2024,
+    };
+    let fork = Leaf {
+        san: "https://github.com/fork/repo/.github/workflows/release.yml@refs/heads/main",
+        ..good
+    };
+    let cases = [
+        ("good", &fulcio, &good, Logged::This),
+        ("identity", &fulcio, &fork, Logged::This),
+        ("other_entry", &fulcio, &good, Logged::AnotherSignature),
+        ("unlogged", &fulcio, &good, Logged::Nothing),
+        ("untrusted", &rogue, &good, Logged::This),
+    ];
+    let mut bundles = BTreeMap::new();
+    for (tag, ca, leaf, logged) in cases {
+        let digest = &images[tag].digest;
+        let bytes = ca.keyless_bundle(&Signer::statement(digest, &name), leaf, logged);
+        let pushed = push_referrer(&base, "app", &images[tag], SIGSTORE_BUNDLE, &bytes).0;
+        bundles.insert(tag, pushed);
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("sigstore-root.json");
+    std::fs::write(&root, fulcio.trusted_root()).unwrap();
+    let config = format!(
+        "version = 1\n[daemon]\nstate_dir = {:?}\nlisten = \"\"\n{}{}\
+         [[rule]]\nname = \"app\"\nsource = \"{}/app\"\ntargets = [\"{}/mirror\"]\n\
+         [rule.verify]\nkeyless = {{ trusted_root = {:?}, issuer = \"{issuer}\", identity = '^https://github.com/org/repo/' }}\n",
+        dir.path().join("state").display().to_string(),
+        src.regkeeper_registry_toml(),
+        dst.regkeeper_registry_toml(),
+        src.host(),
+        dst.host(),
+        root.display().to_string(),
+    );
+    let out = regkeeper(dir.path(), &config, &["sync", "--json"]);
+    let doc: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("sync JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(1), "refusals make sync exit 1");
+    let want: BTreeMap<String, String> = [
+        ("identity", "identity_mismatch"),
+        ("other_entry", "bad_signature"),
+        ("unlogged", "bad_signature"),
+        ("untrusted", "wrong_key"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(refusals(&doc), want, "{doc}");
+    let details = doc.to_string();
+    assert!(details.contains("no verifiable signing time"), "{doc}");
+
+    let target = dst.url();
+    let signed = &images["good"];
+    assert_eq!(
+        manifest_bytes(&target, "mirror", "good"),
+        Some(signed.bytes.clone())
+    );
+    let listed = referrers(&target, "mirror", &signed.digest);
+    let bundle = &bundles["good"];
+    assert_eq!(
+        entry_digests(&listed),
+        [bundle.digest.clone()].into(),
+        "{listed:?}"
+    );
+    assert_eq!(
+        manifest_bytes(&target, "mirror", &bundle.digest),
+        Some(bundle.bytes.clone())
+    );
+    for tag in ["identity", "other_entry", "unlogged", "untrusted"] {
+        assert_eq!(manifest_bytes(&target, "mirror", tag), None, "{tag}");
+        let d = &images[tag].digest;
+        assert_eq!(manifest_bytes(&target, "mirror", d), None, "{tag}");
+        let b = &bundles[tag].digest;
+        assert_eq!(manifest_bytes(&target, "mirror", b), None, "{tag}");
     }
 }

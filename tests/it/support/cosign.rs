@@ -288,3 +288,72 @@ impl Signer {
         .unwrap()
     }
 }
+
+/// What the transparency-log entry of a keyless bundle is about.
+#[derive(Clone, Copy)]
+pub enum Logged {
+    /// The bundle's own signature, by its certificate.
+    This,
+    /// Another signature of the same statement (another leaf): the log's
+    /// SignedEntryTimestamp is genuine, the entry is not this signature's.
+    AnotherSignature,
+    /// No entry at all.
+    Nothing,
+}
+
+impl Fulcio {
+    /// A keyless sigstore bundle (v0.3) as cosign v3 writes one: a DSSE
+    /// envelope over `statement` signed (over DSSE's PAE) by an ephemeral
+    /// key, that key's leaf certificate in `verificationMaterial.certificate`,
+    /// and a transparency-log entry as Rekor logs a DSSE envelope (`dsse`
+    /// 0.0.1: `payloadHash`, `signatures[]` of signature and verifier PEM)
+    /// with its SignedEntryTimestamp over the canonical JSON of
+    /// `{body, integratedTime, logID, logIndex}`.
+    pub fn keyless_bundle(&self, statement: &[u8], leaf: &Leaf, logged: Logged) -> Vec<u8> {
+        let kind = "application/vnd.in-toto+json";
+        let mut pae = format!("DSSEv1 {} {kind} {} ", kind.len(), statement.len()).into_bytes();
+        pae.extend_from_slice(statement);
+        let sign = |k: &rcgen::KeyPair| rcgen::SigningKey::sign(k, &pae).unwrap();
+        let (key, cert) = self.leaf(leaf);
+        let sig = sign(&key);
+        let entries = match logged {
+            Logged::This => vec![self.dsse_entry(statement, &sig, &cert, leaf.logged_at)],
+            Logged::AnotherSignature => {
+                let (k2, c2) = self.leaf(leaf);
+                vec![self.dsse_entry(statement, &sign(&k2), &c2, leaf.logged_at)]
+            }
+            Logged::Nothing => Vec::new(),
+        };
+        serde_json::to_vec(&json!({
+            "mediaType": SIGSTORE_BUNDLE,
+            "verificationMaterial": {"certificate": {"rawBytes": B64.encode(&cert)},
+                "tlogEntries": entries},
+            "dsseEnvelope": {"payload": B64.encode(statement), "payloadType": kind,
+                "signatures": [{"sig": B64.encode(&sig), "keyid": ""}]}
+        }))
+        .unwrap()
+    }
+
+    /// A bundle's `tlogEntries[]` item (protobuf-JSON: int64 as strings,
+    /// bytes as base64) for a `dsse` 0.0.1 body; the log id is the SHA-256
+    /// of the log key's SubjectPublicKeyInfo, hex in what the SET signs.
+    fn dsse_entry(&self, payload: &[u8], sig: &[u8], cert: &[u8], time: i64) -> Value {
+        let hash = |b: &[u8]| sha256_digest(b).trim_start_matches("sha256:").to_string();
+        let body = json!({"apiVersion": "0.0.1", "kind": "dsse", "spec": {
+            "envelopeHash": {"algorithm": "sha256", "value": hash(b"envelope")},
+            "payloadHash": {"algorithm": "sha256", "value": hash(payload)},
+            "signatures": [{"signature": B64.encode(sig),
+                "verifier": B64.encode(cert_pem(cert))}]}});
+        let body = B64.encode(body.to_string());
+        let log_id = hash(&rcgen::PublicKeyData::subject_public_key_info(&self.log));
+        let canonical = format!(
+            "{{\"body\":\"{body}\",\"integratedTime\":{time},\"logID\":\"{log_id}\",\"logIndex\":7}}"
+        );
+        let set = rcgen::SigningKey::sign(&self.log, canonical.as_bytes()).unwrap();
+        json!({"logIndex": "7", "logId": {"keyId": B64.encode(hex::decode(&log_id).unwrap())},
+            "kindVersion": {"kind": "dsse", "version": "0.0.1"},
+            "integratedTime": time.to_string(),
+            "inclusionPromise": {"signedEntryTimestamp": B64.encode(set)},
+            "canonicalizedBody": body})
+    }
+}
