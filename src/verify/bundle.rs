@@ -267,7 +267,10 @@ fn signing_times(
     let mut why = Vec::new();
     for (i, entry) in material.tlog_entries.iter().enumerate() {
         match tlog::logged_time(root, entry, signed) {
-            Ok(t) => times.push(t),
+            Ok(Some(t)) => times.push(t),
+            Ok(None) => why.push(format!(
+                "tlogEntries[{i}]: logged (inclusion proof and checkpoint verified), but a Rekor v2 entry gives no signing time"
+            )),
             Err(e) => why.push(format!("tlogEntries[{i}]: {e}")),
         }
     }

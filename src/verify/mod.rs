@@ -6,6 +6,7 @@
 //! (`judge.rs`). Pure: the engine fetches (`engine/verify.rs`), this decides.
 
 mod bundle;
+mod checkpoint;
 mod cosign;
 mod judge;
 mod keyless;

@@ -196,3 +196,76 @@ fn each_keyless_bundle_check_refuses_on_its_own() {
     let r = reason(&p, &d, bundle(&st4, &sig4, &cert4, vec![e]));
     assert_eq!(r, Some(Refusal::DigestMismatch));
 }
+
+/// Rekor v2's `dsse` 0.0.2 body (protobuf-JSON, bytes base64).
+fn dsse_v2_body(payload: &[u8], sig: &[u8], cert: &[u8]) -> Value {
+    json!({"apiVersion": "0.0.2", "kind": "dsse", "spec": {"dsseV002": {
+        "payloadHash": {"algorithm": "SHA2_256", "digest": B64.encode(Sha256::digest(payload))},
+        "signatures": [{"content": B64.encode(sig), "verifier": {
+            "x509Certificate": {"rawBytes": B64.encode(cert)},
+            "keyDetails": "PKIX_ECDSA_P256_SHA_256"}}]}}})
+}
+
+fn hash_pair(l: &[u8], r: &[u8]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update([1u8]);
+    h.update(l);
+    h.update(r);
+    h.finalize().to_vec()
+}
+
+fn leaf_of(b: &[u8]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    h.update(b);
+    h.finalize().to_vec()
+}
+
+/// A Rekor v2 entry for `body`, leaf 1 of a 3-leaf tree, with a
+/// checkpoint signed by `log` (no SignedEntryTimestamp, no time).
+fn v2_entry(log: &KeyPair, body: &Value) -> Value {
+    let body = body.to_string().into_bytes();
+    let (l0, l2) = (leaf_of(b"first"), leaf_of(b"third"));
+    let root = hash_pair(&hash_pair(&l0, &leaf_of(&body)), &l2);
+    let text = format!("log.example - 1\n3\n{}\n", B64.encode(&root));
+    let mut sig = vec![1, 2, 3, 4];
+    sig.extend(rcgen::SigningKey::sign(log, text.as_bytes()).unwrap());
+    let note = format!("{text}\n\u{2014} log.example {}\n", B64.encode(sig));
+    json!({"logIndex": "1", "logId": {"keyId": B64.encode(LOG_ID)},
+        "kindVersion": {"kind": "dsse", "version": "0.0.2"},
+        "integratedTime": "0",
+        "inclusionProof": {"logIndex": "1", "rootHash": B64.encode(&root), "treeSize": "3",
+            "hashes": [B64.encode(&l0), B64.encode(&l2)],
+            "checkpoint": {"envelope": note}},
+        "canonicalizedBody": B64.encode(&body)})
+}
+
+#[test]
+fn a_rekor_v2_entry_proves_inclusion_but_gives_no_time() {
+    let (fulcio, log, rogue_log) = (ca(), key(), key());
+    let p = policy(root(&[&fulcio], &log));
+    let d = Digest::of(b"image");
+    let (st, sig, cert) = signed(&fulcio, &GOOD, &d);
+    let detail = |entry: Value| {
+        let (r, detail) = verdict(&p, &d, bundle(&st, &sig, &cert, vec![entry])).expect("refused");
+        assert_eq!(r, Refusal::BadSignature, "{detail}");
+        assert!(detail.contains("no verifiable signing time"), "{detail}");
+        detail
+    };
+    let body = dsse_v2_body(&st, &sig, &cert);
+    let logged = detail(v2_entry(&log, &body));
+    assert!(logged.contains("gives no signing time"), "{logged}");
+    let rogue = detail(v2_entry(&rogue_log, &body));
+    assert!(rogue.contains("checkpoint is signed by no"), "{rogue}");
+    let mut cut = v2_entry(&log, &body);
+    cut["inclusionProof"]["hashes"] = json!([cut["inclusionProof"]["hashes"][0]]);
+    let cut = detail(cut);
+    assert!(cut.contains("does not lead"), "{cut}");
+    let mut moved = v2_entry(&log, &body);
+    moved["inclusionProof"]["logIndex"] = json!("0");
+    let moved = detail(moved);
+    assert!(moved.contains("does not lead"), "{moved}");
+    let (_, other_sig, _) = signed(&fulcio, &GOOD, &d);
+    let other = detail(v2_entry(&log, &dsse_v2_body(&st, &other_sig, &cert)));
+    assert!(other.contains("another signature"), "{other}");
+}
