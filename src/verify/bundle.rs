@@ -146,30 +146,33 @@ pub(crate) fn check(policy: &VerifyPolicy, digest: &Digest, bytes: &[u8]) -> Res
     let payload = B64
         .decode(env.payload.trim())
         .map_err(|_| bad("the bundle's DSSE payload is not base64"))?;
-    let message = pae(&env.payload_type, &payload);
-    let sigs: Vec<Vec<u8>> = (env.signatures.iter())
-        .filter_map(|s| B64.decode(s.sig.trim()).ok())
-        .collect();
-    let by_key = sigs
-        .iter()
-        .any(|s| policy.keys.iter().any(|k| k.verifies(&message, s)));
+    let dsse = Dsse {
+        message: pae(&env.payload_type, &payload),
+        payload_type: &env.payload_type,
+        payload,
+        sigs: (env.signatures.iter())
+            .filter_map(|s| B64.decode(s.sig.trim()).ok())
+            .collect(),
+    };
+    let by_key =
+        (dsse.sigs.iter()).any(|s| policy.keys.iter().any(|k| k.verifies(&dsse.message, s)));
     let material = bundle.verification_material.as_ref();
     if !by_key {
-        match (&policy.keyless, material.and_then(Material::leaf)) {
-            (Some(k), Some(leaf)) => {
-                let m = material.expect("a leaf comes from the material");
-                let signed = |sig| Signed {
-                    payload_type: &env.payload_type,
-                    payload: &payload,
-                    sig,
-                    leaf_der: &leaf,
-                };
-                keyless_check(k, m, &leaf, &message, &sigs, signed)?;
-            }
-            _ => return Err(unverified(material, &message, &sigs)),
+        match (&policy.keyless, material) {
+            (Some(k), Some(m)) if m.leaf().is_some() => keyless_check(k, m, &dsse)?,
+            _ => return Err(unverified(material, &dsse.message, &dsse.sigs)),
         }
     }
-    statement(policy, digest, &env.payload_type, &payload)
+    statement(policy, digest, dsse.payload_type, &dsse.payload)
+}
+
+/// A bundle's DSSE envelope, decoded: `message` is what its signatures
+/// (the ones that are base64) sign.
+struct Dsse<'a> {
+    payload_type: &'a str,
+    payload: Vec<u8>,
+    message: Vec<u8>,
+    sigs: Vec<Vec<u8>>,
 }
 
 /// The signed statement names cosign's signature predicate and `digest`.
@@ -222,25 +225,25 @@ fn statement(
     Ok(())
 }
 
-/// The keyless checks of a bundle whose signature is by its certificate
-/// `leaf_der`: Ok only when every one passed.
-fn keyless_check<'a>(
-    k: &Keyless,
-    material: &Material,
-    leaf_der: &[u8],
-    message: &[u8],
-    sigs: &'a [Vec<u8>],
-    signed: impl Fn(&'a [u8]) -> Signed<'a>,
-) -> Result<(), Refused> {
-    let leaf = keyless::parse_leaf(leaf_der)?;
+/// The keyless checks of a bundle whose signature is by its certificate:
+/// Ok only when every one passed.
+fn keyless_check(k: &Keyless, material: &Material, dsse: &Dsse<'_>) -> Result<(), Refused> {
+    let leaf_der = material.leaf().unwrap_or_default();
+    let leaf = keyless::parse_leaf(&leaf_der)?;
     let key = keyless::leaf_key(&leaf)?;
-    let Some(sig) = sigs.iter().find(|s| key.verifies(message, s)) else {
+    let Some(sig) = dsse.sigs.iter().find(|s| key.verifies(&dsse.message, s)) else {
         return Err(bad(
             "the sigstore bundle's DSSE signature does not verify under its certificate's key",
         ));
     };
+    let signed = Signed {
+        payload_type: dsse.payload_type,
+        payload: &dsse.payload,
+        sig,
+        leaf_der: &leaf_der,
+    };
     let authorities = keyless::trusted(k, &leaf)?;
-    let times = signing_times(&k.root, material, &signed(sig)).map_err(|e| {
+    let times = signing_times(&k.root, material, &signed).map_err(|e| {
         bad(format!(
             "the sigstore bundle has no verifiable signing time: {e}"
         ))
