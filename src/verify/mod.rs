@@ -2,7 +2,9 @@
 //! `copy --verify-key`): public keys (`keys.rs`), cosign's signature format
 //! (`cosign.rs`: the `sha256-<hex>.sig` manifest, its simple-signing payloads,
 //! the key a Rekor bundle names), sigstore bundles found as referrers
-//! (`bundle.rs`) and the verdict over one digest
+//! (`bundle.rs`, their transparency-log entries in `tlog.rs` and
+//! `checkpoint.rs`), keyless certificates (`keyless.rs`, `rekor.rs`,
+//! `trusted_root.rs`) and the verdict over one digest
 //! (`judge.rs`). Pure: the engine fetches (`engine/verify.rs`), this decides.
 
 mod bundle;
