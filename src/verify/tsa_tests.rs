@@ -179,11 +179,13 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+#[track_caller]
 fn near_now(t: Result<i64, String>) {
     let t = t.expect("a verified time");
     assert!((t - now()).abs() < 3600, "genTime {t} is now");
 }
 
+#[track_caller]
 fn err(r: Result<i64, String>, want: &str) {
     let e = r.expect_err(want);
     assert!(e.contains(want), "{e:?} should say {want:?}");
