@@ -2,7 +2,8 @@
 //! `copy --verify-key`): public keys (`keys.rs`), cosign's signature format
 //! (`cosign.rs`: the `sha256-<hex>.sig` manifest, its simple-signing payloads,
 //! the key a Rekor bundle names), sigstore bundles found as referrers
-//! (`bundle.rs`) and the verdict over one digest
+//! (`bundle.rs`), keyless signing times (`rekor.rs`, RFC 3161 timestamps in
+//! `tsa.rs`, combined in `times.rs`) and the verdict over one digest
 //! (`judge.rs`). Pure: the engine fetches (`engine/verify.rs`), this decides.
 
 mod bundle;

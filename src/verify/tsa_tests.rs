@@ -284,3 +284,37 @@ fn a_broken_timestamp_authority_is_refused_when_the_root_is_read() {
         "{e}"
     );
 }
+
+#[test]
+fn a_sig_layer_needs_every_time_it_carries_to_verify() {
+    let pki = Pki::new();
+    pki.ca("ca");
+    pki.tsa("ec", "p256", "ca");
+    let root = pki.root(&[&["ca"]], None);
+    let sig = b"raw signature bytes".to_vec();
+    let stamp = serde_json::json!({"SignedRFC3161Timestamp":
+        B64.encode(pki.stamp("ec", &sig, "-sha256", false, true))});
+    let mut layer = crate::verify::SignatureLayer {
+        payload_digest: crate::oci::Digest::of(b"p"),
+        payload_size: 1,
+        payload: b"p".to_vec(),
+        signature: Some(sig.clone()),
+        named_key: None,
+        certificate: None,
+        bundle: None,
+        timestamp: Some(stamp.to_string()),
+    };
+    let times = |l: &crate::verify::SignatureLayer| {
+        crate::verify::times::signing_times(&root, l, &sig, b"leaf")
+    };
+    let t = times(&layer).expect("the timestamp alone is a signing time");
+    assert_eq!(t.len(), 1);
+    // A Rekor bundle that does not verify refuses, whatever the timestamp says.
+    layer.bundle = Some("{}".into());
+    assert!(times(&layer).unwrap_err().contains("Rekor bundle"));
+    layer.bundle = None;
+    layer.timestamp = Some(r#"{"SignedRFC3161Timestamp": "AAAA"}"#.into());
+    assert!(times(&layer).unwrap_err().contains("RFC 3161"));
+    layer.timestamp = None;
+    assert!(times(&layer).unwrap_err().contains("neither"));
+}
