@@ -21,6 +21,8 @@ command -v script >/dev/null 2>&1 || need+=(bsdutils)
 # dpkg-shlibdeps (the Debian package's Depends) and man (the package test).
 command -v dpkg-shlibdeps >/dev/null 2>&1 || need+=(dpkg-dev)
 command -v man >/dev/null 2>&1 || need+=(man-db)
+# openssl ts: an independent RFC 3161 timestamp authority (verify/tsa_tests.rs, tests/it/verify_tsa.rs).
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}"
     SUDO=""

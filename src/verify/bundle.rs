@@ -59,6 +59,22 @@ struct Material {
     x509_certificate_chain: Option<Chain>,
     #[serde(default)]
     tlog_entries: Vec<tlog::Entry>,
+    timestamp_verification_data: Option<TimestampData>,
+}
+
+/// `verificationMaterial.timestampVerificationData`: RFC 3161 timestamps
+/// of the signature bytes (base64 DER TimeStampResp or TimeStampToken).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TimestampData {
+    #[serde(default)]
+    rfc3161_timestamps: Vec<Rfc3161>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Rfc3161 {
+    signed_timestamp: String,
 }
 
 impl Material {
@@ -257,10 +273,12 @@ fn keyless_check(k: &Keyless, material: &Material, dsse: &Dsse<'_>) -> Result<()
 /// The verified signing times of a bundle's signature (Unix seconds, at
 /// least one, else Err with why each candidate failed): the
 /// `integratedTime` of each transparency-log entry about this signature
-/// whose SignedEntryTimestamp verifies (`tlog.rs`). The certificate must
-/// have been valid at every one. RFC 3161 timestamps of the bundle
-/// (`verificationMaterial.timestampVerificationData`), once verified, join
-/// the list here.
+/// whose SignedEntryTimestamp verifies (`tlog.rs`; entries about something
+/// else are no evidence, and a Rekor v2 entry proves logging but no time),
+/// and the genTime of each RFC 3161 timestamp of the signature bytes
+/// (`tsa.rs`). A timestamp that does not verify refuses the bundle, as for
+/// `.sig` layers (`times.rs`). The certificate must have been valid at
+/// every time returned.
 fn signing_times(
     root: &TrustedRoot,
     material: &Material,
@@ -277,9 +295,19 @@ fn signing_times(
             Err(e) => why.push(format!("tlogEntries[{i}]: {e}")),
         }
     }
+    let stamps = (material.timestamp_verification_data.as_ref())
+        .map_or(&[][..], |d| &d.rfc3161_timestamps[..]);
+    for (i, stamp) in stamps.iter().enumerate() {
+        let what = format!("timestampVerificationData.rfc3161Timestamps[{i}]");
+        let der = (B64.decode(stamp.signed_timestamp.trim()))
+            .map_err(|_| format!("{what}: signedTimestamp is not base64"))?;
+        let t = super::tsa::verified_time(root, &der, signed.sig)
+            .map_err(|e| format!("{what}: {e}"))?;
+        times.push(t);
+    }
     if times.is_empty() {
         if why.is_empty() {
-            return Err("it has no transparency-log entry (tlogEntries is empty)".into());
+            return Err("it has neither a transparency-log entry (tlogEntries) nor an RFC 3161 timestamp (timestampVerificationData)".into());
         }
         return Err(why.join("; "));
     }

@@ -16,6 +16,9 @@ use crate::oci::Digest;
 pub(crate) const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 const BUNDLE_ANNOTATION: &str = "dev.sigstore.cosign/bundle";
 const CERTIFICATE_ANNOTATION: &str = "dev.sigstore.cosign/certificate";
+/// An RFC 3161 timestamp over the signature bytes, as JSON
+/// `{"SignedRFC3161Timestamp": "<base64 DER>"}`.
+const TIMESTAMP_ANNOTATION: &str = "dev.sigstore.cosign/rfc3161timestamp";
 /// The `critical.type` of a cosign signature payload.
 pub(crate) const PAYLOAD_TYPE: &str = "cosign container image signature";
 /// Signature layers read per image, and bytes per payload: a source cannot
@@ -44,6 +47,8 @@ pub(crate) struct SignatureLayer {
     /// leaf), and its Rekor bundle (JSON), as the layer carries them.
     pub certificate: Option<Vec<u8>>,
     pub bundle: Option<String>,
+    /// The layer's RFC 3161 timestamp annotation (JSON), as it carries it.
+    pub timestamp: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +86,7 @@ pub(crate) fn signature_layers(manifest: &[u8]) -> Result<Vec<SignatureLayer>, S
                     .filter(|(_, b)| b.label == "CERTIFICATE")
                     .map(|(_, b)| b.contents),
                 bundle: l.annotations.get(BUNDLE_ANNOTATION).cloned(),
+                timestamp: l.annotations.get(TIMESTAMP_ANNOTATION).cloned(),
             })
         })
         .take(MAX_LAYERS)

@@ -27,6 +27,7 @@ fn layer(k: &rcgen::KeyPair, payload: Vec<u8>, named: bool) -> SignatureLayer {
         named_key: named.then(|| public(k)),
         certificate: None,
         bundle: None,
+        timestamp: None,
     }
 }
 

@@ -6,8 +6,9 @@
 //! and its key must have signed the payload. The signing time comes from the
 //! Rekor bundle (`dev.sigstore.cosign/bundle`): its SignedEntryTimestamp
 //! must verify under a transparency-log key of the trusted root, and its
-//! entry must be this signature, payload and certificate; the certificate
-//! and the authority must be valid at that time. Without a verifiable time
+//! entry must be this signature, payload and certificate; or from an RFC 3161
+//! timestamp of the signature (`times.rs`); the certificate and the
+//! authority must be valid at each such time. Without a verifiable time
 //! the signature is refused: a short-lived certificate proves nothing once
 //! expired, and its own dates are no evidence of when it signed.
 
@@ -57,13 +58,16 @@ pub(crate) fn check(k: &Keyless, layer: &SignatureLayer, sig: &[u8]) -> Result<(
         ));
     }
     let authorities = trusted(k, &leaf)?;
-    let time = super::rekor::signing_time(&k.root, layer, sig, leaf_der).map_err(|e| {
+    let times = super::times::signing_times(&k.root, layer, sig, leaf_der).map_err(|e| {
         refuse(
             Refusal::BadSignature,
             format!("no verifiable signing time: {e}"),
         )
     })?;
-    valid_at(&leaf, &authorities, time)
+    for time in times {
+        valid_at(&leaf, &authorities, time)?;
+    }
+    Ok(())
 }
 
 /// The leaf certificate (DER) of a keyless signature.
@@ -110,7 +114,7 @@ pub(crate) fn valid_at(
         return Err(refuse(
             Refusal::BadSignature,
             format!(
-                "its certificate was not valid when it signed (logged at {time}, valid {} to {})",
+                "its certificate was not valid when it signed (signing time {time}, valid {} to {})",
                 v.not_before, v.not_after
             ),
         ));
@@ -119,7 +123,7 @@ pub(crate) fn valid_at(
         return Err(refuse(
             Refusal::WrongKey,
             format!(
-                "its certificate authority was not trusted when it signed (logged at {time}, outside validFor)"
+                "its certificate authority was not trusted when it signed (signing time {time}, outside validFor)"
             ),
         ));
     }

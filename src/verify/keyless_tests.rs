@@ -126,6 +126,7 @@ fn layer(log: &KeyPair, ca: &Ca, l: &Leaf, digest: &Digest, time: i64) -> Signat
         payload_digest: Digest::of(&payload),
         payload_size: payload.len() as u64,
         bundle: Some(bundle(log, &payload, &sig, &cert, time)),
+        timestamp: None,
         payload,
         signature: Some(sig),
         named_key: None,

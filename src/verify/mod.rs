@@ -14,8 +14,10 @@ mod judge;
 mod keyless;
 mod keys;
 mod rekor;
+mod times;
 mod tlog;
 mod trusted_root;
+mod tsa;
 
 pub(crate) use bundle::{BUNDLE_TYPES, MAX_BUNDLES, is_bundle_type};
 pub(crate) use cosign::{MAX_PAYLOAD, SignatureLayer, signature_layers, signature_tag};

@@ -3,7 +3,10 @@
 //! (`certificateAuthorities[].certChain.certificates[].rawBytes`, base64 DER,
 //! the issuing certificate first) and the transparency logs whose keys sign
 //! the signing time (`tlogs[].publicKey.rawBytes`, base64 DER
-//! SubjectPublicKeyInfo), each with its `validFor` window.
+//! SubjectPublicKeyInfo), each with its `validFor` window; optionally the
+//! timestamp authorities whose RFC 3161 timestamps give a signing time
+//! (`timestampAuthorities[]`, chains like the certificate authorities', the
+//! TSA's own certificate usually first).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -43,6 +46,7 @@ pub(crate) struct Tlog {
 pub struct TrustedRoot {
     pub(crate) authorities: Vec<Authority>,
     pub(crate) tlogs: Vec<Tlog>,
+    pub(crate) tsas: Vec<Authority>,
 }
 
 #[derive(Deserialize)]
@@ -52,6 +56,8 @@ struct WireRoot {
     certificate_authorities: Vec<WireCa>,
     #[serde(default)]
     tlogs: Vec<WireTlog>,
+    #[serde(default)]
+    timestamp_authorities: Vec<WireCa>,
 }
 
 #[derive(Deserialize)]
@@ -120,22 +126,9 @@ impl TrustedRoot {
     pub fn parse(bytes: &[u8]) -> Result<TrustedRoot, String> {
         let wire: WireRoot = serde_json::from_slice(bytes)
             .map_err(|e| format!("not a sigstore trusted_root.json: {e}"))?;
-        let mut authorities = Vec::new();
-        for (i, ca) in wire.certificate_authorities.iter().enumerate() {
-            let what = format!("certificateAuthorities[{i}]");
-            let chain = (ca.cert_chain.certificates.iter())
-                .map(|c| der(&what, &c.raw_bytes))
-                .collect::<Result<Vec<_>, _>>()?;
-            if chain.is_empty() {
-                return Err(format!("{what}: the certificate chain is empty"));
-            }
-            for c in &chain {
-                x509_parser::parse_x509_certificate(c)
-                    .map_err(|e| format!("{what}: a certificate cannot be read: {e}"))?;
-            }
-            let valid = window(&what, ca.valid_for.as_ref())?;
-            authorities.push(Authority { chain, valid });
-        }
+        let authorities = (wire.certificate_authorities.iter().enumerate())
+            .map(|(i, ca)| authority(&format!("certificateAuthorities[{i}]"), ca))
+            .collect::<Result<Vec<_>, _>>()?;
         if authorities.is_empty() {
             return Err("it lists no certificate authority (certificateAuthorities)".into());
         }
@@ -147,6 +140,29 @@ impl TrustedRoot {
             let valid = window(&what, t.public_key.valid_for.as_ref())?;
             tlogs.push(Tlog { key, valid });
         }
-        Ok(TrustedRoot { authorities, tlogs })
+        let tsas = (wire.timestamp_authorities.iter().enumerate())
+            .map(|(i, ca)| authority(&format!("timestampAuthorities[{i}]"), ca))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TrustedRoot {
+            authorities,
+            tlogs,
+            tsas,
+        })
     }
+}
+
+/// A chain of readable certificates, not empty, and its window.
+fn authority(what: &str, ca: &WireCa) -> Result<Authority, String> {
+    let chain = (ca.cert_chain.certificates.iter())
+        .map(|c| der(what, &c.raw_bytes))
+        .collect::<Result<Vec<_>, _>>()?;
+    if chain.is_empty() {
+        return Err(format!("{what}: the certificate chain is empty"));
+    }
+    for c in &chain {
+        x509_parser::parse_x509_certificate(c)
+            .map_err(|e| format!("{what}: a certificate cannot be read: {e}"))?;
+    }
+    let valid = window(what, ca.valid_for.as_ref())?;
+    Ok(Authority { chain, valid })
 }

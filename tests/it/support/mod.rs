@@ -22,6 +22,7 @@ pub mod registry;
 pub mod skopeo;
 pub mod tls;
 pub mod token;
+pub mod tsa;
 
 pub use accesslog::{LoggedRequest, Mark, PathKind};
 pub use corpus::{Corpus, Descriptor, Image, ImageSpec, Index, LayerSpec, layer, sha256_digest};
