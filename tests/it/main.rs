@@ -32,4 +32,5 @@ mod userdocs;
 mod verify;
 mod verify_bundle;
 mod verify_keyless;
+mod verify_sigstore_js;
 mod worldlayouts;
