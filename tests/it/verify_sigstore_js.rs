@@ -5,7 +5,8 @@
 //! and `@sigstore/verify` accepts the bundle before the test uses it
 //! (tests/it/support/sigstore_js/sign.mjs). The bundle is attached as an
 //! OCI 1.1 referrer on ferro-oci-server; `regkeeper sync` mirrors to a
-//! second ferro, read back by raw HTTP. Also: sigstore-js's verifier
+//! second ferro, read back by raw HTTP (in the dsse case the referrer is
+//! written by sigstore-js's registry client, `@sigstore/oci`). Also: sigstore-js's verifier
 //! accepts the key-based bundles of our own helper (`support::cosign`) and
 //! rejects a tampered one.
 
@@ -90,8 +91,14 @@ struct Case {
 }
 
 /// `statement_digest`: the digest the signed statement names (`None`: the
-/// image's own).
-fn run(opts: &[&str], san: &str, statement_digest: Option<&str>) -> Case {
+/// image's own). `attach_with_sigstore_oci`: the referrer is written by
+/// sigstore-js's registry client (attach.mjs) instead of our raw HTTP.
+fn run(
+    opts: &[&str],
+    san: &str,
+    statement_digest: Option<&str>,
+    attach_with_sigstore_oci: bool,
+) -> Case {
     let (src, dst) = (Ferro::start(), Ferro::start());
     let base = src.url();
     let image = push_image(&base, "app", "v1", "sigstore-js");
@@ -99,8 +106,22 @@ fn run(opts: &[&str], san: &str, statement_digest: Option<&str>) -> Case {
     let name = format!("{}/app", src.host());
     let digest = statement_digest.unwrap_or(&image.digest);
     let signed = sign(&dir.path().join("signed"), digest, &name, san, opts);
-    let (referrer, resp) = push_referrer(&base, "app", &image, SIGSTORE_BUNDLE, &signed.bundle);
-    assert_eq!(resp.status, 201, "ferro takes the bundle referrer");
+    let referrer = if attach_with_sigstore_oci {
+        let path = dir.path().join("signed/bundle.json");
+        let args = [name.as_str(), image.digest.as_str(), path.to_str().unwrap()];
+        let out = node("attach.mjs", &args, true);
+        let d: Value = serde_json::from_str(out.trim()).expect("attach.mjs prints a descriptor");
+        let digest = d["digest"].as_str().expect("descriptor digest").to_string();
+        Pushed {
+            bytes: manifest_bytes(&base, "app", &digest).expect("the attached referrer"),
+            digest,
+            artifact_type: Some(SIGSTORE_BUNDLE.into()),
+        }
+    } else {
+        let (r, resp) = push_referrer(&base, "app", &image, SIGSTORE_BUNDLE, &signed.bundle);
+        assert_eq!(resp.status, 201, "ferro takes the bundle referrer");
+        r
+    };
     let config = format!(
         "version = 1\n[daemon]\nstate_dir = {:?}\nlisten = \"\"\n{}{}\
          [[rule]]\nname = \"app\"\nsource = \"{}/app\"\ntargets = [\"{}/mirror\"]\n\
@@ -183,9 +204,10 @@ fn assert_refused(c: &Case, reason: &str) {
     );
 }
 
+/// The referrer here is written by sigstore-js's `@sigstore/oci`.
 #[test]
 fn a_bundle_logged_as_a_dsse_entry_arrives_with_its_referrer() {
-    let c = run(&["--tlog", "dsse"], SAN, None);
+    let c = run(&["--tlog", "dsse"], SAN, None, true);
     let b: Value = serde_json::from_slice(&c.bundle).unwrap();
     let kind = &b["verificationMaterial"]["tlogEntries"][0]["kindVersion"];
     assert_eq!(kind["kind"], "dsse", "sigstore-js logged a dsse entry: {b}");
@@ -194,7 +216,7 @@ fn a_bundle_logged_as_a_dsse_entry_arrives_with_its_referrer() {
 
 #[test]
 fn a_bundle_logged_as_an_intoto_entry_arrives_with_its_referrer() {
-    let c = run(&["--tlog", "intoto"], SAN, None);
+    let c = run(&["--tlog", "intoto"], SAN, None, false);
     let b: Value = serde_json::from_slice(&c.bundle).unwrap();
     let kind = &b["verificationMaterial"]["tlogEntries"][0]["kindVersion"];
     assert_eq!(
@@ -206,7 +228,7 @@ fn a_bundle_logged_as_an_intoto_entry_arrives_with_its_referrer() {
 
 #[test]
 fn a_bundle_timestamped_by_a_tsa_without_a_log_entry_arrives() {
-    let c = run(&["--tlog", "none", "--tsa"], SAN, None);
+    let c = run(&["--tlog", "none", "--tsa"], SAN, None, false);
     let b: Value = serde_json::from_slice(&c.bundle).unwrap();
     let m = &b["verificationMaterial"];
     assert!(m["tlogEntries"].as_array().is_none_or(Vec::is_empty), "{m}");
@@ -218,14 +240,14 @@ fn a_bundle_timestamped_by_a_tsa_without_a_log_entry_arrives() {
 #[test]
 fn a_bundle_by_another_identity_is_refused_and_nothing_is_written() {
     let fork = "https://github.com/fork/repo/.github/workflows/release.yml@refs/heads/main";
-    let c = run(&["--tlog", "dsse"], fork, None);
+    let c = run(&["--tlog", "dsse"], fork, None, false);
     assert_refused(&c, "identity_mismatch");
 }
 
 #[test]
 fn a_bundle_for_another_digest_is_refused_and_nothing_is_written() {
     let other = format!("sha256:{}", "ab".repeat(32));
-    let c = run(&["--tlog", "dsse"], SAN, Some(&other));
+    let c = run(&["--tlog", "dsse"], SAN, Some(&other), false);
     assert_refused(&c, "digest_mismatch");
 }
 
