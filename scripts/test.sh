@@ -23,6 +23,9 @@ command -v dpkg-shlibdeps >/dev/null 2>&1 || need+=(dpkg-dev)
 command -v man >/dev/null 2>&1 || need+=(man-db)
 # openssl ts: an independent RFC 3161 timestamp authority (verify/tsa_tests.rs, tests/it/verify_tsa.rs).
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# node and npm: sigstore-js signs and checks bundles (tests/it/verify_sigstore_js.rs).
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}"
     SUDO=""
@@ -36,6 +39,11 @@ fi
 ferro_bin="${CARGO_HOME:-$HOME/.cargo}/bin/ferro-oci-server"
 command -v ferro-oci-server >/dev/null 2>&1 || [ -x "$ferro_bin" ] \
     || cargo install --locked --version 1.0.0 ferro-oci-server
+
+# sigstore-js (tests/it/support/sigstore_js), exactly as its lock file says.
+node -e 'const [a, b] = process.versions.node.split(".").map(Number);
+  if (a < 20 || (a === 20 && b < 17)) { console.error(`node ${process.versions.node}: sigstore-js needs 20.17 or newer`); process.exit(1); }'
+(cd tests/it/support/sigstore_js && npm ci --no-audit --no-fund --loglevel=error)
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -32,5 +32,6 @@ mod userdocs;
 mod verify;
 mod verify_bundle;
 mod verify_keyless;
+mod verify_sigstore_js;
 mod verify_tsa;
 mod worldlayouts;
