@@ -357,7 +357,7 @@ fn invalid(why: impl ToString) -> Failure {
 }
 
 /// The `manifests` of a fallback index.
-fn index_entries(raw: &RawManifest) -> Result<Vec<Value>, Failure> {
+pub(super) fn index_entries(raw: &RawManifest) -> Result<Vec<Value>, Failure> {
     let v: Value = serde_json::from_slice(&raw.bytes)
         .map_err(|e| invalid(format!("fallback index {}: {e}", raw.digest)))?;
     match v.get("manifests") {

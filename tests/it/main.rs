@@ -31,5 +31,6 @@ mod untrusted;
 mod userdocs;
 mod verify;
 mod verify_bundle;
+mod verify_copy;
 mod verify_keyless;
 mod worldlayouts;
