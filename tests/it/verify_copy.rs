@@ -262,3 +262,84 @@ fn the_verified_sig_manifest_is_read_once_and_copied() {
     assert_eq!(have, tags);
     assert_eq!(manifest_bytes(&dst.url(), "copy", &sig), Some(copied));
 }
+
+/// The cost of verification per image, for the record (run with
+/// `--ignored --nocapture`): 20 images on ferro-oci-server (10 signed by a
+/// `.sig` tag, 10 by a bundle referrer), read through a recording proxy;
+/// `plan` then `sync` into an empty registry of its own, without signatures copied
+/// (`referrers = false`), with them (`referrers = true`, the default) and
+/// with `[rule.verify]`: source requests and wall time of each.
+#[test]
+#[ignore]
+fn measure_the_cost_of_verification() {
+    use crate::support::{HostileRegistry, Reply};
+    let src = Ferro::start();
+    let proxy = HostileRegistry::start(Some(&src.url()), |_| Reply::Forward);
+    let ours = Signer::new();
+    let base = src.url();
+    let name = format!("{}/app", proxy.host());
+    for i in 0..10 {
+        let s = push_image(&base, "app", &format!("s{i}"), &format!("sig {i}"));
+        ours.push(&base, "app", &s.digest, &name, false);
+        let b = push_image(&base, "app", &format!("b{i}"), &format!("bundle {i}"));
+        let bytes = bundle(&ours, &b.digest, &name);
+        push_referrer(&base, "app", &b, SIGSTORE_BUNDLE, &bytes);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = write_key(dir.path(), &ours);
+    let variants = [
+        ("referrers=false", "referrers = false\n".to_string()),
+        ("referrers=true", String::new()),
+        (
+            "verify",
+            format!("[rule.verify]\nsigstore_keys = [{key:?}]\n"),
+        ),
+    ];
+    let mut lines = Vec::new();
+    let mut last = None;
+    for (label, extra) in variants {
+        let dst = Ferro::start();
+        let config = format!(
+            "version = 1\n[daemon]\nstate_dir = {:?}\nlisten = \"\"\n{}{}\
+             [[rule]]\nname = \"r\"\nsource = \"{name}\"\ntargets = [\"{}/mirror\"]\n\
+             tags.include = ['^[sb]\\d$']\n{extra}",
+            dir.path().join(label).display().to_string(),
+            proxy.registry_toml(""),
+            dst.regkeeper_registry_toml(),
+            dst.host()
+        );
+        for command in ["plan", "sync"] {
+            proxy.clear_records();
+            let started = std::time::Instant::now();
+            let out = regkeeper(dir.path(), &config, &[command, "--json"]);
+            let seconds = started.elapsed().as_secs_f64();
+            assert_eq!(out.status.code(), Some(0), "{label} {command}");
+            let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert!(
+                doc["rules"][0]["refused"]
+                    .as_array()
+                    .is_none_or(Vec::is_empty)
+            );
+            let n = proxy.records().len();
+            let per = |path: &str| proxy.count(|s| s.path().contains(path));
+            lines.push(format!(
+                "{label:16} {command}: {n:3} source requests ({} manifests, {} blobs, {} referrers), {seconds:.2} s",
+                per("/manifests/"),
+                per("/blobs/"),
+                per("/referrers/"),
+            ));
+        }
+        last = Some(dst);
+    }
+    let dst = last.unwrap();
+    let listed = referrers(&dst.url(), "mirror", &ours_first_bundle_subject(&base));
+    assert_eq!(listed.len(), 1, "the bundle arrived with its image");
+    for l in &lines {
+        eprintln!("{l}");
+    }
+}
+
+/// The digest of image `b0` at `base` (its bundle's subject).
+fn ours_first_bundle_subject(base: &str) -> String {
+    crate::support::sha256_digest(&manifest_bytes(base, "app", "b0").unwrap())
+}
