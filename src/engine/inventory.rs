@@ -79,6 +79,10 @@ pub(crate) struct RepoInventory {
     /// tag; resolving those tags takes them instead of asking the source
     /// again (so the signature copied is the one verified).
     pub verified_sigs: HashMap<String, RawManifest>,
+    /// With `[rule.verify]`: the referrers lists (API) and bundle referrer
+    /// manifests verification read; discovery takes them (`referrers.rs`).
+    pub verified_lists: HashMap<Digest, Vec<serde_json::Value>>,
+    pub verified_manifests: HashMap<Digest, RawManifest>,
     /// An `oci:` source's untagged entry points (`entries.rs`).
     pub entries: Vec<super::entries::SourceEntry>,
     /// The rule's `foreign_layers`: copy non-distributable layers the source holds.
@@ -216,6 +220,8 @@ impl Engine {
             referrer_manifests: HashMap::new(),
             refused: HashMap::new(),
             verified_sigs: HashMap::new(),
+            verified_lists: HashMap::new(),
+            verified_manifests: HashMap::new(),
             entries: Vec::new(),
             foreign_layers: rule.foreign_layers,
             warnings: Vec::new(),

@@ -10,6 +10,7 @@
 use std::collections::{HashMap, HashSet};
 
 use futures_util::{StreamExt, TryStreamExt};
+use serde_json::Value;
 
 use super::inventory::RepoInventory;
 use super::report::{Failure, RunError};
@@ -36,6 +37,8 @@ pub(super) struct Signatures {
     pub sig_manifests: Vec<(Digest, RawManifest)>,
     /// The bundle referrers of each digest.
     pub bundles: Vec<(Digest, Bundle)>,
+    /// Each digest's referrers as the source's API listed them (all types).
+    pub listings: Vec<(Digest, Vec<Value>)>,
 }
 
 /// Images judged at once.
@@ -52,6 +55,10 @@ pub(crate) struct Verdicts {
     /// The `.sig` manifests read and verified, by tag: the inventory takes
     /// these rather than reading them again.
     pub sig_manifests: HashMap<String, RawManifest>,
+    /// What verification read of referrers, for their discovery: the API's
+    /// lists by subject, and the bundle referrers' manifests by digest.
+    pub referrer_lists: HashMap<Digest, Vec<Value>>,
+    pub bundle_manifests: HashMap<Digest, RawManifest>,
 }
 
 /// Judges every tag of `repo` that some target will receive (the tags whose
@@ -91,6 +98,11 @@ pub(crate) async fn verify_repo(
                 out.signed.extend(sigs.digests);
                 (out.sig_manifests)
                     .extend((sigs.sig_manifests.into_iter()).map(|(d, m)| (signature_tag(&d), m)));
+                out.referrer_lists.extend(sigs.listings);
+                (out.bundle_manifests).extend(
+                    (sigs.bundles.into_iter())
+                        .map(|(_, b)| (b.manifest.digest.clone(), b.manifest)),
+                );
             }
             Ok((Verdict::Refused { reason, detail }, _)) => {
                 tracing::warn!(tag, reason = reason.as_str(), detail, "refused: not copied");
@@ -159,7 +171,7 @@ pub(super) async fn verify_image(
     let mut found = Signatures::default();
     for (i, digest) in digests.iter().enumerate() {
         let (sig, layers) = signatures(source, listed, digest).await?;
-        let bundles = super::verify_bundles::bundles(source, listed, digest).await?;
+        let (listing, bundles) = super::verify_bundles::bundles(source, listed, digest).await?;
         let bytes: Vec<Vec<u8>> = bundles.iter().map(|b| b.bytes.clone()).collect();
         if let Verdict::Refused { reason, detail } = judge_all(policy, digest, &layers, &bytes) {
             let detail = if i == 0 {
@@ -171,11 +183,13 @@ pub(super) async fn verify_image(
         }
         found.sig_manifests.extend(sig.map(|m| (digest.clone(), m)));
         (found.bundles).extend(bundles.into_iter().map(|b| (digest.clone(), b)));
+        found.listings.extend(listing.map(|l| (digest.clone(), l)));
     }
     // The source index's signature does not go with a subset of it.
     digests.retain(|d| *d == root.digest || *d != signed_root);
     found.sig_manifests.retain(|(d, _)| digests.contains(d));
     found.bundles.retain(|(d, _)| digests.contains(d));
+    found.listings.retain(|(d, _)| digests.contains(d));
     found.digests = digests;
     Ok((Verdict::Verified, found))
 }

@@ -32,13 +32,16 @@ pub(crate) struct Bundle {
 /// or not a bundle is skipped (it is no signature regkeeper can judge; the
 /// image then needs another). `listed`: the source's tags, when known (a
 /// fallback index is asked only when listed).
+/// Also the whole referrers list the API gave (`None` without the API),
+/// which the inventory's referrer discovery takes rather than asking again.
 pub(crate) async fn bundles(
     source: &Store,
     listed: Option<&std::collections::HashSet<String>>,
     digest: &Digest,
-) -> Result<Vec<Bundle>, Failure> {
-    let entries = match source.referrers(digest, None).await.map_err(read)? {
-        Some(entries) => entries,
+) -> Result<(Option<Vec<Value>>, Vec<Bundle>), Failure> {
+    let api = source.referrers(digest, None).await.map_err(read)?;
+    let entries = match &api {
+        Some(entries) => entries.clone(),
         None => fallback_entries(source, listed, digest).await?,
     };
     let listed: Vec<(Value, Digest)> = (entries.into_iter())
@@ -55,7 +58,7 @@ pub(crate) async fn bundles(
             out.push(b);
         }
     }
-    Ok(out)
+    Ok((api, out))
 }
 
 /// The entries of `digest`'s fallback index at the source (none when the

@@ -263,6 +263,44 @@ fn the_verified_sig_manifest_is_read_once_and_copied() {
     assert_eq!(manifest_bytes(&dst.url(), "copy", &sig), Some(copied));
 }
 
+/// `sync` under `[rule.verify]` asks the source's referrers API once per
+/// image and reads the bundle referrer once: discovery for the copy takes
+/// what verification read (and the copied referrer is the one verified).
+#[test]
+fn the_verified_bundle_referrer_is_read_once_and_copied() {
+    use crate::support::{HostileRegistry, Reply};
+    let (src, dst) = (Ferro::start(), Ferro::start());
+    let proxy = HostileRegistry::start(Some(&src.url()), |_| Reply::Forward);
+    let ours = Signer::new();
+    let base = src.url();
+    let image = push_image(&base, "app", "signed", "seed-signed");
+    let name = format!("{}/app", proxy.host());
+    let bytes = bundle(&ours, &image.digest, &name);
+    let good = push_referrer(&base, "app", &image, SIGSTORE_BUNDLE, &bytes).0;
+    let dir = tempfile::tempdir().unwrap();
+    let key = write_key(dir.path(), &ours);
+    let config = format!(
+        "version = 1\n[daemon]\nstate_dir = {:?}\nlisten = \"\"\n{}{}\
+         [[rule]]\nname = \"r\"\nsource = \"{name}\"\ntargets = [\"{}/mirror\"]\n\
+         [rule.verify]\nsigstore_keys = [{key:?}]\n",
+        dir.path().join("state").display().to_string(),
+        proxy.registry_toml(""),
+        dst.regkeeper_registry_toml(),
+        dst.host()
+    );
+    let out = regkeeper(dir.path(), &config, &["sync"]);
+    assert_eq!(out.status.code(), Some(0));
+    let asked = |path: String| proxy.count(|s| s.method == "GET" && s.path() == path);
+    assert_eq!(asked(format!("/v2/app/referrers/{}", image.digest)), 1);
+    assert_eq!(asked(format!("/v2/app/manifests/{}", good.digest)), 1);
+    let listed = referrers(&dst.url(), "mirror", &image.digest);
+    assert_eq!(entry_digests(&listed), [good.digest.clone()].into());
+    assert_eq!(
+        manifest_bytes(&dst.url(), "mirror", &good.digest),
+        Some(good.bytes)
+    );
+}
+
 /// The cost of verification per image, for the record (run with
 /// `--ignored --nocapture`): 20 images on ferro-oci-server (10 signed by a
 /// `.sig` tag, 10 by a bundle referrer), read through a recording proxy;
