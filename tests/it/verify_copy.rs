@@ -158,7 +158,7 @@ fn bundles_in_the_fallback_index_verify_and_arrive() {
     let base = header(dir.path(), &[&src, &dst]);
     let rule = format!(
         "{base}[[rule]]\nname = \"app\"\nsource = \"{}/app\"\ntargets = [\"{}/mirror\"]\n\
-         tags.exclude = ['^sha256-']\n[rule.verify]\nsigstore_keys = [{key:?}]\n",
+         [rule.verify]\nsigstore_keys = [{key:?}]\n",
         src.host(),
         dst.host(),
     );
