@@ -88,7 +88,8 @@ enum Command {
         platforms: Vec<String>,
         /// Copy only if a cosign signature by this public key (PEM,
         /// `cosign.pub`; repeatable: any of them) covers the image's digest,
-        /// and the index's images too; the signatures are copied with it.
+        /// and the index's images too; the signatures (its `.sig` tag, its
+        /// sigstore bundle referrers) are copied with it.
         #[arg(long = "verify-key", value_name = "FILE")]
         verify_keys: Vec<std::path::PathBuf>,
         #[command(flatten)]

@@ -44,6 +44,9 @@ impl Engine {
             let listed: HashSet<String> = all_tags.iter().cloned().collect();
             let verdicts = super::verify::verify_repo(policy, repo, &listed, &rule.platforms).await;
             repo.refused = verdicts.refused;
+            repo.verified_sigs = verdicts.sig_manifests;
+            repo.verified_lists = verdicts.referrer_lists;
+            repo.verified_manifests = verdicts.bundle_manifests;
             signed = verdicts.signed;
         }
         if rule.referrers || rule.verify.is_some() {

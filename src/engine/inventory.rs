@@ -75,6 +75,14 @@ pub(crate) struct RepoInventory {
     pub referrer_manifests: HashMap<Digest, RawManifest>,
     /// With `[rule.verify]`: tags refused, with why (`engine/verify.rs`).
     pub refused: HashMap<String, (crate::verify::Refusal, String)>,
+    /// With `[rule.verify]`: the `.sig` manifests read and verified, by
+    /// tag; resolving those tags takes them instead of asking the source
+    /// again (so the signature copied is the one verified).
+    pub verified_sigs: HashMap<String, RawManifest>,
+    /// With `[rule.verify]`: the referrers lists (API) and bundle referrer
+    /// manifests verification read; discovery takes them (`referrers.rs`).
+    pub verified_lists: HashMap<Digest, Vec<serde_json::Value>>,
+    pub verified_manifests: HashMap<Digest, RawManifest>,
     /// An `oci:` source's untagged entry points (`entries.rs`).
     pub entries: Vec<super::entries::SourceEntry>,
     /// The rule's `foreign_layers`: copy non-distributable layers the source holds.
@@ -211,6 +219,9 @@ impl Engine {
             referrers: Vec::new(),
             referrer_manifests: HashMap::new(),
             refused: HashMap::new(),
+            verified_sigs: HashMap::new(),
+            verified_lists: HashMap::new(),
+            verified_manifests: HashMap::new(),
             entries: Vec::new(),
             foreign_layers: rule.foreign_layers,
             warnings: Vec::new(),
@@ -358,6 +369,7 @@ impl Engine {
             platforms,
             now: self.now(),
             budget,
+            known: &repo.verified_sigs,
         };
         let results = futures_util::stream::iter(tags.iter().cloned())
             .map(|tag| ctx.resolve(tag))

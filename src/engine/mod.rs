@@ -23,7 +23,8 @@ mod runplan;
 mod targets;
 mod verify;
 mod verify_bundles;
-pub use verify::VerifiedCopyError;
+mod verify_copy;
+pub use verify_copy::VerifiedCopyError;
 
 use std::collections::HashMap;
 use std::sync::Arc;

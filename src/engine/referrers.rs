@@ -51,6 +51,8 @@ impl Engine {
             source_tags: &source_tags,
             types,
             held: AtomicUsize::new(0),
+            known_lists: &repo.verified_lists,
+            known_manifests: &repo.verified_manifests,
         };
         let (found, manifests, errors) = ctx.walk(roots).await;
         repo.errors.extend(errors);
@@ -129,6 +131,10 @@ struct Discover<'a> {
     /// Bytes of referrer manifests fetched so far (bounded by
     /// [`MAX_HELD_BYTES`]).
     held: AtomicUsize,
+    /// What `[rule.verify]` read already (`verify.rs`): referrers lists from
+    /// the API by subject, and manifests by digest; not asked again.
+    known_lists: &'a HashMap<Digest, Vec<Value>>,
+    known_manifests: &'a HashMap<Digest, RawManifest>,
 }
 
 impl Discover<'_> {
@@ -195,7 +201,13 @@ impl Discover<'_> {
 
     /// `subject`'s referrers of the wanted types, with their manifests.
     async fn referrers_of(&self, subject: &Digest) -> Result<Found, Failure> {
-        let entries = match self.ask_api(subject).await? {
+        let known = (self.known_lists.get(subject))
+            .map(|l| l.iter().filter(|e| self.wanted(e)).cloned().collect());
+        let asked = match known {
+            Some(list) => Some(list),
+            None => self.ask_api(subject).await?,
+        };
+        let entries = match asked {
             Some(list) => list,
             None => {
                 let mut list = self.read_fallback(subject).await?;
@@ -215,7 +227,12 @@ impl Discover<'_> {
     /// One listed referrer's manifest, counted against [`MAX_HELD_BYTES`].
     async fn fetch(&self, entry: Value) -> Result<(Value, RawManifest), Failure> {
         let d = entry_digest(&entry)?;
-        let raw = match self.source.get_manifest(d.as_str()).await {
+        let known = self.known_manifests.get(&d).cloned().map(Some);
+        let read = match known {
+            Some(raw) => Ok(raw),
+            None => self.source.get_manifest(d.as_str()).await,
+        };
+        let raw = match read {
             Ok(Some(raw)) => raw,
             Ok(None) => {
                 let why = format!("referrer {d} is listed but absent");
@@ -357,7 +374,7 @@ fn invalid(why: impl ToString) -> Failure {
 }
 
 /// The `manifests` of a fallback index.
-fn index_entries(raw: &RawManifest) -> Result<Vec<Value>, Failure> {
+pub(super) fn index_entries(raw: &RawManifest) -> Result<Vec<Value>, Failure> {
     let v: Value = serde_json::from_slice(&raw.bytes)
         .map_err(|e| invalid(format!("fallback index {}: {e}", raw.digest)))?;
     match v.get("manifests") {

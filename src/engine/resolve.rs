@@ -30,6 +30,9 @@ pub(super) struct ResolveCtx<'a> {
     pub platforms: &'a [Platform],
     pub now: i64,
     pub budget: &'a ManifestBudget,
+    /// Manifests already read this run, by tag (verified `.sig` tags):
+    /// taken as the source's, not asked again.
+    pub known: &'a HashMap<String, RawManifest>,
 }
 
 impl ResolveCtx<'_> {
@@ -61,10 +64,13 @@ impl ResolveCtx<'_> {
                         .map_err(|e| (tag.clone(), Failure::transport(&e, Side::Target)))
                 }
             }));
-        let (source, at_targets) = tokio::join!(
-            resolve_source(self.source, &tag, missing_somewhere, self.platforms),
-            at_targets
-        );
+        let from_source = async {
+            match self.known.get(&tag) {
+                Some(m) => Ok(Some((m.digest.clone(), Some(m.clone())))),
+                None => resolve_source(self.source, &tag, missing_somewhere, self.platforms).await,
+            }
+        };
+        let (source, at_targets) = tokio::join!(from_source, at_targets);
         let Some((digest, manifest)) = source? else {
             return Ok(None);
         };

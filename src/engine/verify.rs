@@ -10,9 +10,11 @@
 use std::collections::{HashMap, HashSet};
 
 use futures_util::{StreamExt, TryStreamExt};
+use serde_json::Value;
 
 use super::inventory::RepoInventory;
 use super::report::{Failure, RunError};
+use super::verify_bundles::Bundle;
 use crate::oci::{Digest, Manifest, RawManifest, Verified};
 use crate::plan::referrer_subject;
 use crate::transport::{ErrorClass, Side, Store};
@@ -21,8 +23,23 @@ use crate::verify::{
     signature_tag,
 };
 
-/// An image's verdict and the digests that verified, or why it could not be judged.
-type Judged = Result<(Verdict, Vec<Digest>), Failure>;
+/// An image's verdict and the signatures that verified it, or why it could
+/// not be judged.
+type Judged = Result<(Verdict, Signatures), Failure>;
+
+/// What verified an image, as read at the source: the digests whose
+/// signatures verified, their `.sig` manifests and their bundle referrers.
+/// A copy writes exactly these bytes (the verified ones, read once).
+#[derive(Debug, Default)]
+pub(super) struct Signatures {
+    pub digests: Vec<Digest>,
+    /// The `.sig` manifest of each digest that has one.
+    pub sig_manifests: Vec<(Digest, RawManifest)>,
+    /// The bundle referrers of each digest.
+    pub bundles: Vec<(Digest, Bundle)>,
+    /// Each digest's referrers as the source's API listed them (all types).
+    pub listings: Vec<(Digest, Vec<Value>)>,
+}
 
 /// Images judged at once.
 const IN_PARALLEL: usize = 8;
@@ -35,6 +52,13 @@ pub(crate) struct Verdicts {
     /// Digests whose signatures verified (roots, and with `require = "all"`
     /// the images of an index): their `.sig` tags are copied with them.
     pub signed: HashSet<Digest>,
+    /// The `.sig` manifests read and verified, by tag: the inventory takes
+    /// these rather than reading them again.
+    pub sig_manifests: HashMap<String, RawManifest>,
+    /// What verification read of referrers, for their discovery: the API's
+    /// lists by subject, and the bundle referrers' manifests by digest.
+    pub referrer_lists: HashMap<Digest, Vec<Value>>,
+    pub bundle_manifests: HashMap<Digest, RawManifest>,
 }
 
 /// Judges every tag of `repo` that some target will receive (the tags whose
@@ -70,7 +94,16 @@ pub(crate) async fn verify_repo(
     let mut failed = HashSet::new();
     for (tag, result) in results {
         match result {
-            Ok((Verdict::Verified, digests)) => out.signed.extend(digests),
+            Ok((Verdict::Verified, sigs)) => {
+                out.signed.extend(sigs.digests);
+                (out.sig_manifests)
+                    .extend((sigs.sig_manifests.into_iter()).map(|(d, m)| (signature_tag(&d), m)));
+                out.referrer_lists.extend(sigs.listings);
+                (out.bundle_manifests).extend(
+                    (sigs.bundles.into_iter())
+                        .map(|(_, b)| (b.manifest.digest.clone(), b.manifest)),
+                );
+            }
             Ok((Verdict::Refused { reason, detail }, _)) => {
                 tracing::warn!(tag, reason = reason.as_str(), detail, "refused: not copied");
                 out.refused.insert(tag, (reason, detail));
@@ -101,7 +134,7 @@ pub(crate) async fn verify_repo(
 
 /// The verdict over one image: its root, and with `require = "all"` every
 /// manifest an index lists; the digests that verified.
-async fn verify_image(
+pub(super) async fn verify_image(
     policy: &VerifyPolicy,
     source: &Store,
     listed: Option<&HashSet<String>>,
@@ -126,7 +159,7 @@ async fn verify_image(
             if let Some(c) = children.iter().find(|c| !listed.contains(c)) {
                 let detail = format!("image {c} is not in the source's index {}", original.digest);
                 let reason = Refusal::DigestMismatch;
-                return Ok((Verdict::Refused { reason, detail }, Vec::new()));
+                return Ok((Verdict::Refused { reason, detail }, Signatures::default()));
             }
             signed_root = original.digest;
         }
@@ -135,30 +168,39 @@ async fn verify_image(
     if policy.require == Require::All {
         digests.extend(children.into_iter().flatten());
     }
+    let mut found = Signatures::default();
     for (i, digest) in digests.iter().enumerate() {
-        let layers = signatures(source, listed, digest).await?;
-        let bundles = super::verify_bundles::bundles(source, digest).await?;
-        if let Verdict::Refused { reason, detail } = judge_all(policy, digest, &layers, &bundles) {
+        let (sig, layers) = signatures(source, listed, digest).await?;
+        let (listing, bundles) = super::verify_bundles::bundles(source, listed, digest).await?;
+        let bytes: Vec<Vec<u8>> = bundles.iter().map(|b| b.bytes.clone()).collect();
+        if let Verdict::Refused { reason, detail } = judge_all(policy, digest, &layers, &bytes) {
             let detail = if i == 0 {
                 detail
             } else {
                 format!("image {digest} of the index: {detail}")
             };
-            return Ok((Verdict::Refused { reason, detail }, Vec::new()));
+            return Ok((Verdict::Refused { reason, detail }, Signatures::default()));
         }
+        found.sig_manifests.extend(sig.map(|m| (digest.clone(), m)));
+        (found.bundles).extend(bundles.into_iter().map(|b| (digest.clone(), b)));
+        found.listings.extend(listing.map(|l| (digest.clone(), l)));
     }
     // The source index's signature does not go with a subset of it.
     digests.retain(|d| *d == root.digest || *d != signed_root);
-    Ok((Verdict::Verified, digests))
+    found.sig_manifests.retain(|(d, _)| digests.contains(d));
+    found.bundles.retain(|(d, _)| digests.contains(d));
+    found.listings.retain(|(d, _)| digests.contains(d));
+    found.digests = digests;
+    Ok((Verdict::Verified, found))
 }
 
 /// The root `copy` or the inventory read, how it was named at the source,
 /// and the rule's platform filter.
 #[derive(Clone, Copy)]
-struct Image<'a> {
-    root: &'a RawManifest,
-    reference: &'a str,
-    platforms: &'a [crate::oci::Platform],
+pub(super) struct Image<'a> {
+    pub root: &'a RawManifest,
+    pub reference: &'a str,
+    pub platforms: &'a [crate::oci::Platform],
 }
 
 /// The digests an index lists; `None` for an image manifest.
@@ -171,21 +213,21 @@ fn index_children(m: &RawManifest) -> Option<Vec<Digest>> {
     }
 }
 
-/// The signature layers of `digest` at the source, payloads read (each
-/// checked against its digest and size). None without the `.sig` tag (no
-/// request when the tag list, `listed`, says so).
+/// The `.sig` manifest of `digest` at the source and its signature layers,
+/// payloads read (each checked against its digest and size). None without
+/// the `.sig` tag (no request when the tag list, `listed`, says so).
 async fn signatures(
     source: &Store,
     listed: Option<&HashSet<String>>,
     digest: &Digest,
-) -> Result<Vec<SignatureLayer>, Failure> {
+) -> Result<(Option<RawManifest>, Vec<SignatureLayer>), Failure> {
     let tag = signature_tag(digest);
     if listed.is_some_and(|l| !l.contains(&tag)) {
-        return Ok(Vec::new());
+        return Ok((None, Vec::new()));
     }
     let read = |e: crate::transport::TransportError| Failure::transport(&e, Side::Source);
     let Some(manifest) = source.get_manifest(&tag).await.map_err(read)? else {
-        return Ok(Vec::new());
+        return Ok((None, Vec::new()));
     };
     let mut layers = match signature_layers(&manifest.bytes) {
         Ok(l) => l,
@@ -221,52 +263,5 @@ async fn signatures(
         })?;
         layer.payload = chunks.concat();
     }
-    Ok(layers)
-}
-
-/// Why `copy --verify-key` did not copy.
-#[derive(Debug, thiserror::Error)]
-pub enum VerifiedCopyError {
-    #[error("refused ({reason}): {detail}; nothing was copied")]
-    Refused { reason: Refusal, detail: String },
-    #[error("cannot verify the signatures: {0}")]
-    Unverifiable(String),
-    #[error(transparent)]
-    Copy(#[from] super::CopyError),
-}
-
-impl super::Engine {
-    /// `copy --verify-key`: the root as `copy` reads it, verified as
-    /// `[rule.verify]` does, then that same root copied, then its
-    /// signatures (the `.sig` tags of every digest that verified).
-    pub async fn copy_verified(
-        &self,
-        source: &Store,
-        reference: &str,
-        target: &Store,
-        tag: Option<&str>,
-        platforms: &[crate::oci::Platform],
-        policy: &VerifyPolicy,
-    ) -> Result<Digest, VerifiedCopyError> {
-        let root = Self::copy_root(source, reference, platforms).await?;
-        let image = Image {
-            root: &root,
-            reference,
-            platforms,
-        };
-        let signed = match verify_image(policy, source, None, image).await {
-            Ok((Verdict::Verified, signed)) => signed,
-            Ok((Verdict::Refused { reason, detail }, _)) => {
-                return Err(VerifiedCopyError::Refused { reason, detail });
-            }
-            Err(f) => return Err(VerifiedCopyError::Unverifiable(f.message)),
-        };
-        let digest = self.copy_tree_of(source, root, target, tag).await?;
-        for d in signed {
-            let sig = signature_tag(&d);
-            let root = Self::copy_root(source, &sig, &[]).await?;
-            self.copy_tree_of(source, root, target, Some(&sig)).await?;
-        }
-        Ok(digest)
-    }
+    Ok((Some(manifest), layers))
 }

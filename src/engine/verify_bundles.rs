@@ -1,14 +1,17 @@
 //! The sigstore bundles of one image digest at the source, for
 //! `[rule.verify]` (`verify.rs`): its referrers of a bundle artifact type,
-//! through the OCI 1.1 referrers API (none where the source has no API),
-//! each referrer manifest read by digest and its bundle layer read
-//! digest- and size-checked; at most `MAX_BUNDLES` of `MAX_PAYLOAD` bytes.
+//! through the OCI 1.1 referrers API, or where the source has none, the
+//! entries of its `sha256-<hex>` fallback index (the referrers tag schema
+//! cosign v3 and oras write; asked only when the tag list has it); each
+//! referrer manifest read by digest and its bundle layer read digest- and
+//! size-checked; at most `MAX_BUNDLES` of `MAX_PAYLOAD` bytes.
 
 use futures_util::TryStreamExt;
 use serde_json::Value;
 
+use super::referrer_plan::fallback_tag;
 use super::report::Failure;
-use crate::oci::{Digest, Verified};
+use crate::oci::{Digest, RawManifest, Verified};
 use crate::transport::{ErrorClass, Side, Store, TransportError};
 use crate::verify::{MAX_BUNDLES, MAX_PAYLOAD, is_bundle_type};
 
@@ -16,29 +19,71 @@ fn read(e: TransportError) -> Failure {
     Failure::transport(&e, Side::Source)
 }
 
-/// The bytes of each bundle referring to `digest`; a referrer whose layer
-/// is too large or not a bundle is skipped (it is no signature regkeeper
-/// can judge; the image then needs another).
-pub(crate) async fn bundles(source: &Store, digest: &Digest) -> Result<Vec<Vec<u8>>, Failure> {
-    let Some(entries) = source.referrers(digest, None).await.map_err(read)? else {
-        return Ok(Vec::new());
+/// One bundle referrer as read at the source: its descriptor (as listed),
+/// its manifest (the bytes a copy writes) and its bundle layer's bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct Bundle {
+    pub entry: Value,
+    pub manifest: RawManifest,
+    pub bytes: Vec<u8>,
+}
+
+/// The bundles referring to `digest`; a referrer whose layer is too large
+/// or not a bundle is skipped (it is no signature regkeeper can judge; the
+/// image then needs another). `listed`: the source's tags, when known (a
+/// fallback index is asked only when listed).
+/// Also the whole referrers list the API gave (`None` without the API),
+/// which the inventory's referrer discovery takes rather than asking again.
+pub(crate) async fn bundles(
+    source: &Store,
+    listed: Option<&std::collections::HashSet<String>>,
+    digest: &Digest,
+) -> Result<(Option<Vec<Value>>, Vec<Bundle>), Failure> {
+    let api = source.referrers(digest, None).await.map_err(read)?;
+    let entries = match &api {
+        Some(entries) => entries.clone(),
+        None => fallback_entries(source, listed, digest).await?,
     };
-    let listed: Vec<Digest> = (entries.iter())
+    let listed: Vec<(Value, Digest)> = (entries.into_iter())
         .filter(|e| (e.get("artifactType").and_then(Value::as_str)).is_some_and(is_bundle_type))
-        .filter_map(|e| serde_json::from_value(e.get("digest")?.clone()).ok())
+        .filter_map(|e| {
+            let d = serde_json::from_value(e.get("digest")?.clone()).ok()?;
+            Some((e, d))
+        })
         .take(MAX_BUNDLES)
         .collect();
     let mut out = Vec::new();
-    for referrer in listed {
-        if let Some(bytes) = bundle_of(source, &referrer).await? {
-            out.push(bytes);
+    for (entry, referrer) in listed {
+        if let Some(b) = bundle_of(source, entry, &referrer).await? {
+            out.push(b);
         }
     }
-    Ok(out)
+    Ok((api, out))
+}
+
+/// The entries of `digest`'s fallback index at the source (none when the
+/// tag is not listed or absent); bounded as a referrers list is.
+async fn fallback_entries(
+    source: &Store,
+    listed: Option<&std::collections::HashSet<String>>,
+    digest: &Digest,
+) -> Result<Vec<Value>, Failure> {
+    let tag = fallback_tag(digest);
+    if listed.is_some_and(|l| !l.contains(&tag)) {
+        return Ok(Vec::new());
+    }
+    match source.get_manifest(&tag).await.map_err(read)? {
+        Some(raw) => super::referrers::index_entries(&raw),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// The bundle layer of one referrer manifest, read and checked.
-async fn bundle_of(source: &Store, referrer: &Digest) -> Result<Option<Vec<u8>>, Failure> {
+async fn bundle_of(
+    source: &Store,
+    entry: Value,
+    referrer: &Digest,
+) -> Result<Option<Bundle>, Failure> {
     let Some(raw) = source.get_manifest(referrer.as_str()).await.map_err(read)? else {
         let why = format!("bundle referrer {referrer} is listed but absent");
         return Err(Failure::new(ErrorClass::NotFound, why));
@@ -73,7 +118,11 @@ async fn bundle_of(source: &Store, referrer: &Digest) -> Result<Option<Vec<u8>>,
             let why = format!("reading the sigstore bundle {blob} of {referrer}: {e}");
             Failure::new(ErrorClass::Verification, why)
         })?;
-    Ok(Some(chunks.concat()))
+    Ok(Some(Bundle {
+        entry,
+        manifest: raw,
+        bytes: chunks.concat(),
+    }))
 }
 
 fn layer_is_bundle(layer: &Value) -> bool {

@@ -41,9 +41,11 @@ pub(crate) struct Entry {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct InclusionProof {
-    log_index: serde_json::Value,
+    #[serde(default)]
+    log_index: Option<serde_json::Value>,
     root_hash: String,
-    tree_size: serde_json::Value,
+    #[serde(default)]
+    tree_size: Option<serde_json::Value>,
     #[serde(default)]
     hashes: Vec<String>,
     checkpoint: Checkpoint,
@@ -82,8 +84,13 @@ pub(crate) struct Signed<'a> {
 }
 
 /// A protobuf-JSON int64: a string, or a number from lenient writers.
+/// Protobuf-JSON leaves out fields of value zero (sigstore-js writes no
+/// `logIndex` for entry 0): absent is 0.
 fn int(v: Option<&serde_json::Value>) -> Option<i64> {
-    match v? {
+    let Some(v) = v else {
+        return Some(0);
+    };
+    match v {
         serde_json::Value::String(s) => s.parse().ok(),
         n => n.as_i64(),
     }
@@ -149,8 +156,8 @@ fn promised(
 /// transparency-log key of the trusted root signed.
 fn included(root: &TrustedRoot, body: &[u8], proof: &InclusionProof) -> Result<(), String> {
     let (Some(index), Some(size)) = (
-        int(Some(&proof.log_index)).and_then(|i| u64::try_from(i).ok()),
-        int(Some(&proof.tree_size)).and_then(|i| u64::try_from(i).ok()),
+        int(proof.log_index.as_ref()).and_then(|i| u64::try_from(i).ok()),
+        int(proof.tree_size.as_ref()).and_then(|i| u64::try_from(i).ok()),
     ) else {
         return Err("its inclusionProof's logIndex or treeSize is not an integer".into());
     };

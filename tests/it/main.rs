@@ -31,6 +31,7 @@ mod untrusted;
 mod userdocs;
 mod verify;
 mod verify_bundle;
+mod verify_copy;
 mod verify_keyless;
 mod verify_sigstore_js;
 mod verify_tsa;

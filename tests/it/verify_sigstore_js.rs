@@ -99,13 +99,34 @@ fn run(
     statement_digest: Option<&str>,
     attach_with_sigstore_oci: bool,
 ) -> Case {
+    run_tampered(
+        opts,
+        san,
+        statement_digest,
+        attach_with_sigstore_oci,
+        |_| (),
+    )
+}
+
+/// `run`, with the signed bundle changed by `tamper` before it is attached.
+fn run_tampered(
+    opts: &[&str],
+    san: &str,
+    statement_digest: Option<&str>,
+    attach_with_sigstore_oci: bool,
+    tamper: impl Fn(&mut Value),
+) -> Case {
     let (src, dst) = (Ferro::start(), Ferro::start());
     let base = src.url();
     let image = push_image(&base, "app", "v1", "sigstore-js");
     let dir = tempfile::tempdir().unwrap();
     let name = format!("{}/app", src.host());
     let digest = statement_digest.unwrap_or(&image.digest);
-    let signed = sign(&dir.path().join("signed"), digest, &name, san, opts);
+    let mut signed = sign(&dir.path().join("signed"), digest, &name, san, opts);
+    let mut doc: Value = serde_json::from_slice(&signed.bundle).unwrap();
+    tamper(&mut doc);
+    signed.bundle = serde_json::to_vec(&doc).unwrap();
+    std::fs::write(dir.path().join("signed/bundle.json"), &signed.bundle).unwrap();
     let referrer = if attach_with_sigstore_oci {
         let path = dir.path().join("signed/bundle.json");
         let args = [name.as_str(), image.digest.as_str(), path.to_str().unwrap()];
@@ -235,6 +256,26 @@ fn a_bundle_timestamped_by_a_tsa_without_a_log_entry_arrives() {
     let ts = &m["timestampVerificationData"]["rfc3161Timestamps"];
     assert_eq!(ts.as_array().map(Vec::len), Some(1), "{m}");
     assert_arrived(&c);
+}
+
+/// A genuine timestamp of the same TSA, but over another signature's
+/// bytes, dates nothing: refused, nothing written.
+#[test]
+fn a_bundle_with_a_timestamp_of_other_bytes_is_refused() {
+    let other = tempfile::tempdir().unwrap();
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let opts = ["--tlog", "none", "--tsa"];
+    let foreign = sign(other.path(), &digest, "127.0.0.1:1/other", SAN, &opts);
+    let foreign: Value = serde_json::from_slice(&foreign.bundle).unwrap();
+    let path = "/verificationMaterial/timestampVerificationData/rfc3161Timestamps/0";
+    let stamp = foreign.pointer(path).expect("a timestamp").clone();
+    let c = run_tampered(&opts, SAN, None, false, |b| {
+        *b.pointer_mut(path).expect("a timestamp") = stamp.clone();
+    });
+    assert_refused(&c, "bad_signature");
+    let detail = &refusals(&c.doc)[0].2;
+    assert!(detail.contains("rfc3161Timestamps[0]"), "{detail}");
+    assert!(detail.contains("for other bytes"), "{detail}");
 }
 
 #[test]
