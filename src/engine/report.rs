@@ -259,12 +259,10 @@ impl RuleReport {
             }
             if let Some(why) = &repo.refused {
                 let what = "retention refused".to_string();
-                out.push(failure(&repo.repository, what, ErrorClass::Other, why));
+                out.push(failure(&repo.repository, what, repo.refused_class, why));
             }
         }
-        for e in &ret.errors {
-            out.push(failure("", "retention".into(), ErrorClass::Other, e));
-        }
+        out.extend(ret.errors.iter().cloned());
         out
     }
 

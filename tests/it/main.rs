@@ -20,6 +20,7 @@ mod progress;
 mod referrers;
 mod resume;
 mod retention;
+mod retention_refused;
 mod shard_events;
 mod shards;
 mod store;
