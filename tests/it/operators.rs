@@ -243,3 +243,65 @@ fn sync_json_totals_status_per_rule_in_words_and_one_path_per_deletion() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("\"nope\""), "{}", stderr(&out));
 }
+
+/// The one line a partial run logs: WARN, the rule, result partial, the
+/// counts (one tag copied, one failed), and the first cause with its class
+/// and tag.
+fn partial_line(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("rule app partly failed"))
+        .collect()
+}
+
+fn assert_partial_line(log: &str) {
+    let lines = partial_line(log);
+    assert_eq!(lines.len(), 1, "once per run:\n{log}");
+    let l = lines[0];
+    for want in [
+        "WARN",
+        "partial",
+        "copied=1",
+        "failed=1",
+        "verification",
+        "it/app:v2",
+    ] {
+        assert!(
+            l.contains(want),
+            "{want:?} missing from the WARN line:\n{l}"
+        );
+    }
+    assert!(!log.contains("ERROR"), "a partial run is no ERROR:\n{log}");
+}
+
+#[test]
+fn a_partial_run_logs_one_warning_with_counts_and_first_cause() {
+    let src = Registry::start_plain();
+    let dst = Registry::start_plain();
+    let mut corpus = Corpus::new();
+    corpus.image("v1", &ImageSpec::new(&[layer("partial-one", 2000)]));
+    let bad = corpus.image("v2", &ImageSpec::new(&[layer("partial-two", 2000)]));
+    corpus.push(&src, "v1", "it/app", "v1");
+    corpus.push(&src, "v2", "it/app", "v2");
+    // v2's layer no longer matches its digest at the source: v2 fails, v1 arrives.
+    src.corrupt_blob(&bad.layers[0].digest);
+    let dir = tempfile::tempdir().unwrap();
+    let rule = format!(
+        "[[rule]]\nname = \"app\"\nsource = \"{}/it/app\"\ntargets = [\"{}/mirror/app\"]\nschedule = \"@every 1h\"\n",
+        src.host(),
+        dst.host()
+    );
+    let out = regkeeper(
+        dir.path(),
+        &format!("{}{rule}", header(dir.path(), &[&src, &dst])),
+        &["sync"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("rule app: partial"),
+        "{}",
+        stdout(&out)
+    );
+    assert_partial_line(&stderr(&out));
+    assert!(dst.try_digest_of("mirror/app", "v1").is_some());
+    assert!(dst.try_digest_of("mirror/app", "v2").is_none());
+}
