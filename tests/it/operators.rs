@@ -305,3 +305,50 @@ fn a_partial_run_logs_one_warning_with_counts_and_first_cause() {
     assert!(dst.try_digest_of("mirror/app", "v1").is_some());
     assert!(dst.try_digest_of("mirror/app", "v2").is_none());
 }
+
+/// `/healthz` is liveness: it says whether the scheduler loop makes
+/// progress, not whether the registries answer. A rule whose source is down
+/// fails its runs (counted, with the cause in `/metrics`) while `/healthz`
+/// stays 200, so a liveness probe never restarts a healthy daemon over a
+/// remote outage (a restart cannot bring a source back); once the source
+/// is back the next run succeeds.
+#[test]
+fn healthz_stays_live_while_a_source_is_down_and_runs_fail() {
+    let mut src = Registry::start_plain();
+    let dst = Registry::start_plain();
+    let mut corpus = Corpus::new();
+    corpus.image("one", &ImageSpec::new(&[layer("health-one", 1500)]));
+    corpus.push(&src, "one", "it/app", "v1");
+    src.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("config.toml");
+    let mut text = header(dir.path(), &[&src, &dst])
+        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    text += &format!(
+        "[[rule]]\nname = \"app\"\nsource = \"{}/it/app\"\ntargets = [\"{}/mirror/app\"]\nschedule = \"@every 1s\"\n",
+        src.host(),
+        dst.host()
+    );
+    std::fs::write(&config, text).unwrap();
+    let d = Daemon::spawn(&config, port, &[]);
+    let runs = |result: &str| {
+        d.value(&format!(
+            "regkeeper_rule_runs_total{{result=\"{result}\",rule=\"app\"}}"
+        ))
+    };
+    let unreadable = "regkeeper_rule_errors_total{class=\"source_unreadable\",rule=\"app\"}";
+    wait_for("two failed runs", Duration::from_secs(60), || {
+        runs("failed") >= 2.0
+    });
+    assert!(d.value(unreadable) >= 2.0, "{}", d.metrics());
+    let h = d.get("/healthz").expect("/healthz answers");
+    assert_eq!(h.status, 200, "liveness while runs fail: {}", h.text());
+
+    src.start();
+    wait_for("a successful run", Duration::from_secs(60), || {
+        runs("success") >= 1.0
+    });
+    assert!(dst.try_digest_of("mirror/app", "v1").is_some());
+    assert_eq!(d.get("/healthz").expect("/healthz answers").status, 200);
+}
