@@ -14,6 +14,7 @@ mod harness;
 mod interrupt;
 mod jsoncost;
 mod operators;
+mod packaging_example;
 mod passes;
 mod plan;
 mod progress;
