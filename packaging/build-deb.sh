@@ -24,7 +24,8 @@ install -D -m 0755 "$bin" "$root/usr/bin/regkeeper"
 strip --strip-unneeded "$root/usr/bin/regkeeper" 2>/dev/null || true
 install -D -m 0644 "$repo/systemd/regkeeper.service" "$root/lib/systemd/system/regkeeper.service"
 # An example, never the admin's config.toml: the package does not own that file.
-install -D -m 0644 "$repo/config.example.toml" "$root/etc/regkeeper/config.example.toml"
+# The service's own (packaging/): what it writes goes to /var/lib/regkeeper.
+install -D -m 0644 "$repo/packaging/config.example.toml" "$root/etc/regkeeper/config.example.toml"
 "$bin" generate man "$work/man" >/dev/null
 install -d "$root/usr/share/man/man1"
 for page in "$work"/man/*.1; do

@@ -372,7 +372,7 @@ pub(crate) fn print_retention(rule: &str, r: &RetentionReport) {
         }
     }
     for e in &r.errors {
-        println!("  ERROR {e}");
+        println!("  ERROR [{}] {e}", e.class);
     }
     println!(
         "  {} deleted, {} planned, {} failed{}",

@@ -115,17 +115,10 @@ pub async fn run_rule(
         m.run_started(&rule.name, started);
     }
     let report = engine.run_rule(rule, scope.pass()).await;
-    let last_error = report.errors.first().map(|e| e.to_string()).or_else(|| {
-        report.images.iter().find_map(|i| {
-            i.error
-                .as_ref()
-                .map(|e| format!("{}:{} -> {}: {e}", i.source, i.tag, i.target))
-        })
-    });
-    let error_class = report.errors.first().map(|e| e.class).or_else(|| {
-        let mut failed = report.images.iter().filter_map(|i| i.error.as_ref());
-        failed.next().map(|e| e.class)
-    });
+    // the run's first failure (listing, copy, verification or retention)
+    let first = report.failures().into_iter().next();
+    let last_error = first.as_ref().map(|e| e.to_string());
+    let error_class = first.map(|e| e.class);
     let mut pending = (report.tags_failed + report.tags_unreachable) as i64;
     if let (Some(s), Some(id)) = (state, id) {
         let t = &report.totals;

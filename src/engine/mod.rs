@@ -562,18 +562,20 @@ fn keep_copy_facts(state: &dyn crate::retention::RetentionState, facts: &CopyFac
 
 /// Target repositories where a planned copy failed: their retention plan
 /// assumed the copy, so none of its deletions is sent this run.
-fn held_repositories(report: &RuleReport) -> HashMap<String, String> {
+fn held_repositories(report: &RuleReport) -> HashMap<String, Failure> {
     let mut held = HashMap::new();
     if report.dry_run {
         // A plan copies nothing: an estimate that failed holds nothing back.
         return held;
     }
-    for image in report.images.iter().filter(|i| i.error.is_some()) {
+    for image in &report.images {
+        let Some(e) = &image.error else { continue };
         held.entry(image.target.clone()).or_insert_with(|| {
-            format!(
+            let why = format!(
                 "a copy to this repository failed ({}), so it is not as planned; nothing deleted this run",
                 image.tag
-            )
+            );
+            Failure::new(e.class, why)
         });
     }
     held

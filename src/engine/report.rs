@@ -259,12 +259,10 @@ impl RuleReport {
             }
             if let Some(why) = &repo.refused {
                 let what = "retention refused".to_string();
-                out.push(failure(&repo.repository, what, ErrorClass::Other, why));
+                out.push(failure(&repo.repository, what, repo.refused_class, why));
             }
         }
-        for e in &ret.errors {
-            out.push(failure("", "retention".into(), ErrorClass::Other, e));
-        }
+        out.extend(ret.errors.iter().cloned());
         out
     }
 
@@ -297,6 +295,7 @@ const LOGGED_FAILURES: usize = 5;
 
 impl RuleReport {
     /// Logs a partial run at WARN and a failed one at ERROR, once per run:
+    /// the tag counts (copied, failed, in sync) and retention's deletions,
     /// the first failure's class, repository/tag and cause as fields, and
     /// up to [`LOGGED_FAILURES`] of them in the message. Nothing for a
     /// successful run. Called where a run finishes (daemon and `sync`).
@@ -321,14 +320,17 @@ impl RuleReport {
         // and repository, for log queries
         let (class, target) = (first.class.as_str(), &first.target);
         let (n, result) = (failures.len(), self.result.as_str());
+        // the counts tell a run that copied most from one that copied little
+        let (copied, failed, in_sync) = (self.tags_copied, self.tags_failed, self.tags_in_sync);
+        let deleted = self.retention_deleted;
         match self.result {
             RunResult::Failed => tracing::error!(
-                rule = %self.rule, result, failures = n, class, target = %target,
-                "rule {} failed: {text}", self.rule
+                rule = %self.rule, result, copied, failed, in_sync, deleted, failures = n,
+                class, target = %target, "rule {} failed: {text}", self.rule
             ),
             _ => tracing::warn!(
-                rule = %self.rule, result, failures = n, class, target = %target,
-                "rule {} partly failed: {text}", self.rule
+                rule = %self.rule, result, copied, failed, in_sync, deleted, failures = n,
+                class, target = %target, "rule {} partly failed: {text}", self.rule
             ),
         }
     }

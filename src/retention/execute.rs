@@ -14,8 +14,9 @@ use super::plan::{Deletion, Listing, RepoInput, RepoPlan, Unix};
 use super::reading::{RepoJob, RuleRead, StateUpdate};
 use super::state::{JournalEntry, RetentionState};
 use crate::config::Rule;
+use crate::engine::{Failure, RunError};
 use crate::oci::Digest;
-use crate::transport::{Store, Transports};
+use crate::transport::{ErrorClass, Side, Store, Transports};
 
 /// What happened to one planned deletion.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -53,6 +54,11 @@ pub struct RepoReport {
     pub kept: Vec<super::plan::Kept>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// The class of the failure behind a refusal (the repository could not
+    /// be read, a copy there failed); `other` for the policy's own refusals
+    /// (the deletion cap, a reference cycle).
+    #[serde(skip)]
+    pub refused_class: ErrorClass,
 }
 
 /// Retention of one rule (every target repository).
@@ -67,8 +73,9 @@ pub struct RetentionReport {
     /// Some repository (or the whole run, over the cap) deleted nothing on purpose.
     pub refused: bool,
     pub repositories: Vec<RepoReport>,
-    /// Problems not tied to one deletion (listing, state).
-    pub errors: Vec<String>,
+    /// Problems not tied to one deletion (listing, state, a stop), each
+    /// with its class.
+    pub errors: Vec<RunError>,
 }
 
 impl RetentionReport {
@@ -135,7 +142,7 @@ impl Pruner {
         rule: &Rule,
         read: RuleRead,
         plans: Vec<RepoPlan>,
-        held: &HashMap<String, String>,
+        held: &HashMap<String, Failure>,
     ) -> RetentionReport {
         let mut report = RetentionReport {
             dry_run: self.dry_run,
@@ -150,18 +157,21 @@ impl Pruner {
         }
         for (repo, mut plan) in read.repos.into_iter().zip(plans) {
             let span = tracing::info_span!("repo", repository = %repo.job.location);
+            let mut why_refused = repo.unread.as_ref().map_or(ErrorClass::Other, |f| f.class);
             if let Some(why) = held.get(&repo.input.repository) {
                 if plan.refused.is_none() && !plan.deletions.is_empty() {
-                    plan.refused = Some(why.clone());
+                    plan.refused = Some(why.message.clone());
+                    why_refused = why.class;
                 }
             }
             if !self.dry_run {
                 self.write_updates(&repo.input.repository, &repo.updates, &mut report);
             }
-            let out = self
+            let mut out = self
                 .apply(rule, &repo.job, &repo.input, plan, &mut report)
                 .instrument(span)
                 .await;
+            out.refused_class = why_refused;
             report.repositories.push(out);
         }
         tracing::info!(
@@ -183,7 +193,10 @@ impl Pruner {
                 StateUpdate::Forget { digest } => self.state.forget_untagged(repo, digest),
             };
             if let Err(e) = r {
-                report.errors.push(e.to_string());
+                let f = Failure::new(ErrorClass::Other, e);
+                report
+                    .errors
+                    .push(RunError::new(repo, "recording untagged manifests", f));
             }
         }
     }
@@ -204,6 +217,7 @@ impl Pruner {
             deletions: Vec::new(),
             kept: plan.kept.clone(),
             refused: plan.refused.clone(),
+            refused_class: ErrorClass::Other,
         };
         report.planned += plan.deletions.len();
         if let Some(why) = &plan.refused {
@@ -220,7 +234,10 @@ impl Pruner {
         let store = match self.transports.open(&job.location) {
             Ok(s) => Some(s),
             Err(e) => {
-                report.errors.push(e.to_string());
+                let f = Failure::transport(&e, Side::Target);
+                report
+                    .errors
+                    .push(RunError::new(&plan.repository, "opening for retention", f));
                 None
             }
         };
@@ -230,10 +247,13 @@ impl Pruner {
         for deletion in &plan.deletions {
             if send && !stopped && !halted && self.stop.is_cancelled() {
                 halted = true;
-                report.errors.push(format!(
-                    "{}: interrupted; the remaining deletions are left to the next run",
-                    plan.repository
-                ));
+                let f = Failure::new(
+                    ErrorClass::Interrupted,
+                    "interrupted; the remaining deletions are left to the next run",
+                );
+                report
+                    .errors
+                    .push(RunError::new(&plan.repository, "deleting", f));
             }
             let status = match (&store, send, stopped || halted) {
                 (_, false, _) => DeletionStatus::Planned,
@@ -260,10 +280,12 @@ impl Pruner {
             });
         }
         if stopped {
-            report.errors.push(format!(
-                "{}: a deletion failed; the rest of this repository was not pruned (children stay while their parent does)",
-                plan.repository
-            ));
+            // the failed deletion is the failure (with its class); the rest
+            // are reported as skipped, no failure of their own
+            tracing::warn!(
+                repository = %plan.repository,
+                "a deletion failed; the rest of this repository was not pruned (children stay while their parent does)"
+            );
         }
         self.record_holdings(&plan.repository, input, &deleted_tags, report);
         repo
@@ -290,7 +312,10 @@ impl Pruner {
             .map(|(t, d)| (t.clone(), d.clone()))
             .collect();
         if let Err(e) = self.state.record_tags(repository, &now_tags, self.now) {
-            report.errors.push(e.to_string());
+            let f = Failure::new(ErrorClass::Other, e);
+            report
+                .errors
+                .push(RunError::new(repository, "recording tags seen", f));
         }
     }
 

@@ -30,6 +30,9 @@ pub struct RepoRead {
     pub job: RepoJob,
     pub input: RepoInput,
     pub updates: Vec<StateUpdate>,
+    /// Why the repository could not be read completely (its listing is
+    /// then incomplete), with the failure's class.
+    pub unread: Option<crate::engine::Failure>,
 }
 
 /// Every target repository of a rule as read.
@@ -37,7 +40,7 @@ pub struct RepoRead {
 pub struct RuleRead {
     pub repos: Vec<RepoRead>,
     /// Repositories that could not be enumerated (a `/*` target's catalog).
-    pub errors: Vec<String>,
+    pub errors: Vec<crate::engine::RunError>,
 }
 
 /// Whether the policy needs image creation times.

@@ -243,3 +243,112 @@ fn sync_json_totals_status_per_rule_in_words_and_one_path_per_deletion() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("\"nope\""), "{}", stderr(&out));
 }
+
+/// The one line a partial run logs: WARN, the rule, result partial, the
+/// counts (one tag copied, one failed), and the first cause with its class
+/// and tag.
+fn partial_line(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("rule app partly failed"))
+        .collect()
+}
+
+fn assert_partial_line(log: &str) {
+    let lines = partial_line(log);
+    assert_eq!(lines.len(), 1, "once per run:\n{log}");
+    let l = lines[0];
+    for want in [
+        "WARN",
+        "partial",
+        "copied=1",
+        "failed=1",
+        "verification",
+        "it/app:v2",
+    ] {
+        assert!(
+            l.contains(want),
+            "{want:?} missing from the WARN line:\n{l}"
+        );
+    }
+    assert!(!log.contains("ERROR"), "a partial run is no ERROR:\n{log}");
+}
+
+#[test]
+fn a_partial_run_logs_one_warning_with_counts_and_first_cause() {
+    let src = Registry::start_plain();
+    let dst = Registry::start_plain();
+    let mut corpus = Corpus::new();
+    corpus.image("v1", &ImageSpec::new(&[layer("partial-one", 2000)]));
+    let bad = corpus.image("v2", &ImageSpec::new(&[layer("partial-two", 2000)]));
+    corpus.push(&src, "v1", "it/app", "v1");
+    corpus.push(&src, "v2", "it/app", "v2");
+    // v2's layer no longer matches its digest at the source: v2 fails, v1 arrives.
+    src.corrupt_blob(&bad.layers[0].digest);
+    let dir = tempfile::tempdir().unwrap();
+    let rule = format!(
+        "[[rule]]\nname = \"app\"\nsource = \"{}/it/app\"\ntargets = [\"{}/mirror/app\"]\nschedule = \"@every 1h\"\n",
+        src.host(),
+        dst.host()
+    );
+    let out = regkeeper(
+        dir.path(),
+        &format!("{}{rule}", header(dir.path(), &[&src, &dst])),
+        &["sync"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("rule app: partial"),
+        "{}",
+        stdout(&out)
+    );
+    assert_partial_line(&stderr(&out));
+    assert!(dst.try_digest_of("mirror/app", "v1").is_some());
+    assert!(dst.try_digest_of("mirror/app", "v2").is_none());
+}
+
+/// `/healthz` is liveness: it says whether the scheduler loop makes
+/// progress, not whether the registries answer. A rule whose source is down
+/// fails its runs (counted, with the cause in `/metrics`) while `/healthz`
+/// stays 200, so a liveness probe never restarts a healthy daemon over a
+/// remote outage (a restart cannot bring a source back); once the source
+/// is back the next run succeeds.
+#[test]
+fn healthz_stays_live_while_a_source_is_down_and_runs_fail() {
+    let mut src = Registry::start_plain();
+    let dst = Registry::start_plain();
+    let mut corpus = Corpus::new();
+    corpus.image("one", &ImageSpec::new(&[layer("health-one", 1500)]));
+    corpus.push(&src, "one", "it/app", "v1");
+    src.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("config.toml");
+    let mut text = header(dir.path(), &[&src, &dst])
+        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    text += &format!(
+        "[[rule]]\nname = \"app\"\nsource = \"{}/it/app\"\ntargets = [\"{}/mirror/app\"]\nschedule = \"@every 1s\"\n",
+        src.host(),
+        dst.host()
+    );
+    std::fs::write(&config, text).unwrap();
+    let d = Daemon::spawn(&config, port, &[]);
+    let runs = |result: &str| {
+        d.value(&format!(
+            "regkeeper_rule_runs_total{{result=\"{result}\",rule=\"app\"}}"
+        ))
+    };
+    let unreadable = "regkeeper_rule_errors_total{class=\"source_unreadable\",rule=\"app\"}";
+    wait_for("two failed runs", Duration::from_secs(60), || {
+        runs("failed") >= 2.0
+    });
+    assert!(d.value(unreadable) >= 2.0, "{}", d.metrics());
+    let h = d.get("/healthz").expect("/healthz answers");
+    assert_eq!(h.status, 200, "liveness while runs fail: {}", h.text());
+
+    src.start();
+    wait_for("a successful run", Duration::from_secs(60), || {
+        runs("success") >= 1.0
+    });
+    assert!(dst.try_digest_of("mirror/app", "v1").is_some());
+    assert_eq!(d.get("/healthz").expect("/healthz answers").status, 200);
+}

@@ -25,6 +25,7 @@ pub(crate) use facts::{created_in, manifest_info};
 
 use super::Engine;
 use super::inventory::RuleInventory;
+use super::report::{Failure, RunError};
 use crate::config::{Retention, Rule};
 use crate::oci::{Digest, is_index};
 use crate::plan::referrer_subject;
@@ -33,7 +34,7 @@ use crate::retention::{
     Listing, ManifestInfo, RepoInput, RepoJob, RepoRead, RetentionState, RuleRead, SeenTag,
     StateUpdate, Unix, needs_created,
 };
-use crate::transport::Store;
+use crate::transport::{ErrorClass, Side, Store};
 
 /// Manifest and config reads in flight per repository.
 const READS_IN_PARALLEL: usize = 8;
@@ -41,7 +42,8 @@ const READS_IN_PARALLEL: usize = 8;
 const REPOS_IN_PARALLEL: usize = 4;
 
 /// A target repository as retention's part of the inventory read it.
-pub(crate) type TargetReading = Result<(RepoInput, Vec<StateUpdate>), String>;
+/// The error side says why it is incomplete, with the class of the failure.
+pub(crate) type TargetReading = Result<(RepoInput, Vec<StateUpdate>), Failure>;
 
 impl Engine {
     /// Reads one target repository whose tag list the inventory has
@@ -59,7 +61,7 @@ impl Engine {
             .map_err(|e| {
                 tracing::warn!(repository = %store.location(), error = %e, class = e.class().as_str(),
                     "cannot read the repository completely; deleting nothing in it");
-                e.to_string()
+                Failure::new(e.class(), e)
             })
     }
 
@@ -77,14 +79,16 @@ impl Engine {
         inv: &RuleInventory,
     ) -> RuleRead {
         let mut read = RuleRead::default();
-        let source_failed = (!inv.errors.is_empty())
-            .then(|| "the source repositories could not be listed".to_string());
+        let source_failed = inv
+            .errors
+            .first()
+            .map(|e| Failure::new(e.class, "the source repositories could not be listed"));
         let mut paired = HashSet::new();
         for repo in &inv.repos {
-            let source_tags: Result<Option<BTreeSet<String>>, String> = match &repo.source_tags {
-                None => Err(format!(
-                    "the source {} could not be read",
-                    repo.source.location()
+            let source_tags: Result<Option<BTreeSet<String>>, Failure> = match &repo.source_tags {
+                None => Err(Failure::new(
+                    first_class(&repo.errors, |_| true),
+                    format!("the source {} could not be read", repo.source.location()),
                 )),
                 Some(tags) if policy.delete_removed_at_source => {
                     Ok(Some(tags.iter().cloned().collect()))
@@ -99,7 +103,7 @@ impl Engine {
                 };
                 let reading = match (&t.reading, &source_tags, &source_failed) {
                     (_, _, Some(why)) | (_, Err(why), _) => Err(why.clone()),
-                    (None, ..) => Err("not read".to_string()),
+                    (None, ..) => Err(Failure::new(ErrorClass::Other, "not read")),
                     (Some(r), Ok(tags), None) => r.clone().map(|(mut input, updates)| {
                         input.source_tags = tags.clone();
                         (input, updates)
@@ -113,7 +117,9 @@ impl Engine {
                     target: target.clone(),
                     location: location.clone(),
                 };
-                let why = "the target's tag list could not be read".to_string();
+                let at = location.to_string();
+                let class = first_class(&repo.errors, |e| e.target == at);
+                let why = Failure::new(class, "the target's tag list could not be read");
                 read.repos.push(repo_read(job, Err(why)));
             }
         }
@@ -142,10 +148,13 @@ impl Engine {
 
     /// A repository the inventory did not pair: its tag list, then the rest.
     async fn list_and_read(&self, location: &Location, policy: &Retention) -> TargetReading {
-        let store = self.transports.open(location).map_err(|e| e.to_string())?;
+        let store = self
+            .transports
+            .open(location)
+            .map_err(|e| Failure::transport(&e, Side::Target))?;
         let tags = store.tag_listing().await.map_err(|e| {
             tracing::warn!(repository = %location, error = %e, "cannot list the repository's tags; deleting nothing in it");
-            e.to_string()
+            Failure::transport(&e, Side::Target)
         })?;
         self.read_target(&store, tags, policy).await
     }
@@ -158,7 +167,7 @@ impl Engine {
         &self,
         rule: &Rule,
         paired: &HashSet<String>,
-        errors: &mut Vec<String>,
+        errors: &mut Vec<RunError>,
     ) -> Vec<RepoJob> {
         let mut jobs = Vec::new();
         for target in &rule.targets {
@@ -176,7 +185,8 @@ impl Engine {
             let rels = match self.transports.list_repositories(&target.location).await {
                 Ok(rels) => rels,
                 Err(e) => {
-                    errors.push(format!("listing repositories under {target}: {e}"));
+                    let f = Failure::transport(&e, Side::Target);
+                    errors.push(RunError::new(target, "listing repositories", f));
                     continue;
                 }
             };
@@ -214,6 +224,14 @@ impl Engine {
     }
 }
 
+/// The class of the first of `errors` that `pick` takes (`other` if none).
+fn first_class(errors: &[RunError], pick: impl Fn(&RunError) -> bool) -> ErrorClass {
+    errors
+        .iter()
+        .find(|e| pick(e))
+        .map_or(ErrorClass::Other, |e| e.class)
+}
+
 fn repo_read(job: RepoJob, reading: TargetReading) -> RepoRead {
     let name = job.location.to_string();
     match reading {
@@ -221,11 +239,13 @@ fn repo_read(job: RepoJob, reading: TargetReading) -> RepoRead {
             job,
             input,
             updates,
+            unread: None,
         },
         Err(why) => RepoRead {
             job,
-            input: RepoInput::incomplete(name, why),
+            input: RepoInput::incomplete(name, why.message.clone()),
             updates: Vec::new(),
+            unread: Some(why),
         },
     }
 }
