@@ -6,7 +6,8 @@
 //! `sha256-<hex>` fallback index). Tagged images and untagged entry points
 //! alike: exactly the verified ones arrive, with their signatures; the
 //! others are refused (an untagged entry under its digest), by `plan` and
-//! `sync` alike, counted, and nothing of them is written.
+//! `sync` alike, counted, and nothing of them is written. `copy
+//! --verify-key` from a layout finds the same bundles.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -243,4 +244,47 @@ fn untagged_entries_are_verified_like_tags() {
         d.value(&series("unsigned")) >= 1.0
     });
     assert_eq!(d.value(&series("digest_mismatch")), 0.0);
+}
+
+#[test]
+fn copy_verify_key_finds_bundles_in_a_layout() {
+    let dst = Registry::start_plain();
+    let ours = Signer::new();
+    let mut w = World::new();
+    let signed = w.image("signed", "linux", "amd64");
+    let elsewhere = w.image("elsewhere", "linux", "amd64");
+    w.entry(desc(&signed.descriptor), Some("signed"));
+    w.entry(desc(&elsewhere.descriptor), Some("elsewhere"));
+    let good = signed_by_bundle(&mut w, &ours, &signed.descriptor, &signed.digest);
+    signed_by_bundle(&mut w, &ours, &elsewhere.descriptor, &signed.digest);
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("cosign.pub");
+    std::fs::write(&key, ours.public_pem()).unwrap();
+    let text = header(dir.path(), &[&dst]);
+    let copy = |tag: &str| {
+        let from = format!("oci:{}:{tag}", w.dir().display());
+        let to = format!("{}/mirror:{tag}", dst.host());
+        let args = ["copy", &from, &to, "--verify-key", key.to_str().unwrap()];
+        regkeeper(dir.path(), &text, &args)
+    };
+    let out = copy("signed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let base = dst.url();
+    assert_eq!(
+        manifest_bytes(&base, "mirror", "signed"),
+        Some(signed.manifest.clone())
+    );
+    assert_eq!(fallback(&base, &signed.digest), vec![good.digest.clone()]);
+    let out = copy("elsewhere");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("digest_mismatch"),
+        "{err}"
+    );
+    assert_eq!(manifest_bytes(&base, "mirror", &elsewhere.digest), None);
 }
