@@ -22,22 +22,9 @@ impl Engine {
         selected: &[String],
         budget: &ManifestBudget,
     ) {
-        if rule.untagged && rule.verify.is_none() {
+        if rule.untagged {
+            // Judged with the tags under `[rule.verify]` (`verify_repo`).
             self.inventory_entries(rule, repo, budget).await;
-        } else if rule.untagged {
-            // Untagged entry points are not verified yet: none is copied
-            // under `[rule.verify]`, rather than one unverified.
-            if repo
-                .source
-                .untagged_entries()
-                .await
-                .is_ok_and(|l| !l.is_empty())
-            {
-                repo.warnings.push(format!(
-                "{}: untagged entries are not mirrored by a rule with [rule.verify] (they are not verified)",
-                repo.source.location()
-            ));
-            }
         }
         let mut signed = HashSet::new();
         if let Some(policy) = &rule.verify {

@@ -5,7 +5,10 @@
 //! by digest where the target does not hold it; a layout target lists it
 //! untagged in its `index.json`). Tag filters do not apply to them; the
 //! rule's `untagged = false` turns them off. Entries whose manifest has a
-//! `subject` are referrers: they go with their subject (`referrers`).
+//! `subject` are referrers: they go with their subject (`referrers`). Under
+//! `[rule.verify]` each is judged like a tagged image (`verify.rs`, by the
+//! digest the source lists it under) and a refused one is planned as
+//! refused where it would be copied.
 
 use serde_json::Value;
 
@@ -28,6 +31,8 @@ pub(crate) struct SourceEntry {
     pub descriptor: Value,
     /// Per target (inventory order): whether it holds it already.
     pub present: Vec<bool>,
+    /// Refused by `[rule.verify]`, with why: copied nowhere.
+    pub refused: Option<(crate::verify::Refusal, String)>,
 }
 
 impl Engine {
@@ -124,6 +129,7 @@ impl Engine {
             manifest,
             descriptor: descriptor.clone(),
             present,
+            refused: None,
         }))
     }
 }
@@ -141,7 +147,8 @@ pub(super) fn nothing_selected(repo: &RepoInventory, listed: usize) -> String {
     }
 }
 
-/// One push by digest per entry, to the targets that do not hold it.
+/// One push by digest per entry, to the targets that do not hold it (a
+/// refused entry: refused there instead).
 pub(crate) fn plan_entries(
     entries: &[SourceEntry],
     targets: &[super::runplan::TargetFacts],
@@ -157,10 +164,13 @@ pub(crate) fn plan_entries(
                 .iter()
                 .zip(&e.present)
                 .map(|(t, &here)| {
-                    let action = if here {
-                        TargetAction::InSync
-                    } else {
-                        TargetAction::Create
+                    let action = match (here, &e.refused) {
+                        (true, _) => TargetAction::InSync,
+                        (false, None) => TargetAction::Create,
+                        (false, Some((reason, detail))) => TargetAction::Refused {
+                            reason: *reason,
+                            detail: detail.clone(),
+                        },
                     };
                     (t.location.clone(), action)
                 })
@@ -190,16 +200,30 @@ mod tests {
             retained_away: Default::default(),
             referrers: TargetReferrers::default(),
         };
-        let entries = [SourceEntry {
+        let entry = SourceEntry {
             manifest: m.clone(),
             descriptor: Value::Null,
             present: vec![true, false],
-        }];
-        let plans = plan_entries(&entries, &[target("/a"), target("/b")]);
-        assert_eq!(plans.len(), 1);
+            refused: None,
+        };
+        let refused = SourceEntry {
+            refused: Some((crate::verify::Refusal::Unsigned, "no signature".into())),
+            ..entry.clone()
+        };
+        let plans = plan_entries(&[entry, refused], &[target("/a"), target("/b")]);
+        assert_eq!(plans.len(), 2);
         assert!(matches!(plans[0].write, Write::Entry));
         assert_eq!(plans[0].tag, m.digest.to_string());
         assert_eq!(plans[0].targets[0].1, TargetAction::InSync);
         assert_eq!(plans[0].targets[1].1, TargetAction::Create);
+        // Refused: what the target holds stays, nothing goes where it is not.
+        assert_eq!(plans[1].targets[0].1, TargetAction::InSync);
+        assert!(matches!(
+            plans[1].targets[1].1,
+            TargetAction::Refused {
+                reason: crate::verify::Refusal::Unsigned,
+                ..
+            }
+        ));
     }
 }

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::inventory::RepoInventory;
 use super::report::{Failure, RunError};
-use super::verify_bundles::Bundle;
+use super::verify_bundles::{Bundle, Known, LayoutReferrers};
 use crate::oci::{Digest, Manifest, RawManifest, Verified};
 use crate::plan::referrer_subject;
 use crate::transport::{ErrorClass, Side, Store};
@@ -62,8 +62,10 @@ pub(crate) struct Verdicts {
 }
 
 /// Judges every tag of `repo` that some target will receive (the tags whose
-/// manifest the inventory read). A tag whose signatures could not be read
-/// is neither copied nor refused: it fails this run (in `repo.errors`).
+/// manifest the inventory read), and an `oci:` source's untagged entry
+/// points. A tag or entry whose signatures could not be read is neither
+/// copied nor refused: it fails this run (in `repo.errors`). A refused entry
+/// stays in `repo.entries`, marked, for the plan to list.
 pub(crate) async fn verify_repo(
     policy: &VerifyPolicy,
     repo: &mut RepoInventory,
@@ -76,48 +78,33 @@ pub(crate) async fn verify_repo(
         .filter(|t| !t.referrer && referrer_subject(&t.tag).is_none())
         .filter_map(|t| Some((t.tag.clone(), repo.manifests.get(&t.tag)?.clone())))
         .collect();
-    let source = &repo.source;
-    let results: Vec<(String, Judged)> = futures_util::stream::iter(todo)
-        .map(|(tag, root)| async move {
-            let image = Image {
-                root: &root,
-                reference: &tag,
-                platforms,
-            };
-            let r = verify_image(policy, source, Some(listed), image).await;
-            (tag, r)
-        })
-        .buffer_unordered(IN_PARALLEL)
-        .collect()
-        .await;
+    let by_subject = LayoutReferrers::new();
+    let known = Known {
+        listed: Some(listed),
+        by_subject: &by_subject,
+    };
+    let results = judge_each(policy, &repo.source, known, todo, platforms).await;
     let mut out = Verdicts::default();
     let mut failed = HashSet::new();
     for (tag, result) in results {
         match result {
-            Ok((Verdict::Verified, sigs)) => {
-                out.signed.extend(sigs.digests);
-                (out.sig_manifests)
-                    .extend((sigs.sig_manifests.into_iter()).map(|(d, m)| (signature_tag(&d), m)));
-                out.referrer_lists.extend(sigs.listings);
-                (out.bundle_manifests).extend(
-                    (sigs.bundles.into_iter())
-                        .map(|(_, b)| (b.manifest.digest.clone(), b.manifest)),
-                );
-            }
+            Ok((Verdict::Verified, sigs)) => out.take(sigs),
             Ok((Verdict::Refused { reason, detail }, _)) => {
                 tracing::warn!(tag, reason = reason.as_str(), detail, "refused: not copied");
                 out.refused.insert(tag, (reason, detail));
             }
             Err(f) => {
                 let what = format!("verifying the signatures of tag {tag}");
-                repo.errors.push(RunError::new(source.location(), &what, f));
+                repo.errors
+                    .push(RunError::new(repo.source.location(), &what, f));
                 failed.insert(tag);
             }
         }
     }
+    verify_entries(policy, repo, known, platforms, &mut out).await;
     // A selected `sha256-<hex>.sig/.att/.sbom` tag is no image of its own:
     // it goes with its subject, so only where that is a selected image that
-    // was not refused (or an image of a verified index).
+    // was not refused (or an image of a verified index or entry).
     let kept: HashSet<String> = (repo.tags.iter())
         .filter(|t| referrer_subject(&t.tag).is_none() && !out.refused.contains_key(&t.tag))
         .filter(|t| !failed.contains(&t.tag))
@@ -132,12 +119,119 @@ pub(crate) async fn verify_repo(
     out
 }
 
+/// Judges `repo.entries` (an `oci:` source's untagged entry points), found
+/// by the digest the source lists them under: a refused one is marked, one
+/// whose signatures cannot be read fails this run and is dropped.
+async fn verify_entries(
+    policy: &VerifyPolicy,
+    repo: &mut RepoInventory,
+    known: Known<'_>,
+    platforms: &[crate::oci::Platform],
+    out: &mut Verdicts,
+) {
+    let todo: Vec<(String, RawManifest)> = (repo.entries.iter())
+        .map(|e| (entry_reference(e), e.manifest.clone()))
+        .collect();
+    if todo.is_empty() {
+        return;
+    }
+    let results: HashMap<String, Judged> = judge_each(policy, &repo.source, known, todo, platforms)
+        .await
+        .into_iter()
+        .collect();
+    let mut results = results;
+    let mut kept = Vec::with_capacity(repo.entries.len());
+    for mut entry in std::mem::take(&mut repo.entries) {
+        let digest = entry_reference(&entry);
+        match results.remove(&digest) {
+            Some(Ok((Verdict::Verified, sigs))) => out.take(sigs),
+            Some(Ok((Verdict::Refused { reason, detail }, _))) => {
+                tracing::warn!(
+                    entry = digest,
+                    reason = reason.as_str(),
+                    detail,
+                    "refused: not copied"
+                );
+                entry.refused = Some((reason, detail));
+            }
+            Some(Err(f)) => {
+                let what = format!("verifying the signatures of untagged entry {digest}");
+                repo.errors
+                    .push(RunError::new(repo.source.location(), &what, f));
+                continue;
+            }
+            None => continue, // a digest listed twice: judged once, kept once
+        }
+        kept.push(entry);
+    }
+    repo.entries = kept;
+}
+
+/// The digest an untagged entry is listed under at the source (its
+/// manifest's own unless a platform filter made a subset of it).
+fn entry_reference(e: &super::entries::SourceEntry) -> String {
+    (e.descriptor.get("digest").and_then(Value::as_str))
+        .map_or_else(|| e.manifest.digest.to_string(), str::to_string)
+}
+
+/// Judges each (reference, root), [`IN_PARALLEL`] at a time.
+async fn judge_each(
+    policy: &VerifyPolicy,
+    source: &Store,
+    known: Known<'_>,
+    todo: Vec<(String, RawManifest)>,
+    platforms: &[crate::oci::Platform],
+) -> Vec<(String, Judged)> {
+    futures_util::stream::iter(todo)
+        .map(|(reference, root)| async move {
+            let image = Image {
+                root: &root,
+                reference: &reference,
+                platforms,
+            };
+            let r = judge_image(policy, source, known, image).await;
+            (reference, r)
+        })
+        .buffer_unordered(IN_PARALLEL)
+        .collect()
+        .await
+}
+
+impl Verdicts {
+    /// Keeps what verified an image: its digests, and the signatures and
+    /// referrer lists read (taken by the inventory instead of reading again).
+    fn take(&mut self, sigs: Signatures) {
+        self.signed.extend(sigs.digests);
+        (self.sig_manifests)
+            .extend((sigs.sig_manifests.into_iter()).map(|(d, m)| (signature_tag(&d), m)));
+        self.referrer_lists.extend(sigs.listings);
+        (self.bundle_manifests).extend(
+            (sigs.bundles.into_iter()).map(|(_, b)| (b.manifest.digest.clone(), b.manifest)),
+        );
+    }
+}
+
 /// The verdict over one image: its root, and with `require = "all"` every
 /// manifest an index lists; the digests that verified.
 pub(super) async fn verify_image(
     policy: &VerifyPolicy,
     source: &Store,
     listed: Option<&HashSet<String>>,
+    image: Image<'_>,
+) -> Judged {
+    let by_subject = LayoutReferrers::new();
+    let known = Known {
+        listed,
+        by_subject: &by_subject,
+    };
+    judge_image(policy, source, known, image).await
+}
+
+/// [`verify_image`], with what is known of the source shared between images.
+async fn judge_image(
+    policy: &VerifyPolicy,
+    source: &Store,
+    known: Known<'_>,
     image: Image<'_>,
 ) -> Judged {
     let root = image.root;
@@ -170,8 +264,8 @@ pub(super) async fn verify_image(
     }
     let mut found = Signatures::default();
     for (i, digest) in digests.iter().enumerate() {
-        let (sig, layers) = signatures(source, listed, digest).await?;
-        let (listing, bundles) = super::verify_bundles::bundles(source, listed, digest).await?;
+        let (sig, layers) = signatures(source, known.listed, digest).await?;
+        let (listing, bundles) = super::verify_bundles::bundles(source, known, digest).await?;
         let bytes: Vec<Vec<u8>> = bundles.iter().map(|b| b.bytes.clone()).collect();
         if let Verdict::Refused { reason, detail } = judge_all(policy, digest, &layers, &bytes) {
             let detail = if i == 0 {

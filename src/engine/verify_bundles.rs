@@ -2,9 +2,14 @@
 //! `[rule.verify]` (`verify.rs`): its referrers of a bundle artifact type,
 //! through the OCI 1.1 referrers API, or where the source has none, the
 //! entries of its `sha256-<hex>` fallback index (the referrers tag schema
-//! cosign v3 and oras write; asked only when the tag list has it); each
-//! referrer manifest read by digest and its bundle layer read digest- and
-//! size-checked; at most `MAX_BUNDLES` of `MAX_PAYLOAD` bytes.
+//! cosign v3 and oras write; asked only when the tag list has it) and, for
+//! an `oci:` source, its `index.json` entries whose manifest has that
+//! subject (as oras, regclient and cosign's `save` keep them; the layout is
+//! scanned once per pass, `LayoutReferrers`); each referrer manifest read by
+//! digest and its bundle layer read digest- and size-checked; at most
+//! `MAX_BUNDLES` of `MAX_PAYLOAD` bytes.
+
+use std::collections::{HashMap, HashSet};
 
 use futures_util::TryStreamExt;
 use serde_json::Value;
@@ -19,6 +24,19 @@ fn read(e: TransportError) -> Failure {
     Failure::transport(&e, Side::Source)
 }
 
+/// An `oci:` source's referrers by subject, read once (on first need) and
+/// shared by every image one verification pass judges; empty for a registry.
+pub(crate) type LayoutReferrers = tokio::sync::OnceCell<HashMap<Digest, Vec<Value>>>;
+
+/// What is known of the source while judging its images: its tags (when
+/// listed: a fallback index or `.sig` tag is asked only when listed) and
+/// its layout referrers, once read.
+#[derive(Clone, Copy)]
+pub(crate) struct Known<'a> {
+    pub listed: Option<&'a HashSet<String>>,
+    pub by_subject: &'a LayoutReferrers,
+}
+
 /// One bundle referrer as read at the source: its descriptor (as listed),
 /// its manifest (the bytes a copy writes) and its bundle layer's bytes.
 #[derive(Debug, Clone)]
@@ -30,19 +48,24 @@ pub(crate) struct Bundle {
 
 /// The bundles referring to `digest`; a referrer whose layer is too large
 /// or not a bundle is skipped (it is no signature regkeeper can judge; the
-/// image then needs another). `listed`: the source's tags, when known (a
-/// fallback index is asked only when listed).
+/// image then needs another).
 /// Also the whole referrers list the API gave (`None` without the API),
 /// which the inventory's referrer discovery takes rather than asking again.
 pub(crate) async fn bundles(
     source: &Store,
-    listed: Option<&std::collections::HashSet<String>>,
+    known: Known<'_>,
     digest: &Digest,
 ) -> Result<(Option<Vec<Value>>, Vec<Bundle>), Failure> {
     let api = source.referrers(digest, None).await.map_err(read)?;
     let entries = match &api {
         Some(entries) => entries.clone(),
-        None => fallback_entries(source, listed, digest).await?,
+        None => {
+            let mut list = fallback_entries(source, known.listed, digest).await?;
+            list.extend(layout_entries(source, known.by_subject, digest).await?);
+            let mut seen = HashSet::new();
+            list.retain(|e| seen.insert(e.get("digest").cloned()));
+            list
+        }
     };
     let listed: Vec<(Value, Digest)> = (entries.into_iter())
         .filter(|e| (e.get("artifactType").and_then(Value::as_str)).is_some_and(is_bundle_type))
@@ -65,7 +88,7 @@ pub(crate) async fn bundles(
 /// tag is not listed or absent); bounded as a referrers list is.
 async fn fallback_entries(
     source: &Store,
-    listed: Option<&std::collections::HashSet<String>>,
+    listed: Option<&HashSet<String>>,
     digest: &Digest,
 ) -> Result<Vec<Value>, Failure> {
     let tag = fallback_tag(digest);
@@ -76,6 +99,20 @@ async fn fallback_entries(
         Some(raw) => super::referrers::index_entries(&raw),
         None => Ok(Vec::new()),
     }
+}
+
+/// The referrers of `digest` an `oci:` source lists in `index.json` (none
+/// for a registry); the layout is scanned on the first call only, that scan
+/// bounded by the layout transport.
+async fn layout_entries(
+    source: &Store,
+    by_subject: &LayoutReferrers,
+    digest: &Digest,
+) -> Result<Vec<Value>, Failure> {
+    let all = (by_subject.get_or_try_init(|| async { source.referrers_by_subject().await }))
+        .await
+        .map_err(read)?;
+    Ok(all.get(digest).cloned().unwrap_or_default())
 }
 
 /// The bundle layer of one referrer manifest, read and checked.
