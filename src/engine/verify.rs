@@ -19,8 +19,8 @@ use crate::oci::{Digest, Manifest, RawManifest, Verified};
 use crate::plan::referrer_subject;
 use crate::transport::{ErrorClass, Side, Store};
 use crate::verify::{
-    Refusal, Require, SignatureLayer, Verdict, VerifyPolicy, judge_all, signature_layers,
-    signature_tag,
+    MAX_PAYLOAD, Refusal, Require, SignatureLayer, Verdict, VerifyPolicy, judge_all,
+    signature_layers, signature_tag,
 };
 
 /// An image's verdict and the signatures that verified it, or why it could
@@ -39,6 +39,8 @@ pub(super) struct Signatures {
     pub bundles: Vec<(Digest, Bundle)>,
     /// Each digest's referrers as the source's API listed them (all types).
     pub listings: Vec<(Digest, Vec<Value>)>,
+    /// The payload and bundle blobs read (checked), for the copy to send.
+    pub blobs: super::copy::HeldBlobs,
 }
 
 /// Images judged at once.
@@ -59,6 +61,8 @@ pub(crate) struct Verdicts {
     /// lists by subject, and the bundle referrers' manifests by digest.
     pub referrer_lists: HashMap<Digest, Vec<Value>>,
     pub bundle_manifests: HashMap<Digest, RawManifest>,
+    /// The signature payloads and bundle layers read (bounded).
+    pub blobs: super::copy::HeldBlobs,
 }
 
 /// Judges every tag of `repo` that some target will receive (the tags whose
@@ -99,6 +103,7 @@ pub(crate) async fn verify_repo(
                 (out.sig_manifests)
                     .extend((sigs.sig_manifests.into_iter()).map(|(d, m)| (signature_tag(&d), m)));
                 out.referrer_lists.extend(sigs.listings);
+                out.blobs.extend(sigs.blobs);
                 (out.bundle_manifests).extend(
                     (sigs.bundles.into_iter())
                         .map(|(_, b)| (b.manifest.digest.clone(), b.manifest)),
@@ -180,6 +185,12 @@ pub(super) async fn verify_image(
                 format!("image {digest} of the index: {detail}")
             };
             return Ok((Verdict::Refused { reason, detail }, Signatures::default()));
+        }
+        for l in layers.into_iter().filter(|l| l.payload_size <= MAX_PAYLOAD) {
+            found.blobs.hold(l.payload_digest, l.payload.into());
+        }
+        for b in &bundles {
+            found.blobs.hold(b.blob.clone(), b.bytes.clone().into());
         }
         found.sig_manifests.extend(sig.map(|m| (digest.clone(), m)));
         (found.bundles).extend(bundles.into_iter().map(|b| (digest.clone(), b)));

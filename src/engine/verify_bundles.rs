@@ -20,11 +20,13 @@ fn read(e: TransportError) -> Failure {
 }
 
 /// One bundle referrer as read at the source: its descriptor (as listed),
-/// its manifest (the bytes a copy writes) and its bundle layer's bytes.
+/// its manifest (the bytes a copy writes) and its bundle layer's digest and
+/// bytes.
 #[derive(Debug, Clone)]
 pub(crate) struct Bundle {
     pub entry: Value,
     pub manifest: RawManifest,
+    pub blob: Digest,
     pub bytes: Vec<u8>,
 }
 
@@ -121,6 +123,7 @@ async fn bundle_of(
     Ok(Some(Bundle {
         entry,
         manifest: raw,
+        blob,
         bytes: chunks.concat(),
     }))
 }

@@ -306,7 +306,9 @@ fn the_verified_bundle_referrer_is_read_once_and_copied() {
 /// `.sig` tag, 10 by a bundle referrer), read through a recording proxy;
 /// `plan` then `sync` into an empty registry of its own, without signatures copied
 /// (`referrers = false`), with them (`referrers = true`, the default) and
-/// with `[rule.verify]`: source requests and wall time of each.
+/// with `[rule.verify]`: source requests and wall time of each. `sync`
+/// with verification asks the source nothing more than with `referrers =
+/// true`: the payloads and bundles it verified are the ones it writes.
 #[test]
 #[ignore]
 fn measure_the_cost_of_verification() {
@@ -334,6 +336,7 @@ fn measure_the_cost_of_verification() {
         ),
     ];
     let mut lines = Vec::new();
+    let mut syncs = Vec::new();
     let mut last = None;
     for (label, extra) in variants {
         let dst = Ferro::start();
@@ -359,6 +362,9 @@ fn measure_the_cost_of_verification() {
                     .is_none_or(Vec::is_empty)
             );
             let n = proxy.records().len();
+            if command == "sync" {
+                syncs.push(n);
+            }
             let per = |path: &str| proxy.count(|s| s.path().contains(path));
             lines.push(format!(
                 "{label:16} {command}: {n:3} source requests ({} manifests, {} blobs, {} referrers), {seconds:.2} s",
@@ -375,6 +381,10 @@ fn measure_the_cost_of_verification() {
     for l in &lines {
         eprintln!("{l}");
     }
+    assert_eq!(
+        syncs[1], syncs[2],
+        "verify's sync reads what referrers = true reads"
+    );
 }
 
 /// The digest of image `b0` at `base` (its bundle's subject).
