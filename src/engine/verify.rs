@@ -19,8 +19,8 @@ use crate::oci::{Digest, Manifest, RawManifest, Verified};
 use crate::plan::referrer_subject;
 use crate::transport::{ErrorClass, Side, Store};
 use crate::verify::{
-    MAX_PAYLOAD, Refusal, Require, SignatureLayer, Verdict, VerifyPolicy, judge_all,
-    signature_layers, signature_tag,
+    Refusal, Require, SignatureLayer, Verdict, VerifyPolicy, judge_all, signature_layers,
+    signature_tag,
 };
 
 /// An image's verdict and the signatures that verified it, or why it could
@@ -186,7 +186,8 @@ pub(super) async fn verify_image(
             };
             return Ok((Verdict::Refused { reason, detail }, Signatures::default()));
         }
-        for l in layers.into_iter().filter(|l| l.payload_size <= MAX_PAYLOAD) {
+        let read = |l: &SignatureLayer| l.payload_size <= crate::verify::MAX_PAYLOAD;
+        for l in layers.into_iter().filter(read) {
             found.blobs.hold(l.payload_digest, l.payload.into());
         }
         for b in &bundles {
