@@ -34,6 +34,15 @@ impl Engine {
             repo.verified_sigs = verdicts.sig_manifests;
             repo.verified_lists = verdicts.referrer_lists;
             repo.verified_manifests = verdicts.bundle_manifests;
+            // Held bytes count against the inventory's budget too.
+            let mut blobs = verdicts.blobs;
+            blobs.retain(|n| budget.take(n as usize).is_ok());
+            tracing::debug!(
+                blobs = blobs.len(),
+                bytes = blobs.bytes(),
+                "verified signature blobs held for their copies"
+            );
+            repo.verified_blobs = blobs;
             signed = verdicts.signed;
         }
         if rule.referrers || rule.verify.is_some() {

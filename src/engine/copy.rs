@@ -9,6 +9,7 @@
 //! streamed to several targets, resumable uploads), `image.rs` (one tree
 //! copied to its targets); this file holds the copier, errors and counters.
 
+mod held;
 mod image;
 mod nested;
 mod progress;
@@ -31,6 +32,7 @@ use crate::transport::{ErrorClass, Side, Store, TransportError};
 
 use super::report::Failure;
 
+pub use held::HeldBlobs;
 pub(crate) use nested::{FilterError, filter_tree};
 pub use progress::{BlobBytes, BlobProgress};
 pub use tracker::BlobTracker;

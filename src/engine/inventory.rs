@@ -83,6 +83,10 @@ pub(crate) struct RepoInventory {
     /// manifests verification read; discovery takes them (`referrers.rs`).
     pub verified_lists: HashMap<Digest, Vec<serde_json::Value>>,
     pub verified_manifests: HashMap<Digest, RawManifest>,
+    /// With `[rule.verify]`: the signature payloads and bundle layers it
+    /// read and checked (bounded, `copy/held.rs`); their copies send these
+    /// bytes instead of reading the source again.
+    pub verified_blobs: super::copy::HeldBlobs,
     /// An `oci:` source's untagged entry points (`entries.rs`).
     pub entries: Vec<super::entries::SourceEntry>,
     /// The rule's `foreign_layers`: copy non-distributable layers the source holds.
@@ -222,6 +226,7 @@ impl Engine {
             verified_sigs: HashMap::new(),
             verified_lists: HashMap::new(),
             verified_manifests: HashMap::new(),
+            verified_blobs: Default::default(),
             entries: Vec::new(),
             foreign_layers: rule.foreign_layers,
             warnings: Vec::new(),

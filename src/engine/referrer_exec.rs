@@ -82,6 +82,7 @@ pub(super) async fn tree_of(repo: &RepoInventory, plan: &TagPlan) -> Result<Imag
                 blobs: Vec::new(),
                 foreign: Vec::new(),
                 entry: None,
+                held: Default::default(),
             });
         }
         Write::Tag => repo.manifests.get(&plan.tag),
@@ -111,6 +112,8 @@ pub(super) async fn tree_of(repo: &RepoInventory, plan: &TagPlan) -> Result<Imag
             .map(|r| r.entry.clone()),
         _ => None,
     };
+    // Signature payloads and bundles verification read go from memory.
+    tree.held = repo.verified_blobs.among(&tree.blobs);
     if repo.foreign_layers {
         let read = |e: copy::CopyError| Failure::new(e.class(Side::Source), e);
         tree.take_foreign(&repo.source).await.map_err(read)?;

@@ -39,6 +39,8 @@ pub(super) struct Signatures {
     pub bundles: Vec<(Digest, Bundle)>,
     /// Each digest's referrers as the source's API listed them (all types).
     pub listings: Vec<(Digest, Vec<Value>)>,
+    /// The payload and bundle blobs read (checked), for the copy to send.
+    pub blobs: super::copy::HeldBlobs,
 }
 
 /// Images judged at once.
@@ -59,6 +61,8 @@ pub(crate) struct Verdicts {
     /// lists by subject, and the bundle referrers' manifests by digest.
     pub referrer_lists: HashMap<Digest, Vec<Value>>,
     pub bundle_manifests: HashMap<Digest, RawManifest>,
+    /// The signature payloads and bundle layers read (bounded).
+    pub blobs: super::copy::HeldBlobs,
 }
 
 /// Judges every tag of `repo` that some target will receive (the tags whose
@@ -205,6 +209,7 @@ impl Verdicts {
         (self.sig_manifests)
             .extend((sigs.sig_manifests.into_iter()).map(|(d, m)| (signature_tag(&d), m)));
         self.referrer_lists.extend(sigs.listings);
+        self.blobs.extend(sigs.blobs);
         (self.bundle_manifests).extend(
             (sigs.bundles.into_iter()).map(|(_, b)| (b.manifest.digest.clone(), b.manifest)),
         );
@@ -274,6 +279,13 @@ async fn judge_image(
                 format!("image {digest} of the index: {detail}")
             };
             return Ok((Verdict::Refused { reason, detail }, Signatures::default()));
+        }
+        let read = |l: &SignatureLayer| l.payload_size <= crate::verify::MAX_PAYLOAD;
+        for l in layers.into_iter().filter(read) {
+            found.blobs.hold(l.payload_digest, l.payload.into());
+        }
+        for b in &bundles {
+            found.blobs.hold(b.blob.clone(), b.bytes.clone().into());
         }
         found.sig_manifests.extend(sig.map(|m| (digest.clone(), m)));
         (found.bundles).extend(bundles.into_iter().map(|b| (digest.clone(), b)));

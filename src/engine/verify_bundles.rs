@@ -38,11 +38,13 @@ pub(crate) struct Known<'a> {
 }
 
 /// One bundle referrer as read at the source: its descriptor (as listed),
-/// its manifest (the bytes a copy writes) and its bundle layer's bytes.
+/// its manifest (the bytes a copy writes) and its bundle layer's digest and
+/// bytes.
 #[derive(Debug, Clone)]
 pub(crate) struct Bundle {
     pub entry: Value,
     pub manifest: RawManifest,
+    pub blob: Digest,
     pub bytes: Vec<u8>,
 }
 
@@ -158,6 +160,7 @@ async fn bundle_of(
     Ok(Some(Bundle {
         entry,
         manifest: raw,
+        blob,
         bytes: chunks.concat(),
     }))
 }

@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use super::copy::{self, CopyError};
+use super::copy::{self, CopyError, HeldBlobs};
 use super::referrer_plan::{fallback_tag, merge_index};
 use super::verify::{Image, Signatures, verify_image};
 use crate::oci::{Digest, RawManifest};
@@ -56,20 +56,25 @@ impl super::Engine {
         Ok(digest)
     }
 
-    /// The `.sig` manifests and bundle referrers `verify_image` read.
+    /// The `.sig` manifests and bundle referrers `verify_image` read, their
+    /// payload and bundle blobs sent as verification read them (no second
+    /// source read).
     async fn copy_signatures(
         &self,
         source: &Store,
         target: &Store,
         signed: Signatures,
     ) -> Result<(), CopyError> {
+        let held = &signed.blobs;
         for (d, sig) in signed.sig_manifests {
-            self.copy_tree_of(source, sig, target, Some(&signature_tag(&d)))
+            let tag = signature_tag(&d);
+            self.copy_held(source, sig, Push::Tag(&tag), target, held)
                 .await?;
         }
         let mut subjects: Vec<(Digest, Vec<Value>)> = Vec::new();
         for (subject, bundle) in signed.bundles {
-            self.copy_referrer(source, bundle.manifest, &bundle.entry, target)
+            let entry = Push::Referrer(&bundle.entry);
+            self.copy_held(source, bundle.manifest, entry, target, held)
                 .await?;
             match subjects.iter_mut().find(|(s, _)| *s == subject) {
                 Some((_, entries)) => entries.push(bundle.entry),
@@ -82,22 +87,37 @@ impl super::Engine {
         Ok(())
     }
 
-    /// One referrer pushed by digest (listed by its descriptor in an `oci:`
-    /// target's `index.json`).
-    async fn copy_referrer(
+    /// One signature's tree copied, the blobs `held` has sent from memory.
+    async fn copy_held(
         &self,
         source: &Store,
         raw: RawManifest,
-        entry: &Value,
+        push: Push<'_>,
         target: &Store,
+        held: &HeldBlobs,
     ) -> Result<(), CopyError> {
         let mut tree = copy::expand(source, raw).await?;
-        tree.entry = Some(entry.clone());
+        tree.held = held.among(&tree.blobs);
+        let tag = match push {
+            Push::Tag(tag) => Some(tag),
+            Push::Referrer(entry) => {
+                tree.entry = Some(entry.clone());
+                None
+            }
+        };
         let mut results = (self.copier)
-            .copy_tree(source, &tree, None, std::slice::from_ref(target))
+            .copy_tree(source, &tree, tag, std::slice::from_ref(target))
             .await;
         results.pop().expect("one target, one result").result
     }
+}
+
+/// How a signature is pushed: a `.sig` manifest under its tag, a referrer
+/// by digest (listed by its descriptor in an `oci:` target's `index.json`).
+#[derive(Clone, Copy)]
+enum Push<'a> {
+    Tag(&'a str),
+    Referrer(&'a Value),
 }
 
 /// At a registry without the referrers API, `subject`'s fallback index with

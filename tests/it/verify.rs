@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::support::cosign::{Signer, push_signature};
 use crate::support::ferro::{OCI_INDEX, Pushed, get, manifest_bytes, push_image, put_manifest};
-use crate::support::{Daemon, Registry, free_port, sha256_digest, wait_for};
+use crate::support::{Daemon, PathKind, Registry, free_port, sha256_digest, wait_for};
 use crate::sync::{header, regkeeper};
 
 /// What the source holds: tag -> image, and the digests of an index's images.
@@ -333,13 +333,15 @@ fn copy_verify_key_copies_only_what_the_key_signed() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("private key"));
 }
 
-/// The cost of verification at the source: beyond what `referrers = true`
-/// (the default) reads anyway, the `.sig` manifest (read once, and the
-/// verified bytes are the ones copied), one GET of its payload per signed
-/// image, nothing for an unsigned one (the tag list already says it has no
-/// `.sig` tag). Printed: the plans' wall times, for the report.
+/// The cost of verification at the source, beyond what `referrers = true`
+/// (the default) reads anyway: `plan` GETs each signed image's payload
+/// once (the `.sig` manifest read for it is the one resolved), and nothing
+/// for an unsigned one (the tag list already says it has no `.sig` tag);
+/// `sync` reads no blob more than without verification: the payload it
+/// verified is the one it writes, from memory, so each is read once.
+/// Printed: the wall times, for the report.
 #[test]
-fn verification_costs_one_source_request_per_signed_image() {
+fn verification_reads_no_blob_twice() {
     let (src, dst) = (Registry::start_plain(), Registry::start_plain());
     let dir = tempfile::tempdir().unwrap();
     let ours = Signer::new();
@@ -352,10 +354,10 @@ fn verification_costs_one_source_request_per_signed_image() {
         ours.push(&base, "app", &signed.digest, &reference, false);
         push_image(&base, "app", &format!("u{i}"), &format!("unsigned {i}"));
     }
-    let rule = |verify: bool| {
+    let rule = |verify: bool, include: &str| {
         let mut c = header(dir.path(), &[&src, &dst]);
         c += &format!(
-            "[[rule]]\nname = \"r\"\nsource = \"{}/app\"\ntargets = [\"{}/r\"]\ntags.include = ['^[su]\\d$']\n",
+            "[[rule]]\nname = \"r\"\nsource = \"{}/app\"\ntargets = [\"{}/r{verify}\"]\ntags.include = ['{include}']\n",
             src.host(),
             dst.host()
         );
@@ -368,7 +370,7 @@ fn verification_costs_one_source_request_per_signed_image() {
     for verify in [false, true] {
         let mark = src.mark();
         let started = std::time::Instant::now();
-        let out = regkeeper(dir.path(), &rule(verify), &["plan", "--json"]);
+        let out = regkeeper(dir.path(), &rule(verify, r"^[su]\d$"), &["plan", "--json"]);
         let seconds = started.elapsed().as_secs_f64();
         let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
         let refused = doc["rules"][0]["refused"].as_array().map_or(0, Vec::len);
@@ -377,7 +379,50 @@ fn verification_costs_one_source_request_per_signed_image() {
         eprintln!("verify={verify}: {n} source requests, plan {seconds:.2}s");
         cost.push(n);
     }
-    assert_eq!(cost[1] - cost[0], 10, "{cost:?}");
+    assert_eq!(
+        cost[1] - cost[0],
+        10,
+        "plan: one payload GET per signed image {cost:?}"
+    );
+
+    // sync, signed images only, each into a repository of its own.
+    let mut blobs = Vec::new();
+    for verify in [false, true] {
+        let mark = src.mark();
+        let started = std::time::Instant::now();
+        let out = regkeeper(dir.path(), &rule(verify, r"^s\d$"), &["sync", "--json"]);
+        let seconds = started.elapsed().as_secs_f64();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = src.requests_since(mark);
+        let gets: Vec<&str> = (log.iter())
+            .filter(|r| r.is("GET", PathKind::Blob))
+            .map(|r| r.path_only())
+            .collect();
+        let mut seen = BTreeSet::new();
+        let twice: Vec<&str> = gets.iter().copied().filter(|p| !seen.insert(*p)).collect();
+        assert!(twice.is_empty(), "verify={verify}: read twice: {twice:?}");
+        eprintln!(
+            "verify={verify}: sync {} source requests, {} blob GETs, {seconds:.2}s",
+            log.len(),
+            gets.len()
+        );
+        blobs.push(gets.len());
+    }
+    assert_eq!(
+        blobs[0], blobs[1],
+        "sync: no blob GET beyond referrers = true"
+    );
+    // What arrived is signed: every image with its `.sig`.
+    for i in 0..10 {
+        let digest = sha256_digest(&manifest_bytes(&base, "app", &format!("s{i}")).unwrap());
+        let sig = format!("sha256-{}.sig", digest.trim_start_matches("sha256:"));
+        assert!(manifest_bytes(&dst.url(), "rtrue", &sig).is_some(), "{sig}");
+    }
 }
 
 /// With `platforms` keeping part of an index, the index written is

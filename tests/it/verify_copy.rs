@@ -216,6 +216,20 @@ fn bundles_in_the_fallback_index_verify_and_arrive() {
 }
 
 /// The requests for `tag`'s manifest at `reg` since `mark`: (method, status).
+/// The digest of a manifest's first layer (a signature payload, a bundle).
+fn layer_digest(manifest: &[u8]) -> String {
+    let m: Value = serde_json::from_slice(manifest).unwrap();
+    m["layers"][0]["digest"].as_str().unwrap().to_string()
+}
+
+/// GETs of blob `digest` at `reg` since `mark`.
+fn blob_gets(reg: &Registry, mark: crate::support::Mark, digest: &str) -> usize {
+    let path = format!("/blobs/{digest}");
+    reg.count_since(mark, |r| {
+        r.is("GET", PathKind::Blob) && r.path_only().ends_with(&path)
+    })
+}
+
 fn asked(reg: &Registry, mark: crate::support::Mark, tag: &str) -> Vec<(String, u16)> {
     (reg.requests_since(mark).into_iter())
         .filter(|r| r.kind == PathKind::Manifest && r.reference() == Some(tag))
@@ -247,12 +261,16 @@ fn the_verified_sig_manifest_is_read_once_and_copied() {
     assert_eq!(asked(&src, mark, &sig), get_once, "sync");
     let copied = manifest_bytes(&dst.url(), "mirror", &sig).expect("the .sig tag arrived");
     assert_eq!(crate::support::sha256_digest(&copied), sig_digest);
+    // The payload verified is the one written: read once, not again to copy.
+    let payload = layer_digest(&copied);
+    assert_eq!(blob_gets(&src, mark, &payload), 1, "sync");
 
     let mark = src.mark();
     let to = format!("{}/copy:signed", dst.host());
     let out = copy(dir.path(), &text, &format!("{name}:signed"), &to, &key);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(asked(&src, mark, &sig), get_once, "copy");
+    assert_eq!(blob_gets(&src, mark, &payload), 1, "copy");
     let tags: BTreeSet<String> = ["signed".to_string(), sig.clone()].into();
     let listed: Value =
         serde_json::from_slice(&get(&dst.url(), "/v2/copy/tags/list").unwrap().body).unwrap();
@@ -293,10 +311,27 @@ fn the_verified_bundle_referrer_is_read_once_and_copied() {
     let asked = |path: String| proxy.count(|s| s.method == "GET" && s.path() == path);
     assert_eq!(asked(format!("/v2/app/referrers/{}", image.digest)), 1);
     assert_eq!(asked(format!("/v2/app/manifests/{}", good.digest)), 1);
+    // The bundle verified is the one written: read once, not again to copy.
+    let layer = format!("/v2/app/blobs/{}", layer_digest(&good.bytes));
+    assert_eq!(asked(layer.clone()), 1, "sync");
     let listed = referrers(&dst.url(), "mirror", &image.digest);
     assert_eq!(entry_digests(&listed), [good.digest.clone()].into());
     assert_eq!(
         manifest_bytes(&dst.url(), "mirror", &good.digest),
+        Some(good.bytes.clone())
+    );
+
+    // `copy --verify-key` to a registry of its own (ferro shares blobs
+    // between repositories): the bundle layer read once there too.
+    let other = Ferro::start();
+    let config = format!("{config}{}", other.regkeeper_registry_toml());
+    proxy.clear_records();
+    let to = format!("{}/copy:signed", other.host());
+    let out = copy(dir.path(), &config, &format!("{name}:signed"), &to, &key);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(asked(layer), 1, "copy");
+    assert_eq!(
+        manifest_bytes(&other.url(), "copy", &good.digest),
         Some(good.bytes)
     );
 }
@@ -306,7 +341,9 @@ fn the_verified_bundle_referrer_is_read_once_and_copied() {
 /// `.sig` tag, 10 by a bundle referrer), read through a recording proxy;
 /// `plan` then `sync` into an empty registry of its own, without signatures copied
 /// (`referrers = false`), with them (`referrers = true`, the default) and
-/// with `[rule.verify]`: source requests and wall time of each.
+/// with `[rule.verify]`: source requests and wall time of each. `sync`
+/// with verification asks the source nothing more than with `referrers =
+/// true`: the payloads and bundles it verified are the ones it writes.
 #[test]
 #[ignore]
 fn measure_the_cost_of_verification() {
@@ -334,6 +371,7 @@ fn measure_the_cost_of_verification() {
         ),
     ];
     let mut lines = Vec::new();
+    let mut syncs = Vec::new();
     let mut last = None;
     for (label, extra) in variants {
         let dst = Ferro::start();
@@ -359,6 +397,9 @@ fn measure_the_cost_of_verification() {
                     .is_none_or(Vec::is_empty)
             );
             let n = proxy.records().len();
+            if command == "sync" {
+                syncs.push(n);
+            }
             let per = |path: &str| proxy.count(|s| s.path().contains(path));
             lines.push(format!(
                 "{label:16} {command}: {n:3} source requests ({} manifests, {} blobs, {} referrers), {seconds:.2} s",
@@ -375,6 +416,10 @@ fn measure_the_cost_of_verification() {
     for l in &lines {
         eprintln!("{l}");
     }
+    assert_eq!(
+        syncs[1], syncs[2],
+        "verify's sync reads what referrers = true reads"
+    );
 }
 
 /// The digest of image `b0` at `base` (its bundle's subject).

@@ -110,7 +110,7 @@ impl Copier {
             .prepare_all(tree, targets, &mut failures, &mut costs)
             .await;
         let transfers = futures_util::stream::iter(uploads)
-            .map(|(blob, sinks)| self.upload(source, blob, targets, sinks))
+            .map(|(blob, sinks)| self.upload(source, tree, blob, targets, sinks))
             .buffer_unordered(4)
             .collect::<Vec<_>>()
             .await;
@@ -124,7 +124,7 @@ impl Copier {
             match self.prepare_blob(&targets[i], blob, true, None).await {
                 Ok(Need::Upload(guard)) => {
                     let sinks = vec![(i, guard)];
-                    for (i, outcome) in self.upload(source, blob, targets, sinks).await {
+                    for (i, outcome) in self.upload(source, tree, blob, targets, sinks).await {
                         settle(&mut costs[i], &mut failures[i], outcome);
                     }
                 }
@@ -210,10 +210,12 @@ impl Copier {
     /// here as transient: the source's requests and its resuming stream
     /// spent their own budget, and their final failure is permanent
     /// (`GaveUp`), so attempts do not multiply. Returns per target the
-    /// bytes its successful attempt sent, or why it failed for good.
+    /// bytes its successful attempt sent, or why it failed for good. A blob
+    /// `tree` holds (verified earlier) is sent from memory, not read again.
     async fn upload(
         &self,
         source: &Store,
+        tree: &ImageTree,
         blob: &Descriptor,
         targets: &[Store],
         sinks: Vec<(usize, OwnerGuard)>,
@@ -223,7 +225,8 @@ impl Copier {
         let mut budget = crate::transport::retry::Budget::new();
         while !pending.is_empty() {
             let stores: Vec<&Store> = pending.iter().map(|(i, _)| &targets[*i]).collect();
-            let results = self.transfer(source, blob, &stores).await;
+            let held = tree.held.get(&blob.digest);
+            let results = self.transfer(source, blob, held, &stores).await;
             let attempts = budget.attempts();
             let delay = budget.next_delay();
             let mut retry = Vec::new();

@@ -30,6 +30,13 @@ struct SinkPlan {
 type HashAt = (Vec<u8>, u64);
 
 impl SinkPlan {
+    /// A plain upload: no checkpoint, nothing to resume.
+    fn plain() -> SinkPlan {
+        SinkPlan {
+            checkpoint: None,
+            resume: None,
+        }
+    }
     fn offset(&self) -> u64 {
         self.resume.as_ref().map_or(0, |(s, _)| s.offset)
     }
@@ -53,10 +60,7 @@ impl Copier {
     /// recorded. A checkpoint that cannot be used is dropped (and its
     /// session cancelled when the registry still has it).
     async fn sink_plan(&self, sink: &Store, blob: &Descriptor) -> SinkPlan {
-        let none = SinkPlan {
-            checkpoint: None,
-            resume: None,
-        };
+        let none = SinkPlan::plain();
         let (Some((remote, chunk)), Some(state)) = (sink.resumable_uploads(), &self.checkpoints)
         else {
             return none;
@@ -141,10 +145,15 @@ impl Copier {
     /// offset on (HTTP Range), and the SHA-256 check continues from the hash
     /// state saved with the checkpoint, so it still covers the whole blob.
     /// Returns one result per sink, in order: the bytes sent to it.
+    /// `held`: the blob's bytes, already read from the source and checked
+    /// (a verified signature payload, at most 256 KiB): sent from memory,
+    /// still through the digest check, without checkpoints (nothing to
+    /// resume) and without a source request.
     pub(super) async fn transfer(
         &self,
         source: &Store,
         blob: &Descriptor,
+        held: Option<&Bytes>,
         sinks: &[&Store],
     ) -> Vec<Result<u64, TransportError>> {
         let _permit = self
@@ -160,9 +169,16 @@ impl Copier {
         }
         let mut plans = Vec::with_capacity(sinks.len());
         for sink in sinks {
-            plans.push(self.sink_plan(sink, blob).await);
+            plans.push(match held {
+                Some(_) => SinkPlan::plain(),
+                None => self.sink_plan(sink, blob).await,
+            });
         }
-        let (verified, start) = match open_source(source, blob, &plans).await {
+        let opened = match held {
+            Some(bytes) => Ok((from_memory(blob, bytes.clone()), 0)),
+            None => open_source(source, blob, &plans).await,
+        };
+        let (verified, start) = match opened {
             Ok(opened) => opened,
             Err(e) => {
                 // One source failure, reported to every target with its kind
@@ -327,6 +343,13 @@ impl Copier {
 }
 
 type Sender = Option<tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>>;
+
+/// A held blob's bytes as the stream a transfer pumps: one chunk, checked
+/// against the blob's digest and size like a source's stream.
+fn from_memory(blob: &Descriptor, bytes: Bytes) -> Verified {
+    let stream: ByteStream = Box::pin(futures_util::stream::once(async move { Ok(bytes) }));
+    Verified::new(stream, blob.digest.clone(), Some(blob.size))
+}
 
 /// Opens the source stream at the lowest offset any target resumes hashing
 /// from (0 when none resumes, or when the source ignores the range or the saved

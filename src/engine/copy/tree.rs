@@ -25,6 +25,9 @@ pub struct ImageTree {
     /// a referrer): the descriptor an `oci:` target lists it under in
     /// `index.json`, without a ref name.
     pub entry: Option<serde_json::Value>,
+    /// Blobs of `blobs` whose bytes verification read and checked: sent
+    /// from memory instead of read from the source again (`held.rs`).
+    pub held: super::HeldBlobs,
 }
 
 impl ImageTree {
@@ -177,6 +180,7 @@ pub async fn expand(source: &Store, mut root: RawManifest) -> Result<ImageTree, 
         blobs: walk.blobs.list,
         foreign: walk.blobs.foreign,
         entry: None,
+        held: Default::default(),
     })
 }
 
