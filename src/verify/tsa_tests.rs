@@ -318,3 +318,31 @@ fn a_sig_layer_needs_every_time_it_carries_to_verify() {
     layer.timestamp = None;
     assert!(times(&layer).unwrap_err().contains("neither"));
 }
+
+/// A timestamp is bytes from the source: every truncation of a good token
+/// is refused, and no single flipped byte anywhere makes the parser panic
+/// or yields a signing time other than the one the authority signed.
+#[test]
+fn damaged_tokens_never_panic_nor_forge_a_time() {
+    let pki = Pki::new();
+    pki.ca("ca");
+    pki.tsa("ec", "p256", "ca");
+    let root = pki.root(&[&["ca"]], None);
+    let sig = b"raw signature bytes";
+    let token = pki.stamp("ec", sig, "-sha256", false, true);
+    let signed = verified_time(&root, &token, sig).expect("the good response verifies");
+    for n in 0..token.len() {
+        assert!(
+            verified_time(&root, &token[..n], sig).is_err(),
+            "a response cut at byte {n} of {} is refused",
+            token.len()
+        );
+    }
+    for i in 0..token.len() {
+        let mut t = token.clone();
+        t[i] ^= 0x5a;
+        if let Ok(time) = verified_time(&root, &t, sig) {
+            assert_eq!(time, signed, "byte {i} flipped changed the verified time");
+        }
+    }
+}
