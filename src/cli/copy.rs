@@ -8,11 +8,12 @@ use anyhow::Context;
 
 use regkeeper::config::LogFormat;
 use regkeeper::engine::{Engine, Mode};
-use regkeeper::oci::Platform;
+use regkeeper::oci::{Digest, Platform};
 use regkeeper::reference::{ImageRef, Location, Reference};
-use regkeeper::transport::{Hints, RegistryOptions, Transports};
-use regkeeper::verify::{PublicKey, Require, VerifyPolicy};
+use regkeeper::transport::{Hints, RegistryOptions, Store, Transports};
+use regkeeper::verify::VerifyPolicy;
 
+use super::copy_verify::VerifyFlags;
 use super::{CliError, EXIT_OK, EXIT_PARTIAL, Globals};
 
 fn parse_refs(src: &str, dst: &str) -> Result<(ImageRef, ImageRef), CliError> {
@@ -208,30 +209,6 @@ async fn build_transports(
     Ok(Arc::new(Transports::new(options, Mode::Apply.read_only())))
 }
 
-/// `--verify-key FILE...`: the keys read now (a file that is not a public
-/// key is a usage error, exit 2, before anything is contacted).
-fn verify_policy(files: &[PathBuf]) -> Result<Option<VerifyPolicy>, CliError> {
-    if files.is_empty() {
-        return Ok(None);
-    }
-    let keys = files
-        .iter()
-        .map(|f| {
-            let text = std::fs::read(f).map_err(|e| {
-                CliError::Usage(format!("error: --verify-key {}: {e}", f.display()))
-            })?;
-            PublicKey::from_pem(&text)
-                .map_err(|e| CliError::Usage(format!("error: --verify-key {}: {e}", f.display())))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(VerifyPolicy {
-        keys,
-        keyless: None,
-        require: Require::All,
-        docker_reference: None,
-    }))
-}
-
 /// A missing `oci:` source directory is named as such, not left to a
 /// confusing "manifest unknown" later on.
 fn check_layout_source(src: &ImageRef) -> Result<(), CliError> {
@@ -244,17 +221,39 @@ fn check_layout_source(src: &ImageRef) -> Result<(), CliError> {
     }
 }
 
+/// The copy itself: verified first when a policy was given.
+async fn copy_one(
+    engine: &Engine,
+    (source, reference): (&Store, &str),
+    (target, tag): (&Store, Option<&str>),
+    wanted: &[Platform],
+    policy: Option<&VerifyPolicy>,
+) -> anyhow::Result<Digest> {
+    Ok(match policy {
+        None => {
+            engine
+                .copy_image(source, reference, target, tag, wanted)
+                .await?
+        }
+        Some(p) => {
+            engine
+                .copy_verified(source, reference, target, tag, wanted, p)
+                .await?
+        }
+    })
+}
+
 pub(crate) async fn run(
     g: &Globals,
     src: &str,
     dst: &str,
     platforms: &[String],
-    verify_keys: &[PathBuf],
+    verify: &VerifyFlags,
     access: &AccessFlags,
 ) -> Result<u8, CliError> {
     let (src, dst) = parse_refs(src, dst)?;
     let wanted = parse_platforms(platforms)?;
-    let policy = verify_policy(verify_keys)?;
+    let policy = verify.policy()?;
     check_layout_source(&src)?;
     let config = optional_config(g)?;
     let format = config
@@ -294,29 +293,14 @@ pub(crate) async fn run(
     interrupt.sweep_dead().await;
     let mut engine = Engine::new(transports, limit, Mode::Apply).with_stop(interrupt.token());
     let bar = super::progress::start(&mut engine, g.on_terminal);
-    let result = match &policy {
-        None => engine
-            .copy_image(
-                &source,
-                reference.as_str(),
-                &target,
-                tag.as_deref(),
-                &wanted,
-            )
-            .await
-            .map_err(anyhow::Error::from),
-        Some(p) => engine
-            .copy_verified(
-                &source,
-                reference.as_str(),
-                &target,
-                tag.as_deref(),
-                &wanted,
-                p,
-            )
-            .await
-            .map_err(anyhow::Error::from),
-    };
+    let result = copy_one(
+        &engine,
+        (&source, reference.as_str()),
+        (&target, tag.as_deref()),
+        &wanted,
+        policy.as_ref(),
+    )
+    .await;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -4,6 +4,7 @@
 
 mod check;
 mod copy;
+mod copy_verify;
 mod daemon;
 mod generate;
 mod output;
@@ -86,12 +87,8 @@ enum Command {
         /// Keep only these platforms (os/arch[/variant]) of a multi-platform image.
         #[arg(long = "platform")]
         platforms: Vec<String>,
-        /// Copy only if a cosign signature by this public key (PEM,
-        /// `cosign.pub`; repeatable: any of them) covers the image's digest,
-        /// and the index's images too; the signatures (its `.sig` tag, its
-        /// sigstore bundle referrers) are copied with it.
-        #[arg(long = "verify-key", value_name = "FILE")]
-        verify_keys: Vec<std::path::PathBuf>,
+        #[command(flatten)]
+        verify: copy_verify::VerifyFlags,
         #[command(flatten)]
         access: copy::AccessFlags,
     },
@@ -237,9 +234,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             src,
             dst,
             platforms,
-            verify_keys,
+            verify,
             access,
-        } => copy::run(&g, &src, &dst, &platforms, &verify_keys, &access).await,
+        } => copy::run(&g, &src, &dst, &platforms, &verify, &access).await,
         Command::Run { peer_url } => daemon::run(&g, peer_url.as_deref()).await,
         Command::Status { rules, json } => status::run(&g, &rules, json),
         Command::Prune {

@@ -15,7 +15,9 @@ mod tests;
 mod tests_ops;
 
 pub use error::{ConfigError, Diagnostic};
-pub use validate::{Secrets, load, load_with, parse};
+pub use validate::{
+    Secrets, check_issuer, identity_regex, load, load_with, parse, read_trusted_root,
+};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

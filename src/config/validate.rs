@@ -16,6 +16,7 @@ mod secrets;
 mod verify;
 
 pub use secrets::Secrets;
+pub use verify::{check_issuer, identity_regex, read_trusted_root};
 
 use std::net::SocketAddr;
 use std::ops::Range;

@@ -2,6 +2,7 @@
 //! parsed now, so a missing or wrong key file is a configuration error
 //! with its line, not a refusal at run time.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use toml::Spanned;
@@ -64,22 +65,16 @@ impl Loader<'_, '_> {
     fn keyless(&mut self, raw: Spanned<RawKeyless>) -> Option<Keyless> {
         let raw = raw.into_inner();
         let path = self.path(raw.trusted_root.get_ref());
-        let root = match std::fs::read(&path) {
-            Ok(text) => TrustedRoot::parse(&text)
-                .map_err(|e| format!("{} is not a usable trusted root: {e}", path.display())),
-            Err(e) => Err(format!(
-                "cannot read the trusted root {}: {e}",
-                path.display()
-            )),
-        };
-        let root = root.map_err(|e| self.d.at(raw.trusted_root.span(), e)).ok();
-        if raw.issuer.get_ref().trim().is_empty() {
-            self.d.at(raw.issuer.span(), "keyless.issuer is empty: name the OIDC issuer the certificates must name, e.g. \"https://token.actions.githubusercontent.com\"");
+        let root = read_trusted_root(&path)
+            .map_err(|e| self.d.at(raw.trusted_root.span(), e))
+            .ok();
+        if let Err(e) = check_issuer(raw.issuer.get_ref()) {
+            self.d.at(raw.issuer.span(), format!("keyless.issuer {e}"));
         }
-        let identity = regex::Regex::new(raw.identity.get_ref())
+        let identity = identity_regex(raw.identity.get_ref())
             .map_err(|e| {
-                let msg = format!("keyless.identity is not a valid regex: {e}");
-                self.d.at(raw.identity.span(), msg)
+                self.d
+                    .at(raw.identity.span(), format!("keyless.identity {e}"))
             })
             .ok();
         Some(Keyless {
@@ -121,6 +116,33 @@ impl Loader<'_, '_> {
             Location::Layout { .. } => None,
         }
     }
+}
+
+/// A trusted root file (sigstore's `trusted_root.json`) read and parsed;
+/// the error names the file. Shared by `keyless` and `copy
+/// --verify-trusted-root`.
+pub fn read_trusted_root(path: &Path) -> Result<TrustedRoot, String> {
+    match std::fs::read(path) {
+        Ok(text) => TrustedRoot::parse(&text)
+            .map_err(|e| format!("{} is not a usable trusted root: {e}", path.display())),
+        Err(e) => Err(format!(
+            "cannot read the trusted root {}: {e}",
+            path.display()
+        )),
+    }
+}
+
+/// A keyless issuer must be named; the error follows the key's name.
+pub fn check_issuer(issuer: &str) -> Result<(), String> {
+    if issuer.trim().is_empty() {
+        return Err("is empty: name the OIDC issuer the certificates must name, e.g. \"https://token.actions.githubusercontent.com\"".into());
+    }
+    Ok(())
+}
+
+/// The keyless identity, compiled; the error follows the key's name.
+pub fn identity_regex(identity: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(identity).map_err(|e| format!("is not a valid regex: {e}"))
 }
 
 #[cfg(test)]
