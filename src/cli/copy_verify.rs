@@ -21,7 +21,7 @@ pub(crate) enum RequireFlag {
     Index,
 }
 
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone)]
 pub(crate) struct VerifyFlags {
     /// Copy only if a cosign signature by this public key (PEM,
     /// `cosign.pub`; repeatable: any of them) covers the image's digest,

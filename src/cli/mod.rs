@@ -88,7 +88,7 @@ enum Command {
         #[arg(long = "platform")]
         platforms: Vec<String>,
         #[command(flatten)]
-        verify: copy_verify::VerifyFlags,
+        verify: Box<copy_verify::VerifyFlags>,
         #[command(flatten)]
         access: copy::AccessFlags,
     },
