@@ -34,6 +34,7 @@ mod userdocs;
 mod verify;
 mod verify_bundle;
 mod verify_copy;
+mod verify_hostile;
 mod verify_keyless;
 mod verify_layout;
 mod verify_sigstore_js;
