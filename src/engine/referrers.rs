@@ -94,16 +94,23 @@ impl Engine {
 /// image it belongs to: every selected tag's digest and the children of the
 /// indexes at hand (those being copied).
 fn subjects(repo: &RepoInventory) -> Vec<(Digest, Digest)> {
-    let mut out: Vec<(Digest, Digest)> = repo
-        .tags
-        .iter()
+    // A `[rule.verify]` refused image gets nothing copied, so none of its
+    // referrers is read (a hostile list of thousands costs nothing).
+    let refused = |tag: &String| repo.refused.contains_key(tag);
+    let mut out: Vec<(Digest, Digest)> = (repo.tags.iter())
+        .filter(|t| !refused(&t.tag))
         .map(|t| (t.digest.clone(), t.digest.clone()))
-        .chain(repo.entries.iter().map(|e| {
-            let d = &e.manifest.digest;
-            (d.clone(), d.clone())
-        }))
+        .chain(
+            repo.entries
+                .iter()
+                .filter(|e| e.refused.is_none())
+                .map(|e| {
+                    let d = &e.manifest.digest;
+                    (d.clone(), d.clone())
+                }),
+        )
         .collect();
-    for raw in repo.manifests.values() {
+    for (_, raw) in repo.manifests.iter().filter(|(tag, _)| !refused(tag)) {
         if let Ok((_, Manifest::Index { manifests, .. })) =
             Manifest::parse(&raw.media_type, &raw.bytes)
         {

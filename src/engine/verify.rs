@@ -359,13 +359,8 @@ async fn signatures(
             Some(layer.payload_size),
         );
         let chunks: Vec<bytes::Bytes> = verified.try_collect().await.map_err(|e| {
-            Failure::new(
-                ErrorClass::Verification,
-                format!(
-                    "reading the signature payload {}: {e}",
-                    layer.payload_digest
-                ),
-            )
+            let what = format!("reading the signature payload {}", layer.payload_digest);
+            super::verify_bundles::stream_failure(e, &what)
         })?;
         layer.payload = chunks.concat();
     }

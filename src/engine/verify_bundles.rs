@@ -24,6 +24,26 @@ fn read(e: TransportError) -> Failure {
     Failure::transport(&e, Side::Source)
 }
 
+/// A signature blob's read that failed part-way, as `what`: bytes that are
+/// not the digest's or size's (`Verified`'s own verdict) are verification;
+/// a read the transport gave up on (cut, stalled, too slow) keeps its
+/// transport class, so an unreadable signature never looks like a bad one.
+pub(super) fn stream_failure(e: std::io::Error, what: &str) -> Failure {
+    let transport = (e.get_ref()).is_some_and(|i| i.is::<crate::transport::StreamFault>());
+    let class = if transport {
+        ErrorClass::SourceUnreadable
+    } else if e.kind() == std::io::ErrorKind::InvalidData {
+        ErrorClass::Verification
+    } else {
+        let e = TransportError::Io {
+            path: what.into(),
+            source: e,
+        };
+        return Failure::new(e.class(Side::Source), e);
+    };
+    Failure::new(class, format!("{what}: {e}"))
+}
+
 /// An `oci:` source's referrers by subject, read once (on first need) and
 /// shared by every image one verification pass judges; empty for a registry.
 pub(crate) type LayoutReferrers = tokio::sync::OnceCell<HashMap<Digest, Vec<Value>>>;
@@ -79,7 +99,7 @@ pub(crate) async fn bundles(
         .collect();
     let mut out = Vec::new();
     for (entry, referrer) in listed {
-        if let Some(b) = bundle_of(source, entry, &referrer).await? {
+        if let Some(b) = bundle_of(source, entry, &referrer, digest).await? {
             out.push(b);
         }
     }
@@ -117,11 +137,14 @@ async fn layout_entries(
     Ok(all.get(digest).cloned().unwrap_or_default())
 }
 
-/// The bundle layer of one referrer manifest, read and checked.
+/// The bundle layer of one referrer manifest of `subject`, read and
+/// checked; none when the manifest's own `subject` is another image (a
+/// source listing it under this one is lying: it signs nothing here).
 async fn bundle_of(
     source: &Store,
     entry: Value,
     referrer: &Digest,
+    subject: &Digest,
 ) -> Result<Option<Bundle>, Failure> {
     let Some(raw) = source.get_manifest(referrer.as_str()).await.map_err(read)? else {
         let why = format!("bundle referrer {referrer} is listed but absent");
@@ -135,6 +158,12 @@ async fn bundle_of(
         let why = format!("bundle referrer {referrer} cannot be parsed: {e}");
         Failure::new(ErrorClass::InvalidInput, why)
     })?;
+    let names = manifest.pointer("/subject/digest").and_then(Value::as_str);
+    if names != Some(subject.as_str()) {
+        tracing::warn!(%referrer, %subject, named = names.unwrap_or("none"),
+            "a bundle referrer listed for another subject than its own: not counted");
+        return Ok(None);
+    }
     let layer = (manifest.get("layers").and_then(Value::as_array))
         .and_then(|l| l.iter().find(|l| layer_is_bundle(l)));
     let Some(layer) = layer else {
@@ -154,8 +183,10 @@ async fn bundle_of(
         .try_collect()
         .await
         .map_err(|e| {
-            let why = format!("reading the sigstore bundle {blob} of {referrer}: {e}");
-            Failure::new(ErrorClass::Verification, why)
+            stream_failure(
+                e,
+                &format!("reading the sigstore bundle {blob} of {referrer}"),
+            )
         })?;
     Ok(Some(Bundle {
         entry,

@@ -35,6 +35,7 @@ mod verify;
 mod verify_bundle;
 mod verify_copy;
 mod verify_copy_keyless;
+mod verify_hostile;
 mod verify_keyless;
 mod verify_layout;
 mod verify_sigstore_js;
