@@ -125,6 +125,9 @@ fn io_class(e: &std::io::Error, side: Side) -> ErrorClass {
         .get_ref()
         .and_then(|i| i.downcast_ref::<super::StreamFault>())
     {
+        if f.gave_up {
+            return ErrorClass::SourceUnreadable;
+        }
         if !f.transient {
             return ErrorClass::Verification;
         }

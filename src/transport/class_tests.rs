@@ -1,5 +1,5 @@
 use super::*;
-use crate::transport::stream_fault;
+use crate::transport::{stream_fault, stream_fault_again, stream_gave_up};
 
 fn status(code: u16) -> TransportError {
     TransportError::Status {
@@ -88,6 +88,30 @@ fn every_variant_has_a_class() {
             TransportError::Io {
                 path: "x".into(),
                 source: stream_fault(false, "digest mismatch"),
+            },
+            (Verification, Verification),
+        ),
+        (
+            TransportError::Io {
+                path: "x".into(),
+                source: stream_gave_up("stalled; gave up after 6 attempts"),
+            },
+            (SourceUnreadable, SourceUnreadable),
+        ),
+        (
+            TransportError::Io {
+                path: "x".into(),
+                source: stream_fault_again(&stream_gave_up("stalled")),
+            },
+            (SourceUnreadable, SourceUnreadable),
+        ),
+        (
+            TransportError::Io {
+                path: "x".into(),
+                source: stream_fault_again(&std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "digest mismatch",
+                )),
             },
             (Verification, Verification),
         ),

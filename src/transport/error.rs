@@ -113,6 +113,10 @@ impl TransportError {
 #[error("{detail}")]
 pub struct StreamFault {
     pub transient: bool,
+    /// The read was retried as often as the budget allows and still failed
+    /// (cut, stalled, too slow): the source could not be read, which is
+    /// not the same as bytes that are wrong.
+    pub gave_up: bool,
     pub detail: String,
 }
 
@@ -127,9 +131,34 @@ pub fn stream_fault(transient: bool, detail: impl Into<String>) -> std::io::Erro
         kind,
         StreamFault {
             transient,
+            gave_up: false,
             detail: detail.into(),
         },
     )
+}
+
+/// An `io::Error` for a blob stream the transport gave up reading after
+/// its retries: not transient (no layer above tries again in this run), and
+/// classed as an unreadable source, not as verification.
+pub fn stream_gave_up(detail: impl Into<String>) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        StreamFault {
+            transient: false,
+            gave_up: true,
+            detail: detail.into(),
+        },
+    )
+}
+
+/// The same fault again, for another reader of one stream (the copy feeds
+/// one source read to several targets).
+pub fn stream_fault_again(e: &std::io::Error) -> std::io::Error {
+    match e.get_ref().and_then(|i| i.downcast_ref::<StreamFault>()) {
+        Some(f) if f.gave_up => stream_gave_up(f.detail.clone()),
+        Some(f) => stream_fault(f.transient, f.detail.clone()),
+        None => stream_fault(io_is_transient(e), e.to_string()),
+    }
 }
 
 /// Whether a stream's `io::Error` is worth another attempt: a [`StreamFault`]

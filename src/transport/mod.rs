@@ -10,7 +10,9 @@ pub mod remote;
 pub mod retry;
 
 pub use class::{ErrorClass, Side};
-pub use error::{StreamFault, TransportError, io_is_transient, stream_fault};
+pub use error::{
+    StreamFault, TransportError, io_is_transient, stream_fault, stream_fault_again, stream_gave_up,
+};
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -300,10 +300,8 @@ impl Copier {
             let chunk = match item {
                 Ok(chunk) => chunk,
                 Err(e) => {
-                    let transient = crate::transport::io_is_transient(&e);
-                    let msg = e.to_string();
                     for tx in senders.iter().flatten() {
-                        let fault = crate::transport::stream_fault(transient, msg.clone());
+                        let fault = crate::transport::stream_fault_again(&e);
                         let _ = tx.send(Err(fault)).await;
                     }
                     return;

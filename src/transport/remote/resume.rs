@@ -17,7 +17,7 @@ use super::pace::RateFloor;
 use super::{RemoteRepo, error_chain};
 use crate::oci::{ByteStream, Digest};
 use crate::transport::retry::{Budget, REFUND_AFTER};
-use crate::transport::stream_fault;
+use crate::transport::stream_gave_up;
 
 pub(super) struct Resuming {
     repo: RemoteRepo,
@@ -107,13 +107,10 @@ impl Resuming {
         let Some(delay) = self.budget.next_delay() else {
             // retried where it happened, as often as the budget allows: no
             // layer above tries again in this run
-            return Err(stream_fault(
-                false,
-                format!(
-                    "{detail}; gave up after {} attempts (the next run tries again)",
-                    self.budget.attempts()
-                ),
-            ));
+            return Err(stream_gave_up(format!(
+                "{detail}; gave up after {} attempts (the next run tries again)",
+                self.budget.attempts()
+            )));
         };
         tracing::info!(registry = %reg.host, digest = %self.digest, offset = self.pos,
             attempt = self.budget.attempts(), delay_ms = delay.as_millis() as u64, error = %cause,
@@ -131,10 +128,7 @@ impl Resuming {
                 self.body = resp.bytes_stream().boxed();
                 Ok(())
             }
-            Err(e) => Err(stream_fault(
-                false,
-                format!("{detail}; resuming failed: {e}"),
-            )),
+            Err(e) => Err(stream_gave_up(format!("{detail}; resuming failed: {e}"))),
         }
     }
 }
