@@ -257,7 +257,7 @@ impl RuleReport {
                     out.push(failure(&repo.repository, what, *class, error));
                 }
             }
-            if let Some(why) = &repo.refused {
+            if let Some(why) = repo.refused.as_ref().filter(|_| !repo.refused_counted) {
                 let what = "retention refused".to_string();
                 out.push(failure(&repo.repository, what, repo.refused_class, why));
             }
@@ -279,6 +279,13 @@ impl RuleReport {
     /// cleanup-only rule that deleted nothing).
     pub(crate) fn add_retention(&mut self, retention: RetentionReport, cleanup_only: bool) {
         self.retention_deleted = retention.deleted;
+        // Held back by a failure already reported (a copy there failed):
+        // said once as a failure, and here as what it kept from happening.
+        for repo in retention.repositories.iter().filter(|r| r.refused_counted) {
+            if let Some(why) = &repo.refused {
+                (self.warnings).push(format!("{}: retention: {why}", repo.repository));
+            }
+        }
         if !retention.ok() {
             self.result = match self.result {
                 RunResult::Success if cleanup_only && retention.deleted == 0 => RunResult::Failed,

@@ -59,6 +59,11 @@ pub struct RepoReport {
     /// (the deletion cap, a reference cycle).
     #[serde(skip)]
     pub refused_class: ErrorClass,
+    /// The failure behind the refusal is already one of this run's (a copy
+    /// to this repository failed): the refusal is a warning, not a second
+    /// failure.
+    #[serde(skip)]
+    pub refused_counted: bool,
 }
 
 /// Retention of one rule (every target repository).
@@ -158,10 +163,12 @@ impl Pruner {
         for (repo, mut plan) in read.repos.into_iter().zip(plans) {
             let span = tracing::info_span!("repo", repository = %repo.job.location);
             let mut why_refused = repo.unread.as_ref().map_or(ErrorClass::Other, |f| f.class);
+            let mut counted = false;
             if let Some(why) = held.get(&repo.input.repository) {
                 if plan.refused.is_none() && !plan.deletions.is_empty() {
                     plan.refused = Some(why.message.clone());
                     why_refused = why.class;
+                    counted = true;
                 }
             }
             if !self.dry_run {
@@ -172,6 +179,7 @@ impl Pruner {
                 .instrument(span)
                 .await;
             out.refused_class = why_refused;
+            out.refused_counted = counted;
             report.repositories.push(out);
         }
         tracing::info!(
@@ -218,6 +226,7 @@ impl Pruner {
             kept: plan.kept.clone(),
             refused: plan.refused.clone(),
             refused_class: ErrorClass::Other,
+            refused_counted: false,
         };
         report.planned += plan.deletions.len();
         if let Some(why) = &plan.refused {

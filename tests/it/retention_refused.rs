@@ -119,3 +119,55 @@ fn a_target_that_cannot_be_read_keeps_its_class_in_the_refusal() {
         stdout(&out)
     );
 }
+
+/// A copy that fails holds back the retention of its repository (the plan
+/// counted on it): that is one failure (the copy's), not two; the hold is
+/// a warning, and nothing is deleted there this run.
+#[test]
+fn a_copy_failure_that_holds_back_retention_counts_once() {
+    let src = Registry::start_plain();
+    let dst = Registry::start_plain();
+    let mut corpus = Corpus::new();
+    let mut digests = BTreeMap::new();
+    for v in ["v1.0.0", "v2.0.0", "v3.0.0"] {
+        let img = corpus.image(v, &ImageSpec::new(&[layer(&format!("held-{v}"), 1500)]));
+        digests.insert(v, img);
+        corpus.push(&src, v, "it/app", v);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}[[rule]]\nname = \"clean\"\nsource = \"{}/it/app\"\ntargets = [\"{}/mirror/app\"]\n\
+         tags.include = ['^v[12]']\n\n[rule.retention]\nmatch = ['^v\\d+\\.\\d+\\.\\d+$']\nkeep_last = 1\n",
+        header(dir.path(), &[&src, &dst]),
+        src.host(),
+        dst.host()
+    );
+    // First run: v1 and v2 arrive, retention keeps v2 and deletes v1.
+    let out = regkeeper(dir.path(), &config, &["sync"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(dst.try_digest_of("mirror/app", "v2.0.0").is_some());
+    // v3 is selected now but its layer is corrupt at the source: its copy
+    // fails, so retention (which planned to keep v3 and delete v2) must
+    // delete nothing.
+    src.corrupt_blob(&digests["v3.0.0"].layers[0].digest);
+    let config = config.replace("tags.include = ['^v[12]']\n", "");
+    let out = regkeeper(dir.path(), &config, &["sync", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let json = stdout(&out);
+    assert_eq!(
+        classes(&json),
+        BTreeMap::from([("verification".to_string(), 1)]),
+        "one failure, the copy's: {json}"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let warnings = doc["rules"][0]["warnings"].to_string();
+    assert!(
+        warnings.contains("retention") && warnings.contains("nothing deleted this run"),
+        "the hold is said as a warning: {warnings}"
+    );
+    assert!(
+        dst.try_digest_of("mirror/app", "v2.0.0").is_some(),
+        "v2 kept: retention held back"
+    );
+    assert!(dst.try_digest_of("mirror/app", "v3.0.0").is_none());
+}
