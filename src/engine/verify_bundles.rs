@@ -24,24 +24,15 @@ fn read(e: TransportError) -> Failure {
     Failure::transport(&e, Side::Source)
 }
 
-/// A signature blob's read that failed part-way, as `what`: bytes that are
-/// not the digest's or size's (`Verified`'s own verdict) are verification;
-/// a read the transport gave up on (cut, stalled, too slow) keeps its
-/// transport class, so an unreadable signature never looks like a bad one.
+/// A signature blob's read that failed part-way, as `what`, classed as
+/// every stream failure is (`TransportError::class`): wrong bytes are
+/// verification, a read the transport gave up on an unreadable source, so
+/// an unreadable signature never looks like a bad one.
 pub(super) fn stream_failure(e: std::io::Error, what: &str) -> Failure {
-    let transport = (e.get_ref()).is_some_and(|i| i.is::<crate::transport::StreamFault>());
-    let class = if transport {
-        ErrorClass::SourceUnreadable
-    } else if e.kind() == std::io::ErrorKind::InvalidData {
-        ErrorClass::Verification
-    } else {
-        let e = TransportError::Io {
-            path: what.into(),
-            source: e,
-        };
-        return Failure::new(e.class(Side::Source), e);
-    };
-    Failure::new(class, format!("{what}: {e}"))
+    read(TransportError::Io {
+        path: what.into(),
+        source: e,
+    })
 }
 
 /// An `oci:` source's referrers by subject, read once (on first need) and

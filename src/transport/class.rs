@@ -118,8 +118,10 @@ impl TransportError {
     }
 }
 
-/// A stream's `io::Error`: a digest or size mismatch (a permanent
-/// [`super::StreamFault`]) is verification, a timed-out read a timeout.
+/// A stream's `io::Error`: a read the transport gave up on is an unreadable
+/// source; a digest or size mismatch (a permanent [`super::StreamFault`], or
+/// `Verified`'s own `InvalidData`) is verification; a timed-out read a
+/// timeout.
 fn io_class(e: &std::io::Error, side: Side) -> ErrorClass {
     if let Some(f) = e
         .get_ref()
@@ -132,10 +134,12 @@ fn io_class(e: &std::io::Error, side: Side) -> ErrorClass {
             return ErrorClass::Verification;
         }
     }
-    if e.kind() == std::io::ErrorKind::TimedOut {
-        return ErrorClass::Timeout;
+    match e.kind() {
+        // `Verified`'s own verdict: the bytes are not the digest's or size's.
+        std::io::ErrorKind::InvalidData => ErrorClass::Verification,
+        std::io::ErrorKind::TimedOut => ErrorClass::Timeout,
+        _ => ErrorClass::unreadable(side),
     }
-    ErrorClass::unreadable(side)
 }
 
 #[cfg(test)]

@@ -94,6 +94,13 @@ fn every_variant_has_a_class() {
         (
             TransportError::Io {
                 path: "x".into(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "digest mismatch"),
+            },
+            (Verification, Verification),
+        ),
+        (
+            TransportError::Io {
+                path: "x".into(),
                 source: stream_gave_up("stalled; gave up after 6 attempts"),
             },
             (SourceUnreadable, SourceUnreadable),

@@ -18,7 +18,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
 
-use super::cosign::key_of_pem;
 use super::keyless::{self, Keyless};
 use super::tlog::{self, Signed};
 use super::trusted_root::TrustedRoot;
@@ -317,10 +316,10 @@ fn signing_times(
 /// Why a bundle that verifies under no configured key is refused: a wrong
 /// key when its own certificate's key verifies it, else a bad signature.
 fn unverified(material: Option<&Material>, message: &[u8], sigs: &[Vec<u8>]) -> Refused {
-    let key = material.and_then(Material::leaf).and_then(|der| {
-        let pem = pem_of(&der);
-        key_of_pem(pem.as_bytes())
-    });
+    let der = material.and_then(Material::leaf);
+    let key = (der.as_deref())
+        .and_then(|d| keyless::parse_leaf(d).ok())
+        .and_then(|leaf| keyless::leaf_key(&leaf).ok());
     if key.is_some_and(|k| sigs.iter().any(|s| k.verifies(message, s))) {
         return (
             Refusal::WrongKey,
@@ -328,13 +327,6 @@ fn unverified(material: Option<&Material>, message: &[u8], sigs: &[Vec<u8>]) -> 
         );
     }
     bad("the sigstore bundle's signature does not verify under any configured key")
-}
-
-fn pem_of(der: &[u8]) -> String {
-    format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        B64.encode(der)
-    )
 }
 
 #[cfg(test)]

@@ -116,7 +116,7 @@ fn named_key(annotations: &HashMap<String, String>) -> Option<PublicKey> {
 }
 
 /// A PEM public key, or the key of a PEM certificate.
-pub(crate) fn key_of_pem(pem: &[u8]) -> Option<PublicKey> {
+fn key_of_pem(pem: &[u8]) -> Option<PublicKey> {
     let (_, block) = x509_parser::pem::parse_x509_pem(pem).ok()?;
     match block.label.as_str() {
         "PUBLIC KEY" => PublicKey::from_spki_der(&block.contents).ok(),
