@@ -139,11 +139,11 @@ async fn verify_entries(
     if todo.is_empty() {
         return;
     }
-    let results: HashMap<String, Judged> = judge_each(policy, &repo.source, known, todo, platforms)
-        .await
-        .into_iter()
-        .collect();
-    let mut results = results;
+    let mut results: HashMap<String, Judged> =
+        judge_each(policy, &repo.source, known, todo, platforms)
+            .await
+            .into_iter()
+            .collect();
     let mut kept = Vec::with_capacity(repo.entries.len());
     for mut entry in std::mem::take(&mut repo.entries) {
         let digest = entry_reference(&entry);
