@@ -298,9 +298,7 @@ fn signing_times(
         .map_or(&[][..], |d| &d.rfc3161_timestamps[..]);
     for (i, stamp) in stamps.iter().enumerate() {
         let what = format!("timestampVerificationData.rfc3161Timestamps[{i}]");
-        let der = (B64.decode(stamp.signed_timestamp.trim()))
-            .map_err(|_| format!("{what}: signedTimestamp is not base64"))?;
-        let t = super::tsa::verified_time(root, &der, signed.sig)
+        let t = super::tsa::verified_time_b64(root, &stamp.signed_timestamp, signed.sig)
             .map_err(|e| format!("{what}: {e}"))?;
         times.push(t);
     }

@@ -6,8 +6,6 @@
 //! signature, it is not skipped), and at least one must be there; the
 //! caller checks the certificate against every time returned.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
 
 use super::cosign::SignatureLayer;
@@ -33,10 +31,7 @@ pub(crate) fn signing_times(
     if let Some(text) = &layer.timestamp {
         let wire: WireTimestamp = serde_json::from_str(text)
             .map_err(|e| format!("the RFC 3161 timestamp annotation cannot be read: {e}"))?;
-        let der = B64
-            .decode(wire.signed.trim())
-            .map_err(|_| "the RFC 3161 timestamp is not base64")?;
-        let t = super::tsa::verified_time(root, &der, sig)
+        let t = super::tsa::verified_time_b64(root, &wire.signed, sig)
             .map_err(|e| format!("the RFC 3161 timestamp: {e}"))?;
         times.push(t);
     }

@@ -355,6 +355,18 @@ fn for_timestamping(c: &X509Certificate<'_>) -> bool {
     matches!(c.extended_key_usage(), Ok(Some(e)) if e.critical && e.value.time_stamping)
 }
 
+/// [`verified_time`] of a token as signatures carry it: base64 DER.
+pub(crate) fn verified_time_b64(
+    root: &TrustedRoot,
+    token_b64: &str,
+    timestamped: &[u8],
+) -> Result<i64, String> {
+    use base64::Engine as _;
+    let der = (base64::engine::general_purpose::STANDARD.decode(token_b64.trim()))
+        .map_err(|_| "the RFC 3161 timestamp is not base64".to_string())?;
+    verified_time(root, &der, timestamped)
+}
+
 /// The time (Unix seconds) a timestamp authority of `root` vouches that
 /// `timestamped` existed, from `token_der` (a TimeStampToken or a
 /// TimeStampResp); an error says which check failed.
